@@ -1,0 +1,1 @@
+"""Shims for third-party breakage, each tiny and tested."""

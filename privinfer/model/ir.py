@@ -1,0 +1,368 @@
+"""The layer IR: one small frozen dataclass per layer kind, and a Graph that knows every shape.
+
+Weights are float64 numpy arrays. The architecture (everything but the weights) is public in every
+protocol, so each layer can describe itself as JSON (`spec`) and be rebuilt from it, with or without
+weights. Graphs are saved as `.npz` files holding only numeric arrays and a JSON string: no pickle.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedLayerError
+
+Shape = tuple[int, ...]
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ShapeError(f"expected a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _as_array(a, name: str) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ShapeError(f"{name} holds non-finite values")
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d:
+    """2-D convolution; `padding` is (top, bottom, left, right) so one-sided pads fold in."""
+    weight: np.ndarray  # (out_channels, in_channels, kh, kw)
+    bias: np.ndarray  # (out_channels,)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    kind = "conv2d"
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _as_array(self.weight, "conv weight"))
+        if self.weight.ndim != 4:
+            raise ShapeError(f"conv weight must be 4-D, got shape {self.weight.shape}")
+        b = np.zeros(self.weight.shape[0]) if self.bias is None else _as_array(self.bias, "conv bias")
+        if b.shape != (self.weight.shape[0],):
+            raise ShapeError(f"conv bias shape {b.shape} does not match {self.weight.shape[0]} maps")
+        object.__setattr__(self, "bias", b)
+        object.__setattr__(self, "stride", _pair(self.stride))
+        p = tuple(int(v) for v in self.padding)
+        if len(p) == 2:
+            p = (p[0], p[0], p[1], p[1])
+        if len(p) != 4 or min(p) < 0:
+            raise ShapeError(f"padding must be (top, bottom, left, right) >= 0, got {self.padding}")
+        object.__setattr__(self, "padding", p)
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return int(self.weight.shape[2]), int(self.weight.shape[3])
+
+    def out_shape(self, s: Shape) -> Shape:
+        if len(s) != 3 or s[0] != self.weight.shape[1]:
+            raise ShapeError(f"conv2d expects ({self.weight.shape[1]}, H, W), got {s}")
+        t, b, l, r = self.padding
+        kh, kw = self.kernel
+        h = (s[1] + t + b - kh) // self.stride[0] + 1
+        w = (s[2] + l + r - kw) // self.stride[1] + 1
+        if h <= 0 or w <= 0:
+            raise ShapeError(f"conv2d kernel {self.kernel} does not fit input {s}")
+        return (int(self.weight.shape[0]), h, w)
+
+    def params(self) -> dict:
+        return {"stride": list(self.stride), "padding": list(self.padding),
+                "in_channels": int(self.weight.shape[1]), "out_channels": int(self.weight.shape[0]),
+                "kernel": list(self.kernel)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight, "bias": self.bias}
+
+
+@dataclass(frozen=True, eq=False)
+class Linear:
+    """Fully connected layer y = W x + b on a flat vector."""
+    weight: np.ndarray  # (out_features, in_features)
+    bias: np.ndarray
+    kind = "linear"
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _as_array(self.weight, "linear weight"))
+        if self.weight.ndim != 2:
+            raise ShapeError(f"linear weight must be 2-D, got shape {self.weight.shape}")
+        b = np.zeros(self.weight.shape[0]) if self.bias is None else _as_array(self.bias, "linear bias")
+        if b.shape != (self.weight.shape[0],):
+            raise ShapeError(f"linear bias shape {b.shape} does not match {self.weight.shape[0]} outputs")
+        object.__setattr__(self, "bias", b)
+
+    def out_shape(self, s: Shape) -> Shape:
+        if len(s) != 1 or s[0] != self.weight.shape[1]:
+            raise ShapeError(f"linear expects ({self.weight.shape[1]},), got {s}")
+        return (int(self.weight.shape[0]),)
+
+    def params(self) -> dict:
+        return {"in_features": int(self.weight.shape[1]), "out_features": int(self.weight.shape[0])}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight, "bias": self.bias}
+
+
+def _pool_out(s: Shape, kernel, stride, padding, name) -> Shape:
+    if len(s) != 3:
+        raise ShapeError(f"{name} expects (C, H, W), got {s}")
+    h = (s[1] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    w = (s[2] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    if h <= 0 or w <= 0:
+        raise ShapeError(f"{name} kernel {kernel} does not fit input {s}")
+    return (s[0], h, w)
+
+
+@dataclass(frozen=True)
+class AvgPool2d:
+    """Average pooling (zero padding counted in the average, as torch's default)."""
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    kind = "avgpool2d"
+
+    def __post_init__(self):
+        for f in ("kernel", "stride", "padding"):
+            object.__setattr__(self, f, _pair(getattr(self, f)))
+
+    def out_shape(self, s: Shape) -> Shape:
+        return _pool_out(s, self.kernel, self.stride, self.padding, "avgpool2d")
+
+    def params(self) -> dict:
+        return {"kernel": list(self.kernel), "stride": list(self.stride), "padding": list(self.padding)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    """Max pooling without padding."""
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    kind = "maxpool2d"
+
+    def __post_init__(self):
+        for f in ("kernel", "stride"):
+            object.__setattr__(self, f, _pair(getattr(self, f)))
+
+    def out_shape(self, s: Shape) -> Shape:
+        return _pool_out(s, self.kernel, self.stride, (0, 0), "maxpool2d")
+
+    def params(self) -> dict:
+        return {"kernel": list(self.kernel), "stride": list(self.stride)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """max(x, 0), elementwise."""
+    kind = "relu"
+
+    def out_shape(self, s: Shape) -> Shape:
+        return s
+
+    def params(self) -> dict:
+        return {}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Poly:
+    """Elementwise polynomial sum_i coeffs[i] * x**i (coefficients from low to high degree)."""
+    coeffs: tuple[float, ...]
+    kind = "poly"
+
+    def __post_init__(self):
+        c = tuple(float(v) for v in self.coeffs)
+        if not c or not all(np.isfinite(c)):
+            raise ShapeError(f"poly needs finite coefficients, got {self.coeffs!r}")
+        while len(c) > 1 and c[-1] == 0.0:
+            c = c[:-1]
+        object.__setattr__(self, "coeffs", c)
+
+    @classmethod
+    def square(cls) -> "Poly":
+        return cls((0.0, 0.0, 1.0))
+
+    @property
+    def degree(self) -> int:
+        return len(self.coeffs) - 1
+
+    def out_shape(self, s: Shape) -> Shape:
+        return s
+
+    def params(self) -> dict:
+        return {"coeffs": list(self.coeffs)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """(C, H, W) -> (C*H*W,) in row-major (torch) order."""
+    kind = "flatten"
+
+    def out_shape(self, s: Shape) -> Shape:
+        return (int(np.prod(s)),)
+
+    def params(self) -> dict:
+        return {}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+Layer = Union[Conv2d, Linear, AvgPool2d, MaxPool2d, ReLU, Poly, Flatten]
+LAYER_KINDS: dict[str, type] = {c.kind: c for c in (Conv2d, Linear, AvgPool2d, MaxPool2d, ReLU, Poly, Flatten)}
+WEIGHTED_KINDS = ("conv2d", "linear")
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A feed-forward chain of layers with its input shape (without batch) and every output shape."""
+    input_shape: Shape
+    layers: tuple
+    names: tuple = field(default=())
+    shapes: tuple = field(default=(), init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "layers", tuple(self.layers))
+        names = tuple(self.names) or tuple(f"{i}:{l.kind}" for i, l in enumerate(self.layers))
+        if len(names) != len(self.layers):
+            raise ShapeError("one name per layer is needed")
+        object.__setattr__(self, "names", names)
+        shapes = [self.input_shape]
+        for i, layer in enumerate(self.layers):
+            try:
+                shapes.append(tuple(int(v) for v in layer.out_shape(shapes[-1])))
+            except ShapeError as e:
+                raise ShapeError(f"layer {names[i]}: {e}") from None
+        object.__setattr__(self, "shapes", tuple(shapes))
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.shapes[-1]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def index(self, key: Union[int, str]) -> int:
+        """Position of a layer given as an index (negative allowed, len allowed) or a name."""
+        if isinstance(key, (int, np.integer)):
+            k = int(key)
+            if k < 0:
+                k += len(self.layers)
+            if not 0 <= k <= len(self.layers):
+                raise ShapeError(f"layer index {key} outside 0..{len(self.layers)}")
+            return k
+        if key in self.names:
+            return self.names.index(key)
+        raise ShapeError(f"no layer named {key!r}; names are {list(self.names)}")
+
+    def slice(self, start: int, stop: int | None = None) -> "Graph":
+        """The sub-graph layers[start:stop], with its own input shape."""
+        stop = len(self.layers) if stop is None else stop
+        return Graph(self.shapes[start], self.layers[start:stop], self.names[start:stop])
+
+    def replace(self, layers: Sequence, names: Sequence | None = None) -> "Graph":
+        return Graph(self.input_shape, tuple(layers), tuple(names) if names is not None else ())
+
+    # --- the public architecture -------------------------------------------------------------
+    def spec(self) -> dict:
+        """The architecture as JSON-able data: kinds, hyper-parameters, shapes; no weights."""
+        return {"input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+                "layers": [{"kind": l.kind, "name": n, **l.params()} for l, n in zip(self.layers, self.names)]}
+
+    @classmethod
+    def from_spec(cls, spec: dict, arrays: dict[str, np.ndarray] | None = None) -> "Graph":
+        """Rebuild a graph from `spec()`; weights come from `arrays` or are zeros (public-only copy)."""
+        try:
+            layers, names = [], []
+            for i, ls in enumerate(spec["layers"]):
+                kind = ls["kind"]
+                names.append(str(ls.get("name", f"{i}:{kind}")))
+                a = arrays or {}
+                if kind == "conv2d":
+                    shape = (ls["out_channels"], ls["in_channels"], *ls["kernel"])
+                    layers.append(Conv2d(a.get(f"{i}.weight", np.zeros(shape)),
+                                         a.get(f"{i}.bias", np.zeros(shape[0])),
+                                         tuple(ls["stride"]), tuple(ls["padding"])))
+                elif kind == "linear":
+                    shape = (ls["out_features"], ls["in_features"])
+                    layers.append(Linear(a.get(f"{i}.weight", np.zeros(shape)),
+                                         a.get(f"{i}.bias", np.zeros(shape[0]))))
+                elif kind == "avgpool2d":
+                    layers.append(AvgPool2d(tuple(ls["kernel"]), tuple(ls["stride"]), tuple(ls["padding"])))
+                elif kind == "maxpool2d":
+                    layers.append(MaxPool2d(tuple(ls["kernel"]), tuple(ls["stride"])))
+                elif kind == "poly":
+                    layers.append(Poly(tuple(ls["coeffs"])))
+                elif kind in ("relu", "flatten"):
+                    layers.append(LAYER_KINDS[kind]())
+                else:
+                    raise UnsupportedLayerError(f"unknown layer kind {kind!r}; known: {sorted(LAYER_KINDS)}")
+                if kind in WEIGHTED_KINDS and arrays is not None:
+                    w = layers[-1].weight
+                    if w.shape != tuple(shape):
+                        raise ShapeError(f"layer {i} weight shape {w.shape} != {tuple(shape)}")
+            return cls(tuple(spec["input_shape"]), tuple(layers), tuple(names))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ShapeError(f"malformed graph spec: {e!r}") from None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for i, l in enumerate(self.layers):
+            for k, v in l.arrays().items():
+                out[f"{i}.{k}"] = v
+        return out
+
+    def describe(self) -> str:
+        rows = [f"input {self.input_shape}"]
+        for n, l, s in zip(self.names, self.layers, self.shapes[1:]):
+            p = ", ".join(f"{k}={v}" for k, v in l.params().items())
+            rows.append(f"{n:<14} {l.kind:<10} {p:<60} -> {s}")
+        return "\n".join(rows)
+
+
+def save_graph(graph: Graph, path_or_file) -> None:
+    """Write a graph as `.npz`: numeric arrays plus the spec as a UTF-8 byte array."""
+    spec = np.frombuffer(json.dumps(graph.spec()).encode(), dtype=np.uint8)
+    np.savez(path_or_file, __spec__=spec, **graph.arrays())
+
+
+def graph_to_bytes(graph: Graph) -> bytes:
+    buf = io.BytesIO()
+    save_graph(graph, buf)
+    return buf.getvalue()
+
+
+def load_graph(path_or_file) -> Graph:
+    """Read a graph written by `save_graph` (never unpickles)."""
+    if isinstance(path_or_file, (bytes, bytearray)):
+        path_or_file = io.BytesIO(path_or_file)
+    try:
+        with np.load(path_or_file, allow_pickle=False) as z:
+            spec = json.loads(bytes(z["__spec__"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "__spec__"}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise ShapeError(f"not a privinfer graph file: {e}") from None
+    return Graph.from_spec(spec, arrays)
+
+
+def count_layers(graph: Graph, kinds: Iterable[str]) -> int:
+    kinds = set(kinds)
+    return sum(1 for l in graph.layers if l.kind in kinds)

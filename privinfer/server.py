@@ -1,0 +1,135 @@
+"""The serving side: one model, one protocol, each client in its own thread; survives any client."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from .errors import PrivinferError, ProtocolError, ResourceLimitError
+from .model import compile_model
+from .model.ir import Graph
+from .protocols.base import get_protocol, split_options
+from .transport import Channel, DEFAULT_TIMEOUT, FrameType, listen
+from .transport.frames import DEFAULT_MAX_FRAME, decode_json
+
+log = logging.getLogger("privinfer.server")
+DEFAULT_MAX_SESSIONS = 16
+DEFAULT_MAX_BATCH = 8192
+
+
+class Server:
+    """Serve `model` under `protocol` on host:port. Limits are enforced with typed errors."""
+
+    def __init__(self, model: Any, protocol: str = "plain", host: str = "127.0.0.1", port: int = 0, *,
+                 timeout: float = DEFAULT_TIMEOUT, max_sessions: int = DEFAULT_MAX_SESSIONS,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_frame: int = DEFAULT_MAX_FRAME, **options):
+        self.graph: Graph = compile_model(model)
+        self.protocol_cls = get_protocol(protocol)
+        server_opts, _ = split_options(self.protocol_cls, options)
+        self.protocol = self.protocol_cls(self.graph, **server_opts)
+        self.timeout, self.max_batch, self.max_frame = timeout, max_batch, max_frame
+        self._slots = threading.BoundedSemaphore(max_sessions)
+        self.max_sessions = max_sessions
+        self._sock = listen(host, port)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._stop = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self.served = 0
+        self.failed = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def serve_forever(self) -> None:
+        self._sock.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, addr = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            t = threading.Thread(target=self._handle, args=(conn, addr), daemon=True,
+                                 name=f"privinfer-client-{addr[1]}")
+            self._threads.add(t)
+            t.start()
+            self._threads = {t for t in self._threads if t.is_alive()}
+
+    def start(self) -> "Server":
+        """Serve in a background thread (tests, notebooks)."""
+        threading.Thread(target=self.serve_forever, daemon=True, name="privinfer-accept").start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    # --- one client -----------------------------------------------------------------------------
+    def _handle(self, conn: socket.socket, addr) -> None:
+        ch = Channel(conn, timeout=self.timeout, max_frame=self.max_frame, peer=f"client {addr[0]}:{addr[1]}")
+        if not self._slots.acquire(blocking=False):
+            ch.send_error(ResourceLimitError(f"server busy: {self.max_sessions} sessions already open"))
+            ch.close()
+            return
+        side = None
+        try:
+            side = self._handshake(ch)
+            while True:
+                ftype, payload = ch.expect(FrameType.QUERY, FrameType.BYE)
+                if ftype == FrameType.BYE:
+                    break
+                meta = decode_json(payload)
+                batch = meta.get("batch")
+                if not isinstance(batch, int) or not 1 <= batch <= self.max_batch:
+                    raise ResourceLimitError(f"batch must be an integer in 1..{self.max_batch}, got {batch!r}")
+                side.query(ch, meta)
+                self.served += 1
+        except PrivinferError as e:
+            self.failed += 1
+            log.info("client %s: %s: %s", ch.peer, type(e).__name__, e)
+            if not (isinstance(e, ProtocolError) and "closed the connection" in str(e)):
+                ch.send_error(e)
+        except Exception as e:  # a bug or a library error on hostile input: report, keep serving
+            self.failed += 1
+            log.exception("client %s: internal error", ch.peer)
+            ch.send_error(ProtocolError(f"server could not process the request ({type(e).__name__}: {e})"))
+        finally:
+            if side is not None:
+                try:
+                    side.close()
+                except Exception:
+                    log.exception("closing session")
+            ch.close()
+            self._slots.release()
+
+    def _handshake(self, ch: Channel):
+        hello = ch.recv_json(FrameType.HELLO)
+        name = hello.get("protocol")
+        if name != self.protocol_cls.name:
+            raise ProtocolError(f"this server runs protocol {self.protocol_cls.name!r}, client asked for {name!r}")
+        opts = hello.get("options", {})
+        if not isinstance(opts, dict):
+            raise ProtocolError("HELLO options must be an object")
+        client_opts = self.protocol_cls.validate_client_options(opts)
+        side = self.protocol.server_side(client_opts)
+        ch.send_json({"protocol": name, "graph": self.graph.spec(), "info": side.welcome(),
+                      "limits": {"max_batch": self.max_batch, "max_frame": self.max_frame,
+                                 "timeout": self.timeout}}, FrameType.WELCOME)
+        side.setup(ch)
+        return side
+
+
+def serve(model: Any, protocol: str = "plain", host: str = "127.0.0.1", port: int = 0, **kw) -> Server:
+    """Start serving in the background and return the Server (its `.port` tells where)."""
+    return Server(model, protocol, host, port, **kw).start()

@@ -1,0 +1,238 @@
+"""The one-call API: `PrivateSession(model, protocol)` and `connect(host, port)`.
+
+`PrivateSession` starts the server in a separate OS process on loopback (or a thread, for tests) and
+talks to it over TCP exactly as a deployed client would; `connect` reaches a server started with
+`privinfer serve` or `privinfer.serve`.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import PrivinferError
+from .model import compile_model
+from .model.ir import Graph, graph_to_bytes, load_graph
+from .model.reference import check_input
+from .protocols.base import get_protocol, split_options
+from .transport import Channel, DEFAULT_TIMEOUT, FrameType, connect as tcp_connect
+
+
+@dataclass
+class QueryStats:
+    batch: int
+    latency_s: float
+    bytes_client_to_server: int
+    bytes_server_to_client: int
+    rounds: int
+
+
+@dataclass
+class SessionStats:
+    protocol: str
+    setup_s: float = 0.0
+    setup_bytes_client_to_server: int = 0
+    setup_bytes_server_to_client: int = 0
+    queries: list[QueryStats] = field(default_factory=list)
+    privacy: dict = field(default_factory=dict)
+
+    @property
+    def last(self) -> QueryStats | None:
+        return self.queries[-1] if self.queries else None
+
+    @property
+    def setup_bytes(self) -> int:
+        return self.setup_bytes_client_to_server + self.setup_bytes_server_to_client
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "setup_bytes": self.setup_bytes}
+
+    def __str__(self) -> str:
+        q = self.last
+        tail = (f"last query: batch {q.batch}, {q.latency_s * 1e3:.1f} ms, {q.bytes_client_to_server:,} B up, "
+                f"{q.bytes_server_to_client:,} B down, {q.rounds} rounds" if q else "no query yet")
+        return (f"[{self.protocol}] setup {self.setup_s:.2f} s, {self.setup_bytes:,} B; {tail}; "
+                f"privacy {self.privacy}")
+
+
+class RemoteSession:
+    """A client connected to a privinfer server; `infer(x)` returns logits."""
+
+    def __init__(self, channel: Channel, protocol: str, **client_options):
+        self.channel = channel
+        self.protocol_cls = get_protocol(protocol)
+        opts = self.protocol_cls.validate_client_options(client_options)
+        self.stats = SessionStats(protocol=protocol)
+        t0 = time.perf_counter()
+        before = channel.stats.copy()
+        try:
+            channel.send_json({"protocol": protocol, "options": client_options}, FrameType.HELLO)
+            welcome = channel.recv_json(FrameType.WELCOME)
+            self.graph = Graph.from_spec(welcome["graph"])  # public architecture, zero weights
+            self.limits = welcome.get("limits", {})
+            self.client = self.protocol_cls.client_side(welcome.get("info", {}), self.graph, **opts)
+            self.client.setup(channel)
+        except BaseException:
+            channel.close()
+            raise
+        d = channel.stats - before
+        self.stats.setup_s = time.perf_counter() - t0
+        self.stats.setup_bytes_client_to_server, self.stats.setup_bytes_server_to_client = d.bytes_sent, d.bytes_received
+        self.stats.privacy = self.client.privacy()
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.graph.input_shape
+
+    def infer(self, x) -> np.ndarray:
+        """Logits for one sample (C, H, W) -> (classes,) or a batch (B, C, H, W) -> (B, classes)."""
+        single = np.asarray(x).shape == tuple(self.graph.input_shape)
+        batch = check_input(self.graph, x)
+        if self.channel.closed:
+            raise PrivinferError("session is closed")
+        before = self.channel.stats.copy()
+        t0 = time.perf_counter()
+        try:
+            self.channel.send_json(self.client.query_meta(batch), FrameType.QUERY)
+            logits = np.asarray(self.client.query(self.channel, batch), dtype=np.float64)
+        except BaseException:
+            self.close(send_bye=False)
+            raise
+        latency = time.perf_counter() - t0
+        d = self.channel.stats - before
+        self.stats.queries.append(QueryStats(int(batch.shape[0]), latency, d.bytes_sent, d.bytes_received, d.rounds))
+        self.stats.privacy = self.client.privacy()
+        return logits[0] if single else logits
+
+    def predict(self, x) -> np.ndarray:
+        return np.argmax(self.infer(x), axis=-1)
+
+    def close(self, send_bye: bool = True) -> None:
+        if not self.channel.closed:
+            if send_bye:
+                try:
+                    self.channel.send_frame(FrameType.BYE)
+                except PrivinferError:
+                    pass
+            self.channel.close()
+            self.client.close() if hasattr(self, "client") else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connect(host: str, port: int, protocol: str = "plain", *, timeout: float = DEFAULT_TIMEOUT,
+            **client_options) -> RemoteSession:
+    """Connect to a running server and set up a session (keys, offline phase)."""
+    return RemoteSession(tcp_connect(host, port, timeout=timeout), protocol, **client_options)
+
+
+def _server_process(graph_bytes: bytes, protocol: str, options: dict, kw: dict, conn) -> None:
+    """Child process body: build the Server, report its port (or the error), serve until killed."""
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+    from .server import Server
+    _exit_with_parent()
+    try:
+        srv = Server(load_graph(graph_bytes), protocol, "127.0.0.1", 0, **kw, **options)
+    except BaseException as e:  # report set-up errors (unsupported layer, bad option) to the parent
+        conn.send(("error", type(e).__name__, str(e)))
+        return
+    conn.send(("ok", srv.port))
+    conn.close()
+    srv.serve_forever()
+
+
+def _exit_with_parent() -> None:
+    """A served child must not outlive the session that started it (no orphans)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="privinfer-parent-watch").start()
+
+
+class PrivateSession(RemoteSession):
+    """Wrap a model in a private inference session with one call.
+
+    The server runs in its own process (``spawn="process"``, the default) or in a thread of this
+    process (``spawn="thread"``); either way client and server talk over a loopback TCP channel.
+    """
+
+    def __init__(self, model: Any, protocol: str = "plain", *, spawn: str = "process",
+                 timeout: float = DEFAULT_TIMEOUT, **options):
+        graph = compile_model(model)
+        cls = get_protocol(protocol)
+        server_opts, client_opts = split_options(cls, options)
+        cls.check_graph(graph)
+        self._proc = self._server = None
+        if spawn == "thread":
+            from .server import Server
+            self._server = Server(graph, protocol, timeout=timeout, **server_opts).start()
+            port = self._server.port
+        elif spawn == "process":
+            port = self._start_process(graph, protocol, server_opts, timeout)
+        else:
+            raise PrivinferError(f"spawn must be 'process' or 'thread', got {spawn!r}")
+        try:
+            super().__init__(tcp_connect("127.0.0.1", port, timeout=timeout), protocol, **client_opts)
+        except BaseException:
+            self._stop_server()
+            raise
+
+    def _start_process(self, graph: Graph, protocol: str, server_opts: dict, timeout: float) -> int:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_server_process, daemon=False, name=f"privinfer-server-{protocol}",
+                                 args=(graph_to_bytes(graph), protocol, server_opts, {"timeout": timeout}, child))
+        self._proc.start()
+        atexit.register(self._stop_server)
+        child.close()
+        if not parent.poll(max(timeout, 600.0)):
+            self._stop_server()
+            raise PrivinferError("the server process did not start in time")
+        try:
+            msg = parent.recv()
+        except EOFError:
+            self._stop_server()
+            raise PrivinferError(f"the server process died at start (exit code {self._proc.exitcode})") from None
+        if msg[0] != "ok":
+            self._stop_server()
+            raise PrivinferError(f"server failed to start: {msg[1]}: {msg[2]}")
+        return int(msg[1])
+
+    def _stop_server(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(5)
+            self._proc = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def close(self, send_bye: bool = True) -> None:
+        super().close(send_bye)
+        self._stop_server()
+
+    def __del__(self):
+        try:
+            self._stop_server()
+        except Exception:
+            pass

@@ -1,0 +1,161 @@
+"""A Channel sends and receives typed frames over a stream socket and counts what crosses it.
+
+The same class serves TCP connections and in-process socket pairs, so tests exercise the real codec.
+Counting: bytes and messages each way (headers included), and rounds = the number of times this side
+starts sending after having received (the first send counts as round 1).
+"""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, asdict
+
+import numpy as np
+
+from ..errors import PeerError, ProtocolError, TimeoutError_
+from . import frames
+from .frames import FrameType
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass
+class ChannelStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    rounds: int = 0
+
+    def copy(self) -> "ChannelStats":
+        return ChannelStats(**asdict(self))
+
+    def __sub__(self, other: "ChannelStats") -> "ChannelStats":
+        return ChannelStats(**{k: v - getattr(other, k) for k, v in asdict(self).items()})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Channel:
+    """Typed frames over a connected socket, with a size limit and a read timeout."""
+
+    def __init__(self, sock: socket.socket, *, timeout: float = DEFAULT_TIMEOUT,
+                 max_frame: int = frames.DEFAULT_MAX_FRAME, peer: str = "peer"):
+        self.sock = sock
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self.peer = peer
+        self.stats = ChannelStats()
+        self._last_was_recv = True
+        self.closed = False
+        sock.settimeout(timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not a TCP socket (socketpair)
+
+    # --- raw frames ---------------------------------------------------------------------------
+    def send_frame(self, ftype: FrameType, payload: bytes = b"") -> None:
+        if len(payload) > self.max_frame:
+            raise ProtocolError(f"refusing to send a frame of {len(payload)} bytes (limit {self.max_frame})")
+        header = frames.encode_header(ftype, len(payload))
+        try:
+            self.sock.sendall(header)
+            if payload:
+                self.sock.sendall(payload)
+        except socket.timeout:
+            raise TimeoutError_(f"sending to {self.peer} timed out after {self.timeout:.0f} s") from None
+        except OSError as e:
+            raise ProtocolError(f"connection to {self.peer} lost while sending: {e}") from None
+        if self._last_was_recv:
+            self.stats.rounds += 1
+            self._last_was_recv = False
+        self.stats.bytes_sent += len(header) + len(payload)
+        self.stats.messages_sent += 1
+
+    def _recv_exact(self, n: int, what: str) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        deadline = time.monotonic() + self.timeout
+        while got < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError_(f"reading {what} from {self.peer} timed out after {self.timeout:.0f} s")
+            try:
+                k = self.sock.recv_into(view[got:], min(n - got, 1 << 22))
+            except socket.timeout:
+                raise TimeoutError_(f"reading {what} from {self.peer} timed out after {self.timeout:.0f} s") from None
+            except OSError as e:
+                raise ProtocolError(f"connection to {self.peer} lost while reading {what}: {e}") from None
+            if k == 0:
+                if got == 0 and what == "header":
+                    raise ProtocolError(f"{self.peer} closed the connection")
+                raise ProtocolError(f"{self.peer} closed the connection mid-{what} ({got} of {n} bytes)")
+            got += k
+        return bytes(buf)
+
+    def recv_frame(self) -> tuple[FrameType, bytes]:
+        ftype, length = frames.decode_header(self._recv_exact(frames.HEADER.size, "header"), self.max_frame)
+        payload = self._recv_exact(length, "frame") if length else b""
+        self.stats.bytes_received += frames.HEADER.size + length
+        self.stats.messages_received += 1
+        self._last_was_recv = True
+        return ftype, payload
+
+    def expect(self, *types: FrameType) -> tuple[FrameType, bytes]:
+        """Receive one frame of one of `types`; an ERROR frame from the peer raises PeerError."""
+        ftype, payload = self.recv_frame()
+        if ftype == FrameType.ERROR and FrameType.ERROR not in types:
+            info = frames.decode_json(payload)
+            raise PeerError(f"{self.peer} reported {info.get('type', 'error')}: {info.get('message', '')}")
+        if ftype not in types:
+            raise ProtocolError(f"expected {'/'.join(t.name for t in types)} from {self.peer}, got {ftype.name}")
+        return ftype, payload
+
+    # --- typed helpers ------------------------------------------------------------------------
+    def send_json(self, obj: dict, ftype: FrameType = FrameType.JSON) -> None:
+        self.send_frame(ftype, frames.encode_json(obj))
+
+    def recv_json(self, ftype: FrameType = FrameType.JSON) -> dict:
+        return frames.decode_json(self.expect(ftype)[1])
+
+    def send_tensor(self, arr: np.ndarray) -> None:
+        self.send_frame(FrameType.TENSOR, frames.encode_tensor(arr))
+
+    def recv_tensor(self) -> np.ndarray:
+        return frames.decode_tensor(self.expect(FrameType.TENSOR)[1])
+
+    def send_bytes(self, data: bytes) -> None:
+        self.send_frame(FrameType.BYTES, bytes(data))
+
+    def recv_bytes(self) -> bytes:
+        return self.expect(FrameType.BYTES)[1]
+
+    def send_blobs(self, blobs) -> None:
+        self.send_frame(FrameType.BLOBS, frames.encode_blobs(blobs))
+
+    def recv_blobs(self) -> list[bytes]:
+        return frames.decode_blobs(self.expect(FrameType.BLOBS)[1])
+
+    def send_error(self, exc: BaseException) -> None:
+        """Best effort: tell the peer why we are closing; never raises."""
+        try:
+            msg = str(exc)[:2000]
+            self.send_frame(FrameType.ERROR, frames.encode_json({"type": type(exc).__name__, "message": msg}))
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
