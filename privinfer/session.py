@@ -29,6 +29,8 @@ class QueryStats:
     bytes_client_to_server: int
     bytes_server_to_client: int
     rounds: int
+    offline_s: float = 0.0  # input-independent work inside this query (protocols report it)
+    online_s: float = 0.0
 
 
 @dataclass
@@ -104,7 +106,10 @@ class RemoteSession:
             raise
         latency = time.perf_counter() - t0
         d = self.channel.stats - before
-        self.stats.queries.append(QueryStats(int(batch.shape[0]), latency, d.bytes_sent, d.bytes_received, d.rounds))
+        timing = getattr(self.client, "query_timing", None) or {}
+        offline = float(timing.get("offline_s", 0.0))
+        self.stats.queries.append(QueryStats(int(batch.shape[0]), latency, d.bytes_sent, d.bytes_received, d.rounds,
+                                             offline, float(timing.get("online_s", latency - offline))))
         self.stats.privacy = self.client.privacy()
         return logits[0] if single else logits
 

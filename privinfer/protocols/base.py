@@ -46,7 +46,12 @@ class ServerSide:
 
 
 class ClientSide:
-    """The client's half; `query` receives a validated float64 batch (B, *input_shape)."""
+    """The client's half; `query` receives a validated float64 batch (B, *input_shape).
+
+    A protocol with an input-independent phase inside each query sets `self.query_timing =
+    {"offline_s": ..., "online_s": ...}` in `query`; the session records it per query.
+    """
+    query_timing: dict | None = None
 
     def setup(self, ch: Channel) -> None:
         """Once per connection, before any query."""
