@@ -110,7 +110,7 @@ class Server:
                     side.close()
                 except Exception:
                     log.exception("closing session")
-            ch.close()
+            _linger_close(ch)
             self._slots.release()
 
     def _handshake(self, ch: Channel):
@@ -128,6 +128,25 @@ class Server:
                                  "timeout": self.timeout}}, FrameType.WELCOME)
         side.setup(ch)
         return side
+
+
+def _linger_close(ch: Channel, seconds: float = 0.5, limit: int = 1 << 20) -> None:
+    """Close so that a pending ERROR frame reaches the peer: half-close, drain briefly, then close.
+
+    Closing with unread input makes the kernel send RST, which can discard our last frame.
+    """
+    try:
+        ch.sock.shutdown(socket.SHUT_WR)
+        ch.sock.settimeout(seconds)
+        drained = 0
+        while drained < limit:
+            chunk = ch.sock.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except OSError:
+        pass
+    ch.close()
 
 
 def serve(model: Any, protocol: str = "plain", host: str = "127.0.0.1", port: int = 0, **kw) -> Server:

@@ -191,7 +191,8 @@ def _trace_chain(model: nn.Module, b: _Builder) -> None:
             raise _unsupported(f"direct parameter use {node.target}")
         if node.op == "call_method" and node.target == "size":
             continue
-        if not node.args or node.args[0] is not current:
+        inputs = [n for n in node.all_input_nodes if not (n.op == "call_method" and n.target == "size")]
+        if not node.args or node.args[0] is not current or any(n is not current for n in inputs):
             raise _unsupported(f"a branching graph at {node.name} (only chains are supported)")
         if node.op == "call_module":
             b.module(modules[node.target], node.target)

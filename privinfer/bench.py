@@ -1,0 +1,140 @@
+"""Benchmark harness: one record per protocol × model × batch × network, with the fields of ARCHITECTURE.md.
+
+Every latency comes with bytes both ways, rounds and accuracy. Latencies are medians (with p25/p75)
+over `samples` queries on the digits test split, measured client-side over a real TCP channel to a
+server in its own process.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PrivinferError
+from .model.ir import Graph
+from .model.reference import run_reference
+from .session import PrivateSession
+
+RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "offline_s", "online_s",
+                 "bytes_client_to_server", "bytes_server_to_client", "setup_bytes", "rounds",
+                 "accuracy_plain", "accuracy_private", "argmax_agreement", "max_abs_err", "peak_rss_mb", "privacy")
+NETWORKS = ("loopback",)
+
+
+def _quantiles(values: list[float]) -> dict:
+    q = np.percentile(values, [25, 50, 75])
+    return {"median": float(q[1]), "p25": float(q[0]), "p75": float(q[2])}
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024.0, 1)  # Linux reports KiB
+
+
+def load_model_and_data(model: str | Graph, split: str = "test"):
+    """(graph, X, y, name) for a zoo name or a privinfer .npz file evaluated on the digits test split."""
+    from . import zoo
+    if isinstance(model, Graph):
+        graph, name = model, "custom"
+    elif str(model).endswith(".npz"):
+        from .model.ir import load_graph
+        graph, name = load_graph(model), Path(model).stem
+    else:
+        graph, name = zoo.load_model(model), str(model)
+    X, y = zoo.load_dataset(name if name in zoo.NETWORKS else "minionn-mnist", split)
+    if X.shape[1:] != tuple(graph.input_shape):
+        raise PrivinferError(f"model input {graph.input_shape} does not match the data set's {X.shape[1:]}")
+    return graph, X, y, name
+
+
+def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int = 10, warmup: int = 1,
+              network: str = "loopback", options: dict | None = None, graph: Graph | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Measure one configuration and return one record."""
+    if network not in NETWORKS:
+        raise PrivinferError(f"network {network!r} not available; choose from {NETWORKS}")
+    base_graph, X, y, name = load_model_and_data(model)
+    graph = graph or base_graph
+    need = (samples + warmup) * batch
+    if need > len(X):
+        raise PrivinferError(f"{samples + warmup} queries of batch {batch} need {need} test images; "
+                             f"the split holds {len(X)}")
+    ref_all = run_reference(graph, X)
+    accuracy_plain = float(np.mean(ref_all.argmax(1) == y))
+    lat, off, on, up, down, rounds, logits = [], [], [], [], [], [], []
+    with PrivateSession(graph, protocol, **(options or {})) as sess:
+        for i in range(samples + warmup):
+            xb = X[i * batch:(i + 1) * batch]
+            out = sess.infer(xb)
+            q = sess.stats.last
+            if i < warmup:
+                continue
+            logits.append(out)
+            lat.append(q.latency_s)
+            off.append(q.offline_s)
+            on.append(q.online_s)
+            up.append(q.bytes_client_to_server)
+            down.append(q.bytes_server_to_client)
+            rounds.append(q.rounds)
+            if progress:
+                print(f"\r  {protocol}/{name} query {i + 1 - warmup}/{samples}: {q.latency_s:.3f} s", end="", flush=True)
+        stats = sess.stats
+    if progress:
+        print()
+    logits = np.concatenate(logits)
+    idx = slice(warmup * batch, (samples + warmup) * batch)
+    ref, labels = ref_all[idx], y[idx]
+    return {
+        "protocol": protocol, "model": name, "batch": batch, "network": network, "samples": samples,
+        "latency_s": _quantiles(lat),
+        "offline_s": round(stats.setup_s + statistics.median(off), 6),
+        "online_s": round(statistics.median(on), 6),
+        "bytes_client_to_server": int(statistics.median(up)),
+        "bytes_server_to_client": int(statistics.median(down)),
+        "setup_bytes": int(stats.setup_bytes),
+        "rounds": int(statistics.median(rounds)),
+        "accuracy_plain": round(accuracy_plain, 4),
+        "accuracy_private": round(float(np.mean(logits.argmax(1) == labels)), 4),
+        "argmax_agreement": round(float(np.mean(logits.argmax(1) == ref.argmax(1))), 4),
+        "max_abs_err": float(np.max(np.abs(logits - ref))),
+        "peak_rss_mb": _peak_rss_mb(),
+        "privacy": stats.privacy,
+    }
+
+
+def format_table(records: list[dict]) -> str:
+    """A Markdown table (the README's benchmark table uses this format)."""
+    head = ("| protocol | model | batch | latency median (p25–p75) | offline | online | up | down | setup | rounds "
+            "| acc plain | acc private | agree | max err | RSS |")
+    rows = [head, "|" + "---|" * 15]
+    for r in records:
+        lat = r["latency_s"]
+        rows.append(
+            f"| {r['protocol']} | {r['model']} | {r['batch']} | {lat['median']:.3f} s ({lat['p25']:.3f}–{lat['p75']:.3f}) "
+            f"| {r['offline_s']:.3f} s | {r['online_s']:.3f} s | {_size(r['bytes_client_to_server'])} "
+            f"| {_size(r['bytes_server_to_client'])} | {_size(r['setup_bytes'])} | {r['rounds']} "
+            f"| {r['accuracy_plain']:.3f} | {r['accuracy_private']:.3f} | {r['argmax_agreement']:.3f} "
+            f"| {r['max_abs_err']:.1e} | {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(rows)
+
+
+def _size(n: int) -> str:
+    for unit, k in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+def write_records(records: list[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        missing = set(RECORD_FIELDS) - set(r)
+        if missing:
+            raise PrivinferError(f"benchmark record lacks {sorted(missing)}")
+    path.write_text(json.dumps(records, indent=2) + "\n")

@@ -1,0 +1,164 @@
+"""`privinfer serve | query | zoo | bench` (and `dealer` for 2PC). Errors are one clear line, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PrivinferError
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    """`-o key=value` pairs; values are read as JSON when they parse (numbers, true, lists), else strings."""
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise PrivinferError(f"option {p!r} must look like key=value")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def load_model_arg(spec: str):
+    """A zoo name or a privinfer graph file (.npz written by privinfer.model.save_graph)."""
+    if spec.endswith(".npz") or Path(spec).exists():
+        from .model.ir import load_graph
+        return load_graph(spec)
+    from . import zoo
+    return zoo.load_model(spec)
+
+
+def load_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An .npy array (no pickle) or an image resized to the model's input, scaled to [0, 1]."""
+    p = Path(path)
+    if not p.exists():
+        raise PrivinferError(f"input file {path} does not exist")
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False).astype(np.float64)
+        except ValueError as e:
+            raise PrivinferError(f"cannot read {path}: {e}") from None
+    from PIL import Image, UnidentifiedImageError
+    try:
+        img = Image.open(p)
+    except (UnidentifiedImageError, OSError) as e:
+        raise PrivinferError(f"cannot read image {path}: {e}") from None
+    c, h, w = shape
+    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float64) / 255.0
+    return arr[None] if c == 1 else arr.transpose(2, 0, 1)
+
+
+def cmd_serve(a) -> None:
+    from .server import Server
+    srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
+                 max_sessions=a.max_sessions, max_batch=a.max_batch, **_parse_options(a.option))
+    print(f"privinfer: serving {a.model} with protocol {a.protocol!r} on {srv.host}:{srv.port}", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        srv.shutdown()
+
+
+def cmd_query(a) -> None:
+    from .session import connect
+    with connect(a.host, a.port, a.protocol, timeout=a.timeout, **_parse_options(a.option)) as s:
+        x = load_input(a.input, s.input_shape)
+        logits = s.infer(x)
+        batch = logits.reshape(-1, logits.shape[-1])
+        for row in batch:
+            print(f"class {int(np.argmax(row))}  logits {np.array2string(row, precision=3, max_line_width=200)}")
+        q = s.stats.last
+        print(f"latency {q.latency_s:.3f} s, {q.bytes_client_to_server:,} B up, {q.bytes_server_to_client:,} B down, "
+              f"{q.rounds} rounds, setup {s.stats.setup_bytes:,} B; privacy {s.stats.privacy}")
+
+
+def cmd_zoo(a) -> None:
+    from . import zoo
+    if a.zoo_cmd == "list":
+        for name, info in zoo.NETWORKS.items():
+            print(f"{name:<18} {getattr(info, 'citation', '')}")
+    elif a.zoo_cmd == "train":
+        model, acc = zoo.train_network(a.name, progress=True)
+        path = zoo.save_weights(a.name, model)
+        print(f"{a.name}: test accuracy {acc:.4f}; weights {path}")
+
+
+def cmd_bench(a) -> None:
+    from .bench import format_table, run_bench, write_records
+    opts = _parse_options(a.option)
+    records = []
+    for model in a.model:
+        for batch in a.batch:
+            records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=a.network,
+                                     options=opts))
+    print(format_table(records))
+    if a.json:
+        write_records(records, a.json)
+        print(f"wrote {a.json}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="privinfer", description="private neural-network inference")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="serve a model under one protocol")
+    s.add_argument("--model", required=True, help="zoo name or .npz graph file")
+    s.add_argument("--protocol", default="plain")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7700)
+    s.add_argument("--timeout", type=float, default=120.0, help="per-read timeout, seconds")
+    s.add_argument("--max-sessions", type=int, default=16)
+    s.add_argument("--max-batch", type=int, default=8192)
+    s.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
+    s.set_defaults(func=cmd_serve)
+
+    q = sub.add_parser("query", help="classify an input on a running server")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--port", type=int, default=7700)
+    q.add_argument("--protocol", default="plain")
+    q.add_argument("--input", required=True, help=".npy array or an image (.png/.jpg)")
+    q.add_argument("--timeout", type=float, default=120.0)
+    q.add_argument("-o", "--option", action="append", help="client option key=value (repeatable)")
+    q.set_defaults(func=cmd_query)
+
+    z = sub.add_parser("zoo", help="benchmark networks of the literature")
+    zs = z.add_subparsers(dest="zoo_cmd", required=True)
+    zs.add_parser("list")
+    zt = zs.add_parser("train")
+    zt.add_argument("name")
+    z.set_defaults(func=cmd_zoo)
+
+    b = sub.add_parser("bench", help="measure a protocol; writes records as JSON")
+    b.add_argument("--protocol", default="plain")
+    b.add_argument("--model", nargs="+", default=["minionn-mnist"])
+    b.add_argument("--batch", type=int, nargs="+", default=[1])
+    b.add_argument("--samples", type=int, default=10)
+    b.add_argument("--network", default="loopback")
+    b.add_argument("--json", help="output path")
+    b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="privinfer %(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except PrivinferError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
