@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import resource
+import tempfile
+from contextlib import contextmanager
 import statistics
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,15 @@ from typing import Any
 import numpy as np
 
 from .errors import PrivinferError
-from .model.ir import Graph
+from .model.ir import Graph, save_graph
 from .model.reference import run_reference
-from .session import PrivateSession
+from .netem import get_profile, server_in_namespace
+from .protocols.base import get_protocol, split_options
+from .session import PrivateSession, connect
 
 RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "offline_s", "online_s",
                  "bytes_client_to_server", "bytes_server_to_client", "setup_bytes", "rounds",
                  "accuracy_plain", "accuracy_private", "argmax_agreement", "max_abs_err", "peak_rss_mb", "privacy")
-NETWORKS = ("loopback",)
 
 
 def _quantiles(values: list[float]) -> dict:
@@ -56,8 +59,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
               network: str = "loopback", options: dict | None = None, graph: Graph | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Measure one configuration and return one record."""
-    if network not in NETWORKS:
-        raise PrivinferError(f"network {network!r} not available; choose from {NETWORKS}")
+    profile = get_profile(network)
     base_graph, X, y, name = load_model_and_data(model)
     graph = graph or base_graph
     need = (samples + warmup) * batch
@@ -67,7 +69,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     ref_all = run_reference(graph, X)
     accuracy_plain = float(np.mean(ref_all.argmax(1) == y))
     lat, off, on, up, down, rounds, logits = [], [], [], [], [], [], []
-    with PrivateSession(graph, protocol, **(options or {})) as sess:
+    with _open_session(graph, protocol, options or {}, profile) as sess:
         for i in range(samples + warmup):
             xb = X[i * batch:(i + 1) * batch]
             out = sess.infer(xb)
@@ -107,15 +109,32 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     }
 
 
+@contextmanager
+def _open_session(graph: Graph, protocol: str, options: dict, profile):
+    """Loopback: PrivateSession (server in its own process). Otherwise: server in a shaped namespace."""
+    if profile.name == "loopback":
+        with PrivateSession(graph, protocol, **options) as sess:
+            yield sess
+        return
+    server_opts, client_opts = split_options(get_protocol(protocol), options)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "model.npz")
+        save_graph(graph, path)
+        with server_in_namespace(path, protocol, server_opts, profile) as (host, port):
+            with connect(host, port, protocol, timeout=600.0, emulated_rtt=profile.rtt_ms / 1e3,
+                         **client_opts) as sess:
+                yield sess
+
+
 def format_table(records: list[dict]) -> str:
     """A Markdown table (the README's benchmark table uses this format)."""
-    head = ("| protocol | model | batch | latency median (p25–p75) | offline | online | up | down | setup | rounds "
+    head = ("| protocol | model | network | batch | latency median (p25–p75) | offline | online | up | down | setup | rounds "
             "| acc plain | acc private | agree | max err | RSS |")
-    rows = [head, "|" + "---|" * 15]
+    rows = [head, "|" + "---|" * 16]
     for r in records:
         lat = r["latency_s"]
         rows.append(
-            f"| {r['protocol']} | {r['model']} | {r['batch']} | {lat['median']:.3f} s ({lat['p25']:.3f}–{lat['p75']:.3f}) "
+            f"| {r['protocol']} | {r['model']} | {r['network']} | {r['batch']} | {lat['median']:.3f} s ({lat['p25']:.3f}–{lat['p75']:.3f}) "
             f"| {r['offline_s']:.3f} s | {r['online_s']:.3f} s | {_size(r['bytes_client_to_server'])} "
             f"| {_size(r['bytes_server_to_client'])} | {_size(r['setup_bytes'])} | {r['rounds']} "
             f"| {r['accuracy_plain']:.3f} | {r['accuracy_private']:.3f} | {r['argmax_agreement']:.3f} "

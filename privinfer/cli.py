@@ -95,10 +95,11 @@ def cmd_bench(a) -> None:
     from .bench import format_table, run_bench, write_records
     opts = _parse_options(a.option)
     records = []
-    for model in a.model:
-        for batch in a.batch:
-            records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=a.network,
-                                     options=opts))
+    for network in a.network:
+        for model in a.model:
+            for batch in a.batch:
+                records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=network,
+                                         options=opts))
     print(format_table(records))
     if a.json:
         write_records(records, a.json)
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", nargs="+", default=["minionn-mnist"])
     b.add_argument("--batch", type=int, nargs="+", default=[1])
     b.add_argument("--samples", type=int, default=10)
-    b.add_argument("--network", default="loopback")
+    b.add_argument("--network", nargs="+", default=["loopback"],
+                   help="loopback, lan, wan, mobile (emulated: needs root)")
     b.add_argument("--json", help="output path")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     b.set_defaults(func=cmd_bench)

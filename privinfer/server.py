@@ -23,7 +23,11 @@ class Server:
 
     def __init__(self, model: Any, protocol: str = "plain", host: str = "127.0.0.1", port: int = 0, *,
                  timeout: float = DEFAULT_TIMEOUT, max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 max_batch: int = DEFAULT_MAX_BATCH, max_frame: int = DEFAULT_MAX_FRAME, **options):
+                 max_batch: int = DEFAULT_MAX_BATCH, max_frame: int = DEFAULT_MAX_FRAME,
+                 torch_threads: int | None = 1, **options):
+        if torch_threads:  # clients run in parallel threads; intra-op threads on tiny tensors only spin
+            import torch
+            torch.set_num_threads(torch_threads)
         self.graph: Graph = compile_model(model)
         self.protocol_cls = get_protocol(protocol)
         server_opts, _ = split_options(self.protocol_cls, options)

@@ -134,9 +134,13 @@ class RemoteSession:
 
 
 def connect(host: str, port: int, protocol: str = "plain", *, timeout: float = DEFAULT_TIMEOUT,
-            **client_options) -> RemoteSession:
-    """Connect to a running server and set up a session (keys, offline phase)."""
-    return RemoteSession(tcp_connect(host, port, timeout=timeout), protocol, **client_options)
+            emulated_rtt: float = 0.0, **client_options) -> RemoteSession:
+    """Connect to a running server and set up a session (keys, offline phase).
+
+    `emulated_rtt` (seconds) adds one round-trip delay per round, for benchmarks on emulated networks.
+    """
+    return RemoteSession(tcp_connect(host, port, timeout=timeout, emulated_rtt=emulated_rtt), protocol,
+                         **client_options)
 
 
 def _server_process(graph_bytes: bytes, protocol: str, options: dict, kw: dict, conn) -> None:

@@ -1,0 +1,27 @@
+"""Every example pair runs as a user would: a server process, then a client process against it."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PAIRS = sorted(p.name[:-len("_server.py")] for p in EXAMPLES.glob("*_server.py")
+               if (EXAMPLES / p.name.replace("_server", "_client")).exists())
+
+
+def test_pairs_are_short():
+    for path in EXAMPLES.glob("*_[sc]*.py"):
+        if path.name.endswith(("_server.py", "_client.py")):
+            assert len(path.read_text().splitlines()) <= 40, path.name
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_example_pair(name):
+    out = subprocess.run([sys.executable, str(EXAMPLES / "demo.py"), name], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [l for l in out.stdout.splitlines() if l.startswith("predicted")]
+    assert len(lines) == 5, out.stdout
+    correct = sum(l.split()[1] == l.split()[3] for l in lines)
+    assert correct >= 3, out.stdout  # real digits, trained networks: most must be right
