@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 fuzz: $(STAMP)
-	PRIVINFER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -m slow tests/test_fuzz.py
+	PRIVINFER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s tests/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/privinfer bench --protocol plain --model minionn-mnist --json benchmarks/results/plain.json
