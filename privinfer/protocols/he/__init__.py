@@ -1,0 +1,397 @@
+"""The `he` protocol: CKKS homomorphic encryption (SEAL through TenSEAL's sealapi), CryptoNets/LoLa style.
+
+Flow (one TCP connection)::
+
+    client                                             server
+    HELLO {protocol: he, options: {packing}}   ─────▶
+                                               ◀─────  WELCOME {graph spec, info: CKKS params, rotation steps,
+                                                                plan digest, input ciphertexts per image}
+    create keys (secret key stays here)
+    BLOBS [public key, relin key, Galois keys
+           for exactly the plan's rotations]   ─────▶  load them, check they cover the plan
+                                               ◀─────  JSON {ready}
+    QUERY {batch} + BLOBS [ciphertexts]        ─────▶  evaluate, re-randomize, flood
+                                               ◀─────  BLOBS [one result ciphertext per image]
+
+What is protected, precisely
+----------------------------
+* Input: the client's input is encrypted under CKKS with a key only the client holds; N, the coefficient
+  modulus and every other parameter satisfy the HomomorphicEncryption.org 128-bit bounds (SEAL refuses
+  anything else: `security_bits = 128`). The server sees ciphertexts, their count and sizes only.
+* Keys: the server receives the public key, the relinearization key and Galois keys for the rotation steps its
+  plan uses (powers of two), never the secret key (a test searches the client's traffic for it).
+* Model: the weights stay on the server. Before a result leaves, the server (a) adds a fresh public-key
+  encryption of zero (re-randomization: the ciphertext no longer depends on the evaluation's randomness
+  structure), (b) adds Gaussian noise of standard deviation `flood_std` (default 2^-11, in logit units) to
+  every slot, real and imaginary parts (noise flooding), and (c) leaves every slot other than the logits at
+  an exact zero or a copy of a logit: the last layer's diagonals and fold are chosen so that no partial sum
+  lands anywhere else (the effect of a 0/1 mask without spending a level). `privacy()` reports the flooding
+  in bits together with an estimate of the evaluation noise it must hide.
+* NOT protected: the architecture (layer kinds, shapes, polynomial coefficients of the activations) is public
+  and sent in WELCOME; CKKS is approximate, so the logits carry an error (~1e-4 relative plus the flood) and
+  the flood hides the server's evaluation noise only statistically, by a margin of a few bits, not the
+  40+ bits a formal IND-CPA-D / circuit-privacy argument would need (Li-Micciancio 2021); the model is
+  exposed to whatever the logits themselves reveal (model extraction by many queries is out of scope). The
+  threat model is semi-honest: a malicious server could compute a different function; a malicious client
+  could send malformed keys (rejected with typed errors) but nothing stops it from querying.
+
+Packings: `packing="latency"` (default; `latency.py`: one image per query, any number of convolutions and
+linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, up to N/2 images).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import secrets
+import threading
+
+import numpy as np
+
+from ...errors import ParameterError, PrivinferError, ProtocolError, ResourceLimitError, ShapeError
+from ...model.ir import Graph
+from ...transport import Channel
+from ..base import ClientSide, Protocol, ServerSide, register
+from .context import CKKSContext
+from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
+from .params import HEParams, select_params, value_bits_from_data
+from .program import build_program, check_he_graph
+
+__all__ = ["HE", "CKKSContext", "HEParams", "select_params", "plan_latency", "build_program", "rerandomize"]
+
+DEFAULT_FLOOD_STD = 2.0 ** -11
+PACKINGS = ("latency", "batch")
+
+
+def _batch_module():
+    try:
+        return importlib.import_module("privinfer.protocols.he.batch")
+    except ModuleNotFoundError as e:
+        if (e.name or "").startswith("privinfer"):
+            raise ParameterError("packing='batch' needs privinfer.protocols.he.batch (the batch-packing engine), "
+                                 "which is not available in this build; use packing='latency'") from None
+        raise
+
+
+def rerandomize(ctx: CKKSContext, ct, flood_std: float, rng: np.random.Generator | None = None):
+    """Add a fresh encryption of zero and complex Gaussian noise of `flood_std` (value units) to every slot."""
+    import tenseal.sealapi as seal
+    rng = rng or np.random.default_rng(secrets.randbits(128))
+    zero = seal.Ciphertext()
+    ctx.encryptor.encrypt_zero(ct.parms_id(), zero)
+    zero.scale = ct.scale
+    ctx.evaluator.add_inplace(ct, zero)
+    if flood_std > 0:
+        level = ctx.parms_ids.index(ct.parms_id())
+        noise = rng.normal(0.0, flood_std, ctx.slots) + 1j * rng.normal(0.0, flood_std, ctx.slots)
+        ctx.evaluator.add_plain_inplace(ct, ctx.encode(noise, ct.scale, level))
+    return ct
+
+
+class _TenSEALView:
+    """What `rerandomize` needs, over a TenSEAL context (the batch engine's context type)."""
+
+    def __init__(self, tsctx):
+        import tenseal.sealapi as seal
+        self.seal = tsctx.seal_context().data
+        self.evaluator = seal.Evaluator(self.seal)
+        self.encoder = seal.CKKSEncoder(self.seal)
+        self.encryptor = seal.Encryptor(self.seal, tsctx.public_key().data)
+        self.slots = self.encoder.slot_count()
+        self.parms_ids = []
+        cd = self.seal.first_context_data()
+        while cd is not None:
+            self.parms_ids.append(cd.parms_id())
+            cd = cd.next_context_data()
+
+    encode = CKKSContext.encode
+
+    def ct_from_bytes(self, data, what="ciphertext"):
+        import tenseal.sealapi as seal
+        from .context import load_into
+        return load_into(seal.Ciphertext(), self.seal, data, what)
+
+    ct_to_bytes = CKKSContext.ct_to_bytes
+
+
+def _tenseal_context(params: HEParams):
+    import tenseal as ts
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.N,
+                     coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
+    ctx.global_scale = 2.0 ** params.scale_bits
+    return ctx
+
+
+def _load_public_tenseal(blob: bytes, params: HEParams):
+    import tenseal as ts
+    try:
+        ctx = ts.context_from(blob)
+    except Exception as e:
+        raise ProtocolError(f"public context rejected: {e}") from None
+    if ctx.is_private() or ctx.has_secret_key():
+        raise ProtocolError("the client sent a context holding its secret key; refusing it")
+    if not (ctx.has_public_key() and ctx.has_relin_keys()):
+        raise ProtocolError("the public context lacks the public or relinearization key")
+    data = ctx.seal_context().data.first_context_data()
+    if data.parms().poly_modulus_degree() != params.N or \
+            len(data.parms().coeff_modulus()) != len(params.coeff_mod_bit_sizes) - 1:
+        raise ProtocolError("the public context does not use the parameters of the WELCOME")
+    ctx.global_scale = 2.0 ** params.scale_bits
+    return ctx
+
+
+class _KeyedContext(CKKSContext):
+    """A per-connection view of the server's context: shares SEAL objects, holds this client's keys."""
+
+    def __init__(self, base: CKKSContext):  # noqa: super().__init__ deliberately not called (shares state)
+        self.__dict__.update({k: v for k, v in base.__dict__.items()})
+        self.secret_key = self.public_key = self.relin_keys = self.galois_keys = None
+        self.encryptor = self.decryptor = self._sym_encryptor = None
+
+
+class _HEServer(ServerSide):
+    def __init__(self, proto: "HE", packing: str, batch_size):
+        self.proto, self.packing = proto, packing
+        self.ctx: _KeyedContext | None = None
+        if packing == "latency":
+            self.params, self.steps = proto.latency_params, proto.plan.rotation_steps
+        else:
+            self.batch = _batch_module()
+            self.params = proto.batch_params(int(batch_size or 1))
+            self.steps = sorted(int(s) for s in self.batch.rotation_steps(proto.graph))
+            if self.steps:
+                raise ParameterError("the batch engine asks for rotations; TenSEAL cannot make per-step keys")
+
+    def welcome(self) -> dict:
+        info = {"packing": self.packing, "params": self.params.to_json(), "rotation_steps": list(self.steps),
+                "flood_std": self.proto.flood_std, "out_dim": int(np.prod(self.proto.graph.output_shape)),
+                "max_batch": self.max_batch}
+        if self.packing == "latency":
+            info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct)
+        return info
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.proto.options["max_batch"]) if self.packing == "latency" else self.params.slots
+
+    def setup(self, ch: Channel) -> None:
+        blobs = ch.recv_blobs()
+        if self.packing == "latency":
+            ctx = _KeyedContext(self.proto.ctx)
+            ctx.load_public(blobs, self.steps)
+            self.ctx = ctx
+        else:
+            if len(blobs) != 1:
+                raise ProtocolError(f"expected one public TenSEAL context, got {len(blobs)} blobs")
+            self.ctx = _load_public_tenseal(blobs[0], self.params)
+            self.view = _TenSEALView(self.ctx)
+        ch.send_json({"ready": True})
+
+    def query(self, ch: Channel, meta: dict) -> None:
+        B = int(meta["batch"])
+        if B > self.max_batch:
+            raise ResourceLimitError(f"batch {B} exceeds this session's limit of {self.max_batch} "
+                                     f"({self.packing} packing)")
+        blobs = ch.recv_blobs()
+        if self.packing == "batch":
+            out = self.batch.server_evaluate(self.ctx, self.proto.graph, blobs, B)
+            ch.send_blobs([self._finish(b) for b in out])
+            return
+        n_ct = self.proto.plan.input.n_ct
+        if len(blobs) != B * n_ct:
+            raise ShapeError(f"expected {B} x {n_ct} ciphertexts (batch x per-image), got {len(blobs)}")
+        expect_scale = 2.0 ** self.params.input_scale_bits
+        backend = SealBackend(self.ctx)
+        results = []
+        for i in range(B):
+            cts = []
+            for b in blobs[i * n_ct:(i + 1) * n_ct]:
+                ct = self.ctx.ct_from_bytes(b, "input ciphertext", level=0)
+                if ct.scale != expect_scale:
+                    raise ProtocolError(f"input ciphertext at scale {ct.scale:g}, the plan expects 2^"
+                                        f"{self.params.input_scale_bits}")
+                cts.append(ct)
+            out = self.proto.compiled.evaluate(cts, backend=backend)
+            rerandomize(self.ctx, out, self.proto.flood_std)
+            results.append(self.ctx.ct_to_bytes(out))
+        ch.send_blobs(results)
+
+    def _finish(self, blob: bytes) -> bytes:
+        ct = self.view.ct_from_bytes(blob, "batch result")
+        return self.view.ct_to_bytes(rerandomize(self.view, ct, self.proto.flood_std))
+
+    def close(self) -> None:
+        self.ctx = None
+
+
+class _HEClient(ClientSide):
+    def __init__(self, welcome: dict, graph: Graph, packing: str):
+        try:
+            info_packing = welcome["packing"]
+            self.params = HEParams.from_json(welcome["params"])
+            self.steps = [int(s) for s in welcome["rotation_steps"]]
+            self.flood_std = float(welcome.get("flood_std", 0.0))
+            self.out_dim = int(welcome["out_dim"])
+            self.max_batch = int(welcome.get("max_batch", 1))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed HE WELCOME: {e!r}") from None
+        if info_packing != packing:
+            raise ProtocolError(f"server set up packing {info_packing!r}, client asked for {packing!r}")
+        self.packing, self.graph = packing, graph
+        if self.params.security_bits != 128:
+            raise ProtocolError("server proposed parameters below 128-bit security")
+        if packing == "latency":
+            self.prog = build_program(graph)
+            self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
+            if self.plan.digest() != welcome.get("plan_digest") or self.steps != self.plan.rotation_steps:
+                raise ProtocolError("the server's packing plan differs from the one derived from the public "
+                                    "architecture (different privinfer versions?)")
+        else:
+            self.batch = _batch_module()
+            if sorted(self.steps) != sorted(int(s) for s in self.batch.rotation_steps(graph)):
+                raise ProtocolError("the server asks for rotation keys the batch engine does not use")
+        self.ctx: CKKSContext | None = None
+
+    def query_meta(self, x: np.ndarray) -> dict:
+        B = int(x.shape[0])
+        limit = self.max_batch if self.packing == "latency" else self.params.slots
+        if B > limit:
+            raise ResourceLimitError(f"batch {B} exceeds this session's limit of {limit} ({self.packing} packing)")
+        return {"batch": B}
+
+    def setup(self, ch: Channel) -> None:
+        if self.packing == "latency":
+            self.ctx = CKKSContext.create(self.params, self.steps)
+            ch.send_blobs(self.ctx.public_blobs())
+        else:
+            self.ctx = _tenseal_context(self.params)
+            ch.send_blobs([self.ctx.serialize(save_public_key=True, save_secret_key=False,
+                                              save_galois_keys=False, save_relin_keys=True)])
+        reply = ch.recv_json()
+        if not reply.get("ready"):
+            raise ProtocolError(f"server did not accept the keys: {reply}")
+
+    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
+        B = int(x.shape[0])
+        if self.packing == "batch":
+            ch.send_blobs(self.batch.client_encrypt(self.ctx, x))
+            return np.asarray(self.batch.client_decrypt(self.ctx, ch.recv_blobs(), B, self.out_dim))
+        scale = 2.0 ** self.params.input_scale_bits
+        blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
+        ch.send_blobs(blobs)
+        res = ch.recv_blobs()
+        if len(res) != B:
+            raise ProtocolError(f"expected {B} result ciphertexts, got {len(res)}")
+        pos = self.plan.output_slots()
+        return np.stack([self.ctx.decrypt(r)[pos] for r in res])
+
+    def privacy(self) -> dict:
+        p = self.params
+        out = {"protocol": "he", "scheme": "CKKS (approximate arithmetic)", "security_bits": p.security_bits,
+               "poly_modulus_degree": p.N, "coeff_modulus_bits": p.total_bits, "packing": self.packing,
+               "input_private": True, "model_private": True, "architecture_public": True,
+               "threat_model": "semi-honest server and client",
+               "secret_key_location": "client only",
+               "galois_keys_sent": len(self.steps),
+               "output_rerandomized": True,
+               "flood_std": self.flood_std}
+        if self.flood_std > 0:
+            t_out = p.output_scale_bits or p.scale_bits
+            # evaluation error of this evaluator, measured on the zoo networks (logits up to ~100): about
+            # 2^-(scale_bits - 16) in value units; an estimate, not a bound
+            noise = 2.0 ** -(p.scale_bits - 16)
+            out.update(noise_flood_bits=round(math.log2(self.flood_std) + t_out, 1),
+                       evaluation_noise_bits_estimate=round(math.log2(noise) + t_out, 1),
+                       flood_margin_bits_estimate=round(math.log2(self.flood_std / noise), 1))
+        out["not_protected"] = ["architecture (layer kinds, shapes, activation coefficients)",
+                                "CKKS approximation error in the logits",
+                                "statistical hiding of evaluation noise only by the flood margin (not IND-CPA-D)",
+                                "what the logits themselves reveal (model extraction over many queries)"]
+        return out
+
+    def close(self) -> None:
+        self.ctx = None
+
+
+@register
+class HE(Protocol):
+    name = "he"
+    summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
+    server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": DEFAULT_FLOOD_STD}
+    client_options = {"packing": "latency", "batch_size": None}
+    supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
+
+    @classmethod
+    def check_graph(cls, graph: Graph) -> None:
+        check_he_graph(graph)  # names the layer and points to make_he_friendly
+
+    def __init__(self, graph: Graph, **options):
+        super().__init__(graph, **options)
+        self.program = build_program(graph)
+        cal = self.options["calibration"]
+        vb = self.options["value_bits"]
+        if vb is None:
+            vb = value_bits_from_data(self.program, cal) if cal is not None else None
+        self.value_bits = vb
+        self.flood_std = float(self.options["flood_std"])
+        if not self.flood_std >= 0:
+            raise ParameterError(f"flood_std must be >= 0, got {self.flood_std}")
+        self._lock = threading.Lock()
+        self._latency = None
+        self._batch_params: dict[int, HEParams] = {}
+        self._build_latency()  # parameters, plan and plaintexts once per served model; errors surface now
+
+    def _build_latency(self):
+        with self._lock:
+            if self._latency is None:
+                params = select_params(self.program, "latency", value_bits=self.value_bits)
+                plan = plan_latency(self.program, params.slots)
+                ctx = CKKSContext.for_params(params)
+                compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
+                                        input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
+                                        scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits)
+                self._latency = (params, plan, ctx, compiled)
+        return self._latency
+
+    def batch_params(self, batch_size: int) -> HEParams:
+        """Batch-packing parameters, chosen once per batch size (the engine's own planner is slow)."""
+        with self._lock:
+            if batch_size not in self._batch_params:
+                self._batch_params[batch_size] = select_params(self.graph, "batch", value_bits=self.value_bits,
+                                                               batch=batch_size)
+            return self._batch_params[batch_size]
+
+    @property
+    def latency_params(self) -> HEParams:
+        return self._build_latency()[0]
+
+    @property
+    def plan(self) -> LatencyPlan:
+        return self._build_latency()[1]
+
+    @property
+    def ctx(self) -> CKKSContext:
+        return self._build_latency()[2]
+
+    @property
+    def compiled(self) -> CompiledPlan:
+        return self._build_latency()[3]
+
+    def server_side(self, client_options: dict) -> ServerSide:
+        packing = client_options.get("packing", "latency")
+        if packing not in PACKINGS:
+            raise ProtocolError(f"packing must be one of {PACKINGS}, got {packing!r}")
+        return _HEServer(self, packing, client_options.get("batch_size"))
+
+    @classmethod
+    def validate_client_options(cls, options: dict) -> dict:
+        opts = super().validate_client_options(options)
+        if opts["packing"] not in PACKINGS:
+            raise PrivinferError(f"he: packing must be one of {PACKINGS}, got {opts['packing']!r}")
+        bs = opts["batch_size"]
+        if bs is not None and (not isinstance(bs, int) or bs < 1):
+            raise PrivinferError(f"he: batch_size must be a positive integer, got {bs!r}")
+        return opts
+
+    @classmethod
+    def client_side(cls, welcome: dict, graph: Graph, **client_options) -> ClientSide:
+        return _HEClient(welcome, graph, client_options.get("packing", "latency"))

@@ -1,0 +1,188 @@
+"""From an IR graph to an HE program: affine segments separated by square / cube activations.
+
+Every run of linear layers (Conv2d, AvgPool2d, Flatten, Linear, and degree <= 1 polynomials) between two
+non-linear activations is one affine map `y = A x + b` on flat vectors, composed into a dense matrix. That is
+how AvgPool and Flatten "fold into the next linear map": they cost nothing under HE.
+
+Polynomial activations are rewritten so that each costs as little multiplicative depth as possible:
+
+* degree 2: `a x² + c1 x + c0 = a (x + h)² + k` with `h = c1 / 2a`: `h` folds into the previous segment's bias,
+  `a` and `k` into the next segment's weights and bias, so the ciphertext only squares (no rescale of its own);
+* degree 3: the depressed cubic `c3 u³ + e u + k` with `u = x + h`, `h = c2 / 3 c3`: evaluated as
+  `u · (u² + e / c3)` (one rescale), `c3` and `k` fold into the next segment;
+* degree >= 4 is refused (no rewrite to depth 1-2); ReLU / MaxPool are refused with a pointer to
+  `privinfer.model.approx.make_he_friendly`.
+
+Every segment also carries its *structural* sparsity pattern, computed from the public architecture only
+(weights replaced by ones, so no cancellation): the packing (which slot holds what) is derived from the pattern,
+never from weight values, so client and server derive identical layouts from the public graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...errors import ParameterError, ShapeError, UnsupportedLayerError
+from ...model.ir import AvgPool2d, Conv2d, Flatten, Graph, Linear, Poly
+from ...model.reference import apply_layer
+
+#: largest dense segment matrix we are willing to build (entries)
+MAX_SEGMENT_ENTRIES = 1 << 26
+HE_FRIENDLY_HINT = ("HE evaluates only polynomial activations; convert the model with "
+                    "privinfer.model.approx.make_he_friendly(model) (ReLU -> polynomial, MaxPool -> AvgPool)")
+
+
+@dataclass
+class Affine:
+    """y = A x + b on flat vectors; `pattern` is the structural (public) non-zero pattern of A."""
+    A: np.ndarray
+    b: np.ndarray
+    pattern: np.ndarray
+    names: tuple = ()
+    kind = "affine"
+
+    @property
+    def n_in(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.A.shape[0])
+
+
+@dataclass
+class Activation:
+    """`square`: x -> x²; `cube`: u -> u · (u² + const). Scalars around them are folded into the segments."""
+    kind: str
+    const: float = 0.0
+    name: str = ""
+
+
+@dataclass
+class Program:
+    ops: list = field(default_factory=list)
+    input_dim: int = 0
+    output_dim: int = 0
+
+    @property
+    def segments(self) -> list[Affine]:
+        return [o for o in self.ops if isinstance(o, Affine)]
+
+    def structure(self) -> list[str]:
+        """['lin', 'sq', 'lin', 'cube', 'lin', ...]: what the parameter selection needs."""
+        return ["lin" if isinstance(o, Affine) else ("sq" if o.kind == "square" else "cube") for o in self.ops]
+
+    def max_dim(self) -> int:
+        return max(max(s.n_out, s.n_in) for s in self.segments)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Plaintext evaluation of the rewritten program (must equal the reference executor)."""
+        v = np.asarray(x, dtype=np.float64).reshape(-1)
+        for op in self.ops:
+            if isinstance(op, Affine):
+                v = op.A @ v + op.b
+            elif op.kind == "square":
+                v = v * v
+            else:
+                v = v * (v * v + op.const)
+        return v
+
+
+def check_he_graph(graph: Graph) -> None:
+    """Refuse layers HE cannot evaluate, naming them (typed error, no computation)."""
+    for layer, name in zip(graph.layers, graph.names):
+        if layer.kind in ("relu", "maxpool2d"):
+            raise UnsupportedLayerError(f"layer {name} ({layer.kind}) cannot run under HE. {HE_FRIENDLY_HINT}")
+        if layer.kind == "poly" and layer.degree > 3:
+            raise UnsupportedLayerError(f"layer {name}: polynomial of degree {layer.degree} > 3 is not supported "
+                                        f"by the HE evaluator (use degree 2 or 3: make_he_friendly(activation="
+                                        f"'poly2'|'poly3'))")
+        if layer.kind not in ("conv2d", "linear", "avgpool2d", "flatten", "poly"):
+            raise UnsupportedLayerError(f"layer {name} ({layer.kind}) cannot run under HE. {HE_FRIENDLY_HINT}")
+
+
+def _ones_like(layer):
+    """The same layer with every weight set to one (structural pattern, no cancellation)."""
+    if isinstance(layer, Conv2d):
+        return Conv2d(np.ones_like(layer.weight), np.zeros_like(layer.bias), layer.stride, layer.padding)
+    if isinstance(layer, Linear):
+        return Linear(np.ones_like(layer.weight), np.zeros_like(layer.bias))
+    return layer
+
+
+def _apply_cols(layer, M: np.ndarray, shape, bias: bool) -> np.ndarray:
+    """Apply a linear layer to every column of M (columns are flat vectors of `shape`)."""
+    if isinstance(layer, (Flatten,)):
+        return M
+    if isinstance(layer, Linear):
+        out = layer.weight @ M
+        return out + layer.bias[:, None] if bias else out
+    t = torch.from_numpy(np.ascontiguousarray(M.T).reshape((M.shape[1],) + tuple(shape)))
+    with torch.no_grad():
+        if isinstance(layer, Conv2d) and not bias:
+            layer = Conv2d(layer.weight, np.zeros_like(layer.bias), layer.stride, layer.padding)
+        out = apply_layer(layer, t)
+    return out.reshape(M.shape[1], -1).numpy().T.copy()
+
+
+def build_program(graph: Graph) -> Program:
+    """Rewrite `graph` into affine segments and square/cube activations (see the module docstring)."""
+    check_he_graph(graph)
+    n_in = int(np.prod(graph.input_shape))
+    prog = Program(input_dim=n_in, output_dim=int(np.prod(graph.output_shape)))
+    A = np.eye(n_in)
+    b = np.zeros(n_in)
+    P = np.eye(n_in)  # non-negative "ones" composition: > 0 where structurally non-zero
+    names: list[str] = []
+    shape = tuple(graph.input_shape)
+
+    def close(next_scale: float, next_shift: float):
+        nonlocal A, b, P, names
+        if A.size > MAX_SEGMENT_ENTRIES:
+            raise ParameterError(f"segment {names} is a {A.shape[0]}x{A.shape[1]} map, too large for the latency "
+                                 f"packing (limit {MAX_SEGMENT_ENTRIES} entries)")
+        prog.ops.append(Affine(A, b, P > 0, tuple(names)))
+        n = A.shape[0]
+        A, b, P, names = np.eye(n) * next_scale, np.full(n, float(next_shift)), np.eye(n), []
+
+    for layer, name, out_shape in zip(graph.layers, graph.names, graph.shapes[1:]):
+        if isinstance(layer, (Conv2d, Linear, AvgPool2d, Flatten)):
+            if A.shape[1] * int(np.prod(out_shape)) > MAX_SEGMENT_ENTRIES:
+                raise ParameterError(f"layer {name}: composed linear map {int(np.prod(out_shape))}x{A.shape[1]} "
+                                     f"is too large for the latency packing")
+            A = _apply_cols(layer, A, shape, bias=False)
+            b = _apply_cols(layer, b[:, None], shape, bias=True)[:, 0]
+            P = _apply_cols(_ones_like(layer), P, shape, bias=False)
+            names.append(name)
+        elif isinstance(layer, Poly):
+            c = list(layer.coeffs) + [0.0] * (4 - len(layer.coeffs))
+            deg = layer.degree
+            if deg <= 1:
+                A, b = A * c[1], b * c[1] + c[0]
+                if c[1] == 0.0:
+                    P = np.zeros_like(P)
+                names.append(name)
+            elif deg == 2:
+                a, h = c[2], c[1] / (2 * c[2])
+                k = c[0] - c[1] * c[1] / (4 * c[2])
+                b = b + h
+                close(a, k)
+                prog.ops.append(Activation("square", 0.0, name))
+            else:  # deg == 3: p(x) = c3 u^3 + e u + k with u = x + h
+                c3 = c[3]
+                h = c[2] / (3 * c3)
+                x0 = -h
+                e = 3 * c3 * x0 * x0 + 2 * c[2] * x0 + c[1]
+                k = ((c3 * x0 + c[2]) * x0 + c[1]) * x0 + c[0]
+                b = b + h
+                close(c3, k)
+                prog.ops.append(Activation("cube", e / c3, name))
+        else:  # pragma: no cover - check_he_graph refused it
+            raise UnsupportedLayerError(f"layer {name} ({layer.kind}): {HE_FRIENDLY_HINT}")
+        shape = tuple(out_shape)
+    close(1.0, 0.0)
+    if prog.segments[-1].n_out != prog.output_dim:  # pragma: no cover - shapes are checked by Graph
+        raise ShapeError(f"program output {prog.segments[-1].n_out} != graph output {prog.output_dim}")
+    return prog
