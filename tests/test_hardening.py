@@ -157,3 +157,36 @@ def test_resource_limits_are_typed():
             with pytest.raises(ProtocolError, match="exceeds the limit|refusing"):
                 s.channel.max_frame = 1 << 20
                 s.infer(np.zeros((2, 1, 28, 28)))  # 6 KB frame > 4 KB server limit
+
+
+# --- no secrets on the wire -------------------------------------------------------------------------
+PRIVATE_INPUT = [c for c in CASES if c[0] in ("he", "noisy")]
+
+
+@pytest.mark.parametrize("case", PRIVATE_INPUT, ids=lambda c: c[0])
+def test_raw_input_never_on_the_wire(case, monkeypatch):
+    """Record every byte the client sends; no 8-pixel window of the input may appear in any float encoding."""
+    from privinfer.transport import Channel
+    protocol, model, opts, tol = case
+    sent = bytearray()
+    original = Channel.send_frame
+
+    def recording(self, ftype, payload=b""):
+        if self.peer.startswith("server"):
+            sent.extend(bytes(payload))
+        return original(self, ftype, payload)
+
+    monkeypatch.setattr(Channel, "send_frame", recording)
+    X, _ = zoo.load_dataset(model, "test")
+    x = X[7]
+    with privinfer.PrivateSession(zoo.load_model(model), protocol, spawn="thread", **opts) as s:
+        s.infer(x)
+        secret = s.client.ctx.secret_key_bytes() if protocol == "he" else b""
+    flat = x.reshape(-1)
+    nz = np.flatnonzero(flat)
+    window = flat[nz[0]: nz[0] + 8]
+    assert np.count_nonzero(window) >= 4
+    for dtype in ("<f4", "<f8", ">f4", ">f8"):
+        assert window.astype(dtype).tobytes() not in sent, dtype
+    if secret:
+        assert len(secret) > 1000 and secret[100:164] not in sent and secret not in sent
