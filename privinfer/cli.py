@@ -81,14 +81,10 @@ def cmd_query(a) -> None:
 
 
 def cmd_zoo(a) -> None:
-    from . import zoo
-    if a.zoo_cmd == "list":
-        for name, info in zoo.NETWORKS.items():
-            print(f"{name:<18} {getattr(info, 'citation', '')}")
-    elif a.zoo_cmd == "train":
-        model, acc = zoo.train_network(a.name, progress=True)
-        path = zoo.save_weights(a.name, model)
-        print(f"{a.name}: test accuracy {acc:.4f}; weights {path}")
+    from .zoo.cli import main as zoo_main
+    rc = zoo_main([x for x in a.zoo_args if x != "--"] or ["--help"])
+    if rc:
+        raise SystemExit(rc)
 
 
 def cmd_bench(a) -> None:
@@ -130,11 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--option", action="append", help="client option key=value (repeatable)")
     q.set_defaults(func=cmd_query)
 
-    z = sub.add_parser("zoo", help="benchmark networks of the literature")
-    zs = z.add_subparsers(dest="zoo_cmd", required=True)
-    zs.add_parser("list")
-    zt = zs.add_parser("train")
-    zt.add_argument("name")
+    z = sub.add_parser("zoo", help="benchmark networks: zoo list | zoo train NAME|all | zoo verify NAME",
+                       add_help=False)
+    z.add_argument("zoo_args", nargs=argparse.REMAINDER)
     z.set_defaults(func=cmd_zoo)
 
     b = sub.add_parser("bench", help="measure a protocol; writes records as JSON")
@@ -151,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["zoo"]:  # the zoo has its own parser (list | train | verify)
+        argv = ["zoo", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="privinfer %(levelname)s: %(message)s")
     try:
