@@ -23,8 +23,8 @@ from .netem import get_profile, server_in_namespace
 from .protocols.base import get_protocol, split_options
 from .session import PrivateSession, connect
 
-RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "offline_s", "online_s",
-                 "bytes_client_to_server", "bytes_server_to_client", "setup_bytes", "rounds",
+RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "setup_s", "offline_s", "online_s",
+                 "bytes_client_to_server", "bytes_server_to_client", "bytes_dealer", "setup_bytes", "rounds",
                  "accuracy_plain", "accuracy_private", "argmax_agreement", "max_abs_err", "peak_rss_mb", "privacy")
 
 
@@ -68,7 +68,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
                              f"the split holds {len(X)}")
     ref_all = run_reference(graph, X)
     accuracy_plain = float(np.mean(ref_all.argmax(1) == y))
-    lat, off, on, up, down, rounds, logits = [], [], [], [], [], [], []
+    lat, off, on, up, down, dealer, rounds, logits = [], [], [], [], [], [], [], []
     with _open_session(graph, protocol, options or {}, profile) as sess:
         for i in range(samples + warmup):
             xb = X[i * batch:(i + 1) * batch]
@@ -82,6 +82,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
             on.append(q.online_s)
             up.append(q.bytes_client_to_server)
             down.append(q.bytes_server_to_client)
+            dealer.append(q.bytes_dealer)
             rounds.append(q.rounds)
             if progress:
                 print(f"\r  {protocol}/{name} query {i + 1 - warmup}/{samples}: {q.latency_s:.3f} s", end="", flush=True)
@@ -94,10 +95,12 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     return {
         "protocol": protocol, "model": name, "batch": batch, "network": network, "samples": samples,
         "latency_s": _quantiles(lat),
-        "offline_s": round(stats.setup_s + statistics.median(off), 6),
+        "setup_s": round(stats.setup_s, 6),  # once per session: keys, processes, weight sharing
+        "offline_s": round(statistics.median(off), 6),  # per query, before the input is used
         "online_s": round(statistics.median(on), 6),
         "bytes_client_to_server": int(statistics.median(up)),
         "bytes_server_to_client": int(statistics.median(down)),
+        "bytes_dealer": int(statistics.median(dealer)),
         "setup_bytes": int(stats.setup_bytes),
         "rounds": int(statistics.median(rounds)),
         "accuracy_plain": round(accuracy_plain, 4),
@@ -128,15 +131,16 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
 
 def format_table(records: list[dict]) -> str:
     """A Markdown table (the README's benchmark table uses this format)."""
-    head = ("| protocol | model | network | batch | latency median (p25–p75) | offline | online | up | down | setup | rounds "
+    head = ("| protocol | model | network | batch | latency median (p25–p75) | setup | offline | online | up | down | dealer | setup | rounds "
             "| acc plain | acc private | agree | max err | RSS |")
-    rows = [head, "|" + "---|" * 16]
+    rows = [head, "|" + "---|" * 18]
     for r in records:
         lat = r["latency_s"]
         rows.append(
             f"| {r['protocol']} | {r['model']} | {r['network']} | {r['batch']} | {lat['median']:.3f} s ({lat['p25']:.3f}–{lat['p75']:.3f}) "
-            f"| {r['offline_s']:.3f} s | {r['online_s']:.3f} s | {_size(r['bytes_client_to_server'])} "
-            f"| {_size(r['bytes_server_to_client'])} | {_size(r['setup_bytes'])} | {r['rounds']} "
+            f"| {r['setup_s']:.2f} s | {r['offline_s']:.3f} s | {r['online_s']:.3f} s | {_size(r['bytes_client_to_server'])} "
+            f"| {_size(r['bytes_server_to_client'])} | {_size(r['bytes_dealer'])} | {_size(r['setup_bytes'])} "
+            f"| {r['rounds']} "
             f"| {r['accuracy_plain']:.3f} | {r['accuracy_private']:.3f} | {r['argmax_agreement']:.3f} "
             f"| {r['max_abs_err']:.1e} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(rows)

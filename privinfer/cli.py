@@ -1,4 +1,4 @@
-"""`privinfer serve | query | zoo | bench` (and `dealer` for 2PC). Errors are one clear line, exit code 2."""
+"""`privinfer serve | query | dealer | zoo | bench`. Errors are one clear line, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,12 @@ def cmd_bench(a) -> None:
         print(f"wrote {a.json}")
 
 
+def cmd_dealer(a) -> None:
+    from .protocols.ss_dealer import run_dealer
+    print(f"privinfer: dealer (CrypTen TTP) for protocol 'ss' on {a.host}:{a.port}", flush=True)
+    run_dealer(a.host, a.port, mpc_timeout=a.mpc_timeout, gloo_ifname=a.gloo_ifname)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privinfer", description="private neural-network inference")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -130,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     z.add_argument("zoo_args", nargs=argparse.REMAINDER)
     z.set_defaults(func=cmd_zoo)
+
+    d = sub.add_parser("dealer", help="run the 2PC dealer (CrypTen's trusted third party) as a service")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=7551)
+    d.add_argument("--mpc-timeout", type=float, default=60.0, help="seconds a CrypTen operation may stall")
+    d.add_argument("--gloo-ifname", default=None, help="network interface for gloo (default: the one used)")
+    d.set_defaults(func=cmd_dealer)
 
     b = sub.add_parser("bench", help="measure a protocol; writes records as JSON")
     b.add_argument("--protocol", default="plain")

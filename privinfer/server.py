@@ -86,9 +86,9 @@ class Server:
             ch.send_error(ResourceLimitError(f"server busy: {self.max_sessions} sessions already open"))
             ch.close()
             return
-        side = None
+        sides: list = []  # filled as soon as the ServerSide exists, so close() runs even if setup fails
         try:
-            side = self._handshake(ch)
+            side = self._handshake(ch, sides)
             while True:
                 ftype, payload = ch.expect(FrameType.QUERY, FrameType.BYE)
                 if ftype == FrameType.BYE:
@@ -109,7 +109,7 @@ class Server:
             log.exception("client %s: internal error", ch.peer)
             ch.send_error(ProtocolError(f"server could not process the request ({type(e).__name__}: {e})"))
         finally:
-            if side is not None:
+            for side in sides:
                 try:
                     side.close()
                 except Exception:
@@ -117,7 +117,7 @@ class Server:
             _linger_close(ch)
             self._slots.release()
 
-    def _handshake(self, ch: Channel):
+    def _handshake(self, ch: Channel, sides: list):
         hello = ch.recv_json(FrameType.HELLO)
         name = hello.get("protocol")
         if name != self.protocol_cls.name:
@@ -127,6 +127,7 @@ class Server:
             raise ProtocolError("HELLO options must be an object")
         client_opts = self.protocol_cls.validate_client_options(opts)
         side = self.protocol.server_side(client_opts)
+        sides.append(side)
         ch.send_json({"protocol": name, "graph": self.graph.spec(), "info": side.welcome(),
                       "limits": {"max_batch": self.max_batch, "max_frame": self.max_frame,
                                  "timeout": self.timeout}}, FrameType.WELCOME)

@@ -31,6 +31,7 @@ class QueryStats:
     rounds: int
     offline_s: float = 0.0  # input-independent work inside this query (protocols report it)
     online_s: float = 0.0
+    bytes_dealer: int = 0  # traffic between a party and a helper (2PC dealer), both directions
 
 
 @dataclass
@@ -80,6 +81,8 @@ class RemoteSession:
             self.client.setup(channel)
         except BaseException:
             channel.close()
+            if getattr(self, "client", None) is not None:
+                self.client.close()
             raise
         d = channel.stats - before
         self.stats.setup_s = time.perf_counter() - t0
@@ -108,8 +111,12 @@ class RemoteSession:
         d = self.channel.stats - before
         timing = getattr(self.client, "query_timing", None) or {}
         offline = float(timing.get("offline_s", 0.0))
-        self.stats.queries.append(QueryStats(int(batch.shape[0]), latency, d.bytes_sent, d.bytes_received, d.rounds,
-                                             offline, float(timing.get("online_s", latency - offline))))
+        # protocols whose traffic bypasses the Channel (CrypTen's gloo) report it as side_* counters
+        self.stats.queries.append(QueryStats(
+            int(batch.shape[0]), latency, d.bytes_sent + int(timing.get("side_bytes_client_to_server", 0)),
+            d.bytes_received + int(timing.get("side_bytes_server_to_client", 0)),
+            d.rounds + int(timing.get("side_rounds", 0)), offline,
+            float(timing.get("online_s", latency - offline)), int(timing.get("dealer_bytes", 0))))
         self.stats.privacy = self.client.privacy()
         return logits[0] if single else logits
 
@@ -124,7 +131,8 @@ class RemoteSession:
                 except PrivinferError:
                     pass
             self.channel.close()
-            self.client.close() if hasattr(self, "client") else None
+            if getattr(self, "client", None) is not None:
+                self.client.close()
 
     def __enter__(self):
         return self

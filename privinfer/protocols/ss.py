@@ -1,0 +1,413 @@
+"""`ss`: two-party secret-shared inference (MiniONN / DeepSecure setting) on CrypTen, with a dealer.
+
+Parties and processes
+    * server = model owner = CrypTen rank 0, client = input owner = rank 1, dealer = CrypTen's trusted
+      third party (TTP), rank 2. Each rank is its own OS process (torch.distributed: one process group
+      per process); the server spawns one rank-0 worker per client connection, the client one rank-1
+      worker per session, and the dealer is either spawned per session by the server (default) or a
+      `privinfer dealer` service on another host (`dealer="host:port"`). They meet over TCP (gloo); the
+      rendezvous address travels on privinfer's own channel, so the client needs only the server's address.
+
+Who learns what
+    The architecture (layer kinds and shapes) is public: the client works on a zero-weight copy built
+    from the spec. The server shares the weights (src=0), the client shares the input (src=1), and only
+    the client gets the logits (`get_plain_text(dst=1)`). The server sees only uniformly random shares
+    and masked openings; so does the client about the weights. Besides the architecture, both learn the
+    batch size and timing.
+
+Threat model
+    Semi-honest (honest-but-curious) server and client, and a dealer that colludes with neither. A dealer
+    that shares its keys with the server reveals the client's input to it (and vice versa for the
+    weights): a dealer spawned by the server is only as trustworthy as the server's operator. The gloo
+    links are plain TCP: run them on a trusted network or inside TLS/VPN tunnels. Hardening over stock
+    CrypTen: the dealer<->party randomness comes from SHAKE-128 keyed with 256-bit keys instead of torch's
+    Mersenne Twister (whose state a party can recover from Beaver openings of values it knows, e.g. its
+    own weights, and with it the other party's masks).
+
+Offline / online
+    Before the input exists, the server worker dry-runs the network on shapes alone (no data leaves the
+    process) and records every request for correlated randomness, in order: Beaver triples for each
+    product, binary triples for every AND of the comparison circuits, B2A bits. The plan goes to the
+    dealer, which answers party 0's share of everything in one batch; party 1 derives its shares locally
+    from its dealer key. The online phase then pops tuples in order; a tuple that was not preprocessed is
+    an error, never a dealer round trip, so online traffic is client<->server only.
+
+Arithmetic
+    64-bit ring, fixed point with `precision_bits` fractional bits (default 16; truncation is CrypTen's
+    local two-party truncation). Layers: conv2d (asymmetric padding padded explicitly), linear, average
+    pool, max pool (tournament of pairwise maxima), ReLU, polynomials, flatten. ReLU→MaxPool runs as
+    MaxPool→ReLU (they commute exactly), which divides the ReLU count by the pool area.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import PrivinferError, ProtocolError, ShapeError, TimeoutError_
+from ..model.ir import Graph, graph_to_bytes
+from ..transport import Channel, frames
+from .base import ClientSide, Protocol, ServerSide, register
+from .ss_compile import SUPPORTED
+from .ss_tuples import plan_digest, plan_elements, validate_plan
+from .ss_dealer import LocalDealer, RemoteDealer
+from .ss_worker import ChildProcess, ifname_for, party_main, warm_up
+
+THREAT_MODEL = "semi-honest server and client, non-colluding dealer (CrypTen TTP)"
+SPAWN_ALLOWANCE = 120.0  # seconds a fresh worker may take to import torch + CrypTen on a busy machine
+
+
+class DealerError(ProtocolError):
+    """The dealer died, stalled or refused while preparing correlated randomness."""
+
+
+def _chunks(batch: int, size: int) -> list[int]:
+    return [size] * (batch // size) + ([batch % size] if batch % size else [])
+
+
+def _free_port(host: str) -> int:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _peer_pending(sock: socket.socket) -> bool | None:
+    """True if the peer sent data not yet read, False if nothing is pending, None once it hung up."""
+    try:
+        return None if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" else True
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return None
+
+
+def _rendezvous(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+class _SSServer(ServerSide):
+    def __init__(self, proto: "SecretSharing", copts: dict):
+        self.graph = proto.graph
+        self.sopts, self.copts = proto.options, copts
+        self.timeout = float(self.sopts["mpc_timeout"])
+        self.worker: ChildProcess | None = None
+        self.dealer = None
+        self.plans: dict[int, tuple[bytes, str, int]] = {}
+        self.sent_plans: set[int] = set()
+        self.prepared: int | None = None
+
+    def _worker_opts(self) -> dict:
+        return {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
+                "threads": int(self.sopts["threads"]), "gloo_ifname": self.sopts["gloo_ifname"]}
+
+    def welcome(self) -> dict:
+        return {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
+                "dealer": "remote " + str(self.sopts["dealer"]) if self.sopts["dealer"] else "local (spawned by the server)"}
+
+    def setup(self, ch: Channel) -> None:
+        try:
+            host = ch.sock.getsockname()[0]
+            rdv = _rendezvous(host, _free_port(host))
+            opts = self._worker_opts()
+            opts["gloo_ifname"] = opts["gloo_ifname"] or ifname_for(host)
+            if self.sopts["dealer"]:
+                self.dealer = RemoteDealer(self.sopts["dealer"], rdv, opts, self.timeout + SPAWN_ALLOWANCE)
+            else:
+                self.dealer = LocalDealer(rdv, opts)
+            self.worker = ChildProcess(party_main, (0, rdv, graph_to_bytes(self.graph), opts), "party0")
+            ch.send_json({"rendezvous": rdv})
+            ready = self._wait_ready(ch) or ch.recv_json()
+            if not ready.get("ready"):
+                raise ProtocolError("client did not confirm the 2PC set-up")
+            self._plan(1)  # the dry run for one image: input-independent, so part of the set-up
+            ch.send_json({"ready": True})
+            if self.copts["prefetch"]:
+                self._offline(ch, 1)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, ch: Channel) -> dict | None:
+        """Wait for the worker's CrypTen init; a local dealer that dies, or a client that hangs up or
+        sends anything but its ready message, fails it at once (instead of holding a session slot and
+        two processes until the gloo timeout). Returns the client's ready message if it came first."""
+        deadline = time.monotonic() + self.timeout + SPAWN_ALLOWANCE
+        early = None
+        while True:
+            pending = _peer_pending(ch.sock)
+            if pending is None:
+                raise ProtocolError("the client closed the connection during the 2PC set-up")
+            if pending and early is None:
+                early = ch.recv_json()
+                if early.get("ready") is not True:
+                    raise ProtocolError("expected the client's ready message during the 2PC set-up")
+            try:
+                self.worker.recv(min(0.2, max(0.01, deadline - time.monotonic())), "set-up")
+                return early
+            except TimeoutError_:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError_("2PC set-up (CrypTen init with client and dealer) timed out after "
+                                        f"{self.timeout + SPAWN_ALLOWANCE:.0f} s") from None
+                if isinstance(self.dealer, LocalDealer) and not self.dealer.child.alive():
+                    raise ProtocolError(f"the dealer process died during set-up (exit code "
+                                        f"{self.dealer.child.proc.exitcode})") from None
+
+    # --- phases -----------------------------------------------------------------------------------
+    def _plan(self, batch: int) -> tuple[bytes, str, int]:
+        if batch not in self.plans:
+            _, payloads = self.worker.call({"cmd": "plan", "batch": batch}, timeout=self.timeout + SPAWN_ALLOWANCE)
+            plan = validate_plan(json.loads(payloads[0].decode()))
+            self.plans[batch] = (payloads[0], plan_digest(plan), plan_elements(plan))
+        return self.plans[batch]
+
+    def _offline(self, ch: Channel, batch: int) -> None:
+        t0 = time.perf_counter()
+        blob, digest, elements = self._plan(batch)
+        t_plan = time.perf_counter() - t0
+        include = batch not in self.sent_plans
+        ch.send_json({"offline": batch, "digest": digest, "plan_follows": include})
+        if include:
+            ch.send_bytes(blob)
+            self.sent_plans.add(batch)
+        d_sent, d_recv, d_msgs = self.dealer.bytes_sent, self.dealer.bytes_received, self.dealer.messages
+        self.worker.send({"cmd": "generate"}, blob)
+        t1 = time.perf_counter()
+        try:
+            self.dealer.start(blob)
+            dealer_blob = self.dealer.finish(self.timeout)
+        except PrivinferError as e:
+            self.worker.recv(self.timeout, "generate")  # keep the pipe in step
+            raise DealerError(f"the dealer failed during the offline phase: {e}") from None
+        t_dealer = time.perf_counter() - t1
+        gen, _ = self.worker.recv(self.timeout, "generate")
+        self.worker.call({"cmd": "fill"}, dealer_blob, timeout=self.timeout)
+        ch.send_json({"offline_done": batch, "server": {
+            "plan_s": t_plan, "dealer_s": t_dealer, "generate_s": gen["s"], "tuples": gen["tuples"],
+            "ring_elements": elements,
+            "bytes_server_to_dealer": self.dealer.bytes_sent - d_sent,
+            "bytes_dealer_to_server": self.dealer.bytes_received - d_recv,
+            "dealer_messages": self.dealer.messages - d_msgs, "dealer": self.dealer.where}})
+        self.prepared = batch
+
+    def _online(self, ch: Channel, batch: int) -> None:
+        d_msgs = self.dealer.messages
+        msg, _ = self.worker.call({"cmd": "online", "batch": batch}, timeout=self.timeout + 30.0)
+        ch.send_json({"online_done": batch, "server": {"s": msg["s"], "cpu_s": msg["cpu_s"], "comm": msg["comm"],
+                                                        "dealer_messages": self.dealer.messages - d_msgs,
+                                                        "dealer_requests": msg["dealer_requests"]}})
+        self.prepared = None
+
+    def query(self, ch: Channel, meta: dict) -> None:
+        for n in _chunks(int(meta["batch"]), int(self.copts["max_chunk"])):
+            if self.prepared != n:
+                self._offline(ch, n)
+            self._online(ch, n)
+            if self.copts["prefetch"]:
+                try:
+                    self._offline(ch, n)
+                except DealerError as e:  # this query's result stands; the next query retries
+                    ch.send_json({"offline_error": str(e)})
+                    self.prepared = None
+
+    def close(self) -> None:
+        for p in (self.worker, self.dealer):
+            if p is not None:
+                try:
+                    p.close()
+                except Exception:
+                    pass
+        self.worker = self.dealer = None
+
+
+class _SSClient(ClientSide):
+    def __init__(self, welcome: dict, graph: Graph, copts: dict):
+        self.graph = graph
+        self.copts = copts
+        self.info = welcome
+        self.timeout = float(welcome.get("mpc_timeout", 60.0))
+        self.worker: ChildProcess | None = None
+        self.plans: dict[int, bytes] = {}
+        self.prepared: tuple[int, dict] | None = None
+        self.last: dict = {}
+
+    def setup(self, ch: Channel) -> None:
+        try:
+            rdv = ch.recv_json().get("rendezvous")
+            if not isinstance(rdv, str) or not rdv.startswith("tcp://"):
+                raise ProtocolError(f"server sent no usable rendezvous address ({rdv!r})")
+            opts = {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
+                    "threads": int(self.copts["threads"]),
+                    "gloo_ifname": self.copts["gloo_ifname"] or ifname_for(ch.sock.getsockname()[0]),
+                    # a channel that emulates network delay (benchmarks) delays the gloo rounds alike
+                    "emulated_rtt": float(getattr(ch, "emulated_rtt", 0.0) or 0.0)}
+            self.worker = ChildProcess(party_main, (1, rdv, graph_to_bytes(self.graph), opts), "party1")
+            self.worker.recv(self.timeout + SPAWN_ALLOWANCE, "set-up (CrypTen init with server and dealer)")
+            ch.send_json({"ready": True})
+            if not ch.recv_json().get("ready"):
+                raise ProtocolError("server did not confirm the 2PC set-up")
+            if self.copts["prefetch"]:
+                self.prepared = (1, self._offline(ch, 1))
+        except BaseException:
+            self.close()
+            raise
+
+    def _offline(self, ch: Channel, batch: int) -> dict:
+        t0 = time.perf_counter()
+        msg = ch.recv_json()
+        if msg.get("offline") != batch:
+            raise ProtocolError(f"expected the offline phase for batch {batch}, server sent {str(msg)[:200]}")
+        if msg.get("plan_follows"):
+            blob = ch.recv_bytes()
+            plan = validate_plan(json.loads(blob.decode()))
+            if plan_digest(plan) != msg.get("digest"):
+                raise ProtocolError("preprocessing plan does not match its digest")
+            self.plans[batch] = blob
+        if batch not in self.plans:
+            raise ProtocolError(f"server referred to a preprocessing plan for batch {batch} it never sent")
+        gen, _ = self.worker.call({"cmd": "generate"}, self.plans[batch], timeout=self.timeout)
+        done = ch.recv_json()
+        if "offline_error" in done:
+            raise DealerError(str(done["offline_error"]))
+        if done.get("offline_done") != batch:
+            raise ProtocolError(f"expected offline_done, server sent {str(done)[:200]}")
+        return {"offline_s": time.perf_counter() - t0, "client_generate_s": gen["s"], **done["server"]}
+
+    def _online(self, ch: Channel, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        t0 = time.perf_counter()
+        msg, payloads = self.worker.call({"cmd": "online", "batch": int(x.shape[0])},
+                                         frames.encode_tensor(np.ascontiguousarray(x, dtype=np.float64)),
+                                         timeout=self.timeout + 30.0)
+        online_s = time.perf_counter() - t0
+        y = frames.decode_tensor(payloads[0])
+        done = ch.recv_json()
+        if done.get("online_done") != int(x.shape[0]):
+            raise ProtocolError(f"expected online_done, server sent {str(done)[:200]}")
+        return y, {"online_s": online_s, "client_comm": msg["comm"], "client_cpu_s": msg["cpu_s"],
+                   "server": done["server"]}
+
+    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
+        outs, acc = [], _Acc()
+        pos = 0
+        for n in _chunks(int(x.shape[0]), int(self.copts["max_chunk"])):
+            if self.prepared is not None and self.prepared[0] == n:
+                off = self.prepared[1]
+            else:
+                off = self._offline(ch, n)
+            self.prepared = None
+            y, on = self._online(ch, x[pos:pos + n])
+            pos += n
+            outs.append(y)
+            acc.add(off, on)
+            if self.copts["prefetch"]:
+                try:
+                    self.prepared = (n, self._offline(ch, n))
+                except DealerError:
+                    self.prepared = None  # the server retries (and reports) at the next query
+        out = np.concatenate(outs, axis=0)
+        if out.shape != (x.shape[0], *self.graph.output_shape):
+            raise ShapeError(f"2PC output shape {out.shape} != {(x.shape[0], *self.graph.output_shape)}")
+        self.query_timing = acc.result()
+        self.last = self.query_timing
+        return out
+
+    def privacy(self) -> dict:
+        return {"threat_model": THREAT_MODEL, "fixed_point_bits": int(self.copts["precision_bits"]),
+                "ring_bits": 64, "input_private": True, "model_private": True, "output_to": "client only",
+                "public": "architecture (layer kinds, shapes), batch size, timing",
+                "dealer": self.info.get("dealer", "unknown"),
+                "dealer_prg": "SHAKE-128, 256-bit keys per party",
+                "transport": "gloo over plain TCP: use a trusted network or a TLS/VPN tunnel"}
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+class _Acc:
+    """Sums per-chunk figures into one query record."""
+
+    def __init__(self):
+        self.v = {"offline_s": 0.0, "online_s": 0.0, "online_bytes_client_to_server": 0,
+                  "online_bytes_server_to_client": 0, "online_rounds": 0, "online_dealer_messages": 0,
+                  "offline_bytes_server_to_dealer": 0, "offline_bytes_dealer_to_server": 0,
+                  "offline_dealer_messages": 0, "offline_dealer_s": 0.0, "offline_plan_s": 0.0,
+                  "offline_server_generate_s": 0.0, "offline_client_generate_s": 0.0,
+                  "tuples": 0, "ring_elements": 0, "chunks": 0}
+
+    def add(self, off: dict, on: dict) -> None:
+        v = self.v
+        v["chunks"] += 1
+        v["offline_s"] += off["offline_s"]
+        v["online_s"] += on["online_s"]
+        v["online_bytes_client_to_server"] += on["client_comm"]["bytes_sent"]
+        v["online_bytes_server_to_client"] += on["client_comm"]["bytes_received"]
+        v["online_rounds"] += on["client_comm"]["rounds"]
+        v["online_dealer_messages"] += on["server"]["dealer_messages"] + on["server"]["dealer_requests"]
+        v["offline_bytes_server_to_dealer"] += off["bytes_server_to_dealer"]
+        v["offline_bytes_dealer_to_server"] += off["bytes_dealer_to_server"]
+        v["offline_dealer_messages"] += off["dealer_messages"]
+        v["offline_dealer_s"] += off["dealer_s"]
+        v["offline_plan_s"] += off["plan_s"]
+        v["offline_server_generate_s"] += off["generate_s"]
+        v["offline_client_generate_s"] += off["client_generate_s"]
+        v["tuples"] += off["tuples"]
+        v["ring_elements"] += off["ring_elements"]
+        v["server_online_comm"] = on["server"]["comm"]
+        v["online_cpu_s_client"] = v.get("online_cpu_s_client", 0.0) + on["client_cpu_s"]
+        v["online_cpu_s_server"] = v.get("online_cpu_s_server", 0.0) + on["server"]["cpu_s"]
+
+    def result(self) -> dict:
+        v = dict(self.v)
+        # traffic outside the privinfer channel, for the session's per-query totals
+        v["side_bytes_client_to_server"] = v["online_bytes_client_to_server"]
+        v["side_bytes_server_to_client"] = v["online_bytes_server_to_client"]
+        v["side_rounds"] = v["online_rounds"]
+        v["dealer_bytes"] = v["offline_bytes_server_to_dealer"] + v["offline_bytes_dealer_to_server"]
+        return v
+
+
+@register
+class SecretSharing(Protocol):
+    name = "ss"
+    summary = "2PC (CrypTen, arithmetic + binary sharing) with a dealer; offline triples, online client<->server only"
+    server_options: dict[str, Any] = {"dealer": None, "mpc_timeout": 60.0, "threads": 1, "gloo_ifname": None}
+    client_options: dict[str, Any] = {"precision_bits": 16, "max_chunk": 16, "prefetch": False,
+                                      "threads": 1, "gloo_ifname": None}
+    supported_kinds = SUPPORTED
+
+    def __init__(self, graph: Graph, **options):
+        super().__init__(graph, **options)
+        if self.options["dealer"] is not None and ":" not in str(self.options["dealer"]):
+            raise PrivinferError(f"dealer must be 'host:port', got {self.options['dealer']!r}")
+        if float(self.options["mpc_timeout"]) <= 0:
+            raise PrivinferError("mpc_timeout must be positive")
+
+    @classmethod
+    def validate_client_options(cls, options: dict) -> dict:
+        opts = super().validate_client_options(options)
+        bits = opts["precision_bits"]
+        if not isinstance(bits, int) or not 1 <= bits <= 30:
+            raise PrivinferError(f"precision_bits must be an integer in 1..30, got {bits!r}")
+        if not isinstance(opts["max_chunk"], int) or not 1 <= opts["max_chunk"] <= 4096:
+            raise PrivinferError(f"max_chunk must be an integer in 1..4096, got {opts['max_chunk']!r}")
+        if not isinstance(opts["threads"], int) or not 1 <= opts["threads"] <= 256:
+            raise PrivinferError(f"threads must be an integer in 1..256, got {opts['threads']!r}")
+        opts["prefetch"] = bool(opts["prefetch"])
+        return opts
+
+    def server_side(self, client_options: dict) -> ServerSide:
+        return _SSServer(self, client_options)
+
+    @classmethod
+    def client_side(cls, welcome: dict, graph: Graph, **client_options) -> ClientSide:
+        return _SSClient(welcome, graph, cls.validate_client_options(client_options))
+
+
+# start the fork server (torch + CrypTen preloaded) as soon as anyone uses this protocol, so that the
+# first session does not wait for the imports
+warm_up()

@@ -1,0 +1,305 @@
+"""The dealer of the `ss` protocol: CrypTen's trusted third party (rank 2), answering in batches.
+
+CrypTen's `TTPServer` answers one request per round trip while the parties compute. Here the dealer
+process subclasses it, keeps its generation code (`additive`, `binary`, `square`, `wraps`, `B2A`) and
+answers a whole *plan* (every request of one inference, recorded by a dry run) with one blob, before
+the input exists. The parties derive their own shares from 256-bit keys the dealer sent them at set-up
+(SHAKE-128 streams, see `ss_crypten.XofGenerator`); only party 0's share of each product (c, r², θ_r,
+r_A) travels, dealer -> server.
+
+Two ways to run it:
+* per session, spawned by the model server (`LocalDealer`, the default): simple, but then the server's
+  operator runs the dealer, so the client's privacy rests on the server not looking into it;
+* as a separate service on a third host: `privinfer dealer --host H --port P` (`run_dealer`), which the
+  server reaches with the option `dealer="H:P"` (`RemoteDealer`). Each session gets its own dealer
+  process; the service survives any session.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+
+from ..errors import PrivinferError, ProtocolError
+from ..transport import Channel, FrameType, connect as tcp_connect, listen
+from .ss_worker import (ChildProcess, child_setup, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
+                        send_msg)
+
+log = logging.getLogger("privinfer.dealer")
+DEFAULT_DEALER_PORT = 7551
+DEFAULT_IDLE_TIMEOUT = 3600.0
+
+
+def dealer_main(rendezvous: str, opts: dict, conn) -> None:
+    """Child process body: join the rendezvous as rank 2, hand out keys, answer plans until told to stop."""
+    child_setup("dealer")
+    import os
+    try:
+        mpc_env(2, rendezvous, opts.get("gloo_ifname"))
+        crypten = load_mpc(opts)
+        dealer = _make_dealer(crypten)
+        send_msg(conn, {"ok": "ready"})
+        while True:
+            try:
+                msg, payloads = recv_msg(conn)
+            except (EOFError, OSError):
+                break
+            if msg.get("cmd") == "exit":
+                break
+            if msg.get("cmd") != "generate":
+                raise PrivinferError(f"unknown dealer command {msg.get('cmd')!r}")
+            t0 = time.perf_counter()
+            blob = dealer.batch(json.loads(payloads[0].decode()), int(opts.get("max_elements", 1 << 28)))
+            send_msg(conn, {"ok": "generated", "s": time.perf_counter() - t0}, blob)
+    except BaseException as e:  # noqa: BLE001
+        report_error(conn, e)
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+        os._exit(0)
+
+
+def _make_dealer(crypten):
+    import crypten.communicator as comm
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    from .ss_crypten import XofGenerator, key_to_tensor, new_key
+    from .ss_tuples import DEALER_FUNCS, plan_elements, validate_plan
+
+    class BatchDealer(TTPServer):
+        """CrypTen's TTPServer without its request loop; `batch` answers a whole plan at once."""
+
+        def __init__(self):  # noqa: D401 - deliberately does not call TTPServer.__init__ (its loop)
+            crypten.init()
+            self.ttp_group = comm.get().ttp_group
+            self.comm_group = comm.get().ttp_comm_group
+            self.device = None
+            self._setup_generators()
+
+        def _setup_generators(self):
+            """One fresh 256-bit key per party (os.urandom), sent over the private dealer<->party link."""
+            ws = comm.get().get_world_size()
+            keys = [new_key() for _ in range(ws)]
+            reqs = [dist.isend(key_to_tensor(keys[i]), dst=i, group=self.ttp_group) for i in range(ws)]
+            for r in reqs:
+                r.wait()
+            dist.barrier(group=self.ttp_group)
+            self.generators = [XofGenerator(k) for k in keys]
+            self.generators_cuda = [None] * ws
+
+        def batch(self, plan, max_elements: int) -> bytes:
+            plan = validate_plan(plan)
+            if plan_elements(plan) > max_elements:
+                raise ProtocolError(f"plan needs {plan_elements(plan)} ring elements; dealer limit {max_elements}")
+            out = []
+            for e in plan:
+                kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in e["k"].items()}
+                if e["f"] == "generate_additive_triple":
+                    args = (tuple(e["a"][0]), tuple(e["a"][1]), *e["a"][2:])
+                else:
+                    args = tuple(tuple(a) for a in e["a"])
+                r = getattr(self, DEALER_FUNCS[e["f"]])(*args, **kw)
+                if list(r.shape) != e["o"]:
+                    raise ProtocolError(f"plan entry {e['f']} promises shape {e['o']}, generation gave {list(r.shape)}")
+                out.append(r.reshape(-1))
+            if not out:
+                return b""
+            return np.asarray(torch.cat(out).numpy(), dtype="<i8").tobytes()
+
+    return BatchDealer()
+
+
+# --- the server's handle on its dealer ------------------------------------------------------------
+class LocalDealer:
+    """A dealer process spawned for one session by the model server."""
+    where = "local"
+
+    def __init__(self, rendezvous: str, opts: dict):
+        self.child = ChildProcess(dealer_main, (rendezvous, opts), "dealer")
+        self.bytes_sent = self.bytes_received = self.messages = 0
+
+    def start(self, plan_blob: bytes) -> None:
+        self.child.send({"cmd": "generate"}, plan_blob)
+        self.bytes_sent += len(plan_blob)
+        self.messages += 1
+
+    def finish(self, timeout: float) -> bytes:
+        while True:
+            msg, payloads = self.child.recv(timeout, "a preprocessing request")
+            if msg.get("ok") == "ready":
+                continue
+            self.bytes_received += len(payloads[0])
+            self.messages += 1
+            return payloads[0]
+
+    @property
+    def pid(self):
+        return self.child.pid
+
+    def close(self) -> None:
+        self.child.close()
+
+
+class RemoteDealer:
+    """A session on a `privinfer dealer` service, over a privinfer channel."""
+    where = "remote"
+
+    def __init__(self, address: str, rendezvous: str, opts: dict, timeout: float):
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit():
+            raise PrivinferError(f"dealer address must be host:port, got {address!r}")
+        self.ch = tcp_connect(host.strip("[]"), int(port), timeout=timeout)
+        self.ch.peer = f"dealer {address}"
+        try:
+            self.ch.send_json({"protocol": "ss-dealer", "rendezvous": rendezvous, "options": opts}, FrameType.HELLO)
+            self.ch.recv_json(FrameType.WELCOME)
+        except BaseException:
+            self.ch.close()
+            raise
+        self.pid = None
+
+    @property
+    def bytes_sent(self):
+        return self.ch.stats.bytes_sent
+
+    @property
+    def bytes_received(self):
+        return self.ch.stats.bytes_received
+
+    @property
+    def messages(self):
+        return self.ch.stats.messages_sent + self.ch.stats.messages_received
+
+    def start(self, plan_blob: bytes) -> None:
+        self.ch.send_bytes(plan_blob)
+
+    def finish(self, timeout: float) -> bytes:
+        old = self.ch.timeout
+        self.ch.timeout = timeout
+        try:
+            return self.ch.recv_bytes()
+        finally:
+            self.ch.timeout = old
+
+    def close(self) -> None:
+        try:
+            self.ch.send_frame(FrameType.BYE)
+        except PrivinferError:
+            pass
+        self.ch.close()
+
+
+# --- the dealer service (`privinfer dealer`) --------------------------------------------------------
+DEALER_OPTION_KEYS = ("precision_bits", "mpc_timeout", "threads", "gloo_ifname")
+
+
+class DealerServer:
+    """Accept model servers; give each session its own dealer process; survive any session."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_DEALER_PORT, *, max_sessions: int = 16,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, mpc_timeout: float = 60.0,
+                 max_elements: int = 1 << 28, gloo_ifname: str | None = None):
+        self._sock = listen(host, port)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self.idle_timeout, self.mpc_timeout, self.max_elements = idle_timeout, mpc_timeout, max_elements
+        self.gloo_ifname = gloo_ifname
+        self._slots = threading.BoundedSemaphore(max_sessions)
+        self._stop = threading.Event()
+        self.sessions = 0
+        self.failed = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def serve_forever(self) -> None:
+        self._sock.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, addr = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            threading.Thread(target=self._handle, args=(conn, addr), daemon=True,
+                             name=f"privinfer-dealer-{addr[1]}").start()
+
+    def start(self) -> "DealerServer":
+        threading.Thread(target=self.serve_forever, daemon=True, name="privinfer-dealer-accept").start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def _handle(self, conn: socket.socket, addr) -> None:
+        ch = Channel(conn, timeout=self.idle_timeout, peer=f"server {addr[0]}:{addr[1]}")
+        if not self._slots.acquire(blocking=False):
+            ch.send_error(PrivinferError("dealer busy"))
+            ch.close()
+            return
+        child = None
+        try:
+            hello = ch.recv_json(FrameType.HELLO)
+            rdv = hello.get("rendezvous")
+            if hello.get("protocol") != "ss-dealer" or not isinstance(rdv, str) or not rdv.startswith("tcp://"):
+                raise ProtocolError("expected an ss-dealer HELLO with a tcp:// rendezvous")
+            given = hello.get("options") or {}
+            opts = {"precision_bits": int(given.get("precision_bits", 16)), "mpc_timeout": self.mpc_timeout,
+                    "threads": 1, "max_elements": self.max_elements,
+                    "gloo_ifname": self.gloo_ifname or ifname_for(conn.getsockname()[0])}
+            child = ChildProcess(dealer_main, (rdv, opts), "dealer")
+            self.sessions += 1
+            ch.send_json({"ok": True}, FrameType.WELCOME)
+            while True:
+                ftype, payload = ch.expect(FrameType.BYTES, FrameType.BYE)
+                if ftype == FrameType.BYE:
+                    break
+                child.send({"cmd": "generate"}, payload)
+                while True:
+                    msg, payloads = child.recv(self.mpc_timeout + 60.0, "a preprocessing request")
+                    if msg.get("ok") != "ready":
+                        break
+                ch.send_bytes(payloads[0])
+        except PrivinferError as e:
+            self.failed += 1
+            log.info("dealer session %s: %s", ch.peer, e)
+            if "closed the connection" not in str(e):
+                ch.send_error(e)
+        except Exception as e:  # noqa: BLE001
+            self.failed += 1
+            log.exception("dealer session %s", ch.peer)
+            ch.send_error(ProtocolError(f"dealer failed: {type(e).__name__}: {e}"))
+        finally:
+            if child is not None:
+                child.close()
+            ch.close()
+            self._slots.release()
+
+
+def run_dealer(host: str = "127.0.0.1", port: int = DEFAULT_DEALER_PORT, **kw) -> None:
+    """Entry point for `privinfer dealer`: serve until interrupted."""
+    srv = DealerServer(host, port, **kw)
+    print(f"privinfer dealer (ss / CrypTen TTP) listening on {srv.host}:{srv.port}", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.shutdown()
