@@ -29,7 +29,8 @@ def built(name: str) -> bool:
 
 
 CASES = [("plain", "minionn-mnist", {}, 1e-5)] + [
-    c for c in (("he", "cryptonets-mnist", {}, 1e-2), ("noisy", "minionn-mnist", {"split": 3, "epsilon": None}, 1e-4))
+    c for c in (("he", "cryptonets-mnist", {}, 1e-2), ("noisy", "minionn-mnist", {"split": 3, "epsilon": None}, 1e-4),
+                ("ss", "minionn-mnist", {}, 1e-2))
     if built(c[0])]
 
 
@@ -68,11 +69,12 @@ def test_concurrent_clients_no_cross_talk(case):
 
 CLIENT_SCRIPT = """
 import sys, numpy as np, privinfer
-s = privinfer.connect("127.0.0.1", int(sys.argv[1]), sys.argv[2], timeout=60)
-print("ready", flush=True)
-x = np.random.rand(*s.input_shape)
-while True:
-    s.infer(x)
+if __name__ == "__main__":
+    s = privinfer.connect("127.0.0.1", int(sys.argv[1]), sys.argv[2], timeout=60)
+    print("ready", flush=True)
+    x = np.random.rand(*s.input_shape)
+    while True:
+        s.infer(x)
 """
 
 
