@@ -1,0 +1,569 @@
+"""CryptoNets-style batch packing on CKKS: one image per slot, one ciphertext per pixel, no rotations.
+
+With N = 8192 a ciphertext has 4096 slots, so one query carries up to 4096 images (N = 16384: 8192). The
+client encrypts input position p of every image into ciphertext p (slot i = image i). The server then
+evaluates the network unit by unit: a linear layer is a sum of ciphertext x scalar products, a Poly layer
+is ciphertext x ciphertext products, and nothing ever moves between slots, so no Galois keys are needed.
+
+How it is fast (cryptonets-mnist needs ~107k ciphertext x scalar products per query; as SEAL calls at
+~110 us each that is ~12 s of one core):
+
+* Linear layers (Conv2d, Linear, AvgPool2d) never call SEAL. Weights are quantized to integers
+  round(w * rho), the scale is multiplied by rho, and the layer becomes an exact integer matrix product
+  on the RNS residues of all ciphertexts at once (float64 BLAS on limbs, see `batch_rns`). No rescale is
+  spent on them. Zero padding costs nothing: padded positions are simply absent from the products.
+* SEAL does only what needs NTTs or keys, once per unit: squares/products of Poly layers, rescales,
+  relinearization, the outputs' re-randomization. A square's 3-part result feeds the next linear layer
+  as is; it is relinearized only before another product (at the lowest level where the key-switching
+  noise stays far below the scale) or at the outputs.
+* A planner (`batch_plan`) picks every rho and where to rescale (which primes to drop before which
+  square: a prime dropped before a square frees twice its bits) by a small MILP: most weight precision
+  under overflow bounds, then least estimated CPU time (limb counts, rescales) at >= 16 bits.
+* Both cores: numpy and BLAS release the GIL, so linear layers run on threads; TenSEAL's SEAL bindings
+  hold it (`benchmarks/he_batch.py` measures this), so the per-unit SEAL loops are split with a helper
+  process (`batch_par`) working on shared tmpfs arrays. Large arrays come from a pool kept between
+  queries: fresh mappings cost ~0.5 s of page faults per GB.
+
+Wire format: one SEAL-serialized ciphertext per input position / output logit. The client encrypts with
+the secret key and a PRNG seed (`Encryptor.encrypt_symmetric` -> seeded `Serializable`), which halves the
+upload: the server expands the uniform half from the seed (~0.7 ms per ciphertext). Outputs are
+relinearized to size 2, switched down to the last prime (smallest download) and re-randomized by adding a
+fresh public-key encryption of zero, so the client never sees the server's ciphertext components (which
+are functions of the weights).
+
+Unused slots (index >= batch) are not masked by default: every slot of every ciphertext is the client's
+own input, so the values there are the model applied to inputs the client chose (zeros from an honest
+client) and reveal nothing that a query with those inputs would not. What the server gives per query is
+`slots` predictions whatever `batch` says, so per-image accounting (rate limits, budgets) must count
+`slots` -- or pass `mask_unused=True`, which multiplies the outputs by a 0/1 plaintext (costs ~24 bits of
+scale budget, planned like any other multiplication).
+
+Limits: CKKS results are approximate and the decrypted values carry the server's computation noise (a
+fresh encryption of zero re-randomizes the ciphertext but does not flood that noise; full circuit privacy
+would need noise flooding at a precision cost). Bounds that guarantee no overflow are interval bounds for
+inputs with |x| <= `input_bound` (default 1, images in [0, 1]); larger inputs may wrap around silently.
+The raw residue access relies on TenSEAL 0.3.18's memory layout, checked on every use (`batch_rns`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from ...errors import ParameterError, ProtocolError, ShapeError
+from ...model.ir import Graph
+from . import batch_par as bpar
+from . import batch_plan as bp
+from . import batch_rns as rns
+from .batch_rns import seal, ts
+
+MASK_BITS = 24.0  # scale of the 0/1 mask plaintext when mask_unused=True
+ENOUGH_BITS = 16  # suggest_params: beyond this precision, prefer the cheaper parameters
+
+
+# ---------------------------------------------------------------------------------------------
+# public interface
+# ---------------------------------------------------------------------------------------------
+def depth(graph: Graph) -> int:
+    """Rescale primes this engine wants beyond the last one: one per product level of each Poly layer
+    plus one for the outputs (linear layers take none: their weights are integers)."""
+    stages = bp.normalize(graph)
+    return 1 + sum(st.degree - 1 for st in stages if st.kind == "poly")
+
+
+def rotation_steps(graph: Graph) -> list[int]:
+    """Galois steps needed: none, nothing moves between slots."""
+    bp.normalize(graph)  # still refuse graphs we cannot run
+    return []
+
+
+def client_encrypt(context, x: np.ndarray) -> list[bytes]:
+    """Encrypt a batch (B, *input_shape): one ciphertext per input position, image i in slot i.
+
+    Uses seeded symmetric encryption when the context holds the secret key (half the upload), else
+    public-key encryption. The scale is the context's global scale.
+    """
+    kit = rns.get_kit(context)
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim < 2:
+        raise ShapeError(f"expected a batch (B, ...), got shape {arr.shape}")
+    b = arr.shape[0]
+    if not 1 <= b <= kit.slots:
+        raise ShapeError(f"batch {b} does not fit {kit.slots} slots (N={kit.n})")
+    if not np.all(np.isfinite(arr)):
+        raise ShapeError("input holds non-finite values")
+    scale = _global_scale(context)
+    flat = arr.reshape(b, -1)
+    pid = kit.parms_ids[kit.top_level]
+    vec = np.zeros(kit.slots)
+    pt = seal.Plaintext()
+    out = []
+    for p in range(flat.shape[1]):
+        vec[:b] = flat[:, p]
+        kit.encoder.encode(vec.tolist(), pid, scale, pt)
+        if kit.sk_encryptor is not None:
+            out.append(rns.save_bytes(kit.sk_encryptor.encrypt_symmetric(pt)))
+        else:
+            ct = seal.Ciphertext(kit.sc)
+            kit.pk_encryptor.encrypt(pt, ct)
+            out.append(rns.save_bytes(ct))
+    return out
+
+
+def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int, *,
+                    input_bound: float = 1.0, calibration: np.ndarray | None = None, mask_unused: bool = False,
+                    threads: int | None = None, stats: dict | None = None,
+                    force_drops: list[int] | None = None) -> list[bytes]:
+    """Evaluate `graph` on the client's ciphertexts; one re-randomized ciphertext per output logit.
+
+    `input_bound`: inputs are assumed in [-input_bound, input_bound] for the overflow bounds (interval
+    arithmetic: guaranteed, pessimistic). `calibration` (B, *input_shape): use 4x the largest values seen
+    on these inputs instead (more precision for trained networks, no guarantee).
+    `threads`: cores to use (default: all): numpy threads, and with 2+ the SEAL helper process for the
+    per-unit loops.
+    `stats`, when given, receives the plan and per-phase timings (seconds). `force_drops` pins the
+    rescale placement (experiments only).
+    """
+    t_all = time.perf_counter()
+    timings: dict = {}
+    threads = int(threads) if threads else (os.cpu_count() or 2)
+    kit = rns.get_kit(public_context)
+    if kit.pk_encryptor is None:
+        raise ParameterError("the server context needs the public key (for re-randomization)")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= int(batch) <= kit.slots:
+        raise ShapeError(f"batch must be an integer in [1, {kit.slots}], got {batch!r}")
+    batch = int(batch)
+    prep = _prepared(graph, float(input_bound), calibration)
+    stages = prep.stages
+    n_in = int(np.prod(graph.input_shape))
+    if not isinstance(blobs, (list, tuple)) or len(blobs) != n_in:
+        raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), "
+                         f"got {len(blobs) if isinstance(blobs, (list, tuple)) else type(blobs).__name__}")
+
+    # the first input fixes the level and scale the plan starts from
+    ct0 = rns.load_ciphertext(kit, blobs[0], "input ciphertext 0")
+    if ct0.size() != 2:
+        raise ProtocolError("input ciphertext 0 is not a fresh (2-part) ciphertext")
+    pid, scale0, level = list(ct0.parms_id()), ct0.scale, kit.level_of(ct0)
+    del ct0
+    if level != kit.top_level:
+        raise ProtocolError(f"input ciphertexts must be at the top level ({kit.top_level} primes), got {level}")
+    if not 2.0 ** 10 <= scale0 < 2.0 ** (sum(math.log2(q) for q in kit.primes) - 10):
+        raise ProtocolError(f"input scale 2^{math.log2(scale0):.1f} is outside the usable range")
+    mask_bits = MASK_BITS if (mask_unused and batch < kit.slots) else 0.0
+    plan = prep.plan(kit, level, scale0, mask_bits, force_drops)
+    if stats is not None:
+        stats["plan"] = {"drops": plan.drops, "log_rho": plan.log_rho, "precision_bits": plan.precision_bits,
+                         "level": level, "log2_input_scale": math.log2(scale0)}
+
+    shared = bpar.SharedArrays()
+    run = None
+    try:
+        run = _Runner(kit, bpar.acquire_helper() if threads >= 2 else None, shared)
+        used_helper = run.helper is not None
+        n = kit.n
+        cpu = _CpuClock(run.helper)
+        # ---- load the inputs (rescaling them if planned) into residue arrays
+        t0 = time.perf_counter()
+        level -= plan.drops[0]
+        X = run.alloc((level, n_in, 2, n))
+        S = run.load(blobs, X, plan.drops[0], (pid, scale0))
+        size = 2
+        timings["load_s"] = time.perf_counter() - t0
+        cpu.lap("load", timings)
+
+        # ---- the layers
+        point = 0
+        for i, st in enumerate(stages):
+            t0 = time.perf_counter()
+            if st.kind == "poly":
+                point += 1
+                Y, S = run.poly(X, S, plan.drops[point], st.coeffs, plan.poly_rho[i])
+                shared.release(X)
+                X = Y
+                size, level = X.shape[2], X.shape[0]
+                key_t = f"{i}:{st.name}:poly_s"
+            else:
+                rho = float(st.pool[0] * st.pool[1]) if st.kind == "pool" else 2.0 ** plan.log_rho[i]
+                S_out = S * rho
+                op = prep.operator(i, rho, S_out, kit.primes)
+                Y = run.alloc((level, st.n_out, size, n))
+                rns.apply_linear(op, X.reshape(level, st.n_in, size * n), kit.primes, size, n, threads,
+                                 out=Y.reshape(level, st.n_out, size * n))
+                shared.release(X)
+                X, S = Y, S_out
+                key_t = f"{i}:{st.name}:linear_s"
+            timings[key_t] = time.perf_counter() - t0
+            cpu.lap(key_t[:-2], timings)
+
+        # ---- outputs
+        t0 = time.perf_counter()
+        out = _output_stage(kit, X, S, size, level, plan.drops[-1], batch if mask_bits else None)
+        timings["output_s"] = time.perf_counter() - t0
+        cpu.lap("output", timings)
+    finally:
+        shared.close()
+        if run is not None:
+            run.release()
+    timings["total_s"] = time.perf_counter() - t_all
+    timings["helper"] = used_helper
+    if stats is not None:
+        stats["timings"] = timings
+    return out
+
+
+class _CpuClock:
+    """CPU seconds per phase, of this process (all threads) and of the helper process."""
+
+    def __init__(self, helper):
+        self.helper = helper
+        self.p, self.h = time.process_time(), helper.cpu_seconds() if helper else 0.0
+
+    def lap(self, name, timings):
+        p, h = time.process_time(), self.helper.cpu_seconds() if self.helper else 0.0
+        timings[f"{name}_cpu_s"] = (p - self.p) + (h - self.h)
+        self.p, self.h = p, h
+
+
+class _Runner:
+    """Runs the per-unit SEAL loops, splitting the units with the helper process when there is one.
+
+    Owns the lease on the helper: on any failure of the helper the lease is dropped (exactly once) and its
+    half is redone here; an exception on this side still waits for the helper's reply so that the pipe
+    stays in step (or marks the helper broken, so that it is replaced)."""
+
+    MIN_SPLIT = 16  # fewer units than this are not worth a round trip
+
+    def __init__(self, kit, helper, shared):
+        self.kit, self.helper, self.shared = kit, helper, shared
+        self.key = None
+        if helper is not None:
+            try:
+                self.key = helper.ensure_context(kit)
+            except bpar._HelperFailed:
+                self.release()
+
+    def release(self) -> None:
+        if self.helper is not None:
+            h, self.helper = self.helper, None
+            h.unmap_dropped()
+            h.lock.release()
+
+    def alloc(self, shape):
+        return self.shared.array(shape)
+
+    def _job(self, units: int, header_of, run_range):
+        """run_range(lo, hi) here on the first half, the helper on the rest (header_of(mid) describes it).
+        Returns (local result, helper reply or None)."""
+        mid = units if (self.helper is None or units < self.MIN_SPLIT) else units // 2
+        sent = False
+        if mid < units:
+            try:
+                self.helper.send(header_of(mid))
+                sent = True
+            except bpar._HelperFailed:
+                self.release()
+                mid = units
+        try:
+            local = run_range(0, mid)
+        except BaseException:
+            if sent:
+                try:
+                    self.helper.reply()
+                except BaseException:
+                    self.helper.broken = True
+                    self.release()
+            raise
+        rep = None
+        if sent:
+            try:
+                rep = self.helper.reply()
+            except bpar._HelperFailed:
+                self.release()
+                run_range(mid, units)
+            except ProtocolError:
+                raise
+            except BaseException:
+                self.helper.broken = True
+                self.release()
+                raise
+        return local, rep
+
+    def load(self, blobs, X, drops, expect):
+        units = X.shape[1]
+
+        def header_of(mid):
+            for i in range(mid, units):
+                if not isinstance(blobs[i], (bytes, bytearray, memoryview)):
+                    raise ProtocolError(f"input ciphertext {i}: expected bytes, got {type(blobs[i]).__name__}")
+            paths = [self.shared.file(b) for b in blobs[mid:]]
+            return {"op": "load", "key": self.key, "X": self.shared.spec(X), "paths": paths, "lo": mid,
+                    "hi": units, "drops": drops, "pid": expect[0], "scale": expect[1]}
+
+        scale, rep = self._job(units, header_of,
+                               lambda lo, hi: bpar.load_units(self.kit, blobs, X, lo, hi, drops, expect))
+        if rep is not None and rep["scale"] != scale:
+            raise ParameterError("helper and parent disagree on the input scale")  # pragma: no cover
+        return scale
+
+    def poly(self, X, S, drops, coeffs, poly_rho):
+        units = X.shape[1]
+        Y = self.alloc((X.shape[0] - drops, units, 3, self.kit.n))
+
+        def header_of(mid):
+            return {"op": "poly", "key": self.key, "X": self.shared.spec(X), "Y": self.shared.spec(Y),
+                    "lo": mid, "hi": units, "S": S, "drops": drops, "coeffs": list(coeffs), "poly_rho": poly_rho}
+
+        scale, rep = self._job(units, header_of, lambda lo, hi: bpar.poly_units(self.kit, X, Y, lo, hi, S, drops,
+                                                                               coeffs, poly_rho))
+        if rep is not None and rep["scale"] != scale:
+            raise ParameterError("helper and parent disagree on the poly output scale")  # pragma: no cover
+        return Y, scale
+
+
+def client_decrypt(context, blobs: list[bytes], batch: int, out_dim: int) -> np.ndarray:
+    """Decrypt the server's logits into (batch, out_dim)."""
+    kit = rns.get_kit(context)
+    if kit.decryptor is None:
+        raise ParameterError("decryption needs a context holding the secret key")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= int(batch) <= kit.slots:
+        raise ShapeError(f"batch must be an integer in [1, {kit.slots}], got {batch!r}")
+    if not isinstance(blobs, (list, tuple)) or len(blobs) != int(out_dim):
+        raise ShapeError(f"expected {out_dim} output ciphertexts, got "
+                         f"{len(blobs) if isinstance(blobs, (list, tuple)) else type(blobs).__name__}")
+    res = np.empty((int(batch), int(out_dim)))
+    pt = seal.Plaintext()
+    for k, blob in enumerate(blobs):
+        ct = rns.load_ciphertext(kit, blob, f"output ciphertext {k}")
+        try:
+            kit.decryptor.decrypt(ct, pt)
+            vals = kit.encoder.decode_double(pt)
+        except Exception as e:
+            raise ProtocolError(f"output ciphertext {k} does not decrypt: {e}") from None
+        res[:, k] = np.asarray(vals[:batch])
+    if not np.all(np.isfinite(res)):
+        raise ProtocolError("decrypted outputs are not finite")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters helpers (for tests and benchmarks; the protocol has its own selection)
+# ---------------------------------------------------------------------------------------------
+def suggest_params(graph: Graph, n: int = 8192, input_bound: float = 1.0) -> dict:
+    """A coefficient-modulus chain and input scale that fit `graph` within 128-bit security at N=n.
+
+    Tries a few chains of `depth(graph)` rescale primes (even, or with a small prime dropped first, just
+    before the first square where its bits count four times), first/special primes of 50-60 bits, and
+    input scales 2^25..2^31; keeps the cheapest plan reaching ENOUGH_BITS of precision (else the most
+    precise). Returns {"coeff_bits": [...], "scale_bits": int, "precision_bits": float}. Cached per graph.
+    """
+    max_bits = {4096: 109, 8192: 218, 16384: 438, 32768: 881}.get(int(n))
+    if max_bits is None:
+        raise ParameterError(f"unsupported ring dimension {n}")
+    key = (int(n), float(input_bound))
+    with _prep_lock:
+        cached = _suggest_cache.setdefault(graph, {}).get(key)
+    if cached is not None:
+        return dict(cached)
+    stages = bp.normalize(graph)
+    bp.set_bounds(stages, input_bound)
+    d = depth(graph)
+    screened = []
+    for first in (60, 50):
+        for sp in (60, 40):
+            mid_total = max_bits - first - sp
+            if mid_total < 20 * d:
+                continue
+            for shape in _mid_shapes(d, mid_total):
+                bits = [first, *shape, sp]
+                try:
+                    primes = _primes(n, bits)
+                except Exception:
+                    continue
+                for a in (25, 28, 31):
+                    try:
+                        plan = bp.plan_scales(stages, primes, len(primes), a, n, cost_pass=False)
+                    except ParameterError:
+                        continue
+                    # fresh-encryption noise is ~2^8 at the input: a bits of scale give ~a-8 bits there
+                    screened.append((min(plan.precision_bits, a - 8.0), bits, primes, a))
+    if not screened:
+        raise ParameterError(f"no parameter set at N={n} fits this network; try a larger N")
+    top = max(min(round(p), ENOUGH_BITS) for p, *_ in screened)
+    best = None
+    for _, bits, primes, a in screened:
+        plan = bp.plan_scales(stages, primes, len(primes), a, n)
+        prec = min(plan.precision_bits, a - 8.0)
+        if min(round(prec), ENOUGH_BITS) < top:
+            continue
+        score = (-plan.est_cost, prec, -sum(bits))
+        if best is None or score > best[0]:
+            best = (score, bits, a, prec)
+    if best is None:  # pragma: no cover - the screening found a plan with this precision
+        raise ParameterError(f"no parameter set at N={n} fits this network")
+    res = {"coeff_bits": best[1], "scale_bits": best[2], "precision_bits": best[3]}
+    with _prep_lock:
+        _suggest_cache.setdefault(graph, {})[key] = dict(res)
+    return res
+
+
+def _mid_shapes(d: int, total: int) -> list[list[int]]:
+    """Candidate bit sizes of the d rescale primes, in chain order (the last one is dropped first)."""
+    cap = lambda v: int(max(20, min(60, v)))  # noqa: E731
+    shapes = [[cap(total // d)] * d]
+    if d >= 2:
+        for small in (20, 24, 28):
+            shapes.append([cap((total - small) // (d - 1))] * (d - 1) + [small])
+    out = []
+    for sh in shapes:
+        if sh not in out and sum(sh) <= total:
+            out.append(sh)
+    return out
+
+
+_prime_cache: dict = {}
+
+
+def _primes(n: int, bits: list[int]) -> list[int]:
+    key = (n, tuple(bits))
+    if key not in _prime_cache:
+        ps = seal.CoeffModulus.Create(n, list(bits))
+        _prime_cache[key] = [int(m.value()) for m in ps][:-1]
+    return _prime_cache[key]
+
+
+def make_context(n: int = 8192, coeff_bits: list[int] | None = None, scale_bits: int | None = None,
+                 graph: Graph | None = None):
+    """A CKKS context with secret, public and relinearization keys (no Galois keys).
+
+    Without `coeff_bits`, uses `suggest_params(graph, n)` (a graph is then required).
+    """
+    if coeff_bits is None:
+        if graph is None:
+            raise ParameterError("make_context needs coeff_bits or a graph")
+        p = suggest_params(graph, n)
+        coeff_bits, scale_bits = p["coeff_bits"], scale_bits or p["scale_bits"]
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=int(n), coeff_mod_bit_sizes=list(coeff_bits))
+    ctx.global_scale = 2.0 ** (scale_bits if scale_bits is not None else 25)
+    return ctx
+
+
+def public_copy(context):
+    """A copy of `context` without the secret key (what the server gets)."""
+    pub = context.copy()
+    pub.make_context_public()
+    return pub
+
+
+# ---------------------------------------------------------------------------------------------
+# internals
+# ---------------------------------------------------------------------------------------------
+def _global_scale(context) -> float:
+    try:
+        s = float(context.global_scale)
+    except Exception:
+        raise ParameterError("the context has no global scale; set context.global_scale") from None
+    if not np.isfinite(s) or s < 2.0 ** 10:
+        raise ParameterError(f"global scale {s} is too small")
+    return s
+
+
+class _Prepared:
+    """Per (graph, bounds): normalized stages and caches of plans and integer operators."""
+
+    def __init__(self, graph: Graph, input_bound: float, calibration):
+        self.stages = bp.normalize(graph)
+        bp.set_bounds(self.stages, input_bound, calibration)
+        self._plans: dict = {}
+        self._ops: dict = {}
+        self._lock = threading.Lock()
+
+    def plan(self, kit, level: int, scale: float, mask_bits: float, force_drops=None) -> bp.Plan:
+        key = (tuple(kit.primes), kit.n, level, scale, mask_bits, tuple(force_drops or ()))
+        with self._lock:
+            if key not in self._plans:
+                self._plans[key] = bp.plan_scales(self.stages, kit.primes, level, math.log2(scale), kit.n,
+                                                  mask_bits, force_drops)
+                if len(self._plans) > 16:
+                    self._plans.pop(next(iter(self._plans)))
+            return self._plans[key]
+
+    def operator(self, i: int, rho: float, out_scale: float, primes: list[int]) -> rns.IntLinear:
+        key = (i, rho, out_scale, max(primes))
+        with self._lock:
+            op = self._ops.get(key)
+            if op is None:
+                op = bp.build_int_linear(self.stages[i], rho, out_scale, max(primes))
+                self._ops[key] = op
+                if len(self._ops) > 64:
+                    self._ops.pop(next(iter(self._ops)))
+            return op
+
+
+_prep_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_suggest_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_prep_lock = threading.Lock()
+
+
+def _prepared(graph: Graph, input_bound: float, calibration=None) -> _Prepared:
+    if calibration is not None:
+        calibration = np.asarray(calibration, dtype=np.float64)
+        if calibration.ndim != len(graph.input_shape) + 1 or calibration.shape[1:] != tuple(graph.input_shape) \
+                or not np.all(np.isfinite(calibration)):
+            raise ShapeError(f"calibration inputs must be finite, shaped (B, {graph.input_shape})")
+        key = ("calibration", hashlib.sha256(calibration.tobytes()).hexdigest())
+    else:
+        if not (np.isfinite(input_bound) and input_bound > 0):
+            raise ParameterError(f"input_bound must be positive, got {input_bound}")
+        key = ("interval", input_bound)
+    with _prep_lock:
+        per = _prep_cache.setdefault(graph, {})
+        p = per.get(key)
+        if p is None:
+            p = per[key] = _Prepared(graph, input_bound, calibration)
+            while len(per) > 8:
+                per.pop(next(iter(per)))
+        return p
+
+
+def _output_stage(kit, X: np.ndarray, S: float, size: int, level: int, drops: int, mask_batch):
+    """Mask (optional), rescale as planned, drop to the last prime, relinearize, re-randomize, serialize."""
+    ev = kit.evaluator
+    buf = kit.buffer(level, size)
+    if size > 2 and kit.relin_keys is None:
+        raise ParameterError("the server context needs relinearization keys")
+    mask_pt = None
+    if mask_batch is not None:
+        m = np.zeros(kit.slots)
+        m[:mask_batch] = 1.0
+        mask_pt = seal.Plaintext()
+        kit.encoder.encode(m.tolist(), kit.parms_ids[level], 2.0 ** MASK_BITS, mask_pt)
+    out = []
+    for j in range(X.shape[1]):
+        rns.write_ct(buf, X[:, j], S)
+        cur = seal.Ciphertext(kit.sc)
+        # every first step writes a fresh ciphertext, so buf stays reusable; relinearize first (at the
+        # largest scale, where key-switching noise is negligible), then mask, rescale, drop primes
+        if size > 2:
+            ev.relinearize(buf, kit.relin_keys, cur)
+        else:
+            ev.negate(buf, cur)
+            ev.negate_inplace(cur)
+            cur.scale = buf.scale
+        if mask_pt is not None:
+            ev.multiply_plain_inplace(cur, mask_pt)
+        for _ in range(drops):
+            ev.rescale_to_next_inplace(cur)
+        while kit.level_of(cur) > 1:
+            ev.mod_switch_to_next_inplace(cur)
+        z = seal.Ciphertext(kit.sc)
+        kit.pk_encryptor.encrypt_zero(cur.parms_id(), z)
+        z.scale = cur.scale
+        ev.add_inplace(cur, z)
+        out.append(rns.save_bytes(cur))
+    return out

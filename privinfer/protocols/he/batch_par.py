@@ -1,0 +1,506 @@
+"""Per-unit SEAL loops of the batch engine, and a helper process that runs half of them on the second core.
+
+TenSEAL's `sealapi` bindings hold the GIL inside every SEAL call (measured: two threads run SEAL no faster
+than one), so the loops that must call SEAL once per unit -- loading the input ciphertexts, and each Poly
+layer's rescale/relinearize/product -- use a second *process*. One helper serves the whole parent process:
+it receives each public context once (TenSEAL serialization, no secret key), keeps its own SEAL objects,
+and works on unit ranges of arrays shared through files in the engine's private tmpfs directory (np.memmap).
+Parent and helper speak over the child's stdin/stdout with length-prefixed frames: JSON headers and raw
+payloads, nothing is unpickled. The helper exits when its parent does (EOF on its stdin), and a helper
+that dies or errs makes the parent redo that part itself.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import uuid
+import weakref
+
+import numpy as np
+
+from ...errors import ParameterError, ProtocolError
+from . import batch_rns as rns
+from .batch_rns import seal, ts
+
+KS_MARGIN = 40.0  # bits between the scale and the key-switching noise where a poly input is relinearized
+
+
+# ---------------------------------------------------------------------------------------------
+# the unit loops (run by the parent and by the helper)
+# ---------------------------------------------------------------------------------------------
+def load_units(kit, blobs, X: np.ndarray, lo: int, hi: int, drops: int, expect: tuple,
+               paths: list | None = None) -> float:
+    """Load input ciphertexts lo..hi-1, check them against the first one's (parms_id, scale), rescale
+    `drops` times and copy their residues into X[:, i]; returns the resulting scale. The ciphertexts
+    are blobs[i], or files paths[i - lo]."""
+    ev = kit.evaluator
+    pid, scale = expect
+    out_scale = None
+    for i in range(lo, hi):
+        what = f"input ciphertext {i}"
+        ct = (rns.load_ciphertext(kit, None, what, path=paths[i - lo]) if paths is not None
+              else rns.load_ciphertext(kit, blobs[i], what))
+        if ct.size() != 2 or list(ct.parms_id()) != pid or ct.scale != scale:
+            raise ProtocolError(f"input ciphertext {i} differs from the first in size, level or scale")
+        for _ in range(drops):
+            ev.rescale_to_next_inplace(ct)
+        rns.read_ct(ct, X[:, i])
+        out_scale = ct.scale
+    return out_scale
+
+
+def poly_units(kit, X: np.ndarray, Y: np.ndarray, lo: int, hi: int, S: float, drops: int,
+               coeffs: tuple, poly_rho: float | None) -> float:
+    """Evaluate a Poly layer on units lo..hi-1 of X (L, units, size, N) into Y; returns the output scale.
+
+    Per unit: drop `drops` primes by rescaling, relinearizing a 3-part input on the way (as late as the
+    key-switching noise allows: it must stay KS_MARGIN bits below the scale), then the polynomial."""
+    ev = kit.evaluator
+    level, size = X.shape[0], X.shape[2]
+    buf = kit.buffer(level, size)
+    if size == 3 and kit.relin_keys is None:
+        raise ParameterError("the server context needs relinearization keys")
+    tmp = [seal.Ciphertext(kit.sc), seal.Ciphertext(kit.sc)]
+    out = seal.Ciphertext(kit.sc)
+    d = len(coeffs) - 1
+    cache: dict = {}
+    out_scale = None
+    # a 3-part input is relinearized at the lowest level where the key-switching noise stays 2^-KS_MARGIN
+    # below the scale (cheaper than at the top level, where it would be safest), rescales before that
+    # one work on 3 parts
+    relin_after = 0
+    if size == 3:
+        s_bits = math.log2(S)
+        while relin_after < drops:
+            s_next = s_bits - math.log2(kit.primes[level - 1 - relin_after])
+            if s_next - kit.ks_noise_bits(level - 1 - relin_after) < KS_MARGIN:
+                break
+            s_bits = s_next
+            relin_after += 1
+    for j in range(lo, hi):
+        rns.write_ct(buf, X[:, j], S)
+        cur, t = buf, 0
+        for r in range(drops):
+            if size == 3 and r == relin_after:
+                ev.relinearize(cur, kit.relin_keys, tmp[t])
+                cur, t = tmp[t], 1 - t
+            ev.rescale_to_next(cur, tmp[t])
+            cur, t = tmp[t], 1 - t
+        if cur.size() == 3:
+            ev.relinearize(cur, kit.relin_keys, tmp[t])
+            cur, t = tmp[t], 1 - t
+        res = poly_unit(kit, cur, coeffs, d, poly_rho, out, cache)
+        if res.size() != Y.shape[2] or kit.level_of(res) != Y.shape[0]:
+            raise ParameterError("poly result shape differs from the plan")  # pragma: no cover
+        if out_scale is None:
+            out_scale = res.scale
+        rns.read_ct(res, Y[:, j])
+    return out_scale
+
+
+def poly_unit(kit, x, coeffs, d, poly_rho, out, cache):
+    """sum_k c_k x^k for one ciphertext, all terms at x's level and common scale T = S^d * poly_rho.
+
+    Powers are products at the same level (no rescale inside the layer); lower terms are brought to the
+    scale T by multiplying with the integer round(c_k * T / S^k) (precise: T / S^k is huge)."""
+    ev = kit.evaluator
+    S = x.scale
+    rho = poly_rho or 1.0
+    if d == 2 and coeffs[0] == 0.0 and coeffs[1] == 0.0 and coeffs[2] == 1.0 and rho == 1.0:
+        ev.square(x, out)
+        out.scale = S * S
+        return out
+    T = S ** d * rho
+    pid = x.parms_id()
+    powers = {1: x}
+    p2 = seal.Ciphertext(kit.sc)
+    ev.square(x, p2)
+    p2.scale = S * S
+    powers[2] = p2
+    for k in range(3, d + 1):
+        prev = powers[k - 1]
+        if prev.size() > 2:
+            if kit.relin_keys is None:
+                raise ParameterError("the server context needs relinearization keys")
+            ev.relinearize_inplace(prev, kit.relin_keys)
+        pk = seal.Ciphertext(kit.sc)
+        ev.multiply(prev, x, pk)
+        pk.scale = S ** k
+        powers[k] = pk
+    acc = None
+    for k in range(d, 0, -1):
+        c = coeffs[k]
+        if c == 0.0:
+            continue
+        if k == d and c == 1.0 and rho == 1.0:
+            term = powers[k]  # a fresh product, never the caller's x (d >= 2)
+        else:
+            key = (k, tuple(pid), T, S)
+            pt = cache.get(key)
+            if pt is None:
+                pt = seal.Plaintext()
+                kit.encoder.encode(float(c), pid, T / S ** k, pt)
+                cache[key] = pt
+            term = seal.Ciphertext(kit.sc)
+            ev.multiply_plain(powers[k], pt, term)
+        term.scale = T
+        if acc is None:
+            acc = term
+        else:
+            ev.add_inplace(acc, term)  # SEAL grows acc to the larger size if needed
+            acc.scale = T
+    if coeffs[0] != 0.0:
+        key = (0, tuple(pid), T, S)
+        pt = cache.get(key)
+        if pt is None:
+            pt = seal.Plaintext()
+            kit.encoder.encode(float(coeffs[0]), pid, T, pt)
+            cache[key] = pt
+        ev.add_plain_inplace(acc, pt)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------
+# shared arrays
+# ---------------------------------------------------------------------------------------------
+class _Pool:
+    """Mapped tmpfs buffers kept from one evaluation to the next. Mapping fresh memory costs ~0.5 s of
+    page faults per GB, and an evaluation at N=8192 touches ~2 GB, so reuse matters. At most `cap` bytes
+    stay pooled (PRIVINFER_HE_BATCH_POOL_MB, default 25% of RAM up to 6 GB; 0 disables pooling)."""
+
+    ALIGN = 1 << 21
+
+    def __init__(self):
+        env = os.environ.get("PRIVINFER_HE_BATCH_POOL_MB")
+        if env is not None:
+            self.cap = int(float(env) * (1 << 20))
+        else:
+            try:
+                ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError):
+                ram = 8 << 30
+            self.cap = min(6 << 30, ram // 4)
+        self.free: list = []  # (nbytes, path, raw uint8 memmap)
+        self.lock = threading.Lock()
+        self.dropped: list[str] = []  # unlinked paths the helper may still have mapped
+
+    def take(self, nbytes: int):
+        with self.lock:
+            best = None
+            for k, (size, _, _) in enumerate(self.free):
+                if nbytes <= size <= 2 * nbytes + self.ALIGN and (best is None or size < self.free[best][0]):
+                    best = k
+            if best is not None:
+                return self.free.pop(best)
+        size = -(-max(nbytes, 1) // self.ALIGN) * self.ALIGN
+        path = os.path.join(os.path.dirname(rns._scratch_path()), f"arr-{uuid.uuid4().hex}.bin")
+        with open(path, "wb") as f:
+            f.truncate(size)
+        return size, path, np.memmap(path, dtype=np.uint8, mode="r+", shape=(size,))
+
+    def give(self, item) -> None:
+        with self.lock:
+            self.free.append(item)
+            total = sum(it[0] for it in self.free)
+            while self.free and total > self.cap:
+                size, path, _ = self.free.pop(0)  # oldest first
+                total -= size
+                _unlink(path)
+                self.dropped.append(path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+_pool = _Pool()
+
+
+class SharedArrays:
+    """One evaluation's lease on pooled file-backed arrays (shareable with the helper by path), plus the
+    input blobs written as files for the helper. `close` returns the arrays and deletes the blob files."""
+
+    def __init__(self):
+        self.base = os.path.dirname(rns._scratch_path())
+        self.leased: dict = {}  # data address -> pool item
+        self.blob_paths: list[str] = []
+
+    def array(self, shape, dtype=np.uint64) -> np.ndarray:
+        shape = tuple(int(v) for v in shape)
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        item = _pool.take(nbytes)
+        arr = item[2][:nbytes].view(dtype).reshape(shape)
+        self.leased[arr.__array_interface__["data"][0]] = item
+        return arr
+
+    def release(self, arr: np.ndarray) -> None:
+        item = self.leased.pop(arr.__array_interface__["data"][0], None)
+        if item is not None:
+            _pool.give(item)
+
+    def file(self, data: bytes) -> str:
+        path = os.path.join(self.base, f"blob-{uuid.uuid4().hex}.bin")
+        self.blob_paths.append(path)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def spec(self, arr: np.ndarray) -> dict:
+        item = self.leased[arr.__array_interface__["data"][0]]
+        return {"path": item[1], "size": item[0], "shape": list(arr.shape), "dtype": str(arr.dtype)}
+
+    def close(self) -> None:
+        for item in self.leased.values():
+            _pool.give(item)
+        self.leased.clear()
+        for p in self.blob_paths:
+            _unlink(p)
+        self.blob_paths.clear()
+
+
+_maps: dict = {}  # helper side: path -> raw memmap, kept so that pages stay mapped between jobs
+
+
+def _open(spec: dict) -> np.ndarray:
+    raw = _maps.get(spec["path"])
+    if raw is None:
+        raw = _maps[spec["path"]] = np.memmap(spec["path"], dtype=np.uint8, mode="r+", shape=(int(spec["size"]),))
+    dtype = np.dtype(spec["dtype"])
+    nbytes = int(np.prod(spec["shape"])) * dtype.itemsize
+    return raw[:nbytes].view(dtype).reshape(tuple(spec["shape"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the helper process
+# ---------------------------------------------------------------------------------------------
+# The helper is a plain `python -c` child speaking length-prefixed frames on its stdin/stdout: a JSON
+# header, then raw payloads. It imports only numpy, TenSEAL and these modules: the bootstrap below stubs
+# the parent packages so that privinfer/__init__ (torch, the server) is not imported, which keeps its
+# start at ~0.5 s, and no parent __main__ is ever re-executed (as multiprocessing's spawn would).
+_BOOT = (
+    "import os, sys, types\n"
+    "frames = os.dup(1); os.dup2(2, 1)\n"  # frames get a private fd; stray writes to fd 1 go to stderr
+    "root = sys.argv[1]\n"
+    "for name, sub in (('privinfer', ''), ('privinfer.protocols', 'protocols'), ('privinfer.protocols.he', 'protocols/he')):\n"
+    "    m = types.ModuleType(name); m.__path__ = [os.path.join(root, sub)]; sys.modules[name] = m\n"
+    "from privinfer.protocols.he.batch_par import _helper_main\n"
+    "_helper_main(frames)\n")
+
+
+def _write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(struct.pack("<Q", len(data)) + data)
+    while view:
+        k = os.write(fd, view)
+        view = view[k:]
+
+
+def _read_exact(fd: int, k: int) -> bytes:
+    chunks, got = [], 0
+    while got < k:
+        b = os.read(fd, min(k - got, 1 << 20))
+        if not b:
+            raise EOFError("pipe closed")
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def _send(fd: int, header: dict, *payloads: bytes) -> None:
+    _write_frame(fd, json.dumps({**header, "_n": len(payloads)}).encode())
+    for p in payloads:
+        _write_frame(fd, p)
+
+
+def _recv(fd: int) -> tuple[dict, list[bytes]]:
+    def frame():
+        (k,) = struct.unpack("<Q", _read_exact(fd, 8))
+        return _read_exact(fd, k)
+    header = json.loads(frame().decode())
+    return header, [frame() for _ in range(int(header.pop("_n", 0)))]
+
+
+def _helper_main(wfd: int) -> None:  # pragma: no cover - runs in the child process
+    rfd = sys.stdin.fileno()
+    kits: dict = {}
+    while True:
+        try:
+            header, payloads = _recv(rfd)
+        except (EOFError, OSError, ValueError):
+            return  # parent gone
+        op = header.get("op")
+        try:
+            if op == "exit":
+                return
+            if op == "context":
+                kits[header["key"]] = rns.get_kit(ts.context_from(payloads[0]))
+                _send(wfd, {"ok": True})
+            elif op == "forget":
+                kits.pop(header["key"], None)
+            elif op == "unmap":
+                for path in header["paths"]:
+                    _maps.pop(path, None)
+            elif op == "load":
+                kit = kits[header["key"]]
+                X = _open(header["X"])
+                sc = load_units(kit, None, X, header["lo"], header["hi"], header["drops"],
+                                (header["pid"], header["scale"]), paths=header["paths"])
+                _send(wfd, {"ok": True, "scale": sc})
+            elif op == "poly":
+                kit = kits[header["key"]]
+                X, Y = _open(header["X"]), _open(header["Y"])
+                sc = poly_units(kit, X, Y, header["lo"], header["hi"], header["S"], header["drops"],
+                                tuple(header["coeffs"]), header["poly_rho"])
+                _send(wfd, {"ok": True, "scale": sc})
+            else:
+                _send(wfd, {"error": "other", "msg": f"unknown op {op!r}"})
+        except ProtocolError as e:
+            _send(wfd, {"error": "protocol", "msg": str(e)})
+        except Exception as e:  # report, keep serving
+            _send(wfd, {"error": "other", "msg": f"{type(e).__name__}: {e}"})
+
+
+class Helper:
+    """The parent's handle on the helper process; one job at a time (`lock`)."""
+
+    def __init__(self):
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, root], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, close_fds=True)
+        self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        self.lock = threading.Lock()
+        self.known: set = set()
+        self.broken = False
+
+    def alive(self) -> bool:
+        return not self.broken and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the helper has used so far (Linux /proc; 0 elsewhere)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def send(self, header: dict, *payloads: bytes) -> None:
+        try:
+            _send(self.wfd, header, *payloads)
+        except (OSError, ValueError) as e:
+            self.broken = True
+            raise _HelperFailed(f"helper pipe: {e}") from None
+
+    def reply(self, timeout: float = 900.0) -> dict:
+        ready, _, _ = select.select([self.rfd], [], [], timeout)
+        if not ready:
+            self.broken = True
+            raise _HelperFailed("helper timed out")
+        try:
+            header, _ = _recv(self.rfd)
+        except (EOFError, OSError, ValueError) as e:
+            self.broken = True
+            raise _HelperFailed(f"helper died ({e})") from None
+        global _helper_failures
+        _helper_failures = 0  # it answered: failures are no longer "in a row"
+        if header.get("error") == "protocol":
+            raise ProtocolError(header["msg"])
+        if header.get("error"):
+            raise _HelperFailed(header["msg"])
+        return header
+
+    def unmap_dropped(self) -> None:
+        """Tell the helper to unmap pool buffers the parent deleted (call while holding `lock`)."""
+        with _pool.lock:
+            paths, _pool.dropped = _pool.dropped, []
+        if paths and self.alive():
+            try:
+                self.send({"op": "unmap", "paths": paths})
+            except _HelperFailed:
+                pass
+
+    def ensure_context(self, kit) -> str:
+        key = getattr(kit, "helper_key", None)
+        if key is None:
+            key = kit.helper_key = uuid.uuid4().hex
+        if key not in self.known:
+            blob = kit.context.serialize(save_public_key=True, save_secret_key=False,
+                                         save_galois_keys=False, save_relin_keys=True)
+            self.send({"op": "context", "key": key}, blob)
+            self.reply()
+            self.known.add(key)
+            weakref.finalize(kit, _forget, weakref.ref(self), key)
+        return key
+
+    def close(self) -> None:
+        try:
+            _send(self.wfd, {"op": "exit"})
+        except Exception:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except Exception:
+                pass
+        try:
+            self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _HelperFailed(Exception):
+    """The helper could not do its part; the caller redoes it in-process."""
+
+
+def _forget(ref, key):
+    h = ref()
+    if h is not None and h.alive() and h.lock.acquire(blocking=False):
+        try:
+            h.send({"op": "forget", "key": key})
+            h.known.discard(key)
+        except Exception:
+            pass
+        finally:
+            h.lock.release()
+
+
+_helper: Helper | None = None
+_helper_lock = threading.Lock()
+_helper_failures = 0
+MAX_HELPER_FAILURES = 3  # after this many dead helpers in a row, run everything in-process
+
+
+def acquire_helper() -> Helper | None:
+    """The process-wide helper, locked for one job, or None when it is busy, broken or disabled
+    (PRIVINFER_HE_BATCH_HELPER=0)."""
+    global _helper, _helper_failures
+    if os.environ.get("PRIVINFER_HE_BATCH_HELPER", "1") == "0":
+        return None
+    with _helper_lock:
+        if _helper is not None and not _helper.alive():
+            _helper.close()
+            _helper = None
+            _helper_failures += 1
+        if _helper_failures >= MAX_HELPER_FAILURES:
+            return None
+        if _helper is None:
+            try:
+                _helper = Helper()
+                atexit.register(_helper.close)
+            except Exception:
+                return None
+        h = _helper
+    return h if h.lock.acquire(blocking=False) else None
+
+
+__all__ = ["SharedArrays", "Helper", "acquire_helper", "load_units", "poly_units", "poly_unit"]
