@@ -160,8 +160,10 @@ def run_ss(graph, X: np.ndarray, y: np.ndarray, n: int, acc_n: int, acc_batch: i
             sess.infer(X[i % len(X)])
             q = sess.stats.last
             lat.append(q.latency_s)
-            recs.append({**sess.client.last, "channel_up": q.bytes_client_to_server,
-                         "channel_down": q.bytes_server_to_client, "channel_rounds": q.rounds})
+            last = sess.client.last  # the session's per-query totals include the gloo traffic: take it out
+            recs.append({**last, "channel_up": q.bytes_client_to_server - last["side_bytes_client_to_server"],
+                         "channel_down": q.bytes_server_to_client - last["side_bytes_server_to_client"],
+                         "channel_rounds": q.rounds - last["side_rounds"]})
         acc = {}
         if acc_n:
             Xa, ya = X[:acc_n], y[:acc_n]

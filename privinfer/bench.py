@@ -61,13 +61,17 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     """Measure one configuration and return one record."""
     profile = get_profile(network)
     base_graph, X, y, name = load_model_and_data(model)
+    base_y = y
     graph = graph or base_graph
     need = (samples + warmup) * batch
-    if need > len(X):
-        raise PrivinferError(f"{samples + warmup} queries of batch {batch} need {need} test images; "
-                             f"the split holds {len(X)}")
+    if need > len(X):  # large batches (HE batch packing) reuse the test images cyclically
+        if progress:
+            print(f"  note: {need} images needed, the test split holds {len(X)}: repeating it cyclically")
+        reps = -(-need // len(X))
+        X, y = np.concatenate([X] * reps)[:need], np.concatenate([y] * reps)[:need]
     ref_all = run_reference(graph, X)
-    accuracy_plain = float(np.mean(ref_all.argmax(1) == y))
+    n_split = min(len(X), len(base_y))
+    accuracy_plain = float(np.mean(ref_all[:n_split].argmax(1) == base_y[:n_split]))
     lat, off, on, up, down, dealer, rounds, logits = [], [], [], [], [], [], [], []
     with _open_session(graph, protocol, options or {}, profile) as sess:
         for i in range(samples + warmup):
