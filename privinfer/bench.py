@@ -135,19 +135,24 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
 
 def format_table(records: list[dict]) -> str:
     """A Markdown table (the README's benchmark table uses this format)."""
-    head = ("| protocol | model | network | batch | latency median (p25–p75) | setup | offline | online | up | down | dealer | setup | rounds "
+    head = ("| protocol | model | network | batch | latency median (p25–p75) | setup time | offline | online | up | down | dealer | setup bytes | rounds "
             "| acc plain | acc private | agree | max err | RSS |")
     rows = [head, "|" + "---|" * 18]
     for r in records:
         lat = r["latency_s"]
         rows.append(
-            f"| {r['protocol']} | {r['model']} | {r['network']} | {r['batch']} | {lat['median']:.3f} s ({lat['p25']:.3f}–{lat['p75']:.3f}) "
-            f"| {r['setup_s']:.2f} s | {r['offline_s']:.3f} s | {r['online_s']:.3f} s | {_size(r['bytes_client_to_server'])} "
+            f"| {r['protocol']} | {r['model']} | {r['network']} | {r['batch']} | {_secs(lat['median'])} "
+            f"({_secs(lat['p25'])}–{_secs(lat['p75'])}) | {_secs(r['setup_s'])} | {_secs(r['offline_s'])} "
+            f"| {_secs(r['online_s'])} | {_size(r['bytes_client_to_server'])} "
             f"| {_size(r['bytes_server_to_client'])} | {_size(r['bytes_dealer'])} | {_size(r['setup_bytes'])} "
             f"| {r['rounds']} "
             f"| {r['accuracy_plain']:.3f} | {r['accuracy_private']:.3f} | {r['argmax_agreement']:.3f} "
             f"| {r['max_abs_err']:.1e} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(rows)
+
+
+def _secs(t: float) -> str:
+    return f"{t:.2f} s" if t >= 1 else f"{t * 1e3:.1f} ms" if t >= 1e-3 else f"{t * 1e6:.0f} µs"
 
 
 def _size(n: int) -> str:
