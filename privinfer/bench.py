@@ -71,7 +71,9 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         X, y = np.concatenate([X] * reps)[:need], np.concatenate([y] * reps)[:need]
     ref_all = run_reference(graph, X)
     n_split = min(len(X), len(base_y))
-    accuracy_plain = float(np.mean(ref_all[:n_split].argmax(1) == base_y[:n_split]))
+    # the plaintext accuracy is the original model's (a served graph may be re-trained, e.g. noisy's)
+    base_ref = ref_all if graph is base_graph else run_reference(base_graph, X[:n_split])
+    accuracy_plain = float(np.mean(base_ref[:n_split].argmax(1) == base_y[:n_split]))
     lat, off, on, up, down, dealer, rounds, logits = [], [], [], [], [], [], [], []
     with _open_session(graph, protocol, options or {}, profile) as sess:
         for i in range(samples + warmup):
@@ -141,7 +143,7 @@ def format_table(records: list[dict]) -> str:
     for r in records:
         lat = r["latency_s"]
         rows.append(
-            f"| {r['protocol']} | {r['model']} | {r['network']} | {r['batch']} | {_secs(lat['median'])} "
+            f"| {_label(r)} | {r['model']} | {r['network']} | {r['batch']} | {_secs(lat['median'])} "
             f"({_secs(lat['p25'])}–{_secs(lat['p75'])}) | {_secs(r['setup_s'])} | {_secs(r['offline_s'])} "
             f"| {_secs(r['online_s'])} | {_size(r['bytes_client_to_server'])} "
             f"| {_size(r['bytes_server_to_client'])} | {_size(r['bytes_dealer'])} | {_size(r['setup_bytes'])} "
@@ -149,6 +151,12 @@ def format_table(records: list[dict]) -> str:
             f"| {r['accuracy_plain']:.3f} | {r['accuracy_private']:.3f} | {r['argmax_agreement']:.3f} "
             f"| {r['max_abs_err']:.1e} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(rows)
+
+
+def _label(r: dict) -> str:
+    eps = (r.get("privacy") or {}).get("epsilon_per_query")
+    packing = (r.get("privacy") or {}).get("packing")
+    return r["protocol"] + (f" ε={eps}" if eps is not None else "") + (f" ({packing})" if packing else "")
 
 
 def _secs(t: float) -> str:

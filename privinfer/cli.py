@@ -89,13 +89,21 @@ def cmd_zoo(a) -> None:
 
 def cmd_bench(a) -> None:
     from .bench import format_table, run_bench, write_records
-    opts = _parse_options(a.option)
+    base = _parse_options(a.option)
     records = []
-    for network in a.network:
+    for eps in a.epsilon or [None]:
         for model in a.model:
-            for batch in a.batch:
-                records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=network,
-                                         options=opts))
+            graph, opts = None, dict(base)
+            if a.protocol == "noisy":  # ARDEN setting: split after the first conv block, noise-aware server
+                from .protocols.noisy_train import train_noisy
+                m = train_noisy(model, a.split, "digits", 1.0 if eps is None else eps, bottleneck=a.bottleneck or None)
+                graph, opts = m.graph, {**m.session_options(), **base}
+            elif eps is not None:
+                opts["epsilon"] = eps
+            for network in a.network:
+                for batch in a.batch:
+                    records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=network,
+                                             options=opts, graph=graph))
     print(format_table(records))
     if a.json:
         write_records(records, a.json)
@@ -151,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samples", type=int, default=10)
     b.add_argument("--network", nargs="+", default=["loopback"],
                    help="loopback, lan, wan, mobile (emulated: needs root)")
+    b.add_argument("--epsilon", nargs="+", help="noisy: per-query epsilon values (a number or inf)")
+    b.add_argument("--split", type=int, default=3, help="noisy: client runs layers [0, split)")
+    b.add_argument("--bottleneck", type=int, default=10, help="noisy: learned client-side feature width (0: none)")
     b.add_argument("--json", help="output path")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     b.set_defaults(func=cmd_bench)

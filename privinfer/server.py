@@ -36,6 +36,7 @@ class Server:
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions
         self._sock = listen(host, port)
+        self._sock.settimeout(0.5)  # accept wakes up to notice shutdown()
         self.host, self.port = self._sock.getsockname()[:2]
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
@@ -47,7 +48,6 @@ class Server:
         return self.host, self.port
 
     def serve_forever(self) -> None:
-        self._sock.settimeout(0.5)
         while not self._stop.is_set():
             try:
                 conn, addr = self._sock.accept()
@@ -128,7 +128,7 @@ class Server:
         client_opts = self.protocol_cls.validate_client_options(opts)
         side = self.protocol.server_side(client_opts)
         sides.append(side)
-        ch.send_json({"protocol": name, "graph": self.graph.spec(), "info": side.welcome(),
+        ch.send_json({"protocol": name, "graph": self.protocol.graph.spec(), "info": side.welcome(),
                       "limits": {"max_batch": self.max_batch, "max_frame": self.max_frame,
                                  "timeout": self.timeout}}, FrameType.WELCOME)
         side.setup(ch)

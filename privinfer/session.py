@@ -99,10 +99,11 @@ class RemoteSession:
         batch = check_input(self.graph, x)
         if self.channel.closed:
             raise PrivinferError("session is closed")
+        meta = self.client.query_meta(batch)  # may refuse (privacy budget) before anything is sent
         before = self.channel.stats.copy()
         t0 = time.perf_counter()
         try:
-            self.channel.send_json(self.client.query_meta(batch), FrameType.QUERY)
+            self.channel.send_json(meta, FrameType.QUERY)
             logits = np.asarray(self.client.query(self.channel, batch), dtype=np.float64)
         except BaseException:
             self.close(send_bye=False)
@@ -147,6 +148,7 @@ def connect(host: str, port: int, protocol: str = "plain", *, timeout: float = D
 
     `emulated_rtt` (seconds) adds one round-trip delay per round, for benchmarks on emulated networks.
     """
+    get_protocol(protocol).validate_client_options(client_options)  # fail before opening a socket
     return RemoteSession(tcp_connect(host, port, timeout=timeout, emulated_rtt=emulated_rtt), protocol,
                          **client_options)
 
