@@ -10,7 +10,8 @@ from .errors import PrivinferError, ProtocolError, ResourceLimitError
 from .model import compile_model
 from .model.ir import Graph
 from .protocols.base import get_protocol, split_options
-from .transport import Channel, DEFAULT_TIMEOUT, FrameType, listen
+from .transport import Channel, DEFAULT_TIMEOUT, FrameType
+from .transport.tcp import ThreadedListener
 from .transport.frames import DEFAULT_MAX_FRAME, decode_json
 
 log = logging.getLogger("privinfer.server")
@@ -18,8 +19,9 @@ DEFAULT_MAX_SESSIONS = 16
 DEFAULT_MAX_BATCH = 8192
 
 
-class Server:
+class Server(ThreadedListener):
     """Serve `model` under `protocol` on host:port. Limits are enforced with typed errors."""
+    thread_prefix = "privinfer-client"
 
     def __init__(self, model: Any, protocol: str = "plain", host: str = "127.0.0.1", port: int = 0, *,
                  timeout: float = DEFAULT_TIMEOUT, max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -35,49 +37,9 @@ class Server:
         self.timeout, self.max_batch, self.max_frame = timeout, max_batch, max_frame
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions
-        self._sock = listen(host, port)
-        self._sock.settimeout(0.5)  # accept wakes up to notice shutdown()
-        self.host, self.port = self._sock.getsockname()[:2]
-        self._stop = threading.Event()
-        self._threads: set[threading.Thread] = set()
+        super().__init__(host, port)
         self.served = 0
         self.failed = 0
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
-
-    def serve_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, addr = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            t = threading.Thread(target=self._handle, args=(conn, addr), daemon=True,
-                                 name=f"privinfer-client-{addr[1]}")
-            self._threads.add(t)
-            t.start()
-            self._threads = {t for t in self._threads if t.is_alive()}
-
-    def start(self) -> "Server":
-        """Serve in a background thread (tests, notebooks)."""
-        threading.Thread(target=self.serve_forever, daemon=True, name="privinfer-accept").start()
-        return self
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        try:
-            self._sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.shutdown()
 
     # --- one client -----------------------------------------------------------------------------
     def _handle(self, conn: socket.socket, addr) -> None:

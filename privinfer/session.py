@@ -157,8 +157,9 @@ def _server_process(graph_bytes: bytes, protocol: str, options: dict, kw: dict, 
     """Child process body: build the Server, report its port (or the error), serve until killed."""
     import logging
     logging.basicConfig(level=logging.WARNING)
+    from ._process import exit_with_parent
     from .server import Server
-    _exit_with_parent()
+    exit_with_parent()
     try:
         srv = Server(load_graph(graph_bytes), protocol, "127.0.0.1", 0, **kw, **options)
     except BaseException as e:  # report set-up errors (unsupported layer, bad option) to the parent
@@ -167,22 +168,6 @@ def _server_process(graph_bytes: bytes, protocol: str, options: dict, kw: dict, 
     conn.send(("ok", srv.port))
     conn.close()
     srv.serve_forever()
-
-
-def _exit_with_parent() -> None:
-    """A served child must not outlive the session that started it (no orphans)."""
-    import os
-    import threading
-
-    parent = os.getppid()
-
-    def watch():
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="privinfer-parent-watch").start()
 
 
 class PrivateSession(RemoteSession):

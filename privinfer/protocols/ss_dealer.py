@@ -23,7 +23,8 @@ import threading
 import time
 
 from ..errors import PrivinferError, ProtocolError
-from ..transport import Channel, FrameType, connect as tcp_connect, listen
+from ..transport import Channel, FrameType, connect as tcp_connect
+from ..transport.tcp import ThreadedListener
 from .ss_worker import (ChildProcess, child_setup, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
                         send_msg)
 
@@ -200,53 +201,19 @@ class RemoteDealer:
 DEALER_OPTION_KEYS = ("precision_bits", "mpc_timeout", "threads", "gloo_ifname")
 
 
-class DealerServer:
+class DealerServer(ThreadedListener):
     """Accept model servers; give each session its own dealer process; survive any session."""
+    thread_prefix = "privinfer-dealer"
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_DEALER_PORT, *, max_sessions: int = 16,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT, mpc_timeout: float = 60.0,
                  max_elements: int = 1 << 28, gloo_ifname: str | None = None):
-        self._sock = listen(host, port)
-        self.host, self.port = self._sock.getsockname()[:2]
+        super().__init__(host, port)
         self.idle_timeout, self.mpc_timeout, self.max_elements = idle_timeout, mpc_timeout, max_elements
         self.gloo_ifname = gloo_ifname
         self._slots = threading.BoundedSemaphore(max_sessions)
-        self._stop = threading.Event()
         self.sessions = 0
         self.failed = 0
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
-
-    def serve_forever(self) -> None:
-        self._sock.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                conn, addr = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            threading.Thread(target=self._handle, args=(conn, addr), daemon=True,
-                             name=f"privinfer-dealer-{addr[1]}").start()
-
-    def start(self) -> "DealerServer":
-        threading.Thread(target=self.serve_forever, daemon=True, name="privinfer-dealer-accept").start()
-        return self
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        try:
-            self._sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.shutdown()
 
     def _handle(self, conn: socket.socket, addr) -> None:
         ch = Channel(conn, timeout=self.idle_timeout, peer=f"server {addr[0]}:{addr[1]}")

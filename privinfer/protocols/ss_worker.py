@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from .._process import exit_with_parent
 from ..errors import PrivinferError, ProtocolError, TimeoutError_
 from ..transport import frames
 
@@ -171,15 +172,7 @@ def child_setup(role: str) -> None:
         libc.prctl(15, (PROCESS_PREFIX + role)[:15].encode(), 0, 0, 0)  # PR_SET_NAME
     except Exception:
         pass
-    parent = os.getppid()
-
-    def watch():
-        while True:
-            time.sleep(0.2)
-            if os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    exit_with_parent(interval=0.2, code=3)
 
 
 def report_error(conn, exc: BaseException) -> None:

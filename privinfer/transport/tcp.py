@@ -30,3 +30,54 @@ def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = 64) -> socket.
         raise ProtocolError(f"cannot listen on {host}:{port}: {e}") from None
     sock.listen(backlog)
     return sock
+
+
+class ThreadedListener:
+    """Accept loop shared by every privinfer service: one daemon thread per connection, and a
+    0.5 s accept timeout so `shutdown()` is noticed. Subclasses implement `_handle(conn, addr)`."""
+    thread_prefix = "privinfer"
+
+    def __init__(self, host: str, port: int):
+        import threading
+        self._sock = listen(host, port)
+        self._sock.settimeout(0.5)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._stop = threading.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def _handle(self, conn: socket.socket, addr) -> None:
+        raise NotImplementedError
+
+    def serve_forever(self) -> None:
+        import threading
+        while not self._stop.is_set():
+            try:
+                conn, addr = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            threading.Thread(target=self._handle, args=(conn, addr), daemon=True,
+                             name=f"{self.thread_prefix}-{addr[1]}").start()
+
+    def start(self):
+        """Serve in a background thread (tests, notebooks)."""
+        import threading
+        threading.Thread(target=self.serve_forever, daemon=True, name=f"{self.thread_prefix}-accept").start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.shutdown()
