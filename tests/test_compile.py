@@ -18,12 +18,12 @@ def conv_nets(draw):
     c, h = draw(st.integers(1, 3)), draw(st.integers(8, 16))
     layers, shape = [], (c, h, h)
     for _ in range(draw(st.integers(0, 2))):
-        k = draw(st.integers(1, 3))
         out = draw(st.integers(1, 4))
         stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, 1))
         if draw(st.booleans()):
             layers.append(nn.ZeroPad2d((0, 1, 0, 1)))
             shape = (shape[0], shape[1] + 1, shape[2] + 1)
+        k = draw(st.integers(1, min(3, shape[1] + 2 * pad)))  # the kernel must fit the (padded) input
         layers.append(nn.Conv2d(shape[0], out, k, stride=stride, padding=pad, bias=draw(st.booleans())))
         size = (shape[1] + 2 * pad - k) // stride + 1
         shape = (out, size, size)
