@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from .errors import PrivinferError, ProtocolError, ResourceLimitError
@@ -46,7 +47,7 @@ class Server(ThreadedListener):
         ch = Channel(conn, timeout=self.timeout, max_frame=self.max_frame, peer=f"client {addr[0]}:{addr[1]}")
         if not self._slots.acquire(blocking=False):
             ch.send_error(ResourceLimitError(f"server busy: {self.max_sessions} sessions already open"))
-            ch.close()
+            _linger_close(ch)
             return
         sides: list = []  # filled as soon as the ServerSide exists, so close() runs even if setup fails
         try:
@@ -100,13 +101,15 @@ class Server(ThreadedListener):
 def _linger_close(ch: Channel, seconds: float = 0.5, limit: int = 1 << 20) -> None:
     """Close so that a pending ERROR frame reaches the peer: half-close, drain briefly, then close.
 
-    Closing with unread input makes the kernel send RST, which can discard our last frame.
+    Closing with unread input makes the kernel send RST, which can discard our last frame. The drain has
+    one total deadline, so a trickling peer cannot hold its session slot.
     """
+    end = time.monotonic() + seconds
     try:
         ch.sock.shutdown(socket.SHUT_WR)
-        ch.sock.settimeout(seconds)
         drained = 0
-        while drained < limit:
+        while drained < limit and time.monotonic() < end:
+            ch.sock.settimeout(max(0.01, end - time.monotonic()))
             chunk = ch.sock.recv(65536)
             if not chunk:
                 break

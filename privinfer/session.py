@@ -186,7 +186,8 @@ class PrivateSession(RemoteSession):
         self._proc = self._server = None
         if spawn == "thread":
             from .server import Server
-            self._server = Server(graph, protocol, timeout=timeout, **server_opts).start()
+            # torch_threads=None: a thread-mode server must not change this process's torch settings
+            self._server = Server(graph, protocol, timeout=timeout, torch_threads=None, **server_opts).start()
             port = self._server.port
         elif spawn == "process":
             port = self._start_process(graph, protocol, server_opts, timeout)
@@ -212,14 +213,18 @@ class PrivateSession(RemoteSession):
         try:
             msg = parent.recv()
         except EOFError:
+            code = self._proc.exitcode
             self._stop_server()
-            raise PrivinferError(f"the server process died at start (exit code {self._proc.exitcode})") from None
+            raise PrivinferError(f"the server process died at start (exit code {code})") from None
+        finally:
+            parent.close()
         if msg[0] != "ok":
             self._stop_server()
             raise PrivinferError(f"server failed to start: {msg[1]}: {msg[2]}")
         return int(msg[1])
 
     def _stop_server(self) -> None:
+        atexit.unregister(self._stop_server)  # the atexit entry must not keep a closed session alive
         if self._proc is not None:
             self._proc.terminate()
             self._proc.join(5)

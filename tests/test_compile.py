@@ -125,3 +125,27 @@ def test_graph_index_and_slice():
     assert tail.input_shape == (4,) and len(tail) == 2
     zero = Graph.from_spec(g.spec())
     assert np.all(zero.layers[0].weight == 0) and zero.spec() == g.spec()
+
+
+class ViewNotFlat(nn.Module):
+    def forward(self, x):
+        return x.view(-1, 4)
+
+
+class PaddedPool(nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.max_pool2d(x, 2, 2, 1)
+
+
+@pytest.mark.parametrize("net", [ViewNotFlat(), PaddedPool(),
+                                 nn.Sequential(nn.Conv2d(1, 1, 3), nn.ZeroPad2d(1), nn.BatchNorm2d(1), nn.Conv2d(1, 1, 3))])
+def test_constructs_that_would_compile_wrong_are_refused(net):
+    with pytest.raises(UnsupportedLayerError):
+        compile_model(net.eval(), (1, 8, 8))
+
+
+def test_consecutive_zero_pads_add_up():
+    net = nn.Sequential(nn.ZeroPad2d(1), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 2, 3)).eval()
+    g = compile_model(net, (1, 7, 7))
+    x = torch.rand(2, 1, 7, 7)
+    np.testing.assert_allclose(run_reference(g, x.numpy()), net(x).detach().numpy(), atol=1e-5)

@@ -81,7 +81,8 @@ class _Builder:
             self.add(Flatten(), name)
         elif isinstance(m, nn.ZeroPad2d):
             left, right, top, bottom = (int(v) for v in m.padding)
-            self.pending_pad = (top, bottom, left, right)
+            pad = (top, bottom, left, right)
+            self.pending_pad = pad if self.pending_pad is None else tuple(a + b for a, b in zip(self.pending_pad, pad))
         else:
             raise _unsupported(f"{type(m).__name__} ({name or 'model'})")
 
@@ -103,6 +104,8 @@ class _Builder:
         self.add(Conv2d(_np(m.weight), None if m.bias is None else _np(m.bias), _pair(m.stride), pad), name)
 
     def fold_batchnorm(self, bn: nn.Module, name: str):
+        if self.pending_pad is not None:  # padded zeros would have to be normalised too
+            raise _unsupported(f"{type(bn).__name__} after ZeroPad2d ({name})")
         prev = self.layers[-1] if self.layers else None
         if not isinstance(prev, (Conv2d, Linear)):
             raise _unsupported(f"{type(bn).__name__} not directly after Conv2d/Linear ({name})")
@@ -120,27 +123,25 @@ class _Builder:
     def function(self, fn, args: Sequence, kwargs: dict, name: str):
         if fn in (F.relu, torch.relu):
             self.add(ReLU(), name)
-        elif fn in (torch.flatten,) and (args[1:] or [kwargs.get("start_dim", 0)])[0] == 1:
+        elif fn in (torch.flatten,) and _flatten_dims(args, kwargs) == (1, -1):
             self.add(Flatten(), name)
         elif fn is operator.mul and len(args) == 2 and args[0] is args[1]:
             self.add(Poly.square(), name)
         elif fn in (operator.pow, torch.pow, torch.square) and (fn is torch.square or args[1] == 2):
             self.add(Poly.square(), name)
-        elif fn is F.max_pool2d:
+        elif fn in (F.max_pool2d, F.avg_pool2d):
+            if len(args) > 3 or set(kwargs) - {"kernel_size", "stride"}:
+                raise _unsupported(f"{fn.__name__} with padding/dilation/ceil_mode arguments ({name})")
             k = _pair(args[1] if len(args) > 1 else kwargs["kernel_size"])
             s = args[2] if len(args) > 2 else kwargs.get("stride")
-            self.add(MaxPool2d(k, _pair(s or k)), name)
-        elif fn is F.avg_pool2d:
-            k = _pair(args[1] if len(args) > 1 else kwargs["kernel_size"])
-            s = args[2] if len(args) > 2 else kwargs.get("stride")
-            self.add(AvgPool2d(k, _pair(s or k)), name)
+            self.add((MaxPool2d if fn is F.max_pool2d else AvgPool2d)(k, _pair(s or k)), name)
         else:
             raise _unsupported(f"function {getattr(fn, '__name__', fn)} ({name})")
 
     def method(self, meth: str, args: Sequence, kwargs: dict, name: str):
-        if meth in ("view", "reshape") and len(args) == 3 and -1 in args[1:]:
+        if meth in ("view", "reshape") and len(args) == 3 and _is_batch_size(args[1]) and args[2] == -1:
             self.add(Flatten(), name)
-        elif meth == "flatten" and ((args[1:] or [kwargs.get("start_dim", 0)])[0] == 1):
+        elif meth == "flatten" and _flatten_dims(args, kwargs) == (1, -1):
             self.add(Flatten(), name)
         elif meth in ("relu",):
             self.add(ReLU(), name)
@@ -150,6 +151,27 @@ class _Builder:
             return
         else:
             raise _unsupported(f"method .{meth}() ({name})")
+
+
+def _flatten_dims(args: Sequence, kwargs: dict) -> tuple:
+    """(start_dim, end_dim) of a traced flatten call."""
+    start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+    end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+    return start, end
+
+
+def _is_batch_size(arg) -> bool:
+    """A traced `x.size(0)` / `x.shape[0]`: the batch dimension kept by view(B, -1)."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method" and arg.target == "size":
+        return (arg.args[1:] or [arg.kwargs.get("dim")])[0] == 0
+    if arg.op == "call_function" and arg.target is operator.getitem:
+        src = arg.args[0]
+        return arg.args[1] == 0 and isinstance(src, fx.Node) and (
+            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1))
+    return False
 
 
 class _AdaptivePending:

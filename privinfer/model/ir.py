@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, Union
 
@@ -16,6 +17,7 @@ import numpy as np
 from ..errors import ShapeError, UnsupportedLayerError
 
 Shape = tuple[int, ...]
+MAX_GRAPH_BYTES = 1 << 30  # largest graph file (and largest parameter count x 8) accepted
 
 
 def _pair(v) -> tuple[int, int]:
@@ -24,6 +26,12 @@ def _pair(v) -> tuple[int, int]:
             raise ShapeError(f"expected a pair, got {v!r}")
         return int(v[0]), int(v[1])
     return int(v), int(v)
+
+
+def _positive(v: tuple, name: str) -> tuple:
+    if min(v) < 1:
+        raise ShapeError(f"{name} must be >= 1, got {v}")
+    return v
 
 
 def _as_array(a, name: str) -> np.ndarray:
@@ -50,7 +58,7 @@ class Conv2d:
         if b.shape != (self.weight.shape[0],):
             raise ShapeError(f"conv bias shape {b.shape} does not match {self.weight.shape[0]} maps")
         object.__setattr__(self, "bias", b)
-        object.__setattr__(self, "stride", _pair(self.stride))
+        object.__setattr__(self, "stride", _positive(_pair(self.stride), "conv stride"))
         p = tuple(int(v) for v in self.padding)
         if len(p) == 2:
             p = (p[0], p[0], p[1], p[1])
@@ -131,6 +139,9 @@ class AvgPool2d:
     def __post_init__(self):
         for f in ("kernel", "stride", "padding"):
             object.__setattr__(self, f, _pair(getattr(self, f)))
+        _positive(self.kernel + self.stride, "avgpool kernel/stride")
+        if min(self.padding) < 0:
+            raise ShapeError(f"avgpool padding must be >= 0, got {self.padding}")
 
     def out_shape(self, s: Shape) -> Shape:
         return _pool_out(s, self.kernel, self.stride, self.padding, "avgpool2d")
@@ -152,6 +163,7 @@ class MaxPool2d:
     def __post_init__(self):
         for f in ("kernel", "stride"):
             object.__setattr__(self, f, _pair(getattr(self, f)))
+        _positive(self.kernel + self.stride, "maxpool kernel/stride")
 
     def out_shape(self, s: Shape) -> Shape:
         return _pool_out(s, self.kernel, self.stride, (0, 0), "maxpool2d")
@@ -291,6 +303,11 @@ class Graph:
     def from_spec(cls, spec: dict, arrays: dict[str, np.ndarray] | None = None) -> "Graph":
         """Rebuild a graph from `spec()`; weights come from `arrays` or are zeros (public-only copy)."""
         try:
+            params = sum(int(np.prod(ls.get("kernel", [1, 1]), dtype=np.float64)) * int(ls.get("in_channels", 0))
+                         * int(ls.get("out_channels", 0)) + int(ls.get("in_features", 0)) * int(ls.get("out_features", 0))
+                         for ls in spec["layers"])
+            if params * 8 > MAX_GRAPH_BYTES:  # a peer's spec must not make us allocate without bound
+                raise ShapeError(f"graph spec declares {params} parameters (limit {MAX_GRAPH_BYTES // 8})")
             layers, names = [], []
             for i, ls in enumerate(spec["layers"]):
                 kind = ls["kind"]
@@ -320,7 +337,7 @@ class Graph:
                     if w.shape != tuple(shape):
                         raise ShapeError(f"layer {i} weight shape {w.shape} != {tuple(shape)}")
             return cls(tuple(spec["input_shape"]), tuple(layers), tuple(names))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
             raise ShapeError(f"malformed graph spec: {e!r}") from None
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -356,9 +373,14 @@ def load_graph(path_or_file) -> Graph:
         path_or_file = io.BytesIO(path_or_file)
     try:
         with np.load(path_or_file, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            size = sum(i.file_size for i in z.zip.infolist())
+            if size > MAX_GRAPH_BYTES:  # also bounds a compressed archive's expansion
+                raise ValueError(f"archive expands to {size} bytes (limit {MAX_GRAPH_BYTES})")
             spec = json.loads(bytes(z["__spec__"]).decode())
             arrays = {k: z[k] for k in z.files if k != "__spec__"}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, AttributeError) as e:
         raise ShapeError(f"not a privinfer graph file: {e}") from None
     return Graph.from_spec(spec, arrays)
 

@@ -17,6 +17,7 @@ from . import frames
 from .frames import FrameType
 
 DEFAULT_TIMEOUT = 120.0
+_BULK = (FrameType.TENSOR, FrameType.BYTES, FrameType.BLOBS)
 
 
 @dataclass
@@ -78,28 +79,32 @@ class Channel:
         self.stats.messages_sent += 1
 
     def _recv_exact(self, n: int, what: str) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
+        """Read exactly n bytes before one deadline; memory grows only as data arrives."""
+        buf = bytearray()
         deadline = time.monotonic() + self.timeout
-        while got < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError_(f"reading {what} from {self.peer} timed out after {self.timeout:.0f} s")
-            try:
-                k = self.sock.recv_into(view[got:], min(n - got, 1 << 22))
-            except socket.timeout:
-                raise TimeoutError_(f"reading {what} from {self.peer} timed out after {self.timeout:.0f} s") from None
-            except OSError as e:
-                raise ProtocolError(f"connection to {self.peer} lost while reading {what}: {e}") from None
-            if k == 0:
-                if got == 0 and what == "header":
-                    raise ProtocolError(f"{self.peer} closed the connection")
-                raise ProtocolError(f"{self.peer} closed the connection mid-{what} ({got} of {n} bytes)")
-            got += k
+        try:
+            while len(buf) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout
+                self.sock.settimeout(left)
+                chunk = self.sock.recv(min(n - len(buf), 1 << 22))
+                if not chunk:
+                    if not buf and what == "header":
+                        raise ProtocolError(f"{self.peer} closed the connection")
+                    raise ProtocolError(f"{self.peer} closed the connection mid-{what} ({len(buf)} of {n} bytes)")
+                buf += chunk
+        except socket.timeout:
+            raise TimeoutError_(f"reading {what} from {self.peer} timed out after {self.timeout:.0f} s") from None
+        except OSError as e:
+            raise ProtocolError(f"connection to {self.peer} lost while reading {what}: {e}") from None
         return bytes(buf)
 
-    def recv_frame(self) -> tuple[FrameType, bytes]:
+    def recv_frame(self, max_len: int | None = None) -> tuple[FrameType, bytes]:
+        """One frame; `max_len` (if given) caps the payload below `max_frame` before anything is read."""
         ftype, length = frames.decode_header(self._recv_exact(frames.HEADER.size, "header"), self.max_frame)
+        if max_len is not None and length > max_len:
+            raise ProtocolError(f"{ftype.name} frame of {length} bytes exceeds its limit of {max_len} bytes")
         payload = self._recv_exact(length, "frame") if length else b""
         self.stats.bytes_received += frames.HEADER.size + length
         self.stats.messages_received += 1
@@ -108,7 +113,11 @@ class Channel:
 
     def expect(self, *types: FrameType) -> tuple[FrameType, bytes]:
         """Receive one frame of one of `types`; an ERROR frame from the peer raises PeerError."""
-        ftype, payload = self.recv_frame()
+        # control frames are small: a peer cannot make us allocate max_frame bytes for a HELLO or a BYE
+        cap = None if any(t in _BULK for t in types) else frames.MAX_JSON
+        ftype, payload = self.recv_frame(cap)
+        if ftype not in types and ftype != FrameType.ERROR:
+            raise ProtocolError(f"expected {'/'.join(t.name for t in types)} from {self.peer}, got {ftype.name}")
         if ftype == FrameType.ERROR and FrameType.ERROR not in types:
             info = frames.decode_json(payload)
             raise PeerError(f"{self.peer} reported {info.get('type', 'error')}: {info.get('message', '')}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import struct
 
 import numpy as np
@@ -59,12 +60,16 @@ def encode_json(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
 def decode_json(payload: bytes) -> dict:
     if len(payload) > MAX_JSON:
         raise ProtocolError(f"JSON frame of {len(payload)} bytes exceeds {MAX_JSON}")
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        obj = json.loads(bytes(payload).decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError, bad UTF-8, huge ints
         raise ProtocolError(f"malformed JSON frame: {e}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"JSON frame must hold an object, got {type(obj).__name__}")
@@ -103,7 +108,7 @@ def decode_tensor(payload: bytes) -> np.ndarray:
         raise ProtocolError("truncated tensor shape")
     shape = struct.unpack(f">{ndim}I", payload[2:end])
     dtype = _DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if len(payload) - end != expected:
         raise ProtocolError(f"tensor payload holds {len(payload) - end} bytes, shape {shape} needs {expected}")
     return np.frombuffer(payload, dtype=dtype, offset=end).reshape(shape).copy()

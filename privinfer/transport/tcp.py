@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from ..errors import ProtocolError
 from .channel import DEFAULT_TIMEOUT, Channel
@@ -58,10 +59,16 @@ class ThreadedListener:
                 conn, addr = self._sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
-                break
-            threading.Thread(target=self._handle, args=(conn, addr), daemon=True,
-                             name=f"{self.thread_prefix}-{addr[1]}").start()
+            except OSError:  # EMFILE, ECONNABORTED, ...: transient unless we are shutting down
+                if self._stop.is_set():
+                    break
+                time.sleep(0.1)
+                continue
+            try:
+                threading.Thread(target=self._handle, args=(conn, addr), daemon=True,
+                                 name=f"{self.thread_prefix}-{addr[1]}").start()
+            except RuntimeError:  # cannot start a thread: refuse this connection, keep serving
+                conn.close()
 
     def start(self):
         """Serve in a background thread (tests, notebooks)."""
