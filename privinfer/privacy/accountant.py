@@ -69,16 +69,23 @@ class PrivacyAccountant:
         self._cache: dict[int, float] = {}
 
     # --- composition ----------------------------------------------------------------------------
+    def _trivial_total(self, n: int) -> float | None:
+        """The session epsilon where no composition theorem is needed (none, no noise, pure DP), else None."""
+        if n <= 0:
+            return 0.0
+        if not self.config.noisy:
+            return math.inf
+        if self.config.mechanism == "laplace":
+            return n * self.config.epsilon  # basic composition, tight for pure epsilon-DP
+        return None
+
     def epsilon_total(self, releases: int | None = None) -> float:
         """The session epsilon after `releases` releases (default: so far), at delta_total()."""
         n = self.releases if releases is None else int(releases)
         cfg = self.config
-        if n <= 0:
-            return 0.0
-        if not cfg.noisy:
-            return math.inf
-        if cfg.mechanism == "laplace":
-            return n * cfg.epsilon
+        trivial = self._trivial_total(n)
+        if trivial is not None:
+            return trivial
         if n == 1:
             return cfg.epsilon
         if n not in self._cache:
@@ -92,12 +99,9 @@ class PrivacyAccountant:
         """Tight session epsilon: n*eps for Laplace (tight for pure DP), exact GDP composition for Gaussian."""
         n = self.releases if releases is None else int(releases)
         cfg = self.config
-        if n <= 0:
-            return 0.0
-        if not cfg.noisy:
-            return math.inf
-        if cfg.mechanism == "laplace":
-            return n * cfg.epsilon
+        trivial = self._trivial_total(n)
+        if trivial is not None:
+            return trivial
         return gdp_epsilon(math.sqrt(n) * cfg.sensitivity / cfg.scale, cfg.delta)
 
     # --- budget ---------------------------------------------------------------------------------
