@@ -25,7 +25,7 @@ import time
 from ..errors import PrivinferError, ProtocolError
 from ..transport import Channel, FrameType, connect as tcp_connect
 from ..transport.tcp import ThreadedListener
-from .ss_worker import (ChildProcess, child_setup, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
+from .ss_worker import (ChildProcess, child_setup, end_child, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
                         send_msg)
 
 log = logging.getLogger("privinfer.dealer")
@@ -36,7 +36,6 @@ DEFAULT_IDLE_TIMEOUT = 3600.0
 def dealer_main(rendezvous: str, opts: dict, conn) -> None:
     """Child process body: join the rendezvous as rank 2, hand out keys, answer plans until told to stop."""
     child_setup("dealer")
-    import os
     try:
         mpc_env(2, rendezvous, opts.get("gloo_ifname"))
         crypten = load_mpc(opts)
@@ -57,11 +56,7 @@ def dealer_main(rendezvous: str, opts: dict, conn) -> None:
     except BaseException as e:  # noqa: BLE001
         report_error(conn, e)
     finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
-        os._exit(0)
+        end_child(conn)
 
 
 def _make_dealer(crypten):

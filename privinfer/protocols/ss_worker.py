@@ -175,6 +175,17 @@ def child_setup(role: str) -> None:
     exit_with_parent(interval=0.2, code=3)
 
 
+def end_child(conn) -> None:
+    """Close the pipe to the parent and exit at once. No crypten.uninit: its shutdown handshake would
+    block on a dead peer."""
+    try:
+        conn.close()
+    except Exception:
+        pass
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def report_error(conn, exc: BaseException) -> None:
     try:
         send_msg(conn, {"error": type(exc).__name__, "message": str(exc)[:2000]})
@@ -252,12 +263,7 @@ def party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) 
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
         report_error(conn, e)
     finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
-        sys.stdout.flush()
-        os._exit(0)  # no crypten.uninit: its shutdown handshake would block on a dead peer
+        end_child(conn)
 
 
 class _Party:
