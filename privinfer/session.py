@@ -18,6 +18,7 @@ from .errors import PrivinferError
 from .model import compile_model
 from .model.ir import Graph, graph_to_bytes, load_graph
 from .model.reference import check_input
+from .privacy.guarantees import check_guarantee
 from .protocols.base import get_protocol, split_options
 from .transport import Channel, DEFAULT_TIMEOUT, FrameType, connect as tcp_connect
 
@@ -88,6 +89,7 @@ class RemoteSession:
         self.stats.setup_s = time.perf_counter() - t0
         self.stats.setup_bytes_client_to_server, self.stats.setup_bytes_server_to_client = d.bytes_sent, d.bytes_received
         self.stats.privacy = self.client.privacy()
+        check_guarantee(self.stats.privacy)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -149,7 +149,8 @@ class _NoisyClient(ClientSide):
             f"all released samples" if cfg.noisy else "none: features are sent without noise")
         return {
             "protocol": "noisy", "input_private": cfg.noisy, "epsilon": epsilon_json(cfg.epsilon), **rep,
-            "guarantee": guarantee, "neighbouring": "any two inputs (local DP)",
+            "guarantee": "differential-privacy" if cfg.noisy else "none", "statement": guarantee,
+            "neighbouring": "any two inputs (local DP)",
             "norm": cfg.norm, "clip": cfg.clip, "sensitivity": cfg.sensitivity, "noise_scale": cfg.scale,
             "nullify": cfg.nullify, "nullification_amplification": "none claimed",
             "noise_source": self.privatizer.source.kind,

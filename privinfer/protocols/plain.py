@@ -31,7 +31,7 @@ class _PlainClient(ClientSide):
         return ch.recv_tensor()
 
     def privacy(self) -> dict:
-        return {"input_private": False, "model_private": True, "note": "no protection: input sent in clear"}
+        return {"guarantee": "none", "input_private": False, "model_private": True, "note": "no protection: input sent in clear"}
 
 
 @register

@@ -315,10 +315,12 @@ class _SSClient(ClientSide):
         return out
 
     def privacy(self) -> dict:
-        return {"threat_model": THREAT_MODEL, "fixed_point_bits": int(self.copts["precision_bits"]),
+        dealer = self.info.get("dealer", "unknown")
+        return {"guarantee": "cryptographic-trusted-dealer" if dealer.startswith("remote") else "cryptographic-server-dealer",
+                "threat_model": THREAT_MODEL, "fixed_point_bits": int(self.copts["precision_bits"]),
                 "ring_bits": 64, "input_private": True, "model_private": True, "output_to": "client only",
                 "public": "architecture (layer kinds, shapes), batch size, timing",
-                "dealer": self.info.get("dealer", "unknown"),
+                "dealer": dealer,
                 "dealer_prg": "SHAKE-128, 256-bit keys per party",
                 "transport": "gloo over plain TCP: use a trusted network or a TLS/VPN tunnel"}
 

@@ -286,7 +286,7 @@ class _HEClient(ClientSide):
 
     def privacy(self) -> dict:
         p = self.params
-        out = {"protocol": "he", "scheme": "CKKS (approximate arithmetic)", "security_bits": p.security_bits,
+        out = {"protocol": "he", "guarantee": "cryptographic-input-only", "scheme": "CKKS (approximate arithmetic)", "security_bits": p.security_bits,
                "poly_modulus_degree": p.N, "coeff_modulus_bits": p.total_bits, "packing": self.packing,
                "input_private": True, "model_private": True, "architecture_public": True,
                "threat_model": "semi-honest server and client",
