@@ -6,6 +6,7 @@ already uses) and travels on the channel; a party waiting for its peer must also
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
 
 
@@ -18,12 +19,16 @@ def free_port(host: str) -> int:
 
 
 def peer_pending(sock: socket.socket) -> bool | None:
-    """True if the peer sent data not yet read, False if nothing is pending, None once it hung up."""
+    """True if the peer sent data not yet read, False if nothing is pending, None once it hung up.
+
+    Never blocks: a socket with a timeout would otherwise wait in `recv` despite MSG_DONTWAIT."""
     try:
+        if not select.select([sock], [], [], 0)[0]:
+            return False
         return None if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" else True
-    except (BlockingIOError, InterruptedError):
+    except (BlockingIOError, InterruptedError, socket.timeout):
         return False
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 

@@ -60,6 +60,20 @@ def _peer_link(msg: dict, expect_host: str, who: str) -> str:
     return host_port(*hp)
 
 
+def _wait(party: PartyProcess, ch: Channel, timeout: float, what: str, peer: str):
+    """The party's answer; fails at once if the peer hangs up on the channel meanwhile (its party is gone
+    too, and ours would otherwise wait on the link until its receive timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if peer_pending(ch.sock) is None:
+            raise ProtocolError(f"the {peer} closed the connection during the SPU {what}")
+        try:
+            return party.recv(min(0.5, max(0.01, deadline - time.monotonic())), what)
+        except TimeoutError_:
+            if time.monotonic() >= deadline:
+                raise TimeoutError_(f"SPU {what} timed out after {timeout:.0f} s") from None
+
+
 def _npz(**arrays) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -86,7 +100,7 @@ class _Server(ServerSide):
             self.party.send({"cmd": "init", "rank": 0, "addrs": [mine, theirs], "spec": self.graph.spec(),
                              "fxp_bits": int(self.opts["fxp_bits"]), "timeout_s": self.timeout},
                             _npz(**self.graph.arrays()))
-            init = self._wait_init(ch)
+            init = _wait(self.party, ch, self.timeout + SPAWN_ALLOWANCE, "set-up", "client")[0]
             ready = ch.recv_json()
             if ready.get("ready") is not True:
                 raise ProtocolError("client did not confirm the SPU set-up")
@@ -95,20 +109,13 @@ class _Server(ServerSide):
             self.close()
             raise
 
-    def _wait_init(self, ch: Channel) -> dict:
-        """Wait for the party's set-up; a client that hangs up meanwhile fails it at once."""
-        deadline = time.monotonic() + self.timeout + SPAWN_ALLOWANCE
-        while True:
-            if peer_pending(ch.sock) is None:
-                raise ProtocolError("the client closed the connection during the SPU set-up")
-            try:
-                return self.party.recv(min(0.5, max(0.01, deadline - time.monotonic())), "set-up")[0]
-            except TimeoutError_:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError_(f"SPU set-up timed out after {self.timeout + SPAWN_ALLOWANCE:.0f} s") from None
-
     def query(self, ch: Channel, meta: dict) -> None:
-        out, blobs = self.party.call({"cmd": "run", "batch": int(meta["batch"])}, timeout=self.timeout + SPAWN_ALLOWANCE)
+        try:
+            self.party.send({"cmd": "run", "batch": int(meta["batch"])})
+            out, blobs = _wait(self.party, ch, self.timeout + SPAWN_ALLOWANCE, "run", "client")
+        except BaseException:
+            self.close()  # the link is out of step now: the session ends
+            raise
         ch.send_json({"server": {"s": out["s"], "compile_s": out["compile_s"], "comm": out["comm"]}})
         ch.send_blobs(blobs)
 
@@ -136,9 +143,9 @@ class _Client(ClientSide):
             mine = host_port(me, free_port(me))
             ch.send_json({"spu_link": mine})
             self.party = PartyProcess("client party")
-            init, _ = self.party.call({"cmd": "init", "rank": 1, "addrs": [theirs, mine], "spec": self.graph.spec(),
-                                       "fxp_bits": self.fxp_bits, "timeout_s": self.timeout},
-                                      timeout=self.timeout + SPAWN_ALLOWANCE, what="set-up")
+            self.party.send({"cmd": "init", "rank": 1, "addrs": [theirs, mine], "spec": self.graph.spec(),
+                             "fxp_bits": self.fxp_bits, "timeout_s": self.timeout})
+            init = _wait(self.party, ch, self.timeout + SPAWN_ALLOWANCE, "set-up", "server")[0]
             ch.send_json({"ready": True})
             done = ch.recv_json()
             if done.get("ready") is not True:
@@ -155,8 +162,8 @@ class _Client(ClientSide):
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         batch = int(x.shape[0])
-        mine, _ = self.party.call({"cmd": "run", "batch": batch}, _npz(x=np.ascontiguousarray(x, dtype=np.float64)),
-                                  timeout=self.timeout + SPAWN_ALLOWANCE)
+        self.party.send({"cmd": "run", "batch": batch}, _npz(x=np.ascontiguousarray(x, dtype=np.float64)))
+        mine = _wait(self.party, ch, self.timeout + SPAWN_ALLOWANCE, "run", "server")[0]
         srv = ch.recv_json().get("server")
         blobs = ch.recv_blobs()
         if not isinstance(srv, dict) or not 2 <= len(blobs) <= MAX_SHARE_BLOBS:

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,39 +45,46 @@ def _exit_with_parent() -> None:
 
 
 class LinkCounter:
-    """Reads SPU's log from our own stderr (fd 2) and keeps the cumulative link counters of the last run."""
+    """Reads SPU's log (our fds 1 and 2) and returns the link counters of the run that just ended.
+
+    The log goes to an unlinked temporary file, never to a pipe: `Runtime.run` holds the GIL, so a pipe
+    drained by a Python thread fills up and deadlocks the run. Error lines are passed on to our parent's
+    stderr (everything with PRIVINFER_SPU_LOG=1).
+    """
 
     def __init__(self):
-        r, w = os.pipe()
+        import tempfile
+        fd, path = tempfile.mkstemp(prefix="privinfer-spu-log-")
+        os.close(fd)
+        self.w = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.r = os.open(path, os.O_RDONLY)
+        os.unlink(path)
         self.orig = os.dup(2)
-        os.dup2(w, 1)  # SPU's logger writes to stdout; the parent's frames use a private dup of it
-        os.dup2(w, 2)
-        os.close(w)
-        self.totals = [0, 0, 0, 0]
-        self.event = threading.Event()
+        os.dup2(self.w, 1)  # SPU's logger writes to stdout; the parent's frames use a private dup of it
+        os.dup2(self.w, 2)
         self.verbose = bool(os.environ.get("PRIVINFER_SPU_LOG"))
-        threading.Thread(target=self._pump, args=(r,), daemon=True).start()
 
-    def _pump(self, fd: int) -> None:
-        buf = b""
+    def _drain(self) -> bytes:
+        chunks = []
         while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                m = LINK_RE.search(line)
-                if m:
-                    self.totals = [int(v) for v in m.groups()]
-                    self.event.set()
-                elif self.verbose or b"[error]" in line or b"Traceback" in line or b"Error" in line:
-                    os.write(self.orig, line + b"\n")
+            c = os.read(self.r, 1 << 20)
+            if not c:
+                return b"".join(chunks)
+            chunks.append(c)
 
-    def wait(self, timeout: float = 5.0) -> dict:
-        self.event.wait(timeout)
-        self.event.clear()
-        s, r, sa, ra = self.totals
+    def wait(self, timeout: float = 2.0) -> dict:
+        deadline, text, m = time.monotonic() + timeout, b"", None
+        while m is None and time.monotonic() < deadline:
+            text += self._drain()
+            m = list(LINK_RE.finditer(text))[-1:] or None
+            if m is None:
+                time.sleep(0.01)
+        os.ftruncate(self.w, 0)
+        os.lseek(self.r, 0, os.SEEK_SET)
+        for line in text.split(b"\n"):
+            if line and (self.verbose or b"[error]" in line or b"Error" in line):
+                os.write(self.orig, line + b"\n")
+        s, r, sa, ra = (int(v) for v in m[0].groups()) if m else (0, 0, 0, 0)
         return {"bytes_sent": s, "bytes_received": r, "messages_sent": sa, "messages_received": ra}
 
 

@@ -7,6 +7,7 @@ exits when the parent dies or closes the pipe, and `close()` asks, then terminat
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from . import pipe
 PARTY = Path(__file__).with_name("party.py")
 REPO = Path(__file__).resolve().parents[3]
 SPU_VERSION = "0.9.5"
+MESSAGE_TIMEOUT = 60.0  # once a party starts answering, the rest of its message must follow within this
 
 
 def spu_python() -> str:
@@ -55,10 +57,15 @@ class PartyProcess:
             raise self._dead_error() from None
 
     def recv(self, timeout: float, what: str) -> tuple[dict, list[bytes]]:
+        fd = self.proc.stdout.fileno()
         try:
-            header, payloads = pipe.read_msg(self.proc.stdout.fileno(), timeout)
+            # wait for the first byte with the caller's timeout, then read the whole message: a timeout in
+            # the middle of a message would lose its start and put the pipe out of step
+            if not select.select([fd], [], [], max(0.0, timeout))[0]:
+                raise TimeoutError_(f"SPU {self.role} gave no answer to {what} within {timeout:.0f} s")
+            header, payloads = pipe.read_msg(fd, MESSAGE_TIMEOUT)
         except pipe.PipeTimeout:
-            raise TimeoutError_(f"SPU {self.role} gave no answer to {what} within {timeout:.0f} s") from None
+            raise self._dead_error() from None
         except (EOFError, OSError, ValueError):
             raise self._dead_error() from None
         if "error" in header:
