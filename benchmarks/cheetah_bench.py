@@ -27,13 +27,14 @@ from privinfer.protocols.cheetah.spawn import spu_python  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def direct(graph, X: np.ndarray, samples: int) -> dict:
+def direct(graph, X: np.ndarray, samples: int, fxp_bits: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.npz"
         arrays = {**graph.arrays(), "__x__": X[:samples + 1]}
         spec = np.frombuffer(json.dumps(graph.spec()).encode(), dtype=np.uint8)
         np.savez(path, __spec__=spec, **arrays)
-        out = subprocess.run([spu_python(), str(HERE / "cheetah_direct.py"), str(path), "--samples", str(samples)],
+        out = subprocess.run([spu_python(), str(HERE / "cheetah_direct.py"), str(path), "--samples", str(samples),
+                              "--fxp-bits", str(fxp_bits)],
                              capture_output=True, text=True, timeout=1800, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
         if out.returncode != 0:
             raise SystemExit(f"direct SPU run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
@@ -50,7 +51,7 @@ def main() -> None:
     for name in a.model:
         graph, X, _, _ = load_model_and_data(name)
         ours = run_bench("cheetah", name, batch=1, samples=a.samples, warmup=1)
-        base = direct(graph, X, a.samples)  # the direct run's first run is its set-up; it then queries X[1..]
+        base = direct(graph, X, a.samples, ours["privacy"]["fixed_point_bits"])  # the direct run's first run is its set-up; it then queries X[1..]
         ratio = ours["latency_s"]["median"] / base["latency_s"]["median"]
         rec = {"model": name, "privinfer": ours, "spu_direct": base, "latency_ratio": round(ratio, 3)}
         records.append(rec)

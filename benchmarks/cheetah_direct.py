@@ -5,8 +5,8 @@ with `privinfer bench --protocol cheetah` in the same run). Input: an .npz with 
 weights, as `privinfer.model.ir.save_graph` writes it) and the images `__x__`. The network is lowered to JAX by
 the same `lower.build` that privinfer's parties use, so both sides run the same SPU executable.
 
-Stock usage of SPU 0.9.5: `link.create_brpc` + `api.Runtime` per party, CHEETAH over FM64 with SPU's default
-18 fraction bits, colocated mode (`make_shares(..., owner_rank)`: rank 0 holds the weights, rank 1 the input).
+Stock usage of SPU 0.9.5: `link.create_brpc` + `api.Runtime` per party, CHEETAH over FM64 with privinfer's
+20 fraction bits (`--fxp-bits`), colocated mode (`make_shares(..., owner_rank)`: rank 0 holds the weights, rank 1 the input).
 One query = rank 1 sets its input, both run, rank 0 passes its output share over a local pipe, rank 1
 reconstructs. Latency is rank 1's wall time per query; the first run is CHEETAH's one-time set-up. Bytes and
 messages are SPU's own link counters (rank 1's sent/received). Prints one JSON object.
@@ -38,7 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def party(rank, addrs, path, samples, conn, result):
+def party(rank, addrs, path, samples, fxp_bits, conn, result):
     import spu.api as api
     from spu import libspu
     from spu.utils import frontend as fe
@@ -49,7 +49,7 @@ def party(rank, addrs, path, samples, conn, result):
         spec = json.loads(bytes(z["__spec__"]).decode())
         X = z["__x__"]
         weights = [z[n] for n in lower.param_names(spec)]
-    cfg = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.CHEETAH, field=libspu.FieldType.FM64, fxp_fraction_bits=18)
+    cfg = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.CHEETAH, field=libspu.FieldType.FM64, fxp_fraction_bits=fxp_bits)
     cfg.experimental_enable_colocated_optimization = True
     cfg.enable_hal_profile = True
     io = api.Io(2, cfg)
@@ -109,14 +109,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("npz")
     ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--fxp-bits", type=int, default=20, help="fraction bits (SPU's default is 18; privinfer uses 20)")
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
     addrs = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     share0, share1 = ctx.Pipe()
     res_parent, res_child = ctx.Pipe()
     t0 = time.perf_counter()
-    p0 = ctx.Process(target=party, args=(0, addrs, a.npz, a.samples, share0, None), daemon=True)
-    p1 = ctx.Process(target=party, args=(1, addrs, a.npz, a.samples, share1, res_child), daemon=True)
+    p0 = ctx.Process(target=party, args=(0, addrs, a.npz, a.samples, a.fxp_bits, share0, None), daemon=True)
+    p1 = ctx.Process(target=party, args=(1, addrs, a.npz, a.samples, a.fxp_bits, share1, res_child), daemon=True)
     p0.start()
     p1.start()
     r = json.loads(res_parent.recv_bytes())

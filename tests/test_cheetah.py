@@ -35,7 +35,7 @@ def graph():
     rng = np.random.default_rng(1)
     layers = [Conv2d(rng.normal(0, 0.5, (4, 1, 3, 3)), rng.normal(0, 0.1, 4), (1, 1), (1, 0, 0, 1)),
               ReLU(), MaxPool2d((2, 2), (2, 2)), AvgPool2d((2, 2), (1, 1), (1, 1)),
-              Poly((0.1, 0.5, 0.25)), Flatten(), Linear(rng.normal(0, 0.3, (6, 4 * 5 * 5)), rng.normal(0, 0.1, 6))]
+              Poly((0.1, 0.5, 0.25)), Flatten(), Linear(rng.normal(0, 0.3, (6, 4 * 4 * 4)), rng.normal(0, 0.1, 6))]
     return Graph((1, 8, 8), layers)
 
 
@@ -112,7 +112,11 @@ class _Tap:
                 a, _ = self.sock.accept()
             except OSError:
                 return
-            b = socket.create_connection(self.target)
+            try:
+                b = socket.create_connection(self.target)
+            except OSError:  # the party behind us is not listening yet: brpc reconnects
+                a.close()
+                continue
             for s, d in ((a, b), (b, a)):
                 threading.Thread(target=self._pump, args=(s, d), daemon=True).start()
 

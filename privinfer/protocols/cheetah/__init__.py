@@ -130,7 +130,7 @@ class _Client(ClientSide):
         self.graph = graph
         self.info = welcome
         self.timeout = float(welcome.get("mpc_timeout", 60.0))
-        self.fxp_bits = welcome.get("fxp_bits", 18)
+        self.fxp_bits = welcome.get("fxp_bits", 20)
         if not isinstance(self.fxp_bits, int) or not 8 <= self.fxp_bits <= 30:
             raise ProtocolError(f"server sent fxp_bits {str(self.fxp_bits)[:40]!r}; expected an integer in 8..30")
         self.party: PartyProcess | None = None
@@ -203,7 +203,7 @@ class _Client(ClientSide):
 class Cheetah(Protocol):
     name = "cheetah"
     summary = "2PC without a dealer (SPU CHEETAH: HE products + silent-OT non-linearities); client and server only"
-    server_options: dict[str, Any] = {"mpc_timeout": 60.0, "fxp_bits": 18}
+    server_options: dict[str, Any] = {"mpc_timeout": 60.0, "fxp_bits": 20}
     client_options: dict[str, Any] = {}
 
     def __init__(self, graph: Graph, **options):
