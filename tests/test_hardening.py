@@ -48,6 +48,8 @@ def spu_built() -> bool:
 
 # killed-peer cases: CHEETAH's set-up costs ~10 s per session, so it is here but not in the concurrency test
 KILL_CASES = CASES + ([("cheetah", "cryptonets-mnist", {}, 1e-2)] if spu_built() else [])
+# the killed-client case costs two CHEETAH set-ups: `make test` leaves it to -m slow for cheetah
+KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] == "cheetah" else c for c in KILL_CASES]
 KILLS = {"cheetah": 1}
 ORPHAN_CHECKED = {"cheetah"}  # protocols whose party processes are checked to die with their parent
 
@@ -125,7 +127,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("case", KILL_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("case", KILL_CLIENT_CASES, ids=lambda c: c[0])
 def test_killed_client_server_keeps_serving(case):
     protocol, model, opts, tol = case
     server_opts, client_opts = split(protocol, opts)

@@ -187,8 +187,11 @@ class _Client(ClientSide):
                 "backend": f"SecretFlow SPU {SPU_VERSION}, protocol CHEETAH (lattice HE for products, "
                            "silent OT (Ferret) for ReLU/max/truncation), colocated mode",
                 "ring_bits": 64, "fixed_point_bits": self.fxp_bits,
-                "security": "SPU's CHEETAH parameters: 128-bit computational security (SEAL/RLWE, Ferret OT); "
-                            "statistical masks as set by SPU (see the CHEETAH paper)",
+                "security": "SPU 0.9.5's CHEETAH defaults (RLWE ciphertexts via SEAL, N=8192 for products; "
+                            "Ferret silent OT); the CHEETAH paper targets 128-bit computational and 40-bit "
+                            "statistical security (not re-derived here)",
+                "masks": "privinfer adds none; shares are uniform in Z_2^64 (perfect hiding); HE products are "
+                         "re-randomized by SPU's CHEETAH (statistical, per its parameters)",
                 "input_private": True, "model_private": True, "output_to": "client only",
                 "public": "architecture (layer kinds, shapes), batch size, timing, fixed-point precision",
                 "transport": "SPU brpc link over plain TCP: use a trusted network or a TLS/VPN tunnel"}
