@@ -6,7 +6,7 @@ from pathlib import Path
 from privinfer.bench import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FILES = sys.argv[1:] or ["plain.json", "he_latency.json", "he_batch_records.json", "ss_records.json",
+FILES = sys.argv[1:] or ["plain.json", "he_latency.json", "he_batch_records.json", "ss_records.json", "cheetah.json",
                          "noisy_records.json"]
 
 records = []
