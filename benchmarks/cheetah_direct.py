@@ -65,7 +65,8 @@ def party(rank, addrs, path, fxp_bits, share, ctl):
         spec = json.loads(bytes(z["__spec__"]).decode())
         X = z["__x__"]
         weights = [z[n] for n in lower.param_names(spec)]
-    cfg = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.CHEETAH, field=libspu.FieldType.FM64, fxp_fraction_bits=fxp_bits)
+    cfg = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.CHEETAH, field=libspu.FieldType.FM64,
+                               fxp_fraction_bits=fxp_bits)
     cfg.experimental_enable_colocated_optimization = True
     cfg.enable_hal_profile = True  # SPU logs its link counters after each run
     io = api.Io(2, cfg)

@@ -47,7 +47,23 @@ def server(graph):
 
 
 @pytest.fixture(scope="module")
-def session(server):
+def taps():
+    """Every SPU link address exchanged during the module's session is replaced by a recording relay."""
+    import privinfer.protocols.cheetah as ch_mod
+    relays, real = [], ch_mod._peer_link
+
+    def tapped(msg, expect_host, who):
+        host, port = real(msg, expect_host, who).rsplit(":", 1)
+        relays.append(_Tap((host, int(port))))
+        return f"127.0.0.1:{relays[-1].port}"
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ch_mod, "_peer_link", tapped)
+        yield relays
+
+
+@pytest.fixture(scope="module")
+def session(server, taps):
     with privinfer.connect(server.host, server.port, "cheetah", timeout=120) as s:
         yield s
 
@@ -143,27 +159,15 @@ def _encodings(values: np.ndarray, fxp_bits: int):
     yield from (fixed.astype(t).tobytes() for t in ("<i8", ">i8"))
 
 
-def test_eavesdropper_on_the_spu_link_sees_neither_input_nor_weights(graph, monkeypatch):
-    """Relay both directions of the SPU link through a recorder; no window of the input or the weights may
-    appear in any float or fixed-point encoding."""
-    import privinfer.protocols.cheetah as ch_mod
-    _spu_python()
-    taps = []
-    real = ch_mod._peer_link
-
-    def tapped(msg, expect_host, who):
-        host, port = real(msg, expect_host, who).rsplit(":", 1)
-        taps.append(_Tap((host, int(port))))
-        return f"127.0.0.1:{taps[-1].port}"
-
-    monkeypatch.setattr(ch_mod, "_peer_link", tapped)
+def test_eavesdropper_on_the_spu_link_sees_neither_input_nor_weights(session, taps, graph):
+    """Both directions of the SPU link went through recorders (fixture `taps`); no window of the input or the
+    weights may appear in any float or fixed-point encoding."""
     x = np.random.default_rng(3).random((1, 8, 8)) + 0.5
-    with privinfer.PrivateSession(graph, "cheetah", spawn="thread") as s:
-        out = s.infer(x)
-        bits = s.stats.privacy["fixed_point_bits"]
+    out = session.infer(x)
     np.testing.assert_allclose(out, privinfer.run_reference(graph, x[None])[0], atol=1e-2)
     wire = b"".join(bytes(t.data) for t in taps)
     assert len(taps) == 2 and len(wire) > 1_000_000
+    bits = session.stats.privacy["fixed_point_bits"]
     secrets = {"input": x.reshape(-1)[:6], "conv weights": graph.layers[0].weight.reshape(-1)[:6],
                "linear weights": graph.layers[-1].weight.reshape(-1)[10:16]}
     for what, window in secrets.items():
@@ -174,10 +178,12 @@ def test_eavesdropper_on_the_spu_link_sees_neither_input_nor_weights(graph, monk
 def test_colocated_slots_carry_nothing_of_the_other_partys_value():
     """In colocated mode the non-owner's slot of a private value must not depend on the value."""
     code = ("import numpy as np, spu.api as api; from spu import libspu\n"
-            "c = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.CHEETAH, field=libspu.FieldType.FM64, fxp_fraction_bits=18)\n"
+            "c = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.CHEETAH, field=libspu.FieldType.FM64,\n"
+            "                         fxp_fraction_bits=18)\n"
             "c.experimental_enable_colocated_optimization = True\n"
             "io = api.Io(2, c)\n"
-            "a, b = (io.make_shares(np.full((4, 4), v), libspu.Visibility.VIS_SECRET, 1) for v in (0.0, 3.25))\n"
+            "vis = libspu.Visibility.VIS_SECRET\n"
+            "a, b = (io.make_shares(np.full((4, 4), v), vis, 1) for v in (0.0, 3.25))\n"
             "same = lambda s, t: s.meta == t.meta and list(s.share_chunks) == list(t.share_chunks)\n"
             "print(same(a[0], b[0]), same(a[1], b[1]))\n")
     out = subprocess.run([_spu_python(), "-c", code], capture_output=True, text=True, timeout=120)

@@ -176,9 +176,11 @@ class _Client(ClientSide):
         c = mine["comm"]
         self.query_timing = {
             "offline_s": 0.0, "online_s": time.perf_counter() - t0, "compile_s": float(mine["compile_s"]),
-            "side_bytes_client_to_server": int(c["bytes_sent"]), "side_bytes_server_to_client": int(c["bytes_received"]),
+            "side_bytes_client_to_server": int(c["bytes_sent"]),
+            "side_bytes_server_to_client": int(c["bytes_received"]),
             # SPU counts messages, not rounds: the client's messages bound its rounds from above
-            "side_rounds": int(c["messages_sent"]), "link_messages": int(c["messages_sent"]) + int(c["messages_received"]),
+            "side_rounds": int(c["messages_sent"]),
+            "link_messages": int(c["messages_sent"]) + int(c["messages_received"]),
             "dealer_bytes": 0}
         return y
 
@@ -190,8 +192,8 @@ class _Client(ClientSide):
                 "security": "SPU 0.9.5's CHEETAH defaults (RLWE ciphertexts via SEAL, N=8192 for products; "
                             "Ferret silent OT); the CHEETAH paper targets 128-bit computational and 40-bit "
                             "statistical security (not re-derived here)",
-                "masks": "privinfer adds none; shares are uniform in Z_2^64 (perfect hiding); HE products are "
-                         "re-randomized by SPU's CHEETAH (statistical, per its parameters)",
+                "masks": "privinfer adds none; the output share the server forwards is an additive share in "
+                         "Z_2^64; masking of HE responses and OT messages is SPU's CHEETAH's (not re-derived here)",
                 "input_private": True, "model_private": True, "output_to": "client only",
                 "public": "architecture (layer kinds, shapes), batch size, timing, fixed-point precision",
                 "transport": "SPU brpc link over plain TCP: use a trusted network or a TLS/VPN tunnel"}

@@ -121,7 +121,8 @@ class Party:
             self.rt.set_var("w" + n, self._share(p, owner=0))
 
     def _share(self, a: np.ndarray, owner: int):
-        return self.io.make_shares(np.ascontiguousarray(a, dtype=np.float64), self.libspu.Visibility.VIS_SECRET, owner)[self.rank]
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        return self.io.make_shares(a, self.libspu.Visibility.VIS_SECRET, owner)[self.rank]
 
     def _exe(self, batch: int):
         if batch not in self.exes:

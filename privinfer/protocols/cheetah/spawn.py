@@ -38,7 +38,8 @@ class PartyProcess:
     def __init__(self, role: str):
         self.role = role
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        env.update({"JAX_PLATFORMS": "cpu", "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")})
+        env.update({"JAX_PLATFORMS": "cpu", "PYTHONNOUSERSITE": "1",
+                    "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")})
         self.proc = subprocess.Popen([spu_python(), "-u", str(PARTY)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=None, env=env, close_fds=True)
         self._closed = False
