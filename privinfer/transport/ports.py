@@ -32,6 +32,16 @@ def peer_pending(sock: socket.socket) -> bool | None:
         return None
 
 
+def plain_ip(host: str) -> str:
+    """The IP as a peer sees it: an IPv4-mapped IPv6 address (dual-stack sockets) becomes plain IPv4."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped) if mapped else str(ip)
+
+
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

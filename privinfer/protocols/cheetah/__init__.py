@@ -35,7 +35,7 @@ import numpy as np
 from ...errors import PrivinferError, ProtocolError, ShapeError, TimeoutError_
 from ...model.ir import Graph
 from ...transport import Channel
-from ...transport.ports import free_port, host_port, parse_host_port, peer_pending
+from ...transport.ports import free_port, host_port, parse_host_port, peer_pending, plain_ip
 from ..base import ClientSide, Protocol, ServerSide, register
 from .spawn import SPU_VERSION, PartyProcess
 
@@ -47,7 +47,7 @@ MAX_SHARE_BLOBS = 64
 def _hosts(sock: socket.socket) -> tuple[str, str]:
     """(our IP, the peer's IP) on the session socket; loopback for an in-process socket pair."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
-        return sock.getsockname()[0], sock.getpeername()[0]
+        return plain_ip(sock.getsockname()[0]), plain_ip(sock.getpeername()[0])
     return "127.0.0.1", "127.0.0.1"
 
 
@@ -55,7 +55,7 @@ def _peer_link(msg: dict, expect_host: str, who: str) -> str:
     hp = parse_host_port(msg.get("spu_link"))
     if hp is None:
         raise ProtocolError(f"{who} sent no usable SPU link address ({str(msg.get('spu_link'))[:80]!r})")
-    if hp[0] != expect_host:
+    if plain_ip(hp[0]) != expect_host:
         raise ProtocolError(f"{who} asked for an SPU link on {hp[0]}, not on its own address {expect_host}")
     return host_port(*hp)
 
