@@ -88,6 +88,9 @@ class RemoteSession:
         d = channel.stats - before
         self.stats.setup_s = time.perf_counter() - t0
         self.stats.setup_bytes_client_to_server, self.stats.setup_bytes_server_to_client = d.bytes_sent, d.bytes_received
+        side = getattr(self.client, "setup_side", None) or {}  # set-up traffic outside the Channel (2PC links)
+        self.stats.setup_bytes_client_to_server += int(side.get("side_bytes_client_to_server", 0))
+        self.stats.setup_bytes_server_to_client += int(side.get("side_bytes_server_to_client", 0))
         self.stats.privacy = self.client.privacy()
         check_guarantee(self.stats.privacy)
 

@@ -18,8 +18,8 @@ from privinfer.transport import frames
 from privinfer.transport.frames import FrameType, HEADER
 
 EXAMPLES = int(os.environ.get("PRIVINFER_FUZZ_EXAMPLES", "150"))
-# a 2PC session spawns CrypTen processes once HELLO is accepted, so it gets a tenth of the inputs
-SCALE = {"ss": 0.1}
+# a 2PC session spawns CrypTen (ss) or SPU (cheetah) processes once HELLO is accepted: a tenth of the inputs
+SCALE = {"ss": 0.1, "cheetah": 0.1}
 TRIED: dict[str, int] = {}
 
 
@@ -28,9 +28,13 @@ def protocol_cases():
     cases = [("plain", "minionn-mnist", {}, 1e-5)]
     for name, model, opts, tol in (("he", "cryptonets-mnist", {}, 1e-2),
                                    ("noisy", "minionn-mnist", {"split": 3, "epsilon": None}, 1e-4),
-                                   ("ss", "minionn-mnist", {"mpc_timeout": 10.0}, 1e-2)):
+                                   ("ss", "minionn-mnist", {"mpc_timeout": 10.0}, 1e-2),
+                                   ("cheetah", "cryptonets-mnist", {"mpc_timeout": 10.0}, 1e-2)):
         try:
             privinfer.protocols.get_protocol(name)
+            if name == "cheetah" and not os.environ.get("PRIVINFER_REQUIRE_SPU"):
+                from privinfer.protocols.cheetah.spawn import spu_python
+                spu_python()  # without the SPU venv (`make spu`) the case is left out
         except privinfer.PrivinferError:
             continue
         cases.append((name, model, opts, tol))

@@ -34,6 +34,55 @@ CASES = [("plain", "minionn-mnist", {}, 1e-5)] + [
     if built(c[0])]
 
 
+def spu_built() -> bool:
+    """`cheetah` needs the SPU venv (`make spu`); `make test` sets PRIVINFER_REQUIRE_SPU so it cannot skip."""
+    if os.environ.get("PRIVINFER_REQUIRE_SPU"):
+        return True
+    from privinfer.protocols.cheetah.spawn import spu_python
+    try:
+        spu_python()
+        return True
+    except PrivinferError:
+        return False
+
+
+# killed-peer cases: CHEETAH's set-up costs ~10 s per session, so it is here but not in the concurrency test
+KILL_CASES = CASES + ([("cheetah", "cryptonets-mnist", {}, 1e-2)] if spu_built() else [])
+# the killed-client case costs two CHEETAH set-ups: `make test` leaves it to -m slow for cheetah
+KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] == "cheetah" else c for c in KILL_CASES]
+KILLS = {"cheetah": 1}
+ORPHAN_CHECKED = {"cheetah"}  # protocols whose party processes are checked to die with their parent
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _gone(pids: list[int], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "zombie" not in _state(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return {"Z": "zombie"}.get((Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]), "alive")
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def split(protocol, opts):
     cls = privinfer.protocols.get_protocol(protocol)
     return ({k: v for k, v in opts.items() if k in cls.server_options},
@@ -78,7 +127,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("case", KILL_CLIENT_CASES, ids=lambda c: c[0])
 def test_killed_client_server_keeps_serving(case):
     protocol, model, opts, tol = case
     server_opts, client_opts = split(protocol, opts)
@@ -86,25 +135,29 @@ def test_killed_client_server_keeps_serving(case):
         pytest.skip("the kill script uses default client options")
     with privinfer.Server(zoo.load_model(model), protocol, timeout=30, **server_opts) as server:
         rng = np.random.default_rng(0)
-        for _ in range(3):
+        for _ in range(KILLS.get(protocol, 3)):
             proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(server.port), protocol],
                                     stdout=subprocess.PIPE, text=True)
             assert proc.stdout.readline().strip() == "ready"
+            kids = _children(proc.pid)  # the client's own 2PC party process, if the protocol has one
             time.sleep(rng.uniform(0.0, 0.3))  # somewhere inside a query
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
+            if protocol in ORPHAN_CHECKED:
+                assert _gone(kids, 10), f"the killed client left {kids} behind"
         X, _ = zoo.load_dataset(model, "test")
         with privinfer.connect(server.host, server.port, protocol, timeout=60) as s:
             np.testing.assert_allclose(s.infer(X[0]), privinfer.run_reference(server.graph, X[:1])[0], atol=tol)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("case", KILL_CASES, ids=lambda c: c[0])
 def test_killed_server_client_fails_fast(case):
     protocol, model, opts, tol = case
     sess = privinfer.PrivateSession(zoo.load_model(model), protocol, timeout=20, **opts)
     X, _ = zoo.load_dataset(model, "test")
     sess.infer(X[0])
     pid = sess._proc.pid
+    kids = _children(pid)  # the server's party processes
     threading.Timer(0.05, os.kill, (pid, signal.SIGKILL)).start()
     t0 = time.perf_counter()
     with pytest.raises(ProtocolError):
@@ -113,6 +166,8 @@ def test_killed_server_client_fails_fast(case):
     assert time.perf_counter() - t0 < 25
     sess.close()
     assert sess._proc is None
+    if protocol in ORPHAN_CHECKED:
+        assert _gone(kids, 10), f"the killed server left {kids} behind"
 
 
 # --- the no-pickle rule -----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from ..model.ir import Graph
 from ..transport import Channel
 
 BUILTIN = {"plain": "privinfer.protocols.plain", "he": "privinfer.protocols.he",
-           "ss": "privinfer.protocols.ss", "noisy": "privinfer.protocols.noisy"}
+           "ss": "privinfer.protocols.ss", "noisy": "privinfer.protocols.noisy",
+           "cheetah": "privinfer.protocols.cheetah"}
 _REGISTRY: dict[str, type["Protocol"]] = {}
 
 
