@@ -125,7 +125,9 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
         with PrivateSession(graph, protocol, **options) as sess:
             yield sess
         return
-    server_opts, client_opts = split_options(get_protocol(protocol), options)
+    cls = get_protocol(protocol)
+    server_opts, client_opts = split_options(cls, options)
+    server_opts = {**cls.local_session_defaults, **server_opts}
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "model.npz")
         save_graph(graph, path)

@@ -4,9 +4,11 @@ Parties and processes
     * server = model owner = CrypTen rank 0, client = input owner = rank 1, dealer = CrypTen's trusted
       third party (TTP), rank 2. Each rank is its own OS process (torch.distributed: one process group
       per process); the server spawns one rank-0 worker per client connection, the client one rank-1
-      worker per session, and the dealer is either spawned per session by the server (default) or a
-      `privinfer dealer` service on another host (`dealer="host:port"`). They meet over TCP (gloo); the
-      rendezvous address travels on privinfer's own channel, so the client needs only the server's address.
+      worker per session, and the dealer is either spawned per session by the server (`dealer="local"`)
+      or a `privinfer dealer` service on a third host (`dealer="host:port"`). The server must say which:
+      there is no default. They meet over TCP (gloo); the rendezvous address travels on privinfer's own
+      channel, so the client needs only the server's address (and, for a third-party dealer, the secret
+      the dealer's operator gave it).
 
 Who learns what
     The architecture (layer kinds and shapes) is public: the client works on a zero-weight copy built
@@ -18,7 +20,13 @@ Who learns what
 Threat model
     Semi-honest (honest-but-curious) server and client, and a dealer that colludes with neither. A dealer
     that shares its keys with the server reveals the client's input to it (and vice versa for the
-    weights): a dealer spawned by the server is only as trustworthy as the server's operator. The gloo
+    weights), so what the client gets depends on whose dealer it is:
+    * `dealer="local"`: the server spawns the dealer, which hands out both PRG keys: no input privacy
+      against the server's operator (guarantee "cryptographic-server-dealer").
+    * third-party dealer: each party authenticates it with its own pre-shared secret and derives its
+      PRG key from that handshake (`ss_auth`); a mismatch is a `DealerAuthError` before any share moves,
+      and a server that points the client at a dealer of its own is detected the same way (guarantee
+      "cryptographic-trusted-dealer", only when the client verified the dealer). The gloo
     links are plain TCP: run them on a trusted network or inside TLS/VPN tunnels. Hardening over stock
     CrypTen: the dealer<->party randomness comes from SHAKE-128 keyed with 256-bit keys instead of torch's
     Mersenne Twister (whose state a party can recover from Beaver openings of values it knows, e.g. its
@@ -53,11 +61,26 @@ from ..transport import Channel, frames
 from .base import ClientSide, Protocol, ServerSide, register
 from .ss_compile import SUPPORTED
 from .ss_tuples import plan_digest, plan_elements, validate_plan
+from .ss_auth import DealerAuthError, DealerChoiceError, PartyHandshake, key_id, load_secret
 from .ss_dealer import LocalDealer, RemoteDealer
 from .ss_worker import ChildProcess, ifname_for, party_main, warm_up
 
 THREAT_MODEL = "semi-honest server and client, non-colluding dealer (CrypTen TTP)"
 SPAWN_ALLOWANCE = 120.0  # seconds a fresh worker may take to import torch + CrypTen on a busy machine
+MAX_PRECISION_BITS = 20
+"""Cap on the client-chosen fixed-point `precision_bits` f.
+
+Ring Z_2^64, signed. After a product, a value y sits at scale 2^(2f) until CrypTen's two-party
+truncation, which divides each party's share locally (`ArithmeticSharedTensor.div_` with world size 2).
+The shares are s0 = r (uniform) and s1 = y·2^(2f) - r; local division is exact up to ±1 unless
+s0 + s1 wraps around 2^64, which happens with probability |y|·2^(2f) / 2^64 per element, and then the
+element is off by about 2^(64-f) (garbage, not a rounding error). So the headroom is 64 - 2f bits:
+    f = 16 (default): |y|·2^-32 per element;  f = 20: |y|·2^-24;  f = 30: |y|·2^-4 (for |y| ~ 4: 0.25).
+At f = 20 an activation of magnitude 16 fails with probability 2^-20 per element, which a network of
+~10^4 truncated elements per inference (minionn-mnist) brings to ~1 % per query at worst; above 20 every
+extra bit multiplies it by 4. Hence the cap: f <= 20, and the default of 16 (headroom 2^32) where the
+wrap is negligible (< 2^-14 per inference for |y| <= 16 over 2^14 elements).
+"""
 
 
 class DealerError(ProtocolError):
@@ -93,6 +116,9 @@ class _SSServer(ServerSide):
     def __init__(self, proto: "SecretSharing", copts: dict):
         self.graph = proto.graph
         self.sopts, self.copts = proto.options, copts
+        self.secret = proto.secret
+        if copts.get("client_secret") is not None:
+            raise ProtocolError("the client sent its dealer secret to the server; it must stay on the client")
         self.timeout = float(self.sopts["mpc_timeout"])
         self.worker: ChildProcess | None = None
         self.dealer = None
@@ -105,8 +131,9 @@ class _SSServer(ServerSide):
                 "threads": int(self.sopts["threads"]), "gloo_ifname": self.sopts["gloo_ifname"]}
 
     def welcome(self) -> dict:
+        local = self.sopts["dealer"] == "local"
         return {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
-                "dealer": "remote " + str(self.sopts["dealer"]) if self.sopts["dealer"] else "local (spawned by the server)"}
+                "dealer": "local" if local else "third-party " + str(self.sopts["dealer"])}
 
     def setup(self, ch: Channel) -> None:
         try:
@@ -114,12 +141,16 @@ class _SSServer(ServerSide):
             rdv = _rendezvous(host, _free_port(host))
             opts = self._worker_opts()
             opts["gloo_ifname"] = opts["gloo_ifname"] or ifname_for(host)
-            if self.sopts["dealer"]:
-                self.dealer = RemoteDealer(self.sopts["dealer"], rdv, opts, self.timeout + SPAWN_ALLOWANCE)
-            else:
+            if self.sopts["dealer"] == "local":
                 self.dealer = LocalDealer(rdv, opts)
+                ch.send_json({"rendezvous": rdv, "dealer": "local"})
+            else:
+                self.dealer = RemoteDealer(self.sopts["dealer"], rdv, opts, self.timeout + SPAWN_ALLOWANCE,
+                                           self.secret)
+                ch.send_json({"rendezvous": rdv, "dealer": "third-party"})
+                self._relay_client_handshake(ch)
+                opts["prg_key"] = self.dealer.prg_key.hex()
             self.worker = ChildProcess(party_main, (0, rdv, graph_to_bytes(self.graph), opts), "party0")
-            ch.send_json({"rendezvous": rdv})
             ready = self._wait_ready(ch) or ch.recv_json()
             if not ready.get("ready"):
                 raise ProtocolError("client did not confirm the 2PC set-up")
@@ -130,6 +161,18 @@ class _SSServer(ServerSide):
         except BaseException:
             self.close()
             raise
+
+    def _relay_client_handshake(self, ch: Channel) -> None:
+        """Pass the client's two handshake messages to the dealer and its answers back. The server cannot
+        forge the dealer's answers (it lacks the client's secret) nor learn the key derived from them."""
+        for step in ("dealer_hello", "dealer_confirm"):
+            msg = ch.recv_json()
+            if not isinstance(msg.get(step), dict):
+                raise ProtocolError(f"expected the client's {step} for the third-party dealer")
+            reply = self.dealer.relay(msg[step])
+            ch.send_json(reply)
+            if "dealer_error" in reply:
+                raise DealerAuthError(f"the dealer refused the client: {reply['dealer_error']}")
 
     def _wait_ready(self, ch: Channel) -> dict | None:
         """Wait for the worker's CrypTen init; a local dealer that dies, or a client that hangs up or
@@ -228,6 +271,8 @@ class _SSClient(ClientSide):
         self.graph = graph
         self.copts = copts
         self.info = welcome
+        self.secret = load_secret(copts["client_secret"]) if copts.get("client_secret") is not None else None
+        self.dealer_verified = False  # True once this client authenticated a third-party dealer
         self.timeout = float(welcome.get("mpc_timeout", 60.0))
         self.worker: ChildProcess | None = None
         self.plans: dict[int, bytes] = {}
@@ -236,14 +281,18 @@ class _SSClient(ClientSide):
 
     def setup(self, ch: Channel) -> None:
         try:
-            rdv = ch.recv_json().get("rendezvous")
+            msg = ch.recv_json()
+            rdv = msg.get("rendezvous")
             if not isinstance(rdv, str) or not rdv.startswith("tcp://"):
                 raise ProtocolError(f"server sent no usable rendezvous address ({rdv!r})")
+            key = self._authenticate_dealer(ch, msg.get("dealer"), rdv)
             opts = {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
                     "threads": int(self.copts["threads"]),
                     "gloo_ifname": self.copts["gloo_ifname"] or ifname_for(ch.sock.getsockname()[0]),
                     # a channel that emulates network delay (benchmarks) delays the gloo rounds alike
                     "emulated_rtt": float(getattr(ch, "emulated_rtt", 0.0) or 0.0)}
+            if key is not None:
+                opts["prg_key"] = key.hex()
             self.worker = ChildProcess(party_main, (1, rdv, graph_to_bytes(self.graph), opts), "party1")
             self.worker.recv(self.timeout + SPAWN_ALLOWANCE, "set-up (CrypTen init with server and dealer)")
             ch.send_json({"ready": True})
@@ -254,6 +303,34 @@ class _SSClient(ClientSide):
         except BaseException:
             self.close()
             raise
+
+    def _authenticate_dealer(self, ch: Channel, kind, rdv: str) -> bytes | None:
+        """Before any CrypTen process starts: refuse a dealer this client cannot verify when it pinned
+        one; else run the PSK handshake through the server and return this party's PRG key."""
+        if kind == "local":
+            if self.secret is not None:
+                raise DealerAuthError("this client pinned a third-party dealer (client_secret), but the server "
+                                      "runs its own dealer, which would hold the client's PRG key")
+            return None
+        if kind != "third-party":
+            raise ProtocolError(f"server named no known kind of dealer ({str(kind)[:40]!r})")
+        if self.secret is None:
+            raise DealerAuthError("the server uses a third-party dealer: pass client_secret=FILE, the secret "
+                                  "the dealer's operator gave you, so that this client can authenticate it")
+        hs = PartyHandshake(1, self.secret, rdv)
+        ch.send_json({"dealer_hello": hs.hello()})
+        reply = ch.recv_json()
+        if "dealer_error" in reply:
+            raise DealerAuthError(f"the dealer refused this client: {str(reply['dealer_error'])[:300]}")
+        confirm, key = hs.finish(reply.get("dealer"))
+        ch.send_json({"dealer_confirm": confirm})
+        done = ch.recv_json()
+        if "dealer_error" in done:
+            raise DealerAuthError(f"the dealer refused this client: {str(done['dealer_error'])[:300]}")
+        if (done.get("dealer") or {}).get("ok") != "ready":
+            raise ProtocolError("the dealer did not confirm the handshake")
+        self.dealer_verified = True
+        return key
 
     def _offline(self, ch: Channel, batch: int) -> dict:
         t0 = time.perf_counter()
@@ -315,12 +392,19 @@ class _SSClient(ClientSide):
         return out
 
     def privacy(self) -> dict:
-        dealer = self.info.get("dealer", "unknown")
-        return {"guarantee": "cryptographic-trusted-dealer" if dealer.startswith("remote") else "cryptographic-server-dealer",
+        if self.dealer_verified:
+            guarantee = "cryptographic-trusted-dealer"
+            dealer = (f"{self.info.get('dealer', 'third-party')}, authenticated by this client (pre-shared secret, "
+                      f"key id {key_id(self.secret)}); PRG keys derived in the handshake")
+            statement = "input and weights private unless the dealer colludes with the other party"
+        else:
+            guarantee = "cryptographic-server-dealer"
+            dealer = "local: spawned by the server, which holds both parties' PRG keys"
+            statement = "no input privacy against the server operator"
+        return {"guarantee": guarantee, "statement": statement, "dealer": dealer,
                 "threat_model": THREAT_MODEL, "fixed_point_bits": int(self.copts["precision_bits"]),
-                "ring_bits": 64, "input_private": True, "model_private": True, "output_to": "client only",
+                "ring_bits": 64, "input_private": self.dealer_verified, "model_private": True, "output_to": "client only",
                 "public": "architecture (layer kinds, shapes), batch size, timing",
-                "dealer": dealer,
                 "dealer_prg": "SHAKE-128, 256-bit keys per party",
                 "transport": "gloo over plain TCP: use a trusted network or a TLS/VPN tunnel"}
 
@@ -377,15 +461,35 @@ class _Acc:
 class SecretSharing(Protocol):
     name = "ss"
     summary = "2PC (CrypTen, arithmetic + binary sharing) with a dealer; offline triples, online client<->server only"
-    server_options: dict[str, Any] = {"dealer": None, "mpc_timeout": 60.0, "threads": 1, "gloo_ifname": None}
+    server_options: dict[str, Any] = {"dealer": None, "server_secret": None, "mpc_timeout": 60.0, "threads": 1,
+                                      "gloo_ifname": None}
     client_options: dict[str, Any] = {"precision_bits": 16, "max_chunk": 16, "prefetch": False,
-                                      "threads": 1, "gloo_ifname": None}
+                                      "threads": 1, "gloo_ifname": None, "client_secret": None}
+    local_client_options = frozenset({"client_secret"})  # never sent to the server
+    #: PrivateSession on one machine: the server spawns the dealer (labelled "cryptographic-server-dealer")
+    local_session_defaults = {"dealer": "local"}
     supported_kinds = SUPPORTED
 
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
-        if self.options["dealer"] is not None and ":" not in str(self.options["dealer"]):
-            raise PrivinferError(f"dealer must be 'host:port', got {self.options['dealer']!r}")
+        dealer, secret = self.options["dealer"], self.options["server_secret"]
+        if dealer is None:
+            raise DealerChoiceError(
+                "protocol 'ss' needs a dealer, and there is no default: dealer='local' (the server spawns it "
+                "and holds both parties' PRG keys: no input privacy against this server's operator) or "
+                "dealer='HOST:PORT' with server_secret=FILE (a `privinfer dealer` on a third host, "
+                "authenticated by both parties)")
+        if dealer == "local":
+            if secret is not None:
+                raise DealerChoiceError("server_secret authenticates a third-party dealer; dealer='local' has none")
+            self.secret = None
+        else:
+            if ":" not in str(dealer):
+                raise DealerChoiceError(f"dealer must be 'local' or 'host:port', got {dealer!r}")
+            if secret is None:
+                raise DealerChoiceError(f"a third-party dealer ({dealer}) needs server_secret: the secret file "
+                                        "the dealer's operator gave this server")
+            self.secret = load_secret(secret)
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
 
@@ -393,13 +497,18 @@ class SecretSharing(Protocol):
     def validate_client_options(cls, options: dict) -> dict:
         opts = super().validate_client_options(options)
         bits = opts["precision_bits"]
-        if not isinstance(bits, int) or not 1 <= bits <= 30:
-            raise PrivinferError(f"precision_bits must be an integer in 1..30, got {bits!r}")
+        if not isinstance(bits, int) or not 1 <= bits <= MAX_PRECISION_BITS:
+            raise PrivinferError(
+                f"precision_bits must be an integer in 1..{MAX_PRECISION_BITS}, got {bits!r}: CrypTen's two-party "
+                f"truncation wraps around the 64-bit ring with probability |y|*2^(2f-64) per element, which "
+                f"above f={MAX_PRECISION_BITS} is no longer negligible (e.g. 0.25 per element at f=30)")
         if not isinstance(opts["max_chunk"], int) or not 1 <= opts["max_chunk"] <= 4096:
             raise PrivinferError(f"max_chunk must be an integer in 1..4096, got {opts['max_chunk']!r}")
         if not isinstance(opts["threads"], int) or not 1 <= opts["threads"] <= 256:
             raise PrivinferError(f"threads must be an integer in 1..256, got {opts['threads']!r}")
         opts["prefetch"] = bool(opts["prefetch"])
+        if not isinstance(opts["client_secret"], (type(None), str, bytes)):
+            raise PrivinferError("client_secret must be the path of the dealer secret file (or bytes)")
         return opts
 
     def server_side(self, client_options: dict) -> ServerSide:
