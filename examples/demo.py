@@ -28,7 +28,9 @@ def ss_dealer(tmp: Path) -> tuple[subprocess.Popen, list[str], list[str]]:
                        check=True, stdout=subprocess.DEVNULL)
     port = free_port()
     dealer = subprocess.Popen([sys.executable, str(HERE / "ss_dealer.py"), "--port", str(port), "--server-secret",
-                               str(tmp / "server.psk"), "--client-secret", str(tmp / "client.psk")])
+                               str(tmp / "server.psk"), "--client-secret", str(tmp / "client.psk")],
+                              stdout=subprocess.PIPE, text=True)
+    print(f"[ss] {dealer.stdout.readline().strip()}")  # it prints one line once it listens
     return (dealer, ["--dealer", f"127.0.0.1:{port}", "--dealer-secret", str(tmp / "server.psk")],
             ["--dealer-secret", str(tmp / "client.psk")])
 

@@ -1,0 +1,274 @@
+"""Whose dealer is it? The `ss` dealer choice, its authentication by both parties, and the attacks on it.
+
+The attacks: a wrong secret on either side, a server that points the client at a dealer of its own
+(an impostor that answers any key id), a server that runs a local dealer while the client pinned a
+third-party one, a relaying server that alters or replays handshake messages, and a client secret that
+could leak in HELLO. Each must fail with a typed error before any CrypTen process (hence any share)
+exists. One full session checks that correct pins give the reference logits.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from privinfer import PeerError, PrivateSession, PrivinferError, compile_model, run_reference
+from privinfer.protocols import get_protocol
+from privinfer.protocols import ss_worker
+from privinfer.protocols.ss_auth import (DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake,
+                                         key_id, load_secret, new_secret_file, secret_table)
+from privinfer.protocols.ss_dealer import DealerServer
+from privinfer.server import Server
+from privinfer.session import connect
+from privinfer.transport import frames
+
+TOL = 1e-2
+MPC_TIMEOUT = 20.0
+RDV = "tcp://127.0.0.1:1"
+
+
+def tiny_net():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
+    return compile_model(m, (1, 8, 8))
+
+
+@pytest.fixture
+def secrets_dir(tmp_path):
+    for who in ("server", "client", "other"):
+        new_secret_file(str(tmp_path / f"{who}.psk"))
+    return tmp_path
+
+
+@pytest.fixture
+def spawned(monkeypatch):
+    """Roles of every CrypTen child process started in this process (server in thread mode)."""
+    roles: list[str] = []
+    orig = ss_worker.ChildProcess.__init__
+
+    def counting(self, target, args, role):
+        roles.append(role)
+        orig(self, target, args, role)
+    monkeypatch.setattr(ss_worker.ChildProcess, "__init__", counting)
+    return roles
+
+
+# --- the handshake itself (no processes) --------------------------------------------------------------
+def run_handshake(party_secret: bytes, dealer_table: dict, rank=1, tamper=None):
+    p = PartyHandshake(rank, party_secret, RDV)
+    d = DealerHandshake(dealer_table, rank, RDV)
+    hello = p.hello()
+    reply = d.answer(hello)
+    if tamper:
+        reply = tamper(reply)
+    confirm, key_p = p.finish(reply)
+    return key_p, d.confirm(confirm)
+
+
+def test_handshake_agrees_on_a_fresh_key_only_with_the_right_secret():
+    s, other = os.urandom(32), os.urandom(32)
+    k1, k1_d = run_handshake(s, secret_table([s]))
+    k2, _ = run_handshake(s, secret_table([s]))
+    assert k1 == k1_d and len(k1) == 32 and k1 != k2          # fresh nonces: a new key every session
+    # an impostor that answers the party's key id with a secret of its own
+    with pytest.raises(DealerAuthError, match="failed authentication"):
+        run_handshake(s, {key_id(s): other})
+    # a dealer that does not know the party's secret at all
+    with pytest.raises(DealerAuthError, match="knows no client secret"):
+        run_handshake(s, secret_table([other]))
+    # a server secret is not accepted for the client's role (and vice versa): separate tables per rank
+    with pytest.raises(DealerAuthError, match="expected party 1"):
+        DealerHandshake(secret_table([s]), 1, RDV).answer(PartyHandshake(0, s, RDV).hello())
+
+
+def test_relaying_server_cannot_alter_or_replay_the_handshake():
+    s = os.urandom(32)
+    table = secret_table([s])
+    flip = lambda h: h[:-1] + ("0" if h[-1] != "0" else "1")  # noqa: E731
+    for field in ("nonce_d", "mac_d"):
+        with pytest.raises(DealerAuthError):
+            run_handshake(s, table, tamper=lambda r, f=field: {**r, f: flip(r[f])})
+    # a reply recorded from an earlier session, replayed to a new hello
+    old = DealerHandshake(table, 1, RDV).answer(PartyHandshake(1, s, RDV).hello())
+    with pytest.raises(DealerAuthError):
+        PartyHandshake(1, s, RDV).finish(old)
+    # the client's hello spliced into another session (another rendezvous): the dealer refuses it,
+    # and a dealer answer for another rendezvous fails the client's check
+    p = PartyHandshake(1, s, RDV)
+    with pytest.raises(DealerAuthError, match="rendezvous"):
+        DealerHandshake(table, 1, "tcp://127.0.0.1:2").answer(p.hello())
+    other = DealerHandshake(table, 1, "tcp://127.0.0.1:2")
+    with pytest.raises(DealerAuthError):
+        p.finish(other.answer({**p.hello(), "rendezvous": "tcp://127.0.0.1:2"}))
+    # the party's confirmation is checked too (the dealer authenticates the party)
+    d = DealerHandshake(table, 1, RDV)
+    p = PartyHandshake(1, s, RDV)
+    p.finish(d.answer(p.hello()))
+    with pytest.raises(DealerAuthError, match="party 1 failed"):
+        d.confirm({"mac_p": "00" * 32})
+    for bad in ({}, {"nonce_d": "zz" * 32, "mac_d": "00" * 32}, {"nonce_d": 5, "mac_d": None}, None):
+        with pytest.raises(DealerAuthError):
+            PartyHandshake(1, s, RDV).finish(bad)
+
+
+def test_secret_files_and_dealer_configuration(tmp_path, secrets_dir):
+    (tmp_path / "short.psk").write_text("00" * 8)
+    (tmp_path / "text.psk").write_text("not hex at all")
+    for bad, why in ((tmp_path / "short.psk", "at least 128"), (tmp_path / "text.psk", "hex"),
+                     (tmp_path / "missing.psk", "does not exist"), (3, "path or bytes")):
+        with pytest.raises(PrivinferError, match=why):
+            load_secret(str(bad) if not isinstance(bad, int) else bad)
+    assert oct(os.stat(secrets_dir / "server.psk").st_mode & 0o777) == "0o600"
+    with pytest.raises(FileExistsError):
+        new_secret_file(str(secrets_dir / "server.psk"))              # never overwritten
+    with pytest.raises(DealerChoiceError, match="at least one server secret"):
+        DealerServer("127.0.0.1", 0, server_secrets=[str(secrets_dir / "server.psk")])
+    with pytest.raises(DealerChoiceError, match="impersonate"):
+        DealerServer("127.0.0.1", 0, server_secrets=[str(secrets_dir / "server.psk")],
+                     client_secrets=[str(secrets_dir / "server.psk")])
+
+
+def test_server_must_choose_its_dealer(secrets_dir):
+    cls = get_protocol("ss")
+    with pytest.raises(DealerChoiceError, match="dealer='local'.*no input privacy.*server_secret"):
+        cls(tiny_net())
+    with pytest.raises(DealerChoiceError, match="needs server_secret"):
+        cls(tiny_net(), dealer="127.0.0.1:7551")
+    with pytest.raises(DealerChoiceError, match="has none"):
+        cls(tiny_net(), dealer="local", server_secret=str(secrets_dir / "server.psk"))
+    cls(tiny_net(), dealer="127.0.0.1:7551", server_secret=str(secrets_dir / "server.psk"))
+    cls(tiny_net(), dealer="local")
+
+
+def test_precision_bits_cap_explains_the_wrap():
+    cls = get_protocol("ss")
+    assert cls.validate_client_options({"precision_bits": 20})["precision_bits"] == 20
+    for bits in (21, 30):
+        with pytest.raises(PrivinferError, match=r"1\.\.20.*wraps around the 64-bit ring"):
+            cls.validate_client_options({"precision_bits": bits})
+
+
+def test_client_secret_never_leaves_the_client(secrets_dir):
+    """The HELLO a client sends carries no trace of its dealer secret (a fake server records it)."""
+    secret = load_secret(str(secrets_dir / "client.psk"))
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        got = {}
+
+        def fake_server():
+            conn, _ = lst.accept()
+            with conn:
+                head = conn.recv(frames.HEADER.size, socket.MSG_WAITALL)
+                _, n = frames.decode_header(head, 1 << 20)
+                got["hello"] = conn.recv(n, socket.MSG_WAITALL)
+        t = threading.Thread(target=fake_server)
+        t.start()
+        with pytest.raises(PrivinferError):
+            connect("127.0.0.1", lst.getsockname()[1], "ss", timeout=5, client_secret=str(secrets_dir / "client.psk"))
+        t.join(10)
+    hello = got["hello"]
+    assert b"client_secret" not in hello and b"client.psk" not in hello
+    assert secret.hex().encode() not in hello and secret not in hello
+    # and a server refuses a HELLO that carries one anyway
+    proto = get_protocol("ss")(tiny_net(), dealer="local")
+    with pytest.raises(PrivinferError, match="must stay on the client"):
+        proto.server_side(proto.validate_client_options({"client_secret": "x"}))
+
+
+# --- sessions ------------------------------------------------------------------------------------------
+def dealer_service(d, client="client.psk", server="server.psk", impostor=False):
+    srv = DealerServer("127.0.0.1", 0, server_secrets=[str(d / server)], client_secrets=[str(d / client)],
+                       mpc_timeout=MPC_TIMEOUT)
+    if impostor:  # answers whatever key id a client names, with a secret of its own
+        class AnyKey(dict):
+            def get(self, k, default=None):
+                return b"impostor-secret-" + bytes(16)
+        srv.client_secrets = AnyKey()
+    return srv
+
+
+def ss_server(g, d, dealer, secret="server.psk"):
+    return Server(g, "ss", dealer=f"127.0.0.1:{dealer.port}", server_secret=str(d / secret),
+                  mpc_timeout=MPC_TIMEOUT, timeout=60).start()
+
+
+def test_authenticated_third_party_dealer_end_to_end(secrets_dir):
+    g = tiny_net()
+    x = np.random.default_rng(7).uniform(0, 1, (2, *g.input_shape))
+    with dealer_service(secrets_dir) as dealer:
+        srv = ss_server(g, secrets_dir, dealer)
+        try:
+            with connect("127.0.0.1", srv.port, "ss", client_secret=str(secrets_dir / "client.psk")) as s:
+                p = s.stats.privacy
+                assert p["guarantee"] == "cryptographic-trusted-dealer" and p["input_private"] is True
+                assert "authenticated by this client" in p["dealer"]
+                np.testing.assert_allclose(s.infer(x), run_reference(g, x), atol=TOL)
+                t = s.client.last
+                assert t["online_dealer_messages"] == 0 and t["offline_dealer_messages"] == 2
+            assert dealer.sessions == 1 and dealer.auth_failures == 0
+        finally:
+            srv.shutdown()
+
+
+def test_local_dealer_is_labelled_as_the_servers():
+    g = tiny_net()
+    x = np.random.default_rng(8).uniform(0, 1, (1, *g.input_shape))
+    with PrivateSession(g, "ss", spawn="thread", mpc_timeout=MPC_TIMEOUT) as s:   # keeps the local dealer
+        p = s.stats.privacy
+        assert p["guarantee"] == "cryptographic-server-dealer" and p["input_private"] is False
+        assert p["statement"] == "no input privacy against the server operator"
+        np.testing.assert_allclose(s.infer(x), run_reference(g, x), atol=TOL)
+
+
+@pytest.mark.parametrize("case", ["server-secret", "client-secret", "impostor", "no-client-secret"])
+def test_mismatch_fails_before_any_share(case, secrets_dir, spawned):
+    g = tiny_net()
+    server_secret = "other.psk" if case == "server-secret" else "server.psk"
+    client_secret = {"client-secret": "other.psk", "no-client-secret": None}.get(case, "client.psk")
+    with dealer_service(secrets_dir, impostor=case == "impostor") as dealer:
+        srv = ss_server(g, secrets_dir, dealer, server_secret)
+        try:
+            with pytest.raises((DealerAuthError, PeerError)) as err:
+                connect("127.0.0.1", srv.port, "ss", timeout=30,
+                        client_secret=str(secrets_dir / client_secret) if client_secret else None)
+            msg = str(err.value)
+            if case == "server-secret":   # the server refuses; the client hears why
+                assert isinstance(err.value, PeerError) and "DealerAuthError" in msg and "refused this server" in msg
+            else:                         # the client itself detects it
+                assert isinstance(err.value, DealerAuthError)
+                assert {"client-secret": "knows no client secret", "impostor": "failed authentication",
+                        "no-client-secret": "pass client_secret"}[case] in msg
+            assert spawned == [] and dealer.sessions == 0      # no CrypTen process: no share ever moved
+        finally:
+            srv.shutdown()
+
+
+def test_client_that_pinned_a_dealer_refuses_a_server_run_dealer(secrets_dir, spawned):
+    g = tiny_net()
+    srv = Server(g, "ss", dealer="local", mpc_timeout=MPC_TIMEOUT, timeout=60).start()
+    try:
+        with pytest.raises(DealerAuthError, match="runs its own dealer"):
+            connect("127.0.0.1", srv.port, "ss", timeout=30, client_secret=str(secrets_dir / "client.psk"))
+        assert "party1" not in spawned   # the client never joined: none of its shares exist
+    finally:
+        srv.shutdown()
+
+
+def test_cli_serve_needs_a_dealer_choice_and_dealer_makes_secrets(tmp_path):
+    cli = [sys.executable, "-m", "privinfer"]
+    out = subprocess.run(cli + ["serve", "--model", "minionn-mnist", "--protocol", "ss", "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "DealerChoiceError" in out.stderr and "--dealer local" not in out.stdout
+    assert "dealer='local'" in out.stderr and "no input privacy" in out.stderr
+    out = subprocess.run(cli + ["dealer", "--new-secret", str(tmp_path / "s.psk")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and key_id(load_secret(str(tmp_path / "s.psk"))) in out.stdout
+    out = subprocess.run(cli + ["dealer", "--port", "0", "--server-secret", str(tmp_path / "s.psk")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "client secret" in out.stderr
