@@ -100,8 +100,22 @@ def cmd_zoo(a) -> None:
 
 
 def cmd_bench(a) -> None:
+    import contextlib
+    with contextlib.ExitStack() as stack:
+        base = _parse_options(a.option)
+        if a.dealer is not None:
+            if a.protocol != "ss":
+                raise PrivinferError("--dealer applies to --protocol ss only")
+            if a.dealer == "loopback":  # an authenticated third-party dealer, on this host
+                from .protocols.ss_dealer import loopback_dealer
+                base.update(stack.enter_context(loopback_dealer()))
+            else:
+                base["dealer"] = a.dealer
+        _bench(a, base)
+
+
+def _bench(a, base: dict) -> None:
     from .bench import format_table, run_bench, write_records
-    base = _parse_options(a.option)
     records = []
     for eps in a.epsilon or [None]:
         for model in a.model:
@@ -193,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epsilon", nargs="+", help="noisy: per-query epsilon values (a number or inf)")
     b.add_argument("--split", type=int, default=3, help="noisy: client runs layers [0, split)")
     b.add_argument("--bottleneck", type=int, default=10, help="noisy: learned client-side feature width (0: none)")
+    b.add_argument("--dealer", default=None,
+                   help="ss: local (default: the server's own), loopback (an authenticated `privinfer dealer` on "
+                        "127.0.0.1 with fresh secrets), or HOST:PORT (with -o server_secret=F -o client_secret=F)")
     b.add_argument("--json", help="output path")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     b.set_defaults(func=cmd_bench)

@@ -61,8 +61,8 @@ from ..transport import Channel, frames
 from .base import ClientSide, Protocol, ServerSide, register
 from .ss_compile import SUPPORTED
 from .ss_tuples import plan_digest, plan_elements, validate_plan
-from .ss_auth import DealerAuthError, DealerChoiceError, PartyHandshake, key_id, load_secret
-from .ss_dealer import LocalDealer, RemoteDealer
+from .ss_auth import client_authenticate, key_id, load_secret
+from .ss_dealer import LocalDealer, RemoteDealer, check_dealer_choice, relay_client_handshake
 from .ss_worker import ChildProcess, ifname_for, party_main, warm_up
 
 THREAT_MODEL = "semi-honest server and client, non-colluding dealer (CrypTen TTP)"
@@ -148,7 +148,7 @@ class _SSServer(ServerSide):
                 self.dealer = RemoteDealer(self.sopts["dealer"], rdv, opts, self.timeout + SPAWN_ALLOWANCE,
                                            self.secret)
                 ch.send_json({"rendezvous": rdv, "dealer": "third-party"})
-                self._relay_client_handshake(ch)
+                relay_client_handshake(ch, self.dealer)
                 opts["prg_key"] = self.dealer.prg_key.hex()
             self.worker = ChildProcess(party_main, (0, rdv, graph_to_bytes(self.graph), opts), "party0")
             ready = self._wait_ready(ch) or ch.recv_json()
@@ -161,18 +161,6 @@ class _SSServer(ServerSide):
         except BaseException:
             self.close()
             raise
-
-    def _relay_client_handshake(self, ch: Channel) -> None:
-        """Pass the client's two handshake messages to the dealer and its answers back. The server cannot
-        forge the dealer's answers (it lacks the client's secret) nor learn the key derived from them."""
-        for step in ("dealer_hello", "dealer_confirm"):
-            msg = ch.recv_json()
-            if not isinstance(msg.get(step), dict):
-                raise ProtocolError(f"expected the client's {step} for the third-party dealer")
-            reply = self.dealer.relay(msg[step])
-            ch.send_json(reply)
-            if "dealer_error" in reply:
-                raise DealerAuthError(f"the dealer refused the client: {reply['dealer_error']}")
 
     def _wait_ready(self, ch: Channel) -> dict | None:
         """Wait for the worker's CrypTen init; a local dealer that dies, or a client that hangs up or
@@ -273,6 +261,7 @@ class _SSClient(ClientSide):
         self.info = welcome
         self.secret = load_secret(copts["client_secret"]) if copts.get("client_secret") is not None else None
         self.dealer_verified = False  # True once this client authenticated a third-party dealer
+        self.setup_timing: dict = {}
         self.timeout = float(welcome.get("mpc_timeout", 60.0))
         self.worker: ChildProcess | None = None
         self.plans: dict[int, bytes] = {}
@@ -285,7 +274,10 @@ class _SSClient(ClientSide):
             rdv = msg.get("rendezvous")
             if not isinstance(rdv, str) or not rdv.startswith("tcp://"):
                 raise ProtocolError(f"server sent no usable rendezvous address ({rdv!r})")
-            key = self._authenticate_dealer(ch, msg.get("dealer"), rdv)
+            t_auth = time.perf_counter()
+            key = client_authenticate(ch, msg.get("dealer"), rdv, self.secret)
+            self.dealer_verified = key is not None
+            self.setup_timing = {"dealer_auth_s": time.perf_counter() - t_auth}
             opts = {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
                     "threads": int(self.copts["threads"]),
                     "gloo_ifname": self.copts["gloo_ifname"] or ifname_for(ch.sock.getsockname()[0]),
@@ -303,34 +295,6 @@ class _SSClient(ClientSide):
         except BaseException:
             self.close()
             raise
-
-    def _authenticate_dealer(self, ch: Channel, kind, rdv: str) -> bytes | None:
-        """Before any CrypTen process starts: refuse a dealer this client cannot verify when it pinned
-        one; else run the PSK handshake through the server and return this party's PRG key."""
-        if kind == "local":
-            if self.secret is not None:
-                raise DealerAuthError("this client pinned a third-party dealer (client_secret), but the server "
-                                      "runs its own dealer, which would hold the client's PRG key")
-            return None
-        if kind != "third-party":
-            raise ProtocolError(f"server named no known kind of dealer ({str(kind)[:40]!r})")
-        if self.secret is None:
-            raise DealerAuthError("the server uses a third-party dealer: pass client_secret=FILE, the secret "
-                                  "the dealer's operator gave you, so that this client can authenticate it")
-        hs = PartyHandshake(1, self.secret, rdv)
-        ch.send_json({"dealer_hello": hs.hello()})
-        reply = ch.recv_json()
-        if "dealer_error" in reply:
-            raise DealerAuthError(f"the dealer refused this client: {str(reply['dealer_error'])[:300]}")
-        confirm, key = hs.finish(reply.get("dealer"))
-        ch.send_json({"dealer_confirm": confirm})
-        done = ch.recv_json()
-        if "dealer_error" in done:
-            raise DealerAuthError(f"the dealer refused this client: {str(done['dealer_error'])[:300]}")
-        if (done.get("dealer") or {}).get("ok") != "ready":
-            raise ProtocolError("the dealer did not confirm the handshake")
-        self.dealer_verified = True
-        return key
 
     def _offline(self, ch: Channel, batch: int) -> dict:
         t0 = time.perf_counter()
@@ -405,7 +369,9 @@ class _SSClient(ClientSide):
                 "threat_model": THREAT_MODEL, "fixed_point_bits": int(self.copts["precision_bits"]),
                 "ring_bits": 64, "input_private": self.dealer_verified, "model_private": True, "output_to": "client only",
                 "public": "architecture (layer kinds, shapes), batch size, timing",
-                "dealer_prg": "SHAKE-128, 256-bit keys per party",
+                "dealer_prg": "SHAKE-128, 256-bit keys per party, " + (
+                    "derived by HMAC-SHA-256 from the handshake (never sent)" if self.dealer_verified
+                    else "sent by the dealer over the gloo link"),
                 "transport": "gloo over plain TCP: use a trusted network or a TLS/VPN tunnel"}
 
     def close(self) -> None:
@@ -472,24 +438,7 @@ class SecretSharing(Protocol):
 
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
-        dealer, secret = self.options["dealer"], self.options["server_secret"]
-        if dealer is None:
-            raise DealerChoiceError(
-                "protocol 'ss' needs a dealer, and there is no default: dealer='local' (the server spawns it "
-                "and holds both parties' PRG keys: no input privacy against this server's operator) or "
-                "dealer='HOST:PORT' with server_secret=FILE (a `privinfer dealer` on a third host, "
-                "authenticated by both parties)")
-        if dealer == "local":
-            if secret is not None:
-                raise DealerChoiceError("server_secret authenticates a third-party dealer; dealer='local' has none")
-            self.secret = None
-        else:
-            if ":" not in str(dealer):
-                raise DealerChoiceError(f"dealer must be 'local' or 'host:port', got {dealer!r}")
-            if secret is None:
-                raise DealerChoiceError(f"a third-party dealer ({dealer}) needs server_secret: the secret file "
-                                        "the dealer's operator gave this server")
-            self.secret = load_secret(secret)
+        self.secret = check_dealer_choice(self.options["dealer"], self.options["server_secret"])
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
 

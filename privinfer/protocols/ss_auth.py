@@ -162,3 +162,34 @@ def secret_table(specs) -> dict[str, bytes]:
         raw = load_secret(s)
         out[key_id(raw)] = raw
     return out
+
+
+def client_authenticate(ch, kind, rendezvous: str, secret: bytes | None) -> bytes | None:
+    """The client's side, before any CrypTen process starts. `kind` is what the server says it uses.
+
+    A client that pinned a dealer (`secret`) refuses a server-run one; against a third-party dealer it
+    runs the handshake through the server and returns its PRG key (None: local dealer, keys sent by it).
+    """
+    if kind == "local":
+        if secret is not None:
+            raise DealerAuthError("this client pinned a third-party dealer (client_secret), but the server "
+                                  "runs its own dealer, which would hold the client's PRG key")
+        return None
+    if kind != "third-party":
+        raise ProtocolError(f"server named no known kind of dealer ({str(kind)[:40]!r})")
+    if secret is None:
+        raise DealerAuthError("the server uses a third-party dealer: pass client_secret=FILE, the secret "
+                              "the dealer's operator gave you, so that this client can authenticate it")
+    hs = PartyHandshake(1, secret, rendezvous)
+    ch.send_json({"dealer_hello": hs.hello()})
+    reply = ch.recv_json()
+    if "dealer_error" in reply:
+        raise DealerAuthError(f"the dealer refused this client: {str(reply['dealer_error'])[:300]}")
+    confirm, key = hs.finish(reply.get("dealer"))
+    ch.send_json({"dealer_confirm": confirm})
+    done = ch.recv_json()
+    if "dealer_error" in done:
+        raise DealerAuthError(f"the dealer refused this client: {str(done['dealer_error'])[:300]}")
+    if not isinstance(done.get("dealer"), dict) or done["dealer"].get("ok") != "ready":
+        raise ProtocolError("the dealer did not confirm the handshake")
+    return key

@@ -22,13 +22,16 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from ..errors import PeerError, PrivinferError, ProtocolError
 from ..transport import Channel, FrameType, connect as tcp_connect
 from ..transport.tcp import ThreadedListener
-from .ss_auth import DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake, secret_table
+from .ss_auth import DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake, load_secret, secret_table
 from .ss_worker import (ChildProcess, child_setup, end_child, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
                         send_msg)
 
@@ -124,6 +127,39 @@ def _make_dealer(crypten, preset_keys: list[bytes] | None = None):
 
 
 # --- the server's handle on its dealer ------------------------------------------------------------
+def check_dealer_choice(dealer, secret) -> bytes | None:
+    """Validate the server's `dealer` / `server_secret` options; return the server's secret (or None)."""
+    if dealer is None:
+        raise DealerChoiceError(
+            "protocol 'ss' needs a dealer, and there is no default: dealer='local' (the server spawns it "
+            "and holds both parties' PRG keys: no input privacy against this server's operator) or "
+            "dealer='HOST:PORT' with server_secret=FILE (a `privinfer dealer` on a third host, "
+            "authenticated by both parties)")
+    if dealer == "local":
+        if secret is not None:
+            raise DealerChoiceError("server_secret authenticates a third-party dealer; dealer='local' has none")
+        return None
+    if ":" not in str(dealer):
+        raise DealerChoiceError(f"dealer must be 'local' or 'host:port', got {dealer!r}")
+    if secret is None:
+        raise DealerChoiceError(f"a third-party dealer ({dealer}) needs server_secret: the secret file "
+                                "the dealer's operator gave this server")
+    return load_secret(secret)
+
+
+def relay_client_handshake(ch: Channel, dealer: "RemoteDealer") -> None:
+    """Pass the client's two handshake messages to the dealer and its answers back. The server cannot
+    forge the dealer's answers (it lacks the client's secret) nor learn the key derived from them."""
+    for step in ("dealer_hello", "dealer_confirm"):
+        msg = ch.recv_json()
+        if not isinstance(msg.get(step), dict):
+            raise ProtocolError(f"expected the client's {step} for the third-party dealer")
+        reply = dealer.relay(msg[step])
+        ch.send_json(reply)
+        if "dealer_error" in reply:
+            raise DealerAuthError(f"the dealer refused the client: {reply['dealer_error']}")
+
+
 class LocalDealer:
     """A dealer process spawned for one session by the model server."""
     where = "local"
@@ -317,3 +353,16 @@ def run_dealer(host: str = "127.0.0.1", port: int = DEFAULT_DEALER_PORT, **kw) -
         pass
     finally:
         srv.shutdown()
+
+
+@contextmanager
+def loopback_dealer(**kw):
+    """A `privinfer dealer` on 127.0.0.1 in this process, with fresh secrets for one server and its clients
+    (benchmarks, demos): yields the `ss` options a one-machine session needs to use it."""
+    from .ss_auth import new_secret_file
+    with tempfile.TemporaryDirectory() as tmp:
+        server, client = str(Path(tmp) / "server.psk"), str(Path(tmp) / "client.psk")
+        new_secret_file(server)
+        new_secret_file(client)
+        with DealerServer("127.0.0.1", 0, server_secrets=[server], client_secrets=[client], **kw) as d:
+            yield {"dealer": f"127.0.0.1:{d.port}", "server_secret": server, "client_secret": client}
