@@ -147,12 +147,40 @@ def test_server_must_choose_its_dealer(secrets_dir):
     cls(tiny_net(), dealer="local")
 
 
-def test_precision_bits_cap_explains_the_wrap():
+def test_local_truncation_wraps_as_the_cap_assumes():
+    """CrypTen's two-party truncation (each share divided locally, as `div_` does with world size 2) fails
+    with probability |y|*2^(2f-64) per value: the formula behind the precision cap, checked by sampling."""
+    rng = np.random.default_rng(0)
+    n = 400_000
+    for f, y, expect in ((28, 4.0, 4.0 * 2.0 ** (56 - 64)), (16, 30.0, 0.0)):
+        v = torch.full((n,), int(y * 2 ** (2 * f)), dtype=torch.long)
+        r = torch.from_numpy(rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64, endpoint=True))
+        s0, s1 = r, v - r                                                  # int64 arithmetic wraps mod 2^64
+        got = s0.div(2 ** f, rounding_mode="trunc") + s1.div(2 ** f, rounding_mode="trunc")
+        wrong = float(((got - int(y * 2 ** f)).abs() > 2).double().mean())
+        assert wrong == pytest.approx(expect, rel=0.15, abs=1e-5), (f, wrong, expect)
+
+
+def test_precision_bits_cap_follows_the_architecture(spawned):
+    from privinfer import zoo
+    from privinfer.errors import ParameterError
+    from privinfer.protocols.ss import check_precision, max_precision_bits
     cls = get_protocol("ss")
     assert cls.validate_client_options({"precision_bits": 20})["precision_bits"] == 20
     for bits in (21, 30):
-        with pytest.raises(PrivinferError, match=r"1\.\.20.*wraps around the 64-bit ring"):
+        with pytest.raises(ParameterError, match=r"1\.\.20.*wraps around the 64-bit ring"):
             cls.validate_client_options({"precision_bits": bits})
+    caps = {n: max_precision_bits(zoo.load_model(n)) for n in ("deepsecure-mnist", "minionn-mnist", "minionn-cifar")}
+    assert caps == {"deepsecure-mnist": 20, "minionn-mnist": 19, "minionn-cifar": 17}
+    check_precision(zoo.load_model("minionn-cifar"), 16)                  # the default fits every zoo network
+    # the server refuses a client's f above its network's cap before any CrypTen process starts
+    srv = Server(zoo.load_model("minionn-cifar"), "ss", dealer="local", timeout=30).start()
+    try:
+        with pytest.raises(PeerError, match="ParameterError.*cap for this network"):
+            connect("127.0.0.1", srv.port, "ss", timeout=30, precision_bits=18)
+        assert spawned == []
+    finally:
+        srv.shutdown()
 
 
 def test_client_secret_never_leaves_the_client(secrets_dir):

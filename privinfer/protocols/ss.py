@@ -49,17 +49,18 @@ Arithmetic
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from typing import Any
 
 import numpy as np
 
-from ..errors import PrivinferError, ProtocolError, ShapeError, TimeoutError_
+from ..errors import ParameterError, PrivinferError, ProtocolError, ShapeError, TimeoutError_
 from ..model.ir import Graph, graph_to_bytes
 from ..transport import Channel, frames
 from .base import ClientSide, Protocol, ServerSide, register
-from .ss_compile import SUPPORTED
+from .ss_compile import SUPPORTED, lower
 from .ss_tuples import plan_digest, plan_elements, validate_plan
 from .ss_auth import client_authenticate, key_id, load_secret
 from .ss_dealer import LocalDealer, RemoteDealer, check_dealer_choice, relay_client_handshake
@@ -68,19 +69,43 @@ from .ss_worker import ChildProcess, ifname_for, party_main, warm_up
 THREAT_MODEL = "semi-honest server and client, non-colluding dealer (CrypTen TTP)"
 SPAWN_ALLOWANCE = 120.0  # seconds a fresh worker may take to import torch + CrypTen on a busy machine
 MAX_PRECISION_BITS = 20
-"""Cap on the client-chosen fixed-point `precision_bits` f.
+WRAP_MARGIN_BITS = 10  # at most 2^-10 probability per image that some truncation wraps
+MEAN_ABS_Y = 2.0       # assumed mean |activation| (measured on the zoo: 0.84 minionn-mnist, 1.1 minionn-cifar)
+TRUNCATING = ("conv2d", "linear", "relu", "poly", "avgpool2d")
+"""Why `precision_bits` f is capped, and where the cap comes from.
 
 Ring Z_2^64, signed. After a product, a value y sits at scale 2^(2f) until CrypTen's two-party
 truncation, which divides each party's share locally (`ArithmeticSharedTensor.div_` with world size 2).
 The shares are s0 = r (uniform) and s1 = y·2^(2f) - r; local division is exact up to ±1 unless
-s0 + s1 wraps around 2^64, which happens with probability |y|·2^(2f) / 2^64 per element, and then the
-element is off by about 2^(64-f) (garbage, not a rounding error). So the headroom is 64 - 2f bits:
-    f = 16 (default): |y|·2^-32 per element;  f = 20: |y|·2^-24;  f = 30: |y|·2^-4 (for |y| ~ 4: 0.25).
-At f = 20 an activation of magnitude 16 fails with probability 2^-20 per element, which a network of
-~10^4 truncated elements per inference (minionn-mnist) brings to ~1 % per query at worst; above 20 every
-extra bit multiplies it by 4. Hence the cap: f <= 20, and the default of 16 (headroom 2^32) where the
-wrap is negligible (< 2^-14 per inference for |y| <= 16 over 2^14 elements).
+s0 + s1 wraps around 2^64, which happens with probability |y|·2^(2f) / 2^64 per element; the element
+is then off by about 2^(64-f): a garbage logit, not a rounding error (and a client that sees how often
+it happens learns about |y|). Per image the wrap probability is at most Σ|y|·2^(2f-64) over the
+truncated elements (outputs of the TRUNCATING layers). Measured (Σ|y| per image; wrap bound at f=16/20):
+    deepsecure-mnist  2.0e3   4.7e-7 / 1.2e-4
+    minionn-mnist     1.1e4   2.6e-6 / 6.5e-4      (f=24: 0.17; f=30: certain; per element at f=30
+    minionn-cifar     4.1e5   9.5e-5 / 2.4e-2       with |y|=4: 0.25)
+So one constant cannot serve every network. `max_precision_bits(graph)` asks for at most 2^-WRAP_MARGIN_BITS
+per image with Σ|y| <= MEAN_ABS_Y · N, N the number of truncated elements, which the public architecture
+fixes: 2f <= 64 - WRAP_MARGIN_BITS - log2(MEAN_ABS_Y · N), and never above MAX_PRECISION_BITS = 20.
+That gives 20 for deepsecure-mnist, 19 for minionn-mnist, 17 for minionn-cifar; the default 16 fits all.
 """
+
+
+def max_precision_bits(graph: Graph) -> int:
+    """The largest `precision_bits` this architecture allows (see TRUNCATING); public, weight-free."""
+    g = graph.replace(lower(graph))
+    n = sum(int(np.prod(shape)) for layer, shape in zip(g.layers, g.shapes[1:]) if layer.kind in TRUNCATING)
+    bits = (64 - WRAP_MARGIN_BITS - math.log2(MEAN_ABS_Y * max(n, 1))) // 2
+    return int(max(1, min(MAX_PRECISION_BITS, bits)))
+
+
+def check_precision(graph: Graph, bits: int) -> None:
+    cap = max_precision_bits(graph)
+    if bits > cap:
+        raise ParameterError(
+            f"precision_bits={bits} is above {cap}, the cap for this network: CrypTen's two-party truncation "
+            f"wraps around the 64-bit ring with probability |y|*2^(2f-64) per value, and this network "
+            f"truncates enough values per image that f>{cap} makes a garbage result likelier than 2^-{WRAP_MARGIN_BITS}")
 
 
 class DealerError(ProtocolError):
@@ -119,6 +144,7 @@ class _SSServer(ServerSide):
         self.secret = proto.secret
         if copts.get("client_secret") is not None:
             raise ProtocolError("the client sent its dealer secret to the server; it must stay on the client")
+        check_precision(self.graph, int(copts["precision_bits"]))
         self.timeout = float(self.sopts["mpc_timeout"])
         self.worker: ChildProcess | None = None
         self.dealer = None
@@ -259,6 +285,7 @@ class _SSClient(ClientSide):
         self.graph = graph
         self.copts = copts
         self.info = welcome
+        check_precision(graph, int(copts["precision_bits"]))  # before connecting any CrypTen process
         self.secret = load_secret(copts["client_secret"]) if copts.get("client_secret") is not None else None
         self.dealer_verified = False  # True once this client authenticated a third-party dealer
         self.setup_timing: dict = {}
@@ -447,7 +474,7 @@ class SecretSharing(Protocol):
         opts = super().validate_client_options(options)
         bits = opts["precision_bits"]
         if not isinstance(bits, int) or not 1 <= bits <= MAX_PRECISION_BITS:
-            raise PrivinferError(
+            raise ParameterError(
                 f"precision_bits must be an integer in 1..{MAX_PRECISION_BITS}, got {bits!r}: CrypTen's two-party "
                 f"truncation wraps around the 64-bit ring with probability |y|*2^(2f-64) per element, which "
                 f"above f={MAX_PRECISION_BITS} is no longer negligible (e.g. 0.25 per element at f=30)")
