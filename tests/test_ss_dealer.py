@@ -226,12 +226,45 @@ def ss_server(g, d, dealer, secret="server.psk"):
                   mpc_timeout=MPC_TIMEOUT, timeout=60).start()
 
 
+def fuzz_relay(address, examples: int = 40) -> None:
+    """Valid HELLO, then junk where the client's dealer handshake belongs; every reply must be well-formed."""
+    from hypothesis import given, settings, strategies as st
+    field = st.one_of(st.integers(-2, 3), st.text(max_size=8), st.just("00" * 32), st.just(RDV), st.none())
+    inner = st.dictionaries(st.sampled_from(["rank", "key_id", "rendezvous", "nonce_p", "mac_p"]), field, max_size=5)
+    msg = st.dictionaries(st.sampled_from(["dealer_hello", "dealer_confirm", "ready"]),
+                          st.one_of(inner, field), max_size=2)
+    body = frames.encode_json({"protocol": "ss", "options": {}})
+    hello = frames.encode_header(frames.FrameType.HELLO, len(body)) + body
+
+    @settings(max_examples=examples, deadline=None, derandomize=True)
+    @given(st.lists(msg, min_size=1, max_size=3))
+    def run(msgs):
+        data = hello + b"".join(frames.encode_header(frames.FrameType.JSON, len(m)) + m
+                                for m in map(frames.encode_json, msgs))
+        with socket.create_connection(address, timeout=10) as c:
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := c.recv(65536):
+                reply += chunk
+        pos = 0
+        while pos + frames.HEADER.size <= len(reply):
+            ftype, n = frames.decode_header(reply[pos:pos + frames.HEADER.size], 1 << 24)
+            if ftype == frames.FrameType.ERROR:
+                assert frames.decode_json(reply[pos + frames.HEADER.size:pos + frames.HEADER.size + n])["type"]
+            pos += frames.HEADER.size + n
+    run()
+
+
 def test_authenticated_third_party_dealer_end_to_end(secrets_dir):
+    """Junk in the relayed handshake first (no dealer process may start from it), then correct pins."""
     g = tiny_net()
     x = np.random.default_rng(7).uniform(0, 1, (2, *g.input_shape))
     with dealer_service(secrets_dir) as dealer:
         srv = ss_server(g, secrets_dir, dealer)
         try:
+            fuzz_relay(srv.address)
+            assert dealer.sessions == 0 and dealer.failed > 0
             with connect("127.0.0.1", srv.port, "ss", client_secret=str(secrets_dir / "client.psk")) as s:
                 p = s.stats.privacy
                 assert p["guarantee"] == "cryptographic-trusted-dealer" and p["input_private"] is True

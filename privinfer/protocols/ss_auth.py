@@ -164,12 +164,16 @@ def secret_table(specs) -> dict[str, bytes]:
     return out
 
 
-def client_authenticate(ch, kind, rendezvous: str, secret: bytes | None) -> bytes | None:
+def client_authenticate(ch, kind, rendezvous: str, secret: bytes | None, timing: dict | None = None) -> bytes | None:
     """The client's side, before any CrypTen process starts. `kind` is what the server says it uses.
 
     A client that pinned a dealer (`secret`) refuses a server-run one; against a third-party dealer it
     runs the handshake through the server and returns its PRG key (None: local dealer, keys sent by it).
+    `timing` gets `dealer_auth_s` (hello -> verified answer: the authentication proper) and
+    `dealer_ready_s` (confirmation -> the dealer's session process started).
     """
+    import time
+    timing = {} if timing is None else timing
     if kind == "local":
         if secret is not None:
             raise DealerAuthError("this client pinned a third-party dealer (client_secret), but the server "
@@ -180,16 +184,20 @@ def client_authenticate(ch, kind, rendezvous: str, secret: bytes | None) -> byte
     if secret is None:
         raise DealerAuthError("the server uses a third-party dealer: pass client_secret=FILE, the secret "
                               "the dealer's operator gave you, so that this client can authenticate it")
+    t0 = time.perf_counter()
     hs = PartyHandshake(1, secret, rendezvous)
     ch.send_json({"dealer_hello": hs.hello()})
     reply = ch.recv_json()
     if "dealer_error" in reply:
         raise DealerAuthError(f"the dealer refused this client: {str(reply['dealer_error'])[:300]}")
     confirm, key = hs.finish(reply.get("dealer"))
+    t1 = time.perf_counter()
+    timing["dealer_auth_s"] = t1 - t0
     ch.send_json({"dealer_confirm": confirm})
     done = ch.recv_json()
     if "dealer_error" in done:
         raise DealerAuthError(f"the dealer refused this client: {str(done['dealer_error'])[:300]}")
     if not isinstance(done.get("dealer"), dict) or done["dealer"].get("ok") != "ready":
         raise ProtocolError("the dealer did not confirm the handshake")
+    timing["dealer_ready_s"] = time.perf_counter() - t1
     return key
