@@ -383,8 +383,8 @@ class _SSClient(ClientSide):
     def privacy(self) -> dict:
         if self.dealer_verified:
             guarantee = "cryptographic-trusted-dealer"
-            dealer = (f"{self.info.get('dealer', 'third-party')}, authenticated by this client (pre-shared secret, "
-                      f"key id {key_id(self.secret)}); PRG keys derived in the handshake")
+            dealer = (f"third-party (the server names it {str(self.info.get('dealer', '?'))[12:80]}), authenticated by "
+                      f"this client (pre-shared secret, key id {key_id(self.secret)}); PRG keys derived in the handshake")
             statement = "input and weights private unless the dealer colludes with the other party"
         else:
             guarantee = "cryptographic-server-dealer"
