@@ -118,6 +118,9 @@ def tensor_to_key(t: torch.Tensor) -> bytes:
     return np.asarray(t.numpy(), dtype="<i8").tobytes()
 
 
+_PRESET_KEY: list = [None]  # this process's party key agreed with an authenticated dealer, if any
+
+
 def install_secure_prg(crypten, preset_key: bytes | None = None) -> None:
     """Make CrypTen's TTP code draw from an XofGenerator whenever it is handed one.
 
@@ -130,6 +133,7 @@ def install_secure_prg(crypten, preset_key: bytes | None = None) -> None:
     """
     import crypten.communicator as comm
     import crypten.mpc.provider.ttp_provider as ttp
+    _PRESET_KEY[0] = preset_key  # read at key set-up, so it holds even if the patch was installed earlier
     if getattr(ttp, "_privinfer_secure_prg", False):
         return
     orig_ring, orig_kbit = ttp.generate_random_ring_element, ttp.generate_kbit_random_tensor
@@ -146,11 +150,12 @@ def install_secure_prg(crypten, preset_key: bytes | None = None) -> None:
         return orig_kbit(size, bitlength=bitlength, generator=generator, **kwargs)
 
     def client_setup_generators(self):
-        if preset_key is None:
+        preset = _PRESET_KEY[0]
+        if preset is None:
             key = torch.zeros(KEY_WORDS, dtype=torch.long)
             dist.recv(key, src=comm.get().get_ttp_rank(), group=self.ttp_group)
         dist.barrier(group=self.ttp_group)
-        self.generator = XofGenerator(tensor_to_key(key) if preset_key is None else preset_key)
+        self.generator = XofGenerator(tensor_to_key(key) if preset is None else preset)
         self.generator_cuda = None
 
     ttp.generate_random_ring_element = ring
