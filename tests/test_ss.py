@@ -139,7 +139,10 @@ def test_logits_match_reference_and_online_phase_has_no_dealer_traffic():
     g = small_net()
     x = np.random.default_rng(3).uniform(-1, 1, (3, *g.input_shape))
     ref = run_reference(g, x)
-    with PrivateSession(g, "ss", max_chunk=2, mpc_timeout=MPC_TIMEOUT) as s:
+    with PrivateSession(g, "ss", max_chunk=2, mpc_timeout=MPC_TIMEOUT) as s:   # one machine: the local dealer
+        p = s.stats.privacy
+        assert p["guarantee"] == "cryptographic-server-dealer" and p["input_private"] is False
+        assert p["statement"] == "no input privacy against the server operator"
         assert s.stats.privacy["threat_model"].startswith("semi-honest")
         assert s.stats.privacy["fixed_point_bits"] == 16
         one = s.infer(x[0])

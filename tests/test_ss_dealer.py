@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from privinfer import PeerError, PrivateSession, PrivinferError, compile_model, run_reference
+from privinfer import PeerError, PrivinferError, compile_model, run_reference
 from privinfer.protocols import get_protocol
 from privinfer.protocols import ss_worker
 from privinfer.protocols.ss_auth import (DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake,
@@ -278,16 +276,6 @@ def test_authenticated_third_party_dealer_end_to_end(secrets_dir):
             srv.shutdown()
 
 
-def test_local_dealer_is_labelled_as_the_servers():
-    g = tiny_net()
-    x = np.random.default_rng(8).uniform(0, 1, (1, *g.input_shape))
-    with PrivateSession(g, "ss", spawn="thread", mpc_timeout=MPC_TIMEOUT) as s:   # keeps the local dealer
-        p = s.stats.privacy
-        assert p["guarantee"] == "cryptographic-server-dealer" and p["input_private"] is False
-        assert p["statement"] == "no input privacy against the server operator"
-        np.testing.assert_allclose(s.infer(x), run_reference(g, x), atol=TOL)
-
-
 @pytest.mark.parametrize("case", ["server-secret", "client-secret", "impostor", "no-client-secret"])
 def test_mismatch_fails_before_any_share(case, secrets_dir, spawned):
     g = tiny_net()
@@ -322,15 +310,17 @@ def test_client_that_pinned_a_dealer_refuses_a_server_run_dealer(secrets_dir, sp
         srv.shutdown()
 
 
-def test_cli_serve_needs_a_dealer_choice_and_dealer_makes_secrets(tmp_path):
-    cli = [sys.executable, "-m", "privinfer"]
-    out = subprocess.run(cli + ["serve", "--model", "minionn-mnist", "--protocol", "ss", "--port", "0"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "DealerChoiceError" in out.stderr and "--dealer local" not in out.stdout
-    assert "dealer='local'" in out.stderr and "no input privacy" in out.stderr
-    out = subprocess.run(cli + ["dealer", "--new-secret", str(tmp_path / "s.psk")], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0 and key_id(load_secret(str(tmp_path / "s.psk"))) in out.stdout
-    out = subprocess.run(cli + ["dealer", "--port", "0", "--server-secret", str(tmp_path / "s.psk")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "client secret" in out.stderr
+def test_cli_serve_needs_a_dealer_choice_and_dealer_makes_secrets(tmp_path, capsys):
+    """`privinfer serve|dealer` (in-process `main`, which maps errors to one line and exit code 2)."""
+    from privinfer.cli import main
+    assert main(["serve", "--model", "minionn-mnist", "--protocol", "ss", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "DealerChoiceError" in err and "dealer='local'" in err and "no input privacy" in err
+    assert main(["serve", "--model", "minionn-mnist", "--protocol", "plain", "--dealer", "local"]) == 2
+    assert "--protocol ss only" in capsys.readouterr().err
+    assert main(["dealer", "--new-secret", str(tmp_path / "s.psk")]) == 0
+    assert key_id(load_secret(str(tmp_path / "s.psk"))) in capsys.readouterr().out
+    assert main(["dealer", "--new-secret", str(tmp_path / "s.psk")]) == 2          # never overwritten
+    assert "exists" in capsys.readouterr().err
+    assert main(["dealer", "--port", "0", "--server-secret", str(tmp_path / "s.psk")]) == 2
+    assert "client secret" in capsys.readouterr().err
