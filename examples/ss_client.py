@@ -1,6 +1,9 @@
 """Classify digits on an `ss` server (the input owner, CrypTen rank 1); only this side learns the logits.
 
-    python examples/ss_client.py --port 7550 --count 5
+    python examples/ss_client.py --port 7550 --dealer-secret client.psk --count 5
+
+With --dealer-secret the client authenticates the server's third-party dealer (and refuses a server that
+runs its own); without it, it accepts only a server-run dealer, and `privacy` says what that means.
 """
 import argparse
 
@@ -13,10 +16,12 @@ if __name__ == "__main__":  # the CrypTen party runs in a child process that imp
     p.add_argument("--port", type=int, default=7550)
     p.add_argument("--count", type=int, default=5)
     p.add_argument("--precision-bits", type=int, default=16)
+    p.add_argument("--dealer-secret", default=None, help="the secret file the dealer's operator gave you")
     a = p.parse_args()
 
     X, y = zoo.load_dataset("minionn-mnist", "test")
-    with privinfer.connect(a.host, a.port, "ss", precision_bits=a.precision_bits) as session:
+    with privinfer.connect(a.host, a.port, "ss", precision_bits=a.precision_bits,
+                           client_secret=a.dealer_secret) as session:
         print(f"set-up {session.stats.setup_s:.2f} s; privacy: {session.stats.privacy}")
         for image, label in zip(X[:a.count], y[:a.count]):
             predicted = int(session.infer(image).argmax())

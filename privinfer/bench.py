@@ -93,6 +93,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
             if progress:
                 print(f"\r  {protocol}/{name} query {i + 1 - warmup}/{samples}: {q.latency_s:.3f} s", end="", flush=True)
         stats = sess.stats
+        setup_timing = dict(getattr(sess.client, "setup_timing", None) or {})
     if progress:
         print()
     logits = np.concatenate(logits)
@@ -115,6 +116,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         "max_abs_err": float(np.max(np.abs(logits - ref))),
         "peak_rss_mb": _peak_rss_mb(),
         "privacy": stats.privacy,
+        **({"setup_timing": setup_timing} if setup_timing else {}),
     }
 
 
@@ -125,7 +127,9 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
         with PrivateSession(graph, protocol, **options) as sess:
             yield sess
         return
-    server_opts, client_opts = split_options(get_protocol(protocol), options)
+    cls = get_protocol(protocol)
+    server_opts, client_opts = split_options(cls, options)
+    server_opts = {**cls.local_session_defaults, **server_opts}
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "model.npz")
         save_graph(graph, path)
@@ -156,7 +160,10 @@ def format_table(records: list[dict]) -> str:
 def _label(r: dict) -> str:
     eps = (r.get("privacy") or {}).get("epsilon_per_query")
     packing = (r.get("privacy") or {}).get("packing")
-    return r["protocol"] + (f" ε={eps}" if eps is not None else "") + (f" ({packing})" if packing else "")
+    dealer = {"cryptographic-server-dealer": "server's dealer", "cryptographic-trusted-dealer": "third-party dealer"}.get(
+        (r.get("privacy") or {}).get("guarantee"))
+    return (r["protocol"] + (f" ε={eps}" if eps is not None else "") + (f" ({packing})" if packing else "")
+            + (f" ({dealer})" if dealer else ""))
 
 
 def _secs(t: float) -> str:

@@ -56,10 +56,22 @@ def load_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
     return arr[None] if c == 1 else arr.transpose(2, 0, 1)
 
 
+def _dealer_options(a) -> dict:
+    """`--dealer` / `--dealer-secret` are the `ss` options dealer / server_secret, spelled as flags."""
+    out = {}
+    if a.dealer is not None:
+        out["dealer"] = a.dealer
+    if a.dealer_secret is not None:
+        out["server_secret"] = a.dealer_secret
+    if out and a.protocol != "ss":
+        raise PrivinferError("--dealer and --dealer-secret apply to --protocol ss only")
+    return out
+
+
 def cmd_serve(a) -> None:
     from .server import Server
     srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
-                 max_sessions=a.max_sessions, max_batch=a.max_batch, **_parse_options(a.option))
+                 max_sessions=a.max_sessions, max_batch=a.max_batch, **{**_parse_options(a.option), **_dealer_options(a)})
     print(f"privinfer: serving {a.model} with protocol {a.protocol!r} on {srv.host}:{srv.port}", flush=True)
     try:
         srv.serve_forever()
@@ -88,8 +100,22 @@ def cmd_zoo(a) -> None:
 
 
 def cmd_bench(a) -> None:
+    import contextlib
+    with contextlib.ExitStack() as stack:
+        base = _parse_options(a.option)
+        if a.dealer is not None:
+            if a.protocol != "ss":
+                raise PrivinferError("--dealer applies to --protocol ss only")
+            if a.dealer == "loopback":  # an authenticated third-party dealer, on this host
+                from .protocols.ss_dealer import loopback_dealer
+                base.update(stack.enter_context(loopback_dealer()))
+            else:
+                base["dealer"] = a.dealer
+        _bench(a, base)
+
+
+def _bench(a, base: dict) -> None:
     from .bench import format_table, run_bench, write_records
-    base = _parse_options(a.option)
     records = []
     for eps in a.epsilon or [None]:
         for model in a.model:
@@ -111,9 +137,19 @@ def cmd_bench(a) -> None:
 
 
 def cmd_dealer(a) -> None:
+    if a.new_secret:
+        from .protocols.ss_auth import new_secret_file
+        try:
+            kid = new_secret_file(a.new_secret)
+        except FileExistsError:
+            raise PrivinferError(f"{a.new_secret} exists; a secret file is never overwritten") from None
+        print(f"wrote a 256-bit dealer secret to {a.new_secret} (mode 0600, key id {kid}); give it to ONE "
+              f"party out of band", flush=True)
+        return
     from .protocols.ss_dealer import run_dealer
     print(f"privinfer: dealer (CrypTen TTP) for protocol 'ss' on {a.host}:{a.port}", flush=True)
-    run_dealer(a.host, a.port, mpc_timeout=a.mpc_timeout, gloo_ifname=a.gloo_ifname)
+    run_dealer(a.host, a.port, mpc_timeout=a.mpc_timeout, gloo_ifname=a.gloo_ifname,
+               server_secrets=a.server_secret or [], client_secrets=a.client_secret or [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=120.0, help="per-read timeout, seconds")
     s.add_argument("--max-sessions", type=int, default=16)
     s.add_argument("--max-batch", type=int, default=8192)
+    s.add_argument("--dealer", default=None,
+                   help="ss: 'local' (this server runs the dealer: no input privacy against its operator) or "
+                        "HOST:PORT of a `privinfer dealer` (needs --dealer-secret); required for ss")
+    s.add_argument("--dealer-secret", default=None, help="ss: file with this server's secret for the third-party dealer")
     s.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     s.set_defaults(func=cmd_serve)
 
@@ -150,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=7551)
     d.add_argument("--mpc-timeout", type=float, default=60.0, help="seconds a CrypTen operation may stall")
     d.add_argument("--gloo-ifname", default=None, help="network interface for gloo (default: the one used)")
+    d.add_argument("--server-secret", action="append",
+                   help="file with a model server's pre-shared secret (repeatable); give that file to the server")
+    d.add_argument("--client-secret", action="append",
+                   help="file with a client's pre-shared secret (repeatable); give it to clients, never to a server")
+    d.add_argument("--new-secret", metavar="FILE", help="write a fresh 256-bit secret to FILE and exit")
     d.set_defaults(func=cmd_dealer)
 
     b = sub.add_parser("bench", help="measure a protocol; writes records as JSON")
@@ -162,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epsilon", nargs="+", help="noisy: per-query epsilon values (a number or inf)")
     b.add_argument("--split", type=int, default=3, help="noisy: client runs layers [0, split)")
     b.add_argument("--bottleneck", type=int, default=10, help="noisy: learned client-side feature width (0: none)")
+    b.add_argument("--dealer", default=None,
+                   help="ss: local (default: the server's own), loopback (an authenticated `privinfer dealer` on "
+                        "127.0.0.1 with fresh secrets), or HOST:PORT (with -o server_secret=F -o client_secret=F)")
     b.add_argument("--json", help="output path")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     b.set_defaults(func=cmd_bench)

@@ -74,7 +74,8 @@ class RemoteSession:
         t0 = time.perf_counter()
         before = channel.stats.copy()
         try:
-            channel.send_json({"protocol": protocol, "options": client_options}, FrameType.HELLO)
+            sent = {k: v for k, v in client_options.items() if k not in self.protocol_cls.local_client_options}
+            channel.send_json({"protocol": protocol, "options": sent}, FrameType.HELLO)
             welcome = channel.recv_json(FrameType.WELCOME)
             self.graph = Graph.from_spec(welcome["graph"])  # public architecture, zero weights
             self.limits = welcome.get("limits", {})
@@ -187,6 +188,7 @@ class PrivateSession(RemoteSession):
         graph = compile_model(model)
         cls = get_protocol(protocol)
         server_opts, client_opts = split_options(cls, options)
+        server_opts = {**cls.local_session_defaults, **server_opts}
         cls.check_graph(graph)
         self._proc = self._server = None
         if spawn == "thread":

@@ -28,7 +28,7 @@ def protocol_cases():
     cases = [("plain", "minionn-mnist", {}, 1e-5)]
     for name, model, opts, tol in (("he", "cryptonets-mnist", {}, 1e-2),
                                    ("noisy", "minionn-mnist", {"split": 3, "epsilon": None}, 1e-4),
-                                   ("ss", "minionn-mnist", {"mpc_timeout": 10.0}, 1e-2),
+                                   ("ss", "minionn-mnist", {"mpc_timeout": 10.0, "dealer": "local"}, 1e-2),
                                    ("cheetah", "cryptonets-mnist", {"mpc_timeout": 10.0}, 1e-2)):
         try:
             privinfer.protocols.get_protocol(name)

@@ -126,7 +126,7 @@ def test_options_and_plans_are_validated():
         cls.validate_client_options({"precision_bits": 0})
     with pytest.raises(PrivinferError, match="no client option"):
         cls.validate_client_options({"bogus": 1})
-    with pytest.raises(PrivinferError, match="host:port"):
+    with pytest.raises(PrivinferError, match="'local' or 'host:port'"):
         cls(tiny_net(), dealer="nohost")
     for bad in ([{"f": "os.system", "a": [], "k": {}, "o": []}], [{"f": "square", "a": [[1]], "k": {}, "o": [-1]}],
                 [{"f": "generate_additive_triple", "a": [[1], [1], "eval"], "k": {}, "o": [1]}], {"f": 1}):
@@ -139,7 +139,10 @@ def test_logits_match_reference_and_online_phase_has_no_dealer_traffic():
     g = small_net()
     x = np.random.default_rng(3).uniform(-1, 1, (3, *g.input_shape))
     ref = run_reference(g, x)
-    with PrivateSession(g, "ss", max_chunk=2, mpc_timeout=MPC_TIMEOUT) as s:
+    with PrivateSession(g, "ss", max_chunk=2, mpc_timeout=MPC_TIMEOUT) as s:   # one machine: the local dealer
+        p = s.stats.privacy
+        assert p["guarantee"] == "cryptographic-server-dealer" and p["input_private"] is False
+        assert p["statement"] == "no input privacy against the server operator"
         assert s.stats.privacy["threat_model"].startswith("semi-honest")
         assert s.stats.privacy["fixed_point_bits"] == 16
         one = s.infer(x[0])
@@ -167,7 +170,7 @@ def test_dead_dealer_after_offline_phase():
     (its online phase needs no dealer); the next one fails with a clear error; the server goes on."""
     g = tiny_net()
     x = np.random.default_rng(4).uniform(0, 1, (1, *g.input_shape))
-    srv = Server(g, "ss", mpc_timeout=MPC_TIMEOUT, timeout=60).start()
+    srv = Server(g, "ss", dealer="local", mpc_timeout=MPC_TIMEOUT, timeout=60).start()
     try:
         s = connect("127.0.0.1", srv.port, "ss", prefetch=True)
         dealers = wait_for(lambda: [p for p, n in ss_processes(os.getpid()).items() if n == "pi-ss-dealer"])
@@ -198,7 +201,7 @@ def _client_loop(port: int, conn) -> None:
 
 def test_dead_client():
     g = tiny_net()
-    srv = Server(g, "ss", mpc_timeout=MPC_TIMEOUT, timeout=60).start()
+    srv = Server(g, "ss", dealer="local", mpc_timeout=MPC_TIMEOUT, timeout=60).start()
     try:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
@@ -242,31 +245,11 @@ def test_dead_server():
     assert not [c for c in mp.active_children() if c.name.startswith("pi-ss-")]
 
 
-def test_remote_dealer_service():
-    """`privinfer dealer` (DealerServer): the server reaches it by address; one dealer process per session."""
-    from privinfer.protocols.ss_dealer import DealerServer
-    g = tiny_net()
-    x = np.random.default_rng(7).uniform(0, 1, (2, *g.input_shape))
-    with DealerServer("127.0.0.1", 0, mpc_timeout=MPC_TIMEOUT) as dealer:
-        srv = Server(g, "ss", dealer=f"127.0.0.1:{dealer.port}", mpc_timeout=MPC_TIMEOUT, timeout=60).start()
-        try:
-            with connect("127.0.0.1", srv.port, "ss") as s:
-                assert s.stats.privacy["dealer"].startswith("remote")
-                np.testing.assert_allclose(s.infer(x), run_reference(g, x), atol=TOL)
-                t = s.client.last
-                assert t["online_dealer_messages"] == 0 and t["offline_dealer_messages"] == 2
-                assert t["offline_bytes_dealer_to_server"] > 0
-            assert dealer.sessions == 1
-        finally:
-            srv.shutdown()
-    assert wait_gone(ss_processes(os.getpid())) == []
-
-
 def test_stalled_dealer_times_out():
     """A dealer that stops answering (SIGSTOP) fails the offline phase within mpc_timeout, typed."""
     g = tiny_net()
     x = np.zeros((1, *g.input_shape))
-    srv = Server(g, "ss", mpc_timeout=4.0, timeout=60).start()
+    srv = Server(g, "ss", dealer="local", mpc_timeout=4.0, timeout=60).start()
     try:
         with connect("127.0.0.1", srv.port, "ss") as s:
             s.infer(x)

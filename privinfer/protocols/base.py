@@ -79,6 +79,10 @@ class Protocol:
     server_options: ClassVar[dict[str, Any]] = {}
     #: option name -> default, for options the client chooses (sent in HELLO, given to both sides)
     client_options: ClassVar[dict[str, Any]] = {}
+    #: client options that stay on the client (secrets): never sent in HELLO
+    local_client_options: ClassVar[frozenset] = frozenset()
+    #: server options a one-machine PrivateSession (and the loopback bench) adds unless the user sets them
+    local_session_defaults: ClassVar[dict[str, Any]] = {}
     #: IR layer kinds this protocol can run
     supported_kinds: ClassVar[tuple[str, ...]] = ("conv2d", "linear", "avgpool2d", "maxpool2d", "relu", "poly", "flatten")
 

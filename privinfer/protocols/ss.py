@@ -4,9 +4,11 @@ Parties and processes
     * server = model owner = CrypTen rank 0, client = input owner = rank 1, dealer = CrypTen's trusted
       third party (TTP), rank 2. Each rank is its own OS process (torch.distributed: one process group
       per process); the server spawns one rank-0 worker per client connection, the client one rank-1
-      worker per session, and the dealer is either spawned per session by the server (default) or a
-      `privinfer dealer` service on another host (`dealer="host:port"`). They meet over TCP (gloo); the
-      rendezvous address travels on privinfer's own channel, so the client needs only the server's address.
+      worker per session, and the dealer is either spawned per session by the server (`dealer="local"`)
+      or a `privinfer dealer` service on a third host (`dealer="host:port"`). The server must say which:
+      there is no default. They meet over TCP (gloo); the rendezvous address travels on privinfer's own
+      channel, so the client needs only the server's address (and, for a third-party dealer, the secret
+      the dealer's operator gave it).
 
 Who learns what
     The architecture (layer kinds and shapes) is public: the client works on a zero-weight copy built
@@ -18,7 +20,13 @@ Who learns what
 Threat model
     Semi-honest (honest-but-curious) server and client, and a dealer that colludes with neither. A dealer
     that shares its keys with the server reveals the client's input to it (and vice versa for the
-    weights): a dealer spawned by the server is only as trustworthy as the server's operator. The gloo
+    weights), so what the client gets depends on whose dealer it is:
+    * `dealer="local"`: the server spawns the dealer, which hands out both PRG keys: no input privacy
+      against the server's operator (guarantee "cryptographic-server-dealer").
+    * third-party dealer: each party authenticates it with its own pre-shared secret and derives its
+      PRG key from that handshake (`ss_auth`); a mismatch is a `DealerAuthError` before any share moves,
+      and a server that points the client at a dealer of its own is detected the same way (guarantee
+      "cryptographic-trusted-dealer", only when the client verified the dealer). The gloo
     links are plain TCP: run them on a trusted network or inside TLS/VPN tunnels. Hardening over stock
     CrypTen: the dealer<->party randomness comes from SHAKE-128 keyed with 256-bit keys instead of torch's
     Mersenne Twister (whose state a party can recover from Beaver openings of values it knows, e.g. its
@@ -41,23 +49,63 @@ Arithmetic
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from typing import Any
 
 import numpy as np
 
-from ..errors import PrivinferError, ProtocolError, ShapeError, TimeoutError_
+from ..errors import ParameterError, PrivinferError, ProtocolError, ShapeError, TimeoutError_
 from ..model.ir import Graph, graph_to_bytes
 from ..transport import Channel, frames
 from .base import ClientSide, Protocol, ServerSide, register
-from .ss_compile import SUPPORTED
+from .ss_compile import SUPPORTED, lower
 from .ss_tuples import plan_digest, plan_elements, validate_plan
-from .ss_dealer import LocalDealer, RemoteDealer
+from .ss_auth import client_authenticate, key_id, load_secret
+from .ss_dealer import LocalDealer, RemoteDealer, check_dealer_choice, relay_client_handshake
 from .ss_worker import ChildProcess, ifname_for, party_main, warm_up
 
 THREAT_MODEL = "semi-honest server and client, non-colluding dealer (CrypTen TTP)"
 SPAWN_ALLOWANCE = 120.0  # seconds a fresh worker may take to import torch + CrypTen on a busy machine
+MAX_PRECISION_BITS = 20
+WRAP_MARGIN_BITS = 10  # at most 2^-10 probability per image that some truncation wraps
+MEAN_ABS_Y = 2.0       # assumed mean |activation| (measured on the zoo: 0.84 minionn-mnist, 1.1 minionn-cifar)
+TRUNCATING = ("conv2d", "linear", "relu", "poly", "avgpool2d")
+"""Why `precision_bits` f is capped, and where the cap comes from.
+
+Ring Z_2^64, signed. After a product, a value y sits at scale 2^(2f) until CrypTen's two-party
+truncation, which divides each party's share locally (`ArithmeticSharedTensor.div_` with world size 2).
+The shares are s0 = r (uniform) and s1 = y·2^(2f) - r; local division is exact up to ±1 unless
+s0 + s1 wraps around 2^64, which happens with probability |y|·2^(2f) / 2^64 per element; the element
+is then off by about 2^(64-f): a garbage logit, not a rounding error (and a client that sees how often
+it happens learns about |y|). Per image the wrap probability is at most Σ|y|·2^(2f-64) over the
+truncated elements (outputs of the TRUNCATING layers). Measured (Σ|y| per image; wrap bound at f=16/20):
+    deepsecure-mnist  2.0e3   4.7e-7 / 1.2e-4
+    minionn-mnist     1.1e4   2.6e-6 / 6.5e-4      (f=24: 0.17; f=30: certain; per element at f=30
+    minionn-cifar     4.1e5   9.5e-5 / 2.4e-2       with |y|=4: 0.25)
+So one constant cannot serve every network. `max_precision_bits(graph)` asks for at most 2^-WRAP_MARGIN_BITS
+per image with Σ|y| <= MEAN_ABS_Y · N, N the number of truncated elements, which the public architecture
+fixes: 2f <= 64 - WRAP_MARGIN_BITS - log2(MEAN_ABS_Y · N), and never above MAX_PRECISION_BITS = 20.
+That gives 20 for deepsecure-mnist, 19 for minionn-mnist, 17 for minionn-cifar; the default 16 fits all.
+"""
+
+
+def max_precision_bits(graph: Graph) -> int:
+    """The largest `precision_bits` this architecture allows (see TRUNCATING); public, weight-free."""
+    g = graph.replace(lower(graph))
+    n = sum(int(np.prod(shape)) for layer, shape in zip(g.layers, g.shapes[1:]) if layer.kind in TRUNCATING)
+    bits = (64 - WRAP_MARGIN_BITS - math.log2(MEAN_ABS_Y * max(n, 1))) // 2
+    return int(max(1, min(MAX_PRECISION_BITS, bits)))
+
+
+def check_precision(graph: Graph, bits: int) -> None:
+    cap = max_precision_bits(graph)
+    if bits > cap:
+        raise ParameterError(
+            f"precision_bits={bits} is above {cap}, the cap for this network: CrypTen's two-party truncation "
+            f"wraps around the 64-bit ring with probability |y|*2^(2f-64) per value, and this network "
+            f"truncates enough values per image that f>{cap} makes a garbage result likelier than 2^-{WRAP_MARGIN_BITS}")
 
 
 class DealerError(ProtocolError):
@@ -93,6 +141,10 @@ class _SSServer(ServerSide):
     def __init__(self, proto: "SecretSharing", copts: dict):
         self.graph = proto.graph
         self.sopts, self.copts = proto.options, copts
+        self.secret = proto.secret
+        if copts.get("client_secret") is not None:
+            raise ProtocolError("the client sent its dealer secret to the server; it must stay on the client")
+        check_precision(self.graph, int(copts["precision_bits"]))
         self.timeout = float(self.sopts["mpc_timeout"])
         self.worker: ChildProcess | None = None
         self.dealer = None
@@ -105,8 +157,9 @@ class _SSServer(ServerSide):
                 "threads": int(self.sopts["threads"]), "gloo_ifname": self.sopts["gloo_ifname"]}
 
     def welcome(self) -> dict:
+        local = self.sopts["dealer"] == "local"
         return {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
-                "dealer": "remote " + str(self.sopts["dealer"]) if self.sopts["dealer"] else "local (spawned by the server)"}
+                "dealer": "local" if local else "third-party " + str(self.sopts["dealer"])}
 
     def setup(self, ch: Channel) -> None:
         try:
@@ -114,12 +167,16 @@ class _SSServer(ServerSide):
             rdv = _rendezvous(host, _free_port(host))
             opts = self._worker_opts()
             opts["gloo_ifname"] = opts["gloo_ifname"] or ifname_for(host)
-            if self.sopts["dealer"]:
-                self.dealer = RemoteDealer(self.sopts["dealer"], rdv, opts, self.timeout + SPAWN_ALLOWANCE)
-            else:
+            if self.sopts["dealer"] == "local":
                 self.dealer = LocalDealer(rdv, opts)
+                ch.send_json({"rendezvous": rdv, "dealer": "local"})
+            else:
+                self.dealer = RemoteDealer(self.sopts["dealer"], rdv, opts, self.timeout + SPAWN_ALLOWANCE,
+                                           self.secret)
+                ch.send_json({"rendezvous": rdv, "dealer": "third-party"})
+                relay_client_handshake(ch, self.dealer)
+                opts["prg_key"] = self.dealer.prg_key.hex()
             self.worker = ChildProcess(party_main, (0, rdv, graph_to_bytes(self.graph), opts), "party0")
-            ch.send_json({"rendezvous": rdv})
             ready = self._wait_ready(ch) or ch.recv_json()
             if not ready.get("ready"):
                 raise ProtocolError("client did not confirm the 2PC set-up")
@@ -228,6 +285,10 @@ class _SSClient(ClientSide):
         self.graph = graph
         self.copts = copts
         self.info = welcome
+        check_precision(graph, int(copts["precision_bits"]))  # before connecting any CrypTen process
+        self.secret = load_secret(copts["client_secret"]) if copts.get("client_secret") is not None else None
+        self.dealer_verified = False  # True once this client authenticated a third-party dealer
+        self.setup_timing: dict = {}
         self.timeout = float(welcome.get("mpc_timeout", 60.0))
         self.worker: ChildProcess | None = None
         self.plans: dict[int, bytes] = {}
@@ -236,14 +297,19 @@ class _SSClient(ClientSide):
 
     def setup(self, ch: Channel) -> None:
         try:
-            rdv = ch.recv_json().get("rendezvous")
+            msg = ch.recv_json()
+            rdv = msg.get("rendezvous")
             if not isinstance(rdv, str) or not rdv.startswith("tcp://"):
                 raise ProtocolError(f"server sent no usable rendezvous address ({rdv!r})")
+            key = client_authenticate(ch, msg.get("dealer"), rdv, self.secret, self.setup_timing)
+            self.dealer_verified = key is not None
             opts = {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
                     "threads": int(self.copts["threads"]),
                     "gloo_ifname": self.copts["gloo_ifname"] or ifname_for(ch.sock.getsockname()[0]),
                     # a channel that emulates network delay (benchmarks) delays the gloo rounds alike
                     "emulated_rtt": float(getattr(ch, "emulated_rtt", 0.0) or 0.0)}
+            if key is not None:
+                opts["prg_key"] = key.hex()
             self.worker = ChildProcess(party_main, (1, rdv, graph_to_bytes(self.graph), opts), "party1")
             self.worker.recv(self.timeout + SPAWN_ALLOWANCE, "set-up (CrypTen init with server and dealer)")
             ch.send_json({"ready": True})
@@ -315,13 +381,22 @@ class _SSClient(ClientSide):
         return out
 
     def privacy(self) -> dict:
-        dealer = self.info.get("dealer", "unknown")
-        return {"guarantee": "cryptographic-trusted-dealer" if dealer.startswith("remote") else "cryptographic-server-dealer",
+        if self.dealer_verified:
+            guarantee = "cryptographic-trusted-dealer"
+            dealer = (f"third-party (the server names it {str(self.info.get('dealer', '?'))[12:80]}), authenticated by "
+                      f"this client (pre-shared secret, key id {key_id(self.secret)}); PRG keys derived in the handshake")
+            statement = "input and weights private unless the dealer colludes with the other party"
+        else:
+            guarantee = "cryptographic-server-dealer"
+            dealer = "local: spawned by the server, which holds both parties' PRG keys"
+            statement = "no input privacy against the server operator"
+        return {"guarantee": guarantee, "statement": statement, "dealer": dealer,
                 "threat_model": THREAT_MODEL, "fixed_point_bits": int(self.copts["precision_bits"]),
-                "ring_bits": 64, "input_private": True, "model_private": True, "output_to": "client only",
+                "ring_bits": 64, "input_private": self.dealer_verified, "model_private": True, "output_to": "client only",
                 "public": "architecture (layer kinds, shapes), batch size, timing",
-                "dealer": dealer,
-                "dealer_prg": "SHAKE-128, 256-bit keys per party",
+                "dealer_prg": "SHAKE-128, 256-bit keys per party, " + (
+                    "derived by HMAC-SHA-256 from the handshake (never sent)" if self.dealer_verified
+                    else "sent by the dealer over the gloo link"),
                 "transport": "gloo over plain TCP: use a trusted network or a TLS/VPN tunnel"}
 
     def close(self) -> None:
@@ -377,15 +452,18 @@ class _Acc:
 class SecretSharing(Protocol):
     name = "ss"
     summary = "2PC (CrypTen, arithmetic + binary sharing) with a dealer; offline triples, online client<->server only"
-    server_options: dict[str, Any] = {"dealer": None, "mpc_timeout": 60.0, "threads": 1, "gloo_ifname": None}
+    server_options: dict[str, Any] = {"dealer": None, "server_secret": None, "mpc_timeout": 60.0, "threads": 1,
+                                      "gloo_ifname": None}
     client_options: dict[str, Any] = {"precision_bits": 16, "max_chunk": 16, "prefetch": False,
-                                      "threads": 1, "gloo_ifname": None}
+                                      "threads": 1, "gloo_ifname": None, "client_secret": None}
+    local_client_options = frozenset({"client_secret"})  # never sent to the server
+    #: PrivateSession on one machine: the server spawns the dealer (labelled "cryptographic-server-dealer")
+    local_session_defaults = {"dealer": "local"}
     supported_kinds = SUPPORTED
 
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
-        if self.options["dealer"] is not None and ":" not in str(self.options["dealer"]):
-            raise PrivinferError(f"dealer must be 'host:port', got {self.options['dealer']!r}")
+        self.secret = check_dealer_choice(self.options["dealer"], self.options["server_secret"])
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
 
@@ -393,13 +471,18 @@ class SecretSharing(Protocol):
     def validate_client_options(cls, options: dict) -> dict:
         opts = super().validate_client_options(options)
         bits = opts["precision_bits"]
-        if not isinstance(bits, int) or not 1 <= bits <= 30:
-            raise PrivinferError(f"precision_bits must be an integer in 1..30, got {bits!r}")
+        if not isinstance(bits, int) or not 1 <= bits <= MAX_PRECISION_BITS:
+            raise ParameterError(
+                f"precision_bits must be an integer in 1..{MAX_PRECISION_BITS}, got {bits!r}: CrypTen's two-party "
+                f"truncation wraps around the 64-bit ring with probability |y|*2^(2f-64) per element, which "
+                f"above f={MAX_PRECISION_BITS} is no longer negligible (e.g. 0.25 per element at f=30)")
         if not isinstance(opts["max_chunk"], int) or not 1 <= opts["max_chunk"] <= 4096:
             raise PrivinferError(f"max_chunk must be an integer in 1..4096, got {opts['max_chunk']!r}")
         if not isinstance(opts["threads"], int) or not 1 <= opts["threads"] <= 256:
             raise PrivinferError(f"threads must be an integer in 1..256, got {opts['threads']!r}")
         opts["prefetch"] = bool(opts["prefetch"])
+        if not isinstance(opts["client_secret"], (type(None), str, bytes)):
+            raise PrivinferError("client_secret must be the path of the dealer secret file (or bytes)")
         return opts
 
     def server_side(self, client_options: dict) -> ServerSide:

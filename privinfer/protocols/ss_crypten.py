@@ -118,15 +118,22 @@ def tensor_to_key(t: torch.Tensor) -> bytes:
     return np.asarray(t.numpy(), dtype="<i8").tobytes()
 
 
-def install_secure_prg(crypten) -> None:
+_PRESET_KEY: list = [None]  # this process's party key agreed with an authenticated dealer, if any
+
+
+def install_secure_prg(crypten, preset_key: bytes | None = None) -> None:
     """Make CrypTen's TTP code draw from an XofGenerator whenever it is handed one.
 
     Patches the two random helpers as seen by `crypten.mpc.provider.ttp_provider` (the only user of the
     party<->dealer generators) and the parties' TTPClient key set-up (256-bit keys from the dealer
     instead of one 64-bit seed). Both sides must call this before `crypten.init()`.
+
+    `preset_key`: a key this party already agreed with an authenticated dealer (`ss_auth`); then nothing
+    is received over gloo (the dealer sends nothing either), only the set-up barrier is kept.
     """
     import crypten.communicator as comm
     import crypten.mpc.provider.ttp_provider as ttp
+    _PRESET_KEY[0] = preset_key  # read at key set-up, so it holds even if the patch was installed earlier
     if getattr(ttp, "_privinfer_secure_prg", False):
         return
     orig_ring, orig_kbit = ttp.generate_random_ring_element, ttp.generate_kbit_random_tensor
@@ -143,10 +150,12 @@ def install_secure_prg(crypten) -> None:
         return orig_kbit(size, bitlength=bitlength, generator=generator, **kwargs)
 
     def client_setup_generators(self):
-        key = torch.zeros(KEY_WORDS, dtype=torch.long)
-        dist.recv(key, src=comm.get().get_ttp_rank(), group=self.ttp_group)
+        preset = _PRESET_KEY[0]
+        if preset is None:
+            key = torch.zeros(KEY_WORDS, dtype=torch.long)
+            dist.recv(key, src=comm.get().get_ttp_rank(), group=self.ttp_group)
         dist.barrier(group=self.ttp_group)
-        self.generator = XofGenerator(tensor_to_key(key))
+        self.generator = XofGenerator(tensor_to_key(key) if preset is None else preset)
         self.generator_cuda = None
 
     ttp.generate_random_ring_element = ring

@@ -238,7 +238,8 @@ def load_mpc(opts: dict):
     crypten = load_crypten()
     configure(crypten, int(opts["precision_bits"]))
     patch_timeouts(float(opts["mpc_timeout"]))
-    install_secure_prg(crypten)
+    key = opts.get("prg_key")  # hex, agreed with an authenticated dealer (parties only)
+    install_secure_prg(crypten, bytes.fromhex(key) if key else None)
     return crypten
 
 
