@@ -49,6 +49,7 @@ import numpy as np
 
 from ..errors import PrivinferError, ProtocolError, ShapeError, TimeoutError_
 from ..model.ir import Graph, graph_to_bytes
+from ..model.bounds import check_fixed_point
 from ..transport import Channel, frames
 from .base import ClientSide, Protocol, ServerSide, register
 from .ss_compile import SUPPORTED
@@ -388,6 +389,7 @@ class SecretSharing(Protocol):
             raise PrivinferError(f"dealer must be 'host:port', got {self.options['dealer']!r}")
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
+        check_fixed_point(graph, self.client_options["precision_bits"], 64, "ss")  # refuse at serve time
 
     @classmethod
     def validate_client_options(cls, options: dict) -> dict:
@@ -403,6 +405,8 @@ class SecretSharing(Protocol):
         return opts
 
     def server_side(self, client_options: dict) -> ServerSide:
+        # the ring must hold every product for inputs in the published range (the client picks the precision)
+        check_fixed_point(self.graph, int(client_options["precision_bits"]), 64, "ss")
         return _SSServer(self, client_options)
 
     @classmethod
