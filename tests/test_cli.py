@@ -23,7 +23,7 @@ def free_port():
 @pytest.fixture(scope="module")
 def plain_server():
     port = free_port()
-    proc = subprocess.Popen(CLI + ["serve", "--model", "minionn-mnist", "--port", str(port)],
+    proc = subprocess.Popen(CLI + ["serve", "--model", "minionn-mnist", "--protocol", "plain", "--port", str(port)],
                             stdout=subprocess.PIPE, text=True)
     assert "serving" in proc.stdout.readline()
     yield port
@@ -45,7 +45,7 @@ def test_query_npy_and_png(plain_server, tmp_path):
 def test_errors_are_one_line(plain_server, tmp_path):
     cases = [["query", "--port", str(plain_server), "--input", str(tmp_path / "missing.npy")],
              ["query", "--port", str(plain_server), "--protocol", "nope", "--input", __file__],
-             ["serve", "--model", "no-such-net"]]
+             ["serve", "--model", "no-such-net", "--protocol", "plain"]]
     for args in cases:
         out = subprocess.run(CLI + args, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, (args, out.stderr)

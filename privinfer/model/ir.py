@@ -289,7 +289,14 @@ class Graph:
         return len(self.layers)
 
     def index(self, key: Union[int, str]) -> int:
-        """Position of a layer given as an index (negative allowed, len allowed) or a name."""
+        """Position of a layer given as an index (negative allowed, len allowed) or a name.
+
+        A string of digits ("4", as a command line passes it) is an index too, like 4: one meaning, so
+        `split=4` and `split="4"` cut at the same place (nn.Sequential's child names are digits that stop
+        matching positions once BatchNorm is folded or Dropout dropped, so they are not looked up as names).
+        """
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            key = int(key)
         if isinstance(key, (int, np.integer)):
             k = int(key)
             if k < 0:
