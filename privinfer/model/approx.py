@@ -156,6 +156,11 @@ def make_he_friendly(model: nn.Module, activation: str = "square", input_range=N
     if calibration and getattr(model, "input_range", None) is None:  # publish what it was calibrated on
         X = np.asarray(input_range, dtype=np.float64)
         lo, hi = float(X.min()), float(X.max())
+        # a batch rarely hits the ends of the true range: widen to the usual one it falls in
+        for a, b in ((0.0, 1.0), (-1.0, 1.0)):
+            if a <= lo and hi <= b:
+                lo, hi = a, b
+                break
         if lo < hi:
             m.input_range = (lo, hi)
     m.he_ranges = ranges
