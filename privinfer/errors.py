@@ -39,3 +39,7 @@ class BudgetExceededError(PrivinferError):
 
 class ResourceLimitError(ProtocolError):
     """A request exceeds a configured limit (batch size, sessions, frame size)."""
+
+
+class PeerResourceLimitError(PeerError, ResourceLimitError):
+    """The peer refused a request for exceeding one of its limits (e.g. the server's max_batch)."""

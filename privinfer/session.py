@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._process import no_main_reimport
-from .errors import PrivinferError, ResourceLimitError
+from .errors import PeerError, PrivinferError, ProtocolError
 from .model import compile_model
 from .model.ir import Graph, graph_to_bytes, load_graph
 from .model.reference import check_input, check_input_range
@@ -130,10 +130,6 @@ class RemoteSession:
         single = np.asarray(x).shape == tuple(self.graph.input_shape)
         batch = check_input(self.graph, x)
         check_input_range(self.graph, batch)  # out-of-range input would give a confident wrong answer
-        limit = self.limits.get("max_batch")
-        if isinstance(limit, int) and batch.shape[0] > limit:  # refuse before sending megabytes to be refused
-            raise ResourceLimitError(f"batch of {batch.shape[0]} exceeds the server's max_batch={limit}; "
-                                     f"split it into smaller batches")
         if self.channel.closed:
             raise PrivinferError("session is closed")
         meta = self.client.query_meta(batch)  # may refuse (privacy budget) before anything is sent
@@ -142,6 +138,14 @@ class RemoteSession:
         try:
             self.channel.send_json(meta, FrameType.QUERY)
             logits = np.asarray(self.client.query(self.channel, batch), dtype=np.float64)
+        except ProtocolError as e:
+            # a server that refuses (e.g. batch > max_batch) answers ERROR and closes while we are still
+            # sending: report its typed reason, not our "broken pipe"
+            reason = None if isinstance(e, PeerError) else self._peer_reason()
+            self.close(send_bye=False)
+            if reason is not None:
+                raise reason from None
+            raise
         except BaseException:
             self.close(send_bye=False)
             raise
@@ -157,6 +161,17 @@ class RemoteSession:
             float(timing.get("online_s", latency - offline)), int(timing.get("dealer_bytes", 0))))
         self.stats.privacy = self.client.privacy()
         return logits[0] if single else logits
+
+    def _peer_reason(self, wait: float = 2.0) -> PeerError | None:
+        """The ERROR frame the peer sent before closing, if one is pending (read within `wait` seconds)."""
+        try:
+            self.channel.timeout = wait
+            self.channel.expect(FrameType.BYE)
+        except PeerError as e:
+            return e
+        except Exception:
+            return None
+        return None
 
     def predict(self, x) -> np.ndarray:
         return np.argmax(self.infer(x), axis=-1)
