@@ -60,10 +60,11 @@ def check_input_range(graph: Graph, batch: np.ndarray) -> None:
     if vmin >= lo - tol and vmax <= hi + tol:
         return
     cause = "scale it the way the model's training data was scaled"
-    if vmin >= 0 and (hi - lo) <= 1.0 + 1e-9 and 1.5 < vmax <= 255.0 + 1e-6:
+    unit = vmin >= 0 and (hi - lo) <= 1.0 + 1e-9 and 1.5 < vmax
+    if unit and vmax <= 255.0 and (np.all(batch == np.round(batch)) or vmax > 100.0):
         cause = "pixels look like 0-255; divide by 255"
-    elif vmin >= 0 and (hi - lo) <= 1.0 + 1e-9 and vmax <= 100.0 + 1e-6 and vmax > 1.5:
-        cause = "values look like percentages; divide by 100" if vmax > 10 else cause
+    elif unit and vmax <= 100.0:
+        cause = "values look like 0-100 percent; divide by 100"
     elif vmin < lo - tol and lo >= 0 and vmin > -10 and vmax < 10:
         cause = "values look standardized (mean/std); feed the raw range instead"
     raise InputRangeError(f"input values span [{vmin:.4g}, {vmax:.4g}] but the model expects [{lo:g}, {hi:g}] "
