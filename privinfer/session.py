@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import multiprocessing as mp
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -67,15 +68,28 @@ class SessionStats:
 
 
 @contextlib.contextmanager
-def step(what: str, show: bool):
-    """One line per long step on stderr (key generation, server preparation), with its duration."""
+def step(what: str, show: bool, after: float = 1.0):
+    """Say on stderr when a step (key generation, server preparation) runs longer than `after` seconds,
+    and then how long it took; quick steps and early errors print nothing (errors stay one line)."""
     if not show:
         yield
         return
-    print(f"privinfer: {what} ...", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    yield
-    print(f"privinfer: {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    t0, said = time.perf_counter(), threading.Event()
+
+    def say():
+        print(f"privinfer: {what} ...", file=sys.stderr, flush=True)
+        said.set()
+
+    timer = threading.Timer(after, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+    if said.is_set():
+        print(f"privinfer: {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
 def warn_if_not_private(privacy: dict, protocol: str) -> None:
