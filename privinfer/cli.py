@@ -40,7 +40,7 @@ def load_model_arg(spec: str):
         from .model.ir import load_graph
         return load_graph(spec)
     from . import zoo
-    return zoo.load_model(spec)
+    return zoo.load_model(spec, progress=True)  # a network not shipped is trained first: show it
 
 
 def _protocol_banner(srv) -> str:
