@@ -33,7 +33,8 @@ def load_input(path: str, shape: tuple[int, ...], *, invert: bool = False) -> tu
         steps = [f"{arr.dtype} array {tuple(arr.shape)}", "used as is (no scaling)"]
         arr = arr.astype(np.float64)
         if invert:
-            arr, _ = 1.0 - arr, steps.append("inverted (1 - x)")
+            arr = 1.0 - arr
+            steps.append("inverted (1 - x)")
         return arr, f"input {p.name}: " + ", ".join(steps)
     from PIL import Image, UnidentifiedImageError
     try:

@@ -13,7 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 CLI = [sys.executable, "-m", "privinfer"]
-ENV = None  # inherit PYTHONPATH: the tested privinfer is the one the scripts import
 
 
 def section(title: str) -> list[tuple[str, str]]:

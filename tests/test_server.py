@@ -158,3 +158,16 @@ def test_progress_and_no_privacy_warning(capsys):
     with step("a quick step", True, after=5):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_serve_accepts_input_shape_for_a_conv_first_model():
+    m = tiny_model()
+    del m.input_shape
+    srv = privinfer.serve(m, "plain", input_shape=(1, 7, 7), input_range=(0, 1))
+    try:
+        with privinfer.connect(srv.host, srv.port, timeout=5, warn=False) as s:
+            assert s.input_shape == (1, 7, 7) and s.graph.input_range == (0.0, 1.0)
+            with pytest.raises(privinfer.InputRangeError):
+                s.infer(np.full((1, 7, 7), 3.0))
+    finally:
+        srv.shutdown()
