@@ -64,11 +64,12 @@ def test_ss_refuses_a_range_its_ring_cannot_hold():
 
 
 def test_he_sizes_value_bits_from_the_range_and_refuses_too_few():
-    from privinfer.protocols.he import HE
+    from privinfer.protocols.he import HE, _value_bits_for_range
     g = zoo.load_model("cryptonets-mnist")
-    assert HE(g).value_bits >= peak_bits(g)
+    assert _value_bits_for_range(g, None, explicit=False) == peak_bits(g) >= 16  # the default 10 would wrap
+    assert _value_bits_for_range(g.with_input_range(None), None, explicit=False) is None  # no range, no promise
     with pytest.raises(ParameterError, match="value_bits"):
-        HE(g, value_bits=8)
+        HE(g, value_bits=8)  # refused before any parameter is built
 
 
 def test_he_worst_inputs_in_range_decrypt_right_and_out_of_range_is_refused():
