@@ -214,7 +214,8 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="turn your torch model file into a graph file that serve reads",
                        description="privinfer compile model.pt --class mymodule:Net -o model.npz")
-    c.add_argument("model_file", help=".pt state dict (with --class) or a whole pickled module (with --trust)")
+    c.add_argument("model_file", help=".pt state dict (with --class), a TorchScript nn.Sequential, or a whole "
+                                      "pickled module (with --trust)")
     c.add_argument("-o", "--output", required=True, help="graph file to write (.npz)")
     c.add_argument("--class", dest="cls", help="module:Class that builds the model (no arguments), for a state dict")
     c.add_argument("--trust", action="store_true", help="unpickle a whole saved module (runs code: own files only)")

@@ -159,11 +159,26 @@ def test_compile_a_state_dict_and_point_to_it_from_serve(tmp_path, capsys, monke
     x = torch.rand(1, 1, 28, 28)
     np.testing.assert_allclose(run_reference(g, x.double().numpy()), m(x).detach().numpy(), atol=1e-5)
     import warnings
+    from torch import nn
+    seq = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Dropout(), nn.Flatten(), nn.Linear(2 * 7 * 7, 3))
+    seq[1].running_mean.uniform_(-1, 1)
+    seq.eval()
+
+    class Cls(nn.Module):
+        def forward(self, x):
+            return x.relu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(m), tmp_path / "net_ts.pt")
-    rc, _, err = run_main(capsys, "compile", "net_ts.pt", "--class", "mynet_cli:Net", "-o", "x.npz")
-    assert rc == 2 and "TorchScript" in err
+        torch.jit.save(torch.jit.script(seq), tmp_path / "seq_ts.pt")
+        torch.jit.save(torch.jit.script(Cls()), tmp_path / "cls_ts.pt")
+    rc, _, err = run_main(capsys, "compile", "seq_ts.pt", "--input-shape", "1", "28", "28", "-o", "ts.npz")
+    assert rc == 0, err
+    x = torch.rand(2, 1, 28, 28)
+    np.testing.assert_allclose(run_reference(load_graph(tmp_path / "ts.npz"), x.double().numpy()),
+                               seq(x).detach().numpy(), atol=1e-5)
+    rc, _, err = run_main(capsys, "compile", "cls_ts.pt", "-o", "x.npz")
+    assert rc == 2 and "TorchScript" in err and "--class" in err
 
 
 def test_bench_checks_its_arguments(capsys):
