@@ -1,6 +1,6 @@
 """privinfer: private neural-network inference (HE, 2PC, noisy offloading) on torch models."""
-from .errors import (BudgetExceededError, InputRangeError, ParameterError, PeerError, PeerResourceLimitError, PrivinferError, ProtocolError,
-                     ResourceLimitError, ShapeError, UnsupportedLayerError)
+from .errors import (BudgetExceededError, InputRangeError, ParameterError, PeerError, PeerResourceLimitError,
+                     PrivinferError, ProtocolError, ResourceLimitError, ShapeError, UnsupportedLayerError)
 from .model import Graph, compile_model, run_reference
 from .server import Server, serve
 from .session import PrivateSession, RemoteSession, connect
