@@ -53,7 +53,7 @@ from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
-from .params import HEParams, select_params, value_bits_from_data
+from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
 from .program import build_program, check_he_graph
 
 __all__ = ["HE", "CKKSContext", "HEParams", "select_params", "plan_latency", "build_program", "rerandomize"]
@@ -312,6 +312,20 @@ class _HEClient(ClientSide):
         self.ctx = None
 
 
+def _value_bits_for_range(graph: Graph, vb, explicit: bool):
+    """CKKS wraps silently past its modulus: give every value the inputs in the published range can reach
+    room. q0 holds output_scale + value_bits + 2 bits, so logits below 2^value_bits decrypt with a factor-4
+    margin; intermediates sit at higher levels with more room still (see params.py)."""
+    if graph.input_range is None:
+        return vb
+    from ...model.bounds import peak_bits
+    need = peak_bits(graph)
+    if explicit and vb < need:
+        raise ParameterError(f"value_bits={vb} is too small: inputs in {list(graph.input_range)} can reach "
+                             f"2^{need}, which would wrap; use value_bits >= {need}")
+    return max(need, vb if vb is not None else DEFAULT_VALUE_BITS)
+
+
 @register
 class HE(Protocol):
     name = "he"
@@ -331,6 +345,7 @@ class HE(Protocol):
         vb = self.options["value_bits"]
         if vb is None:
             vb = value_bits_from_data(self.program, cal) if cal is not None else None
+        vb = _value_bits_for_range(graph, vb, explicit=self.options["value_bits"] is not None)
         self.value_bits = vb
         self.flood_std = float(self.options["flood_std"])
         if not self.flood_std >= 0:
