@@ -50,3 +50,40 @@ def test_scratch_files_live_in_a_private_directory_and_never_follow_a_planted_sy
     finally:
         for p in planted:
             os.unlink(p)
+
+
+def _small_net(seed: int, scale: float = 1.0) -> Graph:
+    rng = np.random.default_rng(seed)
+    return Graph((1, 8, 8), (Conv2d(rng.normal(0, 0.3 * scale, (2, 1, 3, 3)), rng.normal(0, 0.1, 2), stride=(2, 2)),
+                             Poly((0.0, 0.0, 1.0)), Flatten(),
+                             Linear(rng.normal(0, 0.2 * scale, (4, 18)), rng.normal(0, 0.1, 4))))
+
+
+def _welcome_bytes(graph: Graph, protocol: str, options: dict) -> bytes:
+    """The WELCOME frame's payload exactly as a real server sends it over TCP."""
+    from privinfer.server import serve
+    from privinfer.transport import Channel
+    from privinfer.transport.frames import FrameType
+    import socket
+    srv = serve(graph, protocol)
+    try:
+        with Channel(socket.create_connection(("127.0.0.1", srv.port), timeout=30)) as ch:
+            ch.send_json({"protocol": protocol, "options": options}, FrameType.HELLO)
+            ftype, payload = ch.recv_frame()
+            assert ftype == FrameType.WELCOME
+            return payload
+    finally:
+        srv.shutdown()
+
+
+@pytest.mark.parametrize("protocol,options", [("he", {"packing": "latency"}),
+                                              ("he", {"packing": "batch", "batch_size": 4}),
+                                              ("plain", {})])
+def test_welcome_is_a_function_of_the_architecture_only(protocol, options):
+    a, b = _small_net(1), _small_net(2, scale=1.7)  # same architecture, other weights and magnitudes
+    wa, wb = _welcome_bytes(a, protocol, options), _welcome_bytes(b, protocol, options)
+    assert wa == wb
+    assert b"precision_bits" not in wa
+    # and the comparison can fail: another architecture gives another WELCOME
+    other = Graph((1, 8, 8), a.layers[:3] + (Linear(np.ones((3, 18)), np.zeros(3)),))
+    assert _welcome_bytes(other, protocol, options) != wa
