@@ -35,3 +35,8 @@ class BudgetExceededError(PrivinferError):
 
 class ResourceLimitError(ProtocolError):
     """A request exceeds a configured limit (batch size, sessions, frame size)."""
+
+
+class QueryLimitError(ResourceLimitError):
+    """A session asked for more replies than the server's per-key query cap (he circuit-private mode: the
+    flood's statistical margin is sized for at most that many replies under one key)."""

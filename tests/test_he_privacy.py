@@ -87,3 +87,90 @@ def test_welcome_is_a_function_of_the_architecture_only(protocol, options):
     # and the comparison can fail: another architecture gives another WELCOME
     other = Graph((1, 8, 8), a.layers[:3] + (Linear(np.ones((3, 18)), np.zeros(3)),))
     assert _welcome_bytes(other, protocol, options) != wa
+
+
+# --- circuit privacy: the averaging attack (issue 9, section 1) -------------------------------------------
+def _wide_net() -> Graph:
+    """CryptoNets' shape, smaller: conv 5 maps -> x^2 -> linear 100 -> x^2 -> linear 10; the middle layer's
+    packing leaves partial sums in slots that the last layer's weights (and their encoding error) touch."""
+    rng = np.random.default_rng(7)
+    return Graph((1, 16, 16), (Conv2d(rng.normal(0, 0.4, (5, 1, 5, 5)), rng.normal(0, 0.1, 5), stride=(2, 2)),
+                               Poly((0.0, 0.0, 1.0)), Flatten(),
+                               Linear(rng.normal(0, 0.1, (100, 180)), rng.normal(0, 0.1, 100)),
+                               Poly((0.0, 0.0, 1.0)),
+                               Linear(rng.normal(0, 0.3, (10, 100)), rng.normal(0, 0.1, 10))))
+
+
+class _Oracle:
+    """The server's evaluation path (`_HEServer.query`: compiled plan, mask, re-randomization, flood) for one
+    client key, in process: the attack needs ~100 replies, the TCP path is tested elsewhere. `legacy=True`
+    compiles the plan without the output mask, as privinfer did before issue 9 (the control arm)."""
+
+    def __init__(self, graph: Graph, mode: str, legacy: bool = False, **options):
+        from privinfer.protocols.he import HE, _KeyedContext
+        from privinfer.protocols.he.latency import CompiledPlan, NumpyBackend, SealBackend, client_vectors
+        self.he = HE(graph, circuit_privacy=mode, **options)
+        p, plan = self.he.latency_params, self.he.plan
+        self.compiled = self.he.compiled
+        if legacy:
+            self.compiled = CompiledPlan(plan, self.he.program, SealBackend(self.he.ctx),
+                                         input_scale=2.0 ** p.input_scale_bits, drop_primes=self.he.ctx.drop_primes,
+                                         scale_bits=p.scale_bits, output_scale_bits=p.output_scale_bits)
+        self.client = hectx.CKKSContext.create(p, plan.rotation_steps)
+        self.server = _KeyedContext(self.he.ctx)
+        self.server.load_public(self.client.public_blobs(), plan.rotation_steps)
+        self.scale = 2.0 ** p.input_scale_bits
+        self.vectors = lambda x: client_vectors(plan, x)
+        # what the client can compute without the weights: the slot layout of the logits (copies and exact
+        # zeros of the plan, filled from f(x)), times the public 0/1 mask as encoded (its encoding error)
+        self.exact = lambda x: CompiledPlan(plan, self.he.program, NumpyBackend(plan.slots)).evaluate(
+            list(self.vectors(x)))
+        last = self.compiled.items[-1]
+        self.mask = 1.0 if legacy else np.asarray(self.client.encoder.decode_double(last.const))
+
+    def public(self, x) -> np.ndarray:
+        return self.exact(x) * self.mask
+
+    def reply(self, x, flood: bool = True) -> np.ndarray:
+        """Every slot the client decrypts (logits and masked slots), one fresh encryption of `x`."""
+        from privinfer.protocols.he import rerandomize
+        from privinfer.protocols.he.latency import SealBackend
+        cts = [self.server.ct_from_bytes(self.client.encrypt(v, self.scale), level=0) for v in self.vectors(x)]
+        out = self.compiled.evaluate(cts, backend=SealBackend(self.server))
+        rerandomize(self.server, out, self.he.policy.flood_std if flood else 0.0)
+        return self.client.decrypt(self.server.ct_to_bytes(out))
+
+
+def _corr(a, b) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+@pytest.mark.parametrize("mode,options", [("flood", {}), ("fast", {"legacy": True})],
+                         ids=["circuit-private", "control-pre-issue-server"])
+def test_averaging_attack_on_the_weights_evaluation_error(mode, options):
+    """What the attacker wants: the evaluation error d(x, W) = E[reply] - public(x) over every slot it
+    decrypts, where public(x) is what it can compute from the network's output alone (the logits f(x) in
+    their slots, exact zeros elsewhere, times the public mask). d is a function of the weights beyond f(x):
+    issue 9 found it in the non-logit slots at 2^-10, moving with a 1e-6 change of one weight. The attacker
+    here has more than a real one: the exact plaintext output f(x). Its estimate of d from k replies to one
+    input is mean(replies) - public(x). The judge knows the weights: it gets the noise-free d by averaging 8
+    replies of the very same server computation *without the flood* (the random part averages out).
+    Circuit-private mode: 64 replies must be no better than one (correlation with d within the statistical
+    tolerance). The control arm is the pre-issue server (no output mask, the old 2^-11 flood): the attack
+    must succeed there, so the test can fail. (~40 replies a second at N=8192 on one core.)"""
+    g = _wide_net()
+    x = np.random.default_rng(3).random((1, 16, 16))
+    o = _Oracle(g, mode, **options)
+    public = o.public(x)
+    d = np.mean([o.reply(x, flood=False) for _ in range(8)], axis=0) - public    # judge's noise-free d
+    replies = np.array([o.reply(x) for _ in range(64)]) - public
+    one = _corr(replies[0], d)
+    avg = _corr(replies.mean(axis=0), d)
+    tol = 4.0 / np.sqrt(len(d))                        # 4 sigma of a correlation of n independent pairs
+    if mode == "flood":
+        assert avg <= one + tol and abs(avg) <= tol, (one, avg)
+        # and the flood did not cost the answer: the logits are within 5 flood stds
+        assert np.abs(replies[0][o.he.plan.output_slots()]).max() <= 5 * o.he.policy.flood_std + 1e-3
+    else:
+        assert avg > 0.7 and avg > one + tol, (one, avg)  # the attack works: averaging recovers d

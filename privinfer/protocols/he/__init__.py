@@ -47,18 +47,18 @@ import threading
 
 import numpy as np
 
-from ...errors import ParameterError, PrivinferError, ProtocolError, ResourceLimitError, ShapeError
+from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitError, ResourceLimitError, ShapeError
 from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
 from .params import HEParams, select_params, value_bits_from_data
+from .privacy import CIRCUIT_PRIVACY_MODES, FloodPolicy
 from .program import build_program, check_he_graph
 
 __all__ = ["HE", "CKKSContext", "HEParams", "select_params", "plan_latency", "build_program", "rerandomize"]
 
-DEFAULT_FLOOD_STD = 2.0 ** -11
 PACKINGS = ("latency", "batch")
 
 
@@ -152,6 +152,7 @@ class _HEServer(ServerSide):
     def __init__(self, proto: "HE", packing: str, batch_size):
         self.proto, self.packing = proto, packing
         self.ctx: _KeyedContext | None = None
+        self.answered = 0  # replies (images) given under this session's key: the flood is sized for a cap
         if packing == "latency":
             self.params, self.steps = proto.latency_params, proto.plan.rotation_steps
         else:
@@ -163,8 +164,8 @@ class _HEServer(ServerSide):
 
     def welcome(self) -> dict:
         info = {"packing": self.packing, "params": self.params.to_json(), "rotation_steps": list(self.steps),
-                "flood_std": self.proto.flood_std, "out_dim": int(np.prod(self.proto.graph.output_shape)),
-                "max_batch": self.max_batch}
+                "flood_std": self.proto.policy.flood_std, "out_dim": int(np.prod(self.proto.graph.output_shape)),
+                "max_batch": self.max_batch, "circuit_privacy": self.proto.policy.to_json()}
         if self.packing == "latency":
             info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct)
         return info
@@ -192,8 +193,15 @@ class _HEServer(ServerSide):
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {self.max_batch} "
                                      f"({self.packing} packing)")
         blobs = ch.recv_blobs()
+        cap = self.proto.policy.max_queries
+        if cap is not None and self.answered + B > cap:
+            raise QueryLimitError(f"this session has had {self.answered} replies; {B} more exceed the cap of {cap} "
+                                  f"per key that the flood's statistical margin is sized for (open a new session: "
+                                  f"a fresh key)")
+        self.answered += B
         if self.packing == "batch":
-            out = self.batch.server_evaluate(self.ctx, self.proto.graph, blobs, B)
+            # every slot past the images the client paid for is masked: a one-image query returns one answer
+            out = self.batch.server_evaluate(self.ctx, self.proto.graph, blobs, B, mask_unused=True)
             ch.send_blobs([self._finish(b) for b in out])
             return
         n_ct = self.proto.plan.input.n_ct
@@ -211,13 +219,13 @@ class _HEServer(ServerSide):
                                         f"{self.params.input_scale_bits}")
                 cts.append(ct)
             out = self.proto.compiled.evaluate(cts, backend=backend)
-            rerandomize(self.ctx, out, self.proto.flood_std)
+            rerandomize(self.ctx, out, self.proto.policy.flood_std)
             results.append(self.ctx.ct_to_bytes(out))
         ch.send_blobs(results)
 
     def _finish(self, blob: bytes) -> bytes:
         ct = self.view.ct_from_bytes(blob, "batch result")
-        return self.view.ct_to_bytes(rerandomize(self.view, ct, self.proto.flood_std))
+        return self.view.ct_to_bytes(rerandomize(self.view, ct, self.proto.policy.flood_std))
 
     def close(self) -> None:
         self.ctx = None
@@ -230,6 +238,7 @@ class _HEClient(ClientSide):
             self.params = HEParams.from_json(welcome["params"])
             self.steps = [int(s) for s in welcome["rotation_steps"]]
             self.flood_std = float(welcome.get("flood_std", 0.0))
+            self.policy = FloodPolicy.from_json(welcome["circuit_privacy"])
             self.out_dim = int(welcome["out_dim"])
             self.max_batch = int(welcome.get("max_batch", 1))
         except (KeyError, TypeError, ValueError) as e:
@@ -250,12 +259,18 @@ class _HEClient(ClientSide):
             if sorted(self.steps) != sorted(int(s) for s in self.batch.rotation_steps(graph)):
                 raise ProtocolError("the server asks for rotation keys the batch engine does not use")
         self.ctx: CKKSContext | None = None
+        self.answered = 0
 
     def query_meta(self, x: np.ndarray) -> dict:
         B = int(x.shape[0])
         limit = self.max_batch if self.packing == "latency" else self.params.slots
         if B > limit:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {limit} ({self.packing} packing)")
+        cap = self.policy.max_queries
+        if cap is not None and self.answered + B > cap:
+            raise QueryLimitError(f"{self.answered} replies so far; {B} more exceed the server's cap of {cap} per "
+                                  f"key (circuit-private mode); open a new session")
+        self.answered += B
         return {"batch": B}
 
     def setup(self, ch: Channel) -> None:
@@ -286,26 +301,15 @@ class _HEClient(ClientSide):
 
     def privacy(self) -> dict:
         p = self.params
-        out = {"protocol": "he", "guarantee": "cryptographic-input-only", "scheme": "CKKS (approximate arithmetic)", "security_bits": p.security_bits,
+        out = {"protocol": "he", "scheme": "CKKS (approximate arithmetic)", "security_bits": p.security_bits,
                "poly_modulus_degree": p.N, "coeff_modulus_bits": p.total_bits, "packing": self.packing,
-               "input_private": True, "model_private": True, "architecture_public": True,
+               "input_private": True, "architecture_public": True,
                "threat_model": "semi-honest server and client",
                "secret_key_location": "client only",
                "galois_keys_sent": len(self.steps),
                "output_rerandomized": True,
-               "flood_std": self.flood_std}
-        if self.flood_std > 0:
-            t_out = p.output_scale_bits or p.scale_bits
-            # evaluation error of this evaluator, measured on the zoo networks (logits up to ~100): about
-            # 2^-(scale_bits - 16) in value units; an estimate, not a bound
-            noise = 2.0 ** -(p.scale_bits - 16)
-            out.update(noise_flood_bits=round(math.log2(self.flood_std) + t_out, 1),
-                       evaluation_noise_bits_estimate=round(math.log2(noise) + t_out, 1),
-                       flood_margin_bits_estimate=round(math.log2(self.flood_std / noise), 1))
-        out["not_protected"] = ["architecture (layer kinds, shapes, activation coefficients)",
-                                "CKKS approximation error in the logits",
-                                "statistical hiding of evaluation noise only by the flood margin (not IND-CPA-D)",
-                                "what the logits themselves reveal (model extraction over many queries)"]
+               "non_logit_slots_masked": True}
+        out.update(self.policy.report(p))
         return out
 
     def close(self) -> None:
@@ -316,7 +320,8 @@ class _HEClient(ClientSide):
 class HE(Protocol):
     name = "he"
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
-    server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": DEFAULT_FLOOD_STD}
+    server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": None,
+                      "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30}
     client_options = {"packing": "latency", "batch_size": None}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
@@ -332,9 +337,9 @@ class HE(Protocol):
         if vb is None:
             vb = value_bits_from_data(self.program, cal) if cal is not None else None
         self.value_bits = vb
-        self.flood_std = float(self.options["flood_std"])
-        if not self.flood_std >= 0:
-            raise ParameterError(f"flood_std must be >= 0, got {self.flood_std}")
+        o = self.options
+        self.policy = FloodPolicy.make(o["circuit_privacy"], o["flood_std"], o["max_queries"], o["statistical_security"])
+        self.flood_std = self.policy.flood_std
         self._lock = threading.Lock()
         self._latency = None
         self._batch_params: dict[int, HEParams] = {}
@@ -343,12 +348,14 @@ class HE(Protocol):
     def _build_latency(self):
         with self._lock:
             if self._latency is None:
-                params = select_params(self.program, "latency", value_bits=self.value_bits)
+                params = select_params(self.program, "latency", value_bits=self.value_bits, mask=True,
+                                       flood=self.policy.mode == "flood")
                 plan = plan_latency(self.program, params.slots)
                 ctx = CKKSContext.for_params(params)
                 compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
-                                        scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits)
+                                        scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits,
+                                        mask=True)
                 self._latency = (params, plan, ctx, compiled)
         return self._latency
 

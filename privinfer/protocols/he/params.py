@@ -52,6 +52,13 @@ DEFAULT_VALUE_BITS = 10
 #: the zoo networks the weights' encoding error matters as much as the rescale noise, so: equal
 WEIGHT_BITS_BELOW_SCALE = 0
 MIN_WEIGHT_BITS = 20
+#: bits of the 0/1 output mask in circuit-private mode (latency packing; fast mode uses the smallest prime):
+#: its encoding error, ~2^-(bits - 5) relative, is what is left of a masked slot's value; a logit is multiplied
+#: by (1 + that error), a function of the logit only
+MASK_BITS = 30
+#: circuit-private mode: the smallest scale the parameter search accepts (precision is what the flood margin
+#: is measured against; N grows to 16384 where the network needs it)
+FLOOD_MIN_SCALE_BITS = 28
 
 
 def _min_prime_bits(N: int) -> int:
@@ -122,9 +129,14 @@ class HEParams:
 
 
 # --- latency chain --------------------------------------------------------------------------------
-def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: int, hi: int | None = None):
+def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: int, hi: int | None = None,
+                   mask_bits: int = 0):
     """(data primes in coeff-modulus order [q0, ..., first dropped], output bits) or None if infeasible."""
     lo, hi = _min_prime_bits(N), (hi or MAX_DATA_PRIME_BITS)
+    mask = bool(structure) and structure[-1] == "mask"
+    if mask:  # a trailing 0/1 mask: one more prime, of the mask's bits, dropped after the last segment
+        structure = structure[:-1]
+        mb = min(hi, max(lo, mask_bits))
     last = max(i for i, op in enumerate(structure) if op == "lin")
     s = t_in
     drops: list[int] = []
@@ -152,6 +164,8 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
             s = s + t
     if last != len(structure) - 1:  # pragma: no cover - programs always end with a segment
         return None
+    if mask:
+        drops.append(mb)
     q0 = t_out + vb + 2
     data = [q0] + drops[::-1]
     if any(not lo <= b <= hi for b in data):
@@ -177,6 +191,8 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
             remaining -= drops[idx]
             idx += 1
             s = s + t
+    if mask and s + mb + vb + 1 > remaining:
+        return None
     return data, t_out
 
 
@@ -238,17 +254,17 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
     return first.kind == "diag" and bool(first.babies() and max(first.babies()) > 0)
 
 
-def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None):
+def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None, mask_bits=0):
     w_below = WEIGHT_BITS_BELOW_SCALE if w_below is None else w_below
     hi = MAX_PRIME_BITS - margin
     for t in range(max_t, min_t - 1, -1):
         w = max(MIN_WEIGHT_BITS, t - w_below)
-        got = _latency_chain(structure, N, t, w, t, vb, hi)
+        got = _latency_chain(structure, N, t, w, t, vb, hi, mask_bits)
         if got is None or sum(_with_special(got[0], margin)) > MAX_BITS_128[N]:
             continue
         t_in = t
         for extra in range(1, 9):  # leftover bits: a finer client input scale
-            g2 = _latency_chain(structure, N, t, w, t + extra, vb, hi)
+            g2 = _latency_chain(structure, N, t, w, t + extra, vb, hi, mask_bits)
             if g2 is None or sum(_with_special(g2[0], margin)) > MAX_BITS_128[N]:
                 break
             got, t_in = g2, t + extra
@@ -256,7 +272,8 @@ def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None):
         p = HEParams(N=N, coeff_mod_bit_sizes=tuple(_with_special(data, margin)), scale_bits=t, depth=depth,
                      slots=N // 2, packing="latency", input_scale_bits=t_in, weight_bits=w,
                      output_scale_bits=t_out, value_bits=vb, batch=1,
-                     notes={"structure": structure, "special_margin_bits": margin})
+                     notes={"structure": structure, "special_margin_bits": margin,
+                            **({"mask_bits": int(min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
         p.validate()
         return p
     return None
@@ -264,12 +281,23 @@ def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None):
 
 def select_params(graph, packing: str = "latency", value_bits: int | None = None, batch: int = 1, *,
                   calibration=None, max_scale_bits: int = DEFAULT_MAX_SCALE_BITS,
-                  min_scale_bits: int = DEFAULT_MIN_SCALE_BITS, min_N: int = 4096) -> HEParams:
+                  min_scale_bits: int = DEFAULT_MIN_SCALE_BITS, min_N: int = 4096, mask: bool = False,
+                  flood: bool = False, _flood_retry: bool = False) -> HEParams:
     """Choose CKKS parameters for `graph` (an IR Graph or an HE Program) under `packing`.
 
     `value_bits`: integer bits of the largest intermediate value (else from `calibration` data, else 10).
+    `mask` (latency): budget one more level for the 0/1 mask that zeroes every slot but the logits.
+    `flood` (latency): circuit-private mode; insist on scales >= FLOOD_MIN_SCALE_BITS (a larger ring where
+    needed), falling back to the usual range when even N=32768 cannot hold them.
     Raises ParameterError when the network is too deep for the largest 128-bit parameters.
     """
+    if flood and packing == "latency" and min_scale_bits < FLOOD_MIN_SCALE_BITS and not _flood_retry:
+        try:
+            return select_params(graph, packing, value_bits, batch, calibration=calibration,
+                                 max_scale_bits=max(max_scale_bits, FLOOD_MIN_SCALE_BITS),
+                                 min_scale_bits=FLOOD_MIN_SCALE_BITS, min_N=min_N, mask=mask, flood=True, _flood_retry=True)
+        except ParameterError:
+            pass
     if packing not in ("latency", "batch"):
         raise ParameterError(f"packing must be 'latency' or 'batch', got {packing!r}")
     if value_bits is None:
@@ -278,17 +306,18 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     if packing == "batch":
         return _select_batch(graph, batch, vb, max_scale_bits, min_scale_bits, min_N)
     prog = program_of(graph)
-    structure = prog.structure()
+    structure = prog.structure() + (["mask"] if mask else [])
     depth = sum(1 for op in structure if op != "sq")
     need_slots = _next_pow2(prog.max_dim())
     for N in RING_DEGREES:
         if N < min_N or N // 2 < need_slots:
             continue
-        if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth) is None and \
-                _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth) is None:
+        mb = (MASK_BITS if flood else _min_prime_bits(N)) if mask else 0
+        if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb) is None \
+                and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb) is None:
             continue  # too deep for this ring whatever the plan: no need to plan
         margin = SPECIAL_MARGIN_BITS if _rotates_at_low_scale(prog, N // 2) else 0
-        p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth)
+        p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb)
         if p is not None:
             return p
     if need_slots > RING_DEGREES[-1] // 2:
