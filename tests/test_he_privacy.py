@@ -174,3 +174,61 @@ def test_averaging_attack_on_the_weights_evaluation_error(mode, options):
         assert np.abs(replies[0][o.he.plan.output_slots()]).max() <= 5 * o.he.policy.flood_std + 1e-3
     else:
         assert avg > 0.7 and avg > one + tol, (one, avg)  # the attack works: averaging recovers d
+
+
+def test_circuit_private_is_the_default_caps_queries_per_key_and_reports_its_margin():
+    import privinfer
+    from privinfer.errors import PeerError, QueryLimitError
+    g = _small_net(1)
+    srv = privinfer.serve(g, "he", max_queries=3)          # circuit_privacy="flood" by default
+    try:
+        x = np.random.default_rng(0).random((2, 1, 8, 8))
+        with privinfer.connect("127.0.0.1", srv.port, "he") as s:
+            got = s.infer(x)
+            priv = s.stats.privacy
+            with pytest.raises(QueryLimitError):            # 2 + 2 > 3: refused by the client, typed
+                s.infer(x)
+        from privinfer.model.reference import run_reference
+        assert np.abs(got - run_reference(g, x)).max() <= 5 * priv["flood_std"] + 1e-3
+        assert priv["circuit_privacy"] == "flood" and priv["max_queries_per_key"] == 3
+        assert priv["flood_std"] == 2.0 ** -5 and priv["non_logit_slots_masked"]
+        assert priv["flood_margin_bits"] > 0 and "statistical_security_bits" in priv
+        # the guarantee says "cryptographic" only when the achieved figure reaches the target
+        want = "cryptographic" if priv["statistical_security_bits"] >= 30 else "cryptographic-input-only"
+        assert priv["guarantee"] == want
+        # the server enforces the cap too, whatever the client does (a session that skips its own check)
+        with privinfer.connect("127.0.0.1", srv.port, "he") as s:
+            s.client.policy = type(s.client.policy).make("fast")   # a client that ignores the cap
+            s.infer(x)
+            with pytest.raises(PeerError, match="QueryLimitError"):
+                s.infer(x)
+    finally:
+        srv.shutdown()
+
+
+def test_batch_packing_answers_only_the_images_paid_for():
+    """A one-image batch query: every other slot of every result is masked (mask_unused), so the client
+    decrypts one answer and noise, not the model applied to 4095 more inputs."""
+    from privinfer.protocols.he import batch as hb
+    g = _small_net(1)
+    x = np.random.default_rng(0).random((1, 1, 8, 8))
+    # the server's evaluation (as _HEServer.query calls it), looking at every slot of the results
+    from privinfer.protocols.he import HE, _load_public_tenseal
+    he = HE(g, circuit_privacy="fast")
+    params = he.batch_params(1)
+    ctx = hb.make_context(params.N, list(params.coeff_mod_bit_sizes), params.scale_bits)
+    pub = _load_public_tenseal(ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+                                             save_relin_keys=True), params)
+    blobs = hb.client_encrypt(ctx, x)
+    from privinfer.protocols.he import batch_rns as rns
+    kit = rns.get_kit(ctx)
+    for masked in (True, False):
+        out = hb.server_evaluate(pub, g, blobs, 1, mask_unused=masked)
+        import tenseal.sealapi as seal
+        pt = seal.Plaintext()
+        kit.decryptor.decrypt(rns.load_ciphertext(kit, out[0], "r"), pt)
+        rest = np.abs(np.asarray(kit.encoder.decode_double(pt))[1:]).max()
+        if masked:
+            assert rest < 1e-2, rest
+        else:
+            assert rest > 1e-2  # control: without the mask the other slots hold f(0), the model's bias path

@@ -20,20 +20,23 @@ What is protected, precisely
   anything else: `security_bits = 128`). The server sees ciphertexts, their count and sizes only.
 * Keys: the server receives the public key, the relinearization key and Galois keys for the rotation steps its
   plan uses (powers of two), never the secret key (a test searches the client's traffic for it).
-* Model: the weights stay on the server. Before a result leaves, the server (a) adds a fresh public-key
-  encryption of zero (re-randomization: the ciphertext no longer depends on the evaluation's randomness
-  structure), (b) adds Gaussian noise of standard deviation `flood_std` (default 2^-11, in logit units) to
-  every slot, real and imaginary parts (noise flooding), and (c) leaves every slot other than the logits at
-  an exact zero or a copy of a logit: the last layer's diagonals and fold are chosen so that no partial sum
-  lands anywhere else (the effect of a 0/1 mask without spending a level). `privacy()` reports the flooding
-  in bits together with an estimate of the evaluation noise it must hide.
+* Model: the weights stay on the server. Before a result leaves, the server (a) multiplies it by a 0/1
+  plaintext that keeps one copy of each logit and zeroes every other slot (latency: one extra level; batch:
+  `mask_unused`, every slot past the batch the client sent), so what those slots held -- partial sums times
+  the weights' encoding error, 2^-10 on cryptonets-mnist before issue 9, moving with a 1e-6 change of one
+  weight -- is gone down to the mask's own encoding error; (b) adds a fresh public-key encryption of zero
+  (re-randomization); (c) adds Gaussian noise of `flood_std` to every slot, real and imaginary parts (noise
+  flooding). How large the flood is, and what it buys, is the `circuit_privacy` policy (`privacy.py`):
+  "flood" (default: 2^-5 logit units on high-precision parameters, at most `max_queries` replies per key)
+  or "fast" (2^-11, smallest parameters, no cap). `stats.privacy` reports the flood's margin over the
+  estimated evaluation error and the statistical security it gives for the query cap; the guarantee is
+  "cryptographic" only where that reaches the target (30 bits), which the zoo networks do not: the margin
+  the flood can have while the argmax survives is ~7 bits (see privacy.py).
 * NOT protected: the architecture (layer kinds, shapes, polynomial coefficients of the activations) is public
-  and sent in WELCOME; CKKS is approximate, so the logits carry an error (~1e-4 relative plus the flood) and
-  the flood hides the server's evaluation noise only statistically, by a margin of a few bits, not the
-  40+ bits a formal IND-CPA-D / circuit-privacy argument would need (Li-Micciancio 2021); the model is
-  exposed to whatever the logits themselves reveal (model extraction by many queries is out of scope). The
-  threat model is semi-honest: a malicious server could compute a different function; a malicious client
-  could send malformed keys (rejected with typed errors) but nothing stops it from querying.
+  and sent in WELCOME; CKKS is approximate, so the logits carry an error plus the flood; the model is exposed
+  to whatever the logits themselves reveal (model extraction by many queries is out of scope), and to
+  averaging across sessions (the cap is per key). The threat model is semi-honest: a malicious server could
+  compute a different function; a malicious client could send malformed keys (rejected with typed errors).
 
 Packings: `packing="latency"` (default; `latency.py`: one image per query, any number of convolutions and
 linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, up to N/2 images).
