@@ -30,13 +30,13 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import weakref
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ...errors import ParameterError, ResourceLimitError
 from ...model.ir import Graph
+from .privacy import public_standin
 from .program import Activation, Affine, Program, build_program
 
 MAX_BITS_128 = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -351,36 +351,6 @@ def batch_depth(graph: Graph) -> int:
     return max(d, 1)
 
 
-def public_standin(graph: Graph) -> Graph:
-    """The architecture of `graph` with weights that depend on nothing secret (cached per graph).
-
-    Why: the batch engine's chain search scores candidate chains by overflow bounds computed from weights,
-    and the chain it picks is published in WELCOME. Searching on this stand-in -- every weight
-    +-1/sqrt(fan-in) with signs from a fixed seed, biases 0.1 -- makes the published parameters a function
-    of the architecture alone; the real weights are planned on that chain at query time (and a network
-    whose weights do not fit it fails at start-up with a ParameterError, never silently).
-    """
-    got = _standins.get(graph)
-    if got is not None:
-        return got
-    from dataclasses import replace as dc_replace
-    rng = np.random.default_rng(0x5EED)
-    layers = []
-    for layer in graph.layers:
-        if layer.kind in ("conv2d", "linear"):
-            w = np.asarray(layer.weight)
-            fan_in = int(np.prod(w.shape[1:]))
-            w2 = np.where(rng.random(w.shape) < 0.5, -1.0, 1.0) / math.sqrt(max(fan_in, 1))
-            layer = dc_replace(layer, weight=w2, bias=np.full(w.shape[0], 0.1))
-        layers.append(layer)
-    out = graph.replace(layers, graph.names)
-    _standins[graph] = out
-    return out
-
-
-_standins: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def _select_batch(graph, batch: int, vb: int, max_t: int, min_t: int, min_N: int) -> HEParams:
     if not isinstance(graph, Graph):
         raise ParameterError("batch packing parameters need the IR graph")
@@ -401,7 +371,7 @@ def _select_batch(graph, batch: int, vb: int, max_t: int, min_t: int, min_N: int
             if N < min_N or N // 2 < batch:
                 continue
             try:
-                got = suggest(public_standin(graph), N)
+                got = suggest(public_standin(graph), N)  # the chain is published: architecture only
             except ParameterError:
                 continue
             bits = tuple(int(b) for b in got["coeff_bits"])
