@@ -36,7 +36,6 @@ import numpy as np
 
 from ...errors import ParameterError, ResourceLimitError
 from ...model.ir import Graph
-from .privacy import public_standin
 from .program import Activation, Affine, Program, build_program
 
 MAX_BITS_128 = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -52,6 +51,8 @@ DEFAULT_VALUE_BITS = 10
 #: the zoo networks the weights' encoding error matters as much as the rescale noise, so: equal
 WEIGHT_BITS_BELOW_SCALE = 0
 MIN_WEIGHT_BITS = 20
+#: batch packing: a ring whose best chain leaves less weight precision than this is skipped for a larger one
+BATCH_MIN_PRECISION_BITS = 12
 #: bits of the 0/1 output mask in circuit-private mode (latency packing; fast mode uses the smallest prime):
 #: its encoding error, ~2^-(bits - 5) relative, is what is left of a masked slot's value; a logit is multiplied
 #: by (1 + that error), a function of the logit only
@@ -371,16 +372,18 @@ def _select_batch(graph, batch: int, vb: int, max_t: int, min_t: int, min_N: int
             if N < min_N or N // 2 < batch:
                 continue
             try:
-                got = suggest(public_standin(graph), N)  # the chain is published: architecture only
+                # NB: the chain is chosen for these weights' bounds and published in WELCOME (a few bits about
+                # their magnitudes); a weight-free search left too little precision (see notes/he-privacy.md)
+                got = suggest(graph, N)
             except ParameterError:
                 continue
             bits = tuple(int(b) for b in got["coeff_bits"])
-            if sum(bits) > MAX_BITS_128[N]:
-                continue
+            if sum(bits) > MAX_BITS_128[N] or float(got.get("precision_bits", 0.0)) < BATCH_MIN_PRECISION_BITS:
+                continue  # (the output mask costs 24 bits: a small ring may be left with too little precision)
             p = HEParams(N=N, coeff_mod_bit_sizes=bits, scale_bits=int(got["scale_bits"]), depth=d,
                          slots=N // 2, packing="batch", input_scale_bits=int(got["scale_bits"]),
                          weight_bits=0, output_scale_bits=0, value_bits=vb, batch=batch,
-                         notes={"chain_from": "architecture"})
+                         notes={})
             p.validate()
             return p
     for N in RING_DEGREES:

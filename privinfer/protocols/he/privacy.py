@@ -2,8 +2,7 @@
 
 Why a module of its own: the flood's size, the query cap it is sized for and the statistical margin it buys are
 one policy, chosen by the server operator, sent to the client in WELCOME (they are public: configuration, never
-derived from the weights) and reported in `stats.privacy`. Both packings use it. `public_standin` serves the same rule for WELCOME: the batch
-engine's published chain is searched on weights that depend on nothing secret.
+derived from the weights) and reported in `stats.privacy`. Both packings use it.
 
 What a reply is made of. The client decrypts, per logit slot, `f(x) + d(x, W) + e + g`: the network's output,
 a deterministic CKKS approximation error (plaintext encoding of the weights, rescale rounding), a random error
@@ -38,14 +37,9 @@ only a per-client rate limit at the deployment can bound that.
 from __future__ import annotations
 
 import math
-import weakref
-from dataclasses import replace as dc_replace
 from dataclasses import dataclass
 
-import numpy as np
-
 from ...errors import ParameterError, ProtocolError
-from ...model.ir import Graph
 
 CIRCUIT_PRIVACY_MODES = ("flood", "fast")
 FAST_FLOOD_STD = 2.0 ** -11
@@ -132,31 +126,3 @@ class FloodPolicy:
             out["not_protected"].append("averaging across sessions: the query cap is per key")
         return out
 
-
-_standins: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def public_standin(graph: Graph) -> Graph:
-    """The architecture of `graph` with weights that depend on nothing secret (cached per graph).
-
-    Why: the batch engine's chain search scores candidate chains by overflow bounds computed from weights,
-    and the chain it picks is published in WELCOME. Searching on this stand-in -- every weight
-    +-1/sqrt(fan-in) with signs from a fixed seed, biases 0.1 -- makes the published parameters a function
-    of the architecture alone; the real weights are planned on that chain at query time (a network whose
-    weights do not fit it gets a ParameterError from the planner on its first query, never a wrong answer).
-    """
-    got = _standins.get(graph)
-    if got is not None:
-        return got
-    rng = np.random.default_rng(0x5EED)
-    layers = []
-    for layer in graph.layers:
-        if layer.kind in ("conv2d", "linear"):
-            w = np.asarray(layer.weight)
-            fan_in = int(np.prod(w.shape[1:]))
-            w2 = np.where(rng.random(w.shape) < 0.5, -1.0, 1.0) / math.sqrt(max(fan_in, 1))
-            layer = dc_replace(layer, weight=w2, bias=np.full(w.shape[0], 0.1))
-        layers.append(layer)
-    out = graph.replace(layers, graph.names)
-    _standins[graph] = out
-    return out
