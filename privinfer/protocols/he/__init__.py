@@ -358,7 +358,8 @@ class HE(Protocol):
                 compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
                                         scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits,
-                                        mask=True)
+                                        mask=True, mask_bits=params.notes.get("mask_bits")
+                                        if params.notes.get("structure", [""])[-1] == "mask0" else None)
                 self._latency = (params, plan, ctx, compiled)
         return self._latency
 

@@ -538,7 +538,7 @@ class CompiledPlan:
     """
 
     def __init__(self, plan: LatencyPlan, prog: Program, backend, *, input_scale=1.0, drop_primes=None,
-                 scale_bits=None, output_scale_bits=None, mask: bool = False):
+                 scale_bits=None, output_scale_bits=None, mask: bool = False, mask_bits: int | None = None):
         self.plan, self.backend = plan, backend
         S = plan.slots
         segs = prog.segments
@@ -592,11 +592,17 @@ class CompiledPlan:
         if mask:
             # keep exactly one copy of each logit: a 0/1 plaintext at the scale of the prime the next rescale
             # drops, so the scale comes back unchanged; every other slot is multiplied by (encoding error of 0)
+            # (mask_bits given: no level -- the mask is encoded at 2^mask_bits and the scale grows by that much)
             keep = np.zeros(S)
             keep[plan.output_slots()] = 1.0
-            q = drop_primes[level] if exact else 1.0
-            self.items.append(_Compiled("mask", const=backend.encode(keep, q, level)))
-            level += 1
+            if mask_bits is None:
+                q = drop_primes[level] if exact else 1.0
+                self.items.append(_Compiled("mask", const=backend.encode(keep, q, level)))
+                level += 1
+            else:
+                q = 2.0 ** mask_bits if exact else 1.0
+                self.items.append(_Compiled("mask0", const=backend.encode(keep, q, level)))
+                s_cur *= q
         self.final_scale, self.final_level = s_cur, level
 
     def evaluate(self, cts: list, trace: list | None = None, backend=None):
@@ -610,6 +616,8 @@ class CompiledPlan:
             st = item.step
             if item.kind == "mask":
                 x = be.rescale(be.mul_plain(x, item.const))
+            elif item.kind == "mask0":
+                x = be.mul_plain(x, item.const)
             elif item.kind == "square":
                 x = be.square(x)
             elif item.kind == "cube":

@@ -53,10 +53,13 @@ WEIGHT_BITS_BELOW_SCALE = 0
 MIN_WEIGHT_BITS = 20
 #: batch packing: a ring whose best chain leaves less weight precision than this is skipped for a larger one
 BATCH_MIN_PRECISION_BITS = 12
-#: bits of the 0/1 output mask in circuit-private mode (latency packing; fast mode uses the smallest prime):
-#: its encoding error, ~2^-(bits - 5) relative, is what is left of a masked slot's value; a logit is multiplied
-#: by (1 + that error), a function of the logit only
+#: bits of the 0/1 output mask (latency packing): its encoding error, ~2^-(bits - 5) relative, is what is left
+#: of a masked slot's value; a logit is multiplied by (1 + that error), a function of the logit only.
+#: Circuit-private mode gives the mask a level (a MASK_BITS prime, rescaled away: the output scale stays
+#: large); fast mode multiplies at the last level without rescaling, paying FAST_MASK_BITS in q0 only, so
+#: the chain keeps its number of primes and the latency its cost
 MASK_BITS = 30
+FAST_MASK_BITS = 20
 #: circuit-private mode: the smallest scale the parameter search accepts (precision is what the flood margin
 #: is measured against; N grows to 16384 where the network needs it)
 FLOOD_MIN_SCALE_BITS = 28
@@ -134,8 +137,11 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
                    mask_bits: int = 0):
     """(data primes in coeff-modulus order [q0, ..., first dropped], output bits) or None if infeasible."""
     lo, hi = _min_prime_bits(N), (hi or MAX_DATA_PRIME_BITS)
-    mask = bool(structure) and structure[-1] == "mask"
-    if mask:  # a trailing 0/1 mask: one more prime, of the mask's bits, dropped after the last segment
+    mask = bool(structure) and structure[-1] == "mask"      # 0/1 mask with its own level (a prime of mb bits)
+    extra = 0
+    if bool(structure) and structure[-1] == "mask0":        # 0/1 mask in q0: mb more bits there, no level
+        structure, extra = structure[:-1], int(mask_bits)
+    if mask:
         structure = structure[:-1]
         mb = min(hi, max(lo, mask_bits))
     last = max(i for i, op in enumerate(structure) if op == "lin")
@@ -146,11 +152,11 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
     # it does not force a larger special prime (the special prime must be >= every data prime)
     cap = max([t_in + w - t] + ([t + w] if structure.count("lin") > 2 or "cube" in structure else [])
               + ([2 * t + w - t] if structure.count("lin") > 1 else []))
-    cap = max(min(hi, cap), t + vb + 2)
+    cap = max(min(hi, cap), t + vb + 2 + extra)
     for i, op in enumerate(structure):
         if op == "lin":
             if i == last:
-                t_out = min(cap - 2 - vb, hi - 2 - vb, s + w - lo)
+                t_out = min(cap - 2 - vb - extra, hi - 2 - vb - extra, s + w - lo)
                 if t_out < max(t, s + w - hi):
                     return None
                 drops.append(s + w - t_out)
@@ -167,7 +173,7 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
         return None
     if mask:
         drops.append(mb)
-    q0 = t_out + vb + 2
+    q0 = t_out + vb + 2 + extra
     data = [q0] + drops[::-1]
     if any(not lo <= b <= hi for b in data):
         return None
@@ -274,7 +280,8 @@ def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None, mas
                      slots=N // 2, packing="latency", input_scale_bits=t_in, weight_bits=w,
                      output_scale_bits=t_out, value_bits=vb, batch=1,
                      notes={"structure": structure, "special_margin_bits": margin,
-                            **({"mask_bits": int(min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
+                            **({"mask_bits": int(mask_bits if structure[-1] == "mask0" else
+                                                 min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
         p.validate()
         return p
     return None
@@ -287,7 +294,8 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     """Choose CKKS parameters for `graph` (an IR Graph or an HE Program) under `packing`.
 
     `value_bits`: integer bits of the largest intermediate value (else from `calibration` data, else 10).
-    `mask` (latency): budget one more level for the 0/1 mask that zeroes every slot but the logits.
+    `mask` (latency): budget the 0/1 mask that zeroes every slot but the logits (its own level with `flood`,
+    else FAST_MASK_BITS more in q0).
     `flood` (latency): circuit-private mode; insist on scales >= FLOOD_MIN_SCALE_BITS (a larger ring where
     needed), falling back to the usual range when even N=32768 cannot hold them.
     Raises ParameterError when the network is too deep for the largest 128-bit parameters.
@@ -307,13 +315,13 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     if packing == "batch":
         return _select_batch(graph, batch, vb, max_scale_bits, min_scale_bits, min_N)
     prog = program_of(graph)
-    structure = prog.structure() + (["mask"] if mask else [])
+    structure = prog.structure() + ([("mask" if flood else "mask0")] if mask else [])
     depth = sum(1 for op in structure if op != "sq")
     need_slots = _next_pow2(prog.max_dim())
     for N in RING_DEGREES:
         if N < min_N or N // 2 < need_slots:
             continue
-        mb = (MASK_BITS if flood else _min_prime_bits(N)) if mask else 0
+        mb = (MASK_BITS if flood else FAST_MASK_BITS) if mask else 0
         if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb) is None \
                 and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb) is None:
             continue  # too deep for this ring whatever the plan: no need to plan
