@@ -8,7 +8,8 @@ What a reply is made of. The client decrypts, per logit slot, `f(x) + d(x, W) + 
 a deterministic CKKS approximation error (plaintext encoding of the weights, rescale rounding), a random error
 (the client's encryption noise and rescale roundings, propagated through the weights) and the server's flood
 g ~ N(0, flood_std^2). Every non-logit slot is masked (multiplied by a 0/1 plaintext) before that, so it holds
-only noise of the mask's own encoding (~2^-25 of the value that was there) plus g. `d + e` depends on the
+only the mask's own encoding error times the value that was there (2^-25 of it in circuit-private mode, where
+the mask has a 30-bit level; 2^-15 in fast mode, where it costs 20 bits of q0 and no level) plus g. `d + e` depends on the
 weights; it is the "evaluation error" the flood must hide. A client that asks the same question k times and
 averages divides g by sqrt(k) but not d (issue 9: the attack).
 
