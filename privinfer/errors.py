@@ -43,3 +43,8 @@ class ResourceLimitError(ProtocolError):
 
 class PeerResourceLimitError(PeerError, ResourceLimitError):
     """The peer refused a request for exceeding one of its limits (e.g. the server's max_batch)."""
+
+
+class QueryLimitError(ResourceLimitError):
+    """A session asked for more replies than the server's per-key query cap (he circuit-private mode: the
+    flood's statistical margin is sized for at most that many replies under one key)."""
