@@ -315,20 +315,23 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     if packing == "batch":
         return _select_batch(graph, batch, vb, max_scale_bits, min_scale_bits, min_N)
     prog = program_of(graph)
-    structure = prog.structure() + ([("mask" if flood else "mask0")] if mask else [])
-    depth = sum(1 for op in structure if op != "sq")
     need_slots = _next_pow2(prog.max_dim())
-    for N in RING_DEGREES:
-        if N < min_N or N // 2 < need_slots:
-            continue
-        mb = (MASK_BITS if flood else FAST_MASK_BITS) if mask else 0
-        if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb) is None \
-                and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb) is None:
-            continue  # too deep for this ring whatever the plan: no need to plan
-        margin = SPECIAL_MARGIN_BITS if _rotates_at_low_scale(prog, N // 2) else 0
-        p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb)
-        if p is not None:
-            return p
+    # fast mode puts the mask in q0 (no level); when q0 cannot also hold the values (large sound value
+    # bounds), the mask takes a level of its own, as in circuit-private mode, rather than failing
+    masks = [("mask", MASK_BITS)] if flood else [("mask0", FAST_MASK_BITS), ("mask", MASK_BITS)]
+    for mask_op, mb in (masks if mask else [(None, 0)]):
+        structure = prog.structure() + ([mask_op] if mask_op else [])
+        depth = sum(1 for op in structure if op != "sq")
+        for N in RING_DEGREES:
+            if N < min_N or N // 2 < need_slots:
+                continue
+            if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb) is None \
+                    and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb) is None:
+                continue  # too deep for this ring whatever the plan: no need to plan
+            margin = SPECIAL_MARGIN_BITS if _rotates_at_low_scale(prog, N // 2) else 0
+            p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb)
+            if p is not None:
+                return p
     if need_slots > RING_DEGREES[-1] // 2:
         raise ParameterError(f"a vector of {prog.max_dim()} values does not fit the {RING_DEGREES[-1] // 2} slots of "
                              f"the largest ring (N={RING_DEGREES[-1]}); the latency packing needs one ciphertext per vector")
