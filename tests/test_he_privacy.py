@@ -232,3 +232,25 @@ def test_batch_packing_answers_only_the_images_paid_for():
             assert rest < 1e-2, rest
         else:
             assert rest > 1e-2  # control: without the mask the other slots hold f(0), the model's bias path
+
+
+def test_scratch_dirs_of_dead_processes_are_removed(tmp_path):
+    """A process killed before its atexit hook leaves its tmpfs directory behind; the next one removes it."""
+    import subprocess
+    import sys as _sys
+
+    from privinfer.protocols.he import scratch
+    dead = subprocess.run([_sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    orphan = tmp_path / f"{scratch.PREFIX}{dead_pid}-abc"
+    orphan.mkdir()
+    (orphan / "arr.bin").write_bytes(b"x" * 1024)
+    alive = tmp_path / f"{scratch.PREFIX}{os.getpid()}-def"
+    alive.mkdir()
+    target = tmp_path / "not-ours"
+    target.mkdir()
+    link = tmp_path / f"{scratch.PREFIX}{dead_pid}-link"
+    link.symlink_to(target)
+    removed = scratch.remove_orphans(str(tmp_path))
+    assert removed == [str(orphan)] and not orphan.exists()
+    assert alive.exists() and link.is_symlink() and target.exists()

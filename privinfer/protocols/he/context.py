@@ -14,10 +14,7 @@ Attributes the batch engine may use: `params` (HEParams), `seal` (SEALContext), 
 """
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 import threading
 
 import numpy as np
@@ -25,29 +22,16 @@ import tenseal.sealapi as seal
 
 from ...errors import ParameterError, ProtocolError
 from .params import HEParams
+from .scratch import private_dir
 
 _scratch_lock = threading.Lock()
-_scratch: dict[int, str] = {}
 _counter = iter(range(1 << 62))
 
 
 def _private_dir() -> str:
-    """This process's private scratch directory (mode 0700, on tmpfs when available), made once per pid.
-
-    Why: the sealapi bindings (de)serialize only through file paths, and what passes through them is the
-    peer's keys and ciphertexts. A predictable name in a shared directory would let another local user
-    plant a symlink there (SEAL follows it and writes through it); a directory only we can enter cannot
-    hold anybody else's entries, and every file in it is created with O_EXCL | O_NOFOLLOW besides.
-    """
-    pid = os.getpid()
-    with _scratch_lock:
-        d = _scratch.get(pid)
-        if d is None:
-            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-            d = tempfile.mkdtemp(prefix="privinfer-he-", dir=base)  # 0700, unpredictable name
-            _scratch[pid] = d
-            atexit.register(shutil.rmtree, d, True)
-    return d
+    """This process's private scratch directory (see `scratch`): every file in it is created with
+    O_EXCL | O_NOFOLLOW besides."""
+    return private_dir()
 
 
 def _tmp_file() -> str:
