@@ -71,7 +71,7 @@ def cmd_serve(a) -> None:
         srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
                      max_sessions=a.max_sessions, max_batch=a.max_batch, **{**_parse_options(a.option), **_dealer_options(a)})
     rng = srv.graph.input_range
-    print(f"privinfer: serving {a.model} with protocol {a.protocol!r} on {srv.host}:{srv.port}; input "
+    print(f"privinfer: serving {a.model} with protocol {srv.protocol_cls.name!r} on {srv.host}:{srv.port}; input "
           f"{srv.graph.input_shape} in {list(rng) if rng else 'an unpublished range'}{_protocol_banner(srv)}",
           flush=True)
     try:
