@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -58,8 +59,16 @@ def load_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def cmd_serve(a) -> None:
     from .server import Server
-    srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
-                 max_sessions=a.max_sessions, max_batch=a.max_batch, **_parse_options(a.option))
+    opts = _parse_options(a.option)
+    if a.executor:
+        opts["executor"] = a.executor
+    if a.workers:  # N worker processes behind this port (privinfer.serving.workers)
+        from .serving import Supervisor
+        srv = Supervisor(load_model_arg(a.model), a.protocol, a.host, a.port, workers=a.workers,
+                         timeout=a.timeout, max_sessions=a.max_sessions, max_batch=a.max_batch, **opts)
+    else:  # 0: one process, one thread per session
+        srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
+                     max_sessions=a.max_sessions, max_batch=a.max_batch, **opts)
     print(f"privinfer: serving {a.model} with protocol {a.protocol!r} on {srv.host}:{srv.port}", flush=True)
     try:
         srv.serve_forever()
@@ -128,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=120.0, help="per-read timeout, seconds")
     s.add_argument("--max-sessions", type=int, default=16)
     s.add_argument("--max-batch", type=int, default=8192)
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes behind the port (default: the number of cores; 0: threads in one process)")
+    s.add_argument("--executor", default=None,
+                   help="he batch packing: where batch groups run: local (default), ray (a running or new local "
+                        "Ray), ray://HOST:PORT (Ray client) or HOST:PORT (a Ray cluster's GCS address)")
     s.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     s.set_defaults(func=cmd_serve)
 

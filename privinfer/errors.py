@@ -35,3 +35,7 @@ class BudgetExceededError(PrivinferError):
 
 class ResourceLimitError(ProtocolError):
     """A request exceeds a configured limit (batch size, sessions, frame size)."""
+
+
+class WorkerDied(ProtocolError):
+    """The server worker process holding a session exited (or the server shut down); the session is lost."""
