@@ -51,6 +51,7 @@ from ...errors import ParameterError, PrivinferError, ProtocolError, ResourceLim
 from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
+from . import executor as hex_
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
 from .params import HEParams, select_params, value_bits_from_data
@@ -171,7 +172,8 @@ class _HEServer(ServerSide):
 
     @property
     def max_batch(self) -> int:
-        return int(self.proto.options["max_batch"]) if self.packing == "latency" else self.params.slots
+        return int(self.proto.options["max_batch"]) if self.packing == "latency" else \
+            self.params.slots * hex_.MAX_GROUPS
 
     def setup(self, ch: Channel) -> None:
         blobs = ch.recv_blobs()
@@ -184,6 +186,7 @@ class _HEServer(ServerSide):
                 raise ProtocolError(f"expected one public TenSEAL context, got {len(blobs)} blobs")
             self.ctx = _load_public_tenseal(blobs[0], self.params)
             self.view = _TenSEALView(self.ctx)
+            self.job = self.proto.executor.open(self.ctx)  # evaluation keys go to the executor once
         ch.send_json({"ready": True})
 
     def query(self, ch: Channel, meta: dict) -> None:
@@ -193,7 +196,7 @@ class _HEServer(ServerSide):
                                      f"({self.packing} packing)")
         blobs = ch.recv_blobs()
         if self.packing == "batch":
-            out = self.batch.server_evaluate(self.ctx, self.proto.graph, blobs, B)
+            out = self.job.evaluate(self.proto.graph, blobs, B, self.params.slots)
             ch.send_blobs([self._finish(b) for b in out])
             return
         n_ct = self.proto.plan.input.n_ct
@@ -220,7 +223,9 @@ class _HEServer(ServerSide):
         return self.view.ct_to_bytes(rerandomize(self.view, ct, self.proto.flood_std))
 
     def close(self) -> None:
-        self.ctx = None
+        if getattr(self, "job", None) is not None:
+            self.job.close()
+        self.ctx = self.job = None
 
 
 class _HEClient(ClientSide):
@@ -253,7 +258,7 @@ class _HEClient(ClientSide):
 
     def query_meta(self, x: np.ndarray) -> dict:
         B = int(x.shape[0])
-        limit = self.max_batch if self.packing == "latency" else self.params.slots
+        limit = self.max_batch if self.packing == "latency" else self.params.slots * hex_.MAX_GROUPS
         if B > limit:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {limit} ({self.packing} packing)")
         return {"batch": B}
@@ -273,8 +278,8 @@ class _HEClient(ClientSide):
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         B = int(x.shape[0])
         if self.packing == "batch":
-            ch.send_blobs(self.batch.client_encrypt(self.ctx, x))
-            return np.asarray(self.batch.client_decrypt(self.ctx, ch.recv_blobs(), B, self.out_dim))
+            ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
+            return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
         scale = 2.0 ** self.params.input_scale_bits
         blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
         ch.send_blobs(blobs)
@@ -316,7 +321,8 @@ class _HEClient(ClientSide):
 class HE(Protocol):
     name = "he"
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
-    server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": DEFAULT_FLOOD_STD}
+    server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": DEFAULT_FLOOD_STD,
+                      "executor": None}  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
     client_options = {"packing": "latency", "batch_size": None}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
@@ -339,6 +345,7 @@ class HE(Protocol):
         self._latency = None
         self._batch_params: dict[int, HEParams] = {}
         self._build_latency()  # parameters, plan and plaintexts once per served model; errors surface now
+        self.executor = hex_.get_executor(self.options["executor"])
 
     def _build_latency(self):
         with self._lock:
