@@ -33,22 +33,36 @@ from privinfer.serving.load import MODELS, ServerProcess, load_average, run_phas
 
 
 def serve_and_load(protocol: str, workers: int, clients: int, duration: float, max_queries: int,
-                   model: str | None, serve_args: list[str], with_alone: bool = True) -> dict:
+                   model: str | None, serve_args: list[str], with_alone: bool = True, repeat: int = 1) -> dict:
     model = model or MODELS[protocol]
     srv = ServerProcess(protocol, model, workers, max_sessions=max(clients, 1) + 2, extra=serve_args)
     family = tree(srv.proc.pid)
+    alones, manys = [], []
     try:
-        alone = run_phase(srv, protocol, model, 1, duration, max_queries) if with_alone else None
-        many = run_phase(srv, protocol, model, clients, duration, max_queries) if clients > 1 else None
+        for _ in range(repeat):  # alternate the phases: a shared machine's load drifts between them
+            if with_alone:
+                alones.append(run_phase(srv, protocol, model, 1, duration, max_queries))
+            if clients > 1:
+                manys.append(run_phase(srv, protocol, model, clients, duration, max_queries))
     finally:
         code = srv.stop()
     time.sleep(1.0)
     left = [p for p in family if os.path.exists(f"/proc/{p}") and _not_zombie(p)]
+    alone, many = _median_phase(alones), _median_phase(manys)
     rec = {"protocol": protocol, "model": model, "workers": workers, "alone": alone, "concurrent": many,
+           "repeats": {"alone_qps": [p["throughput_qps"] for p in alones],
+                       "concurrent_qps": [p["throughput_qps"] for p in manys]},
            "server_exit_code": code, "processes_left_behind": len(left)}
     if many and alone and alone["throughput_qps"]:
         rec["speedup_vs_alone"] = round(many["throughput_qps"] / alone["throughput_qps"], 2)
     return rec
+
+
+def _median_phase(phases: list[dict]) -> dict | None:
+    """The phase with the median throughput (the figures of one real phase, not a mix)."""
+    if not phases:
+        return None
+    return sorted(phases, key=lambda p: p["throughput_qps"])[(len(phases) - 1) // 2]
 
 
 def _not_zombie(pid: int) -> bool:
@@ -117,6 +131,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
     ap.add_argument("--max-queries", type=int, default=100000, help="per client and phase")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=1, help="alternate alone/concurrent phases this many times")
     ap.add_argument("--model", default=None, help="one zoo model for every protocol (default: per protocol)")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="PROTOCOL=ARG: extra `privinfer serve` argument (repeatable), e.g. ss=--dealer=local")
@@ -133,7 +148,8 @@ def main(argv=None) -> dict:
     for proto in a.protocols:
         extra = [s.split("=", 1)[1] for s in a.serve_arg if s.startswith(proto + "=")]
         for w in a.workers:
-            rec = serve_and_load(proto, w, a.clients, a.duration, a.max_queries, a.model, extra, not a.short)
+            rec = serve_and_load(proto, w, a.clients, a.duration, a.max_queries, a.model, extra, not a.short,
+                                 a.repeat)
             report["runs"].append(rec)
             print(_line(rec), flush=True)
     if a.ray_batch:

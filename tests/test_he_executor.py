@@ -46,6 +46,7 @@ def _two_groups(g, executor):
     return got
 
 
+@pytest.mark.slow  # the Ray test below runs the same split/join code; this one needs no Ray
 def test_local_executor_two_groups():
     _two_groups(tiny_graph(), "local")
 

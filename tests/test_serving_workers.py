@@ -146,11 +146,18 @@ def test_killed_worker_fails_its_session_typed_and_is_replaced(server):
             assert t.infer(X[0]).shape == (10,)
 
 
-def test_sigterm_leaves_no_process_behind():
-    port = _free_port()
-    proc = subprocess.Popen(CLI + ["serve", "--model", "minionn-mnist", "--port", str(port), "--workers", "2"],
-                            stdout=subprocess.PIPE, text=True)
-    assert "serving" in proc.stdout.readline()
+def test_supervisor_refuses_bad_settings_before_starting_processes():
+    from privinfer.errors import PrivinferError
+    from privinfer.serving import Supervisor
+    model = zoo.load_model("minionn-mnist")
+    with pytest.raises(PrivinferError, match="no option"):
+        Supervisor(model, "plain", workers=1, bogus=1)
+    with pytest.raises(PrivinferError, match="workers"):
+        Supervisor(model, "plain", workers=-1)
+
+
+def test_sigterm_leaves_no_process_behind(server):  # last: ends the module's server
+    proc, port = server
     family = _descendants(proc.pid)
     assert len(family) >= 2
     s = privinfer.connect("127.0.0.1", port, "plain")
@@ -162,15 +169,3 @@ def test_sigterm_leaves_no_process_behind():
     while time.monotonic() < end and any(_alive(p) for p in family):
         time.sleep(0.2)
     assert not [p for p in family if _alive(p)]
-
-
-def test_api_supervisor_and_start_errors():
-    from privinfer.errors import PrivinferError
-    from privinfer.serving import Supervisor
-    with pytest.raises(PrivinferError, match="no option"):
-        Supervisor(zoo.load_model("minionn-mnist"), "plain", workers=1, bogus=1)
-    with Supervisor(zoo.load_model("minionn-mnist"), "plain", workers=1) as sup:
-        pids = sup.worker_pids
-        with privinfer.connect("127.0.0.1", sup.port, "plain") as s:
-            assert s.infer(np.zeros((1, 28, 28))).shape == (10,)
-    assert not [p for p in pids if _alive(p)]

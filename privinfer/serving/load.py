@@ -174,6 +174,7 @@ def _client(port: int, protocol: str, model: str, options: dict, ready, go, dura
     ready.put(os.getpid())
     go.wait(600)
     t_end = time.monotonic() + duration
+    cpu0 = time.process_time()
     if s is not None:
         tol = TOLERANCE[protocol]
         k = 0
@@ -196,7 +197,7 @@ def _client(port: int, protocol: str, model: str, options: dict, ready, go, dura
             s.close()
         except Exception:
             pass
-    results.put({"pid": os.getpid(), "records": recs, "setup_error": err_setup})
+    results.put({"pid": os.getpid(), "records": recs, "setup_error": err_setup, "cpu_s": time.process_time() - cpu0})
 
 
 def _percentile(v: list[float], q: float) -> float | None:
@@ -216,7 +217,7 @@ def run_phase(server: ServerProcess, protocol: str, model: str, clients: int, du
     try:
         for _ in procs:
             ready.get(timeout=600)
-        cpu0, t0 = cpu_seconds(server.proc.pid), time.monotonic()
+        cpu0, t0, load0 = cpu_seconds(server.proc.pid), time.monotonic(), load_average()
         with RssSampler(server.proc.pid) as rss:
             go.set()
             outs = [results.get(timeout=duration + 600) for _ in procs]
@@ -247,6 +248,9 @@ def run_phase(server: ServerProcess, protocol: str, model: str, clients: int, du
             "errors": errors, "wrong_answers": sum(r[2] == "wrong" for r in recs),
             "argmax_agreement": round(sum(r[3] for r in done) / len(done), 4) if done else None,
             "server_cpu_cores": round(cpu / wall, 2) if wall > 0 else None,
+            "server_cpu_ms_per_query": round(cpu / len(done) * 1e3, 1) if done else None,
+            "client_cpu_ms_per_query": round(sum(o["cpu_s"] for o in outs) / len(done) * 1e3, 1) if done else None,
+            "load_average_before_after": [load0, load_average()],
             "server_peak_rss_mb": max((p for p in peaks if p is not None), default=None),
             "server_peak_rss_mb_by_third": peaks}
 
