@@ -132,6 +132,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-queries", type=int, default=100000, help="per client and phase")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=1, help="alternate alone/concurrent phases this many times")
+    ap.add_argument("--no-alone", action="store_true", help="skip the one-client phase (long memory runs)")
     ap.add_argument("--model", default=None, help="one zoo model for every protocol (default: per protocol)")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="PROTOCOL=ARG: extra `privinfer serve` argument (repeatable), e.g. ss=--dealer=local")
@@ -148,7 +149,7 @@ def main(argv=None) -> dict:
     for proto in a.protocols:
         extra = [s.split("=", 1)[1] for s in a.serve_arg if s.startswith(proto + "=")]
         for w in a.workers:
-            rec = serve_and_load(proto, w, a.clients, a.duration, a.max_queries, a.model, extra, not a.short,
+            rec = serve_and_load(proto, w, a.clients, a.duration, a.max_queries, a.model, extra, not (a.short or a.no_alone),
                                  a.repeat)
             report["runs"].append(rec)
             print(_line(rec), flush=True)
