@@ -65,6 +65,7 @@ def worker_main(fd: int) -> None:  # pragma: no cover - runs in the worker proce
     cfg, graph = _read_config(sys.stdin.buffer)
     logging.basicConfig(level=cfg.get("log_level", logging.WARNING), format="privinfer worker %(levelname)s: %(message)s")
     exit_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the supervisor decides
     send_lock = threading.Lock()
 
     def send(obj: dict) -> None:
@@ -150,6 +151,13 @@ class _Worker:
         self.ctl.close()
 
 
+def _typed(name: str, message: str) -> PrivinferError:
+    """The worker's set-up error as the same privinfer error class (ParameterError, ...), else the base."""
+    from .. import errors
+    cls = getattr(errors, name, None)
+    return cls(message) if isinstance(cls, type) and issubclass(cls, PrivinferError) else PrivinferError(message)
+
+
 def _fail(conn: socket.socket, err: PrivinferError, timeout: float = 2.0) -> None:
     """Tell a client why its session ends (typed ERROR frame), then close our copy of its socket."""
     ch = Channel(conn, timeout=timeout, peer="client")
@@ -176,6 +184,9 @@ class Supervisor:
         cls = get_protocol(protocol)
         split_options(cls, options)  # unknown options fail here, before any process starts
         cls.check_graph(graph)
+        if options.get("executor") == "ray" and self.n > 1:
+            raise PrivinferError("executor 'ray' would start one local Ray per worker; start a cluster "
+                                 "(`ray start --head`) and pass executor 'ray:auto' or 'ray://HOST:PORT'")
         self.protocol, self.max_sessions, self.grace, self.start_timeout = protocol, max_sessions, grace, start_timeout
         self.timeout = timeout
         head = json.dumps({"protocol": protocol, "host": host, "options": options,
@@ -215,12 +226,12 @@ class Supervisor:
         with self._lock:
             while not all(w is not None and w.ready for w in self._workers):
                 if self._start_error:
-                    raise PrivinferError(self._start_error)
+                    raise _typed(*self._start_error)
                 if time.monotonic() > end:
                     raise PrivinferError(f"the workers did not start within {self.start_timeout:.0f} s")
                 self._lock.wait(0.2)
 
-    _start_error: str | None = None
+    _start_error: tuple[str, str] | None = None  # (error class name, message) reported by a worker
 
     def _watch(self, w: _Worker) -> None:
         """Read one worker's control messages; on EOF (it died) fail its sessions and replace it."""
@@ -238,7 +249,7 @@ class Supervisor:
                         conn.close()
                         self.open_sessions -= 1
                 elif "error" in msg:
-                    self._start_error = f"server failed to start: {msg['error']}: {msg['message']}"
+                    self._start_error = (msg["error"], f"server failed to start: {msg['error']}: {msg['message']}")
                 self._lock.notify_all()
         code = w.proc.wait()
         with self._lock:
@@ -258,7 +269,7 @@ class Supervisor:
         if stopping or not was_ready:  # a worker that never became ready reported why (or startup fails)
             if not was_ready and not stopping and self._start_error is None:
                 with self._lock:
-                    self._start_error = f"a server worker exited during start-up (exit code {code})"
+                    self._start_error = ("", f"a server worker exited during start-up (exit code {code})")
                     self._lock.notify_all()
             return
         if time.monotonic() - w.started < 5.0:
