@@ -36,7 +36,8 @@ What is protected, precisely
   could send malformed keys (rejected with typed errors) but nothing stops it from querying.
 
 Packings: `packing="latency"` (default; `latency.py`: one image per query, any number of convolutions and
-linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, up to N/2 images).
+linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, N/2 images per slot
+group, up to `executor.MAX_GROUPS` groups per query, evaluated in this process or as Ray tasks: `executor.py`).
 """
 from __future__ import annotations
 
