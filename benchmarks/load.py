@@ -45,14 +45,17 @@ def serve_and_load(protocol: str, workers: int, clients: int, duration: float, m
             if clients > 1:
                 manys.append(run_phase(srv, protocol, model, clients, duration, max_queries))
     finally:
+        family = sorted(set(family) | set(tree(srv.proc.pid)))  # with the per-session children now open
         code = srv.stop()
-    time.sleep(1.0)
-    left = [p for p in family if os.path.exists(f"/proc/{p}") and _not_zombie(p)]
+    end = time.monotonic() + 10.0  # orphans exit with their parent within a poll interval
+    while time.monotonic() < end and any(_not_zombie(p) for p in family):
+        time.sleep(0.2)
+    left = [_cmdline(p) for p in family if _not_zombie(p)]
     alone, many = _median_phase(alones), _median_phase(manys)
     rec = {"protocol": protocol, "model": model, "workers": workers, "alone": alone, "concurrent": many,
            "repeats": {"alone_qps": [p["throughput_qps"] for p in alones],
                        "concurrent_qps": [p["throughput_qps"] for p in manys]},
-           "server_exit_code": code, "processes_left_behind": len(left)}
+           "server_exit_code": code, "processes_left_behind": len(left), "left_behind": left}
     if many and alone and alone["throughput_qps"]:
         rec["speedup_vs_alone"] = round(many["throughput_qps"] / alone["throughput_qps"], 2)
     return rec
@@ -63,6 +66,14 @@ def _median_phase(phases: list[dict]) -> dict | None:
     if not phases:
         return None
     return sorted(phases, key=lambda p: p["throughput_qps"])[(len(phases) - 1) // 2]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return str(pid)
 
 
 def _not_zombie(pid: int) -> bool:

@@ -23,7 +23,9 @@ import time
 
 import numpy as np
 
-TOLERANCE = {"plain": 1e-4, "he": 1e-2, "ss": 1e-2, "noisy": None}
+# |logit - reference| <= atol + rtol * max|reference logits|. ss computes in 16-bit fixed point, so its error
+# scales with the logits (secureml-mnist's reach ~240: 1e-2 observed at logits ~100, i.e. 1e-4 relative)
+TOLERANCE = {"plain": (1e-4, 0.0), "he": (1e-2, 0.0), "ss": (1e-2, 2e-4), "noisy": None}
 MODELS = {"plain": "minionn-mnist", "he": "cryptonets-mnist", "ss": "secureml-mnist", "noisy": "minionn-mnist"}
 SERVE_OPTIONS = {"noisy": ["-o", "split=3", "-o", "clip=40"]}
 CLIENT_OPTIONS = {"noisy": {"epsilon": 1.0}}
@@ -185,12 +187,13 @@ def _client(port: int, protocol: str, model: str, options: dict, ready, go, dura
                 y = s.infer(xs[i])
                 lat = time.monotonic() - t0
                 ok = y.shape == ref[i].shape and bool(np.all(np.isfinite(y)))
+                err = float(np.abs(y - ref[i]).max()) if ok else float("inf")
                 if ok and tol is not None:
-                    ok = float(np.abs(y - ref[i]).max()) <= tol
+                    ok = err <= tol[0] + tol[1] * float(np.abs(ref[i]).max())
                 agree = int(np.argmax(y)) == int(np.argmax(ref[i]))
-                recs.append((t0, lat, "ok" if ok else "wrong", agree))
+                recs.append((t0, lat, "ok" if ok else "wrong", agree, err))
             except Exception as e:
-                recs.append((t0, time.monotonic() - t0, f"error:{type(e).__name__}", False))
+                recs.append((t0, time.monotonic() - t0, f"error:{type(e).__name__}", False, None))
                 break  # a failed session is closed: this client is done
             k += 1
         try:
@@ -246,6 +249,8 @@ def run_phase(server: ServerProcess, protocol: str, model: str, clients: int, du
             "queries": len(done), "throughput_qps": round(len(done) / span, 3) if span > 0 else 0.0,
             "latency_ms": {"p50": _percentile(lat, 50), "p95": _percentile(lat, 95), "p99": _percentile(lat, 99)},
             "errors": errors, "wrong_answers": sum(r[2] == "wrong" for r in recs),
+            "wrong_answer_errors": sorted(r[4] for r in recs if r[2] == "wrong")[-10:],
+            "max_abs_err_ok": max((r[4] for r in recs if r[2] == "ok"), default=None),
             "argmax_agreement": round(sum(r[3] for r in done) / len(done), 4) if done else None,
             "server_cpu_cores": round(cpu / wall, 2) if wall > 0 else None,
             "server_cpu_ms_per_query": round(cpu / len(done) * 1e3, 1) if done else None,

@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Any
 
+from .._process import alive, descendants
 from ..errors import PrivinferError, ProtocolError, ResourceLimitError, WorkerDied
 from ..model import compile_model
 from ..model.ir import graph_to_bytes
@@ -334,6 +335,9 @@ class Supervisor:
             pass
         with self._lock:
             workers = [w for w in self._workers if w is not None]
+        # the workers' own children (ss parties, dealers, he helpers) exit with their parent; whatever
+        # is still there after the grace period is killed, so that nothing outlives the server
+        family = [p for w in workers if w.proc.poll() is None for p in descendants(w.pid)]
         for w in workers:
             if w.proc.poll() is None:
                 w.proc.terminate()
@@ -344,6 +348,15 @@ class Supervisor:
                 w.sessions.clear()
             for conn in lost:
                 _fail(conn, WorkerDied("session lost: the server is shutting down"), timeout=0.5)
+        end = time.monotonic() + self.grace
+        while any(alive(p) for p in family) and time.monotonic() < end:
+            time.sleep(0.1)
+        for p in family:
+            if alive(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
 
     def __enter__(self):
         return self.start()
