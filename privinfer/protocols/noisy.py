@@ -36,9 +36,8 @@ exceed it is refused with BudgetExceededError before anything is sent).
 """
 from __future__ import annotations
 
-import sys
-
 import math
+import sys
 
 import numpy as np
 
