@@ -45,9 +45,17 @@ from ...errors import ParameterError, ProtocolError
 CIRCUIT_PRIVACY_MODES = ("flood", "fast")
 FAST_FLOOD_STD = 2.0 ** -11
 CIRCUIT_FLOOD_STD = 2.0 ** -5
-DEFAULT_MAX_QUERIES = 1024
-#: max |evaluation error| per logit slot ~ 2^-(scale_bits - NOISE_BITS_ABOVE_SCALE) (an estimate, see above)
-NOISE_BITS_ABOVE_SCALE = 18
+DEFAULT_MAX_QUERIES = 256
+#: tail factor of the error bounds: each rounding error is a sum of N independent terms (CLT), bounded at 8 sigma
+#: (two-sided tail 1.2e-15 per slot: over 8192 slots x 2^10 replies, < 1e-8)
+TAIL_SIGMAS = 8.0
+#: allowance (bits) for the network's gain on the rescale errors of the last layers and the sum of the several
+#: error terms; measured on cryptonets-mnist / tenseal-mnist: 2.9 bits (max over the 450 digits test images)
+GAIN_BITS = 7.0
+#: std of SEAL's error distribution (clipped Gaussian)
+FRESH_SIGMA = 3.2
+#: the batch engine's output mask (batch.MASK_BITS)
+BATCH_MASK_BITS = 24
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,9 @@ class FloodPolicy:
 
     @staticmethod
     def evaluation_noise(params) -> float:
-        """Estimated max |evaluation error| of one logit, in logit units (see the module docstring)."""
-        return 2.0 ** -(params.scale_bits - NOISE_BITS_ABOVE_SCALE)
+        """Estimated max |evaluation error| of any decrypted slot, in logit units, from the parameters only
+        (they are public: WELCOME carries them). See the module docstring for the derivation."""
+        return max(evaluation_noise_terms(params).values())
 
     def report(self, params) -> dict:
         """The `stats.privacy` entries about the weights, for these parameters."""
@@ -127,3 +136,28 @@ class FloodPolicy:
             out["not_protected"].append("averaging across sessions: the query cap is per key")
         return out
 
+
+
+def evaluation_noise_terms(params) -> dict:
+    """The two parts of the evaluation-error estimate (logit units), from the CKKS parameters:
+
+    * `logit`: one rescale's rounding error, in slots, has std sqrt(N/12 * (1 + 2N/3)) ~ N/sqrt(18) (uniform
+      rounding of c0 + c1*s, ternary secret of weight 2N/3); bounded at TAIL_SIGMAS, times a 2^GAIN_BITS
+      allowance for the network's gain and the other (smaller) terms (weight encoding at 2^weight_bits, fresh
+      encryption noise at the input scale), over the smaller of the chain's scale and the output scale;
+    * `masked`: a masked slot keeps the 0/1 mask's encoding error (std sqrt(N/12) / 2^mask_bits) times the value
+      that was there (< 2^value_bits, the published sound bound) plus the mask level's own rescale error.
+    """
+    N = params.N
+    rescale = TAIL_SIGMAS * N / math.sqrt(18.0)
+    encode = TAIL_SIGMAS * math.sqrt(N / 12.0)
+    fresh = TAIL_SIGMAS * N * FRESH_SIGMA * math.sqrt(4.0 / 3.0)
+    t = params.scale_bits
+    t_out = params.output_scale_bits or t
+    t_in = params.input_scale_bits or t
+    mb = params.notes.get("mask_bits") if isinstance(params.notes, dict) else None
+    if mb is None:
+        mb = BATCH_MASK_BITS if params.packing == "batch" else t
+    logit = 2.0 ** GAIN_BITS * (fresh / 2.0 ** t_in + rescale / 2.0 ** min(t, t_out))
+    masked = encode * 2.0 ** (params.value_bits - mb) + rescale / 2.0 ** t_out
+    return {"logit": logit, "masked": masked}
