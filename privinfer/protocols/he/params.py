@@ -288,9 +288,40 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
     return first.kind == "diag" and bool(first.babies() and max(first.babies()) > 0)
 
 
+def _latency_candidates(structure, N, vb, margin, t, depth, w_below, mask_bits, split, hi):
+    """Every parameter set at scale 2^t that fits N: each input scale from t to t + 8 bits."""
+    w = max(MIN_WEIGHT_BITS, t - w_below)
+    for t_in in range(t, t + 9):
+        got = _latency_chain(structure, N, t, w, t_in, vb, hi, mask_bits, split)
+        if got is None or sum(_with_special(got[0], margin)) > MAX_BITS_128[N]:
+            continue
+        yield _make_latency(structure, N, vb, margin, t, depth, mask_bits, split, hi, w, t_in, got)
+
+
+def _make_latency(structure, N, vb, margin, t, depth, mask_bits, split, hi, w, t_in, got):
+    data, t_out = got
+    p = HEParams(N=N, coeff_mod_bit_sizes=tuple(_with_special(data, margin)), scale_bits=t, depth=depth,
+                 slots=N // 2, packing="latency", input_scale_bits=t_in, weight_bits=w,
+                 output_scale_bits=t_out, value_bits=vb, batch=1,
+                 notes={"structure": structure, "special_margin_bits": margin,
+                        **({"result_primes": 2} if split else {}),
+                        **({"mask_bits": int(mask_bits if structure[-1] == "mask0" else
+                                             min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
+    p.validate()
+    return p
+
+
 def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None, mask_bits=0, split=False):
     w_below = WEIGHT_BITS_BELOW_SCALE if w_below is None else w_below
     hi = MAX_PRIME_BITS - margin
+    if split:  # circuit-private: of every chain that fits, the one with the smallest estimated error
+        from .privacy import FloodPolicy
+        best = None
+        for t in range(max_t, min_t - 1, -1):
+            for p in _latency_candidates(structure, N, vb, margin, t, depth, w_below, mask_bits, split, hi):
+                if best is None or FloodPolicy.evaluation_noise(p) < FloodPolicy.evaluation_noise(best):
+                    best = p
+        return best
     for t in range(max_t, min_t - 1, -1):
         w = max(MIN_WEIGHT_BITS, t - w_below)
         got = _latency_chain(structure, N, t, w, t, vb, hi, mask_bits, split)
@@ -302,16 +333,7 @@ def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None, mas
             if g2 is None or sum(_with_special(g2[0], margin)) > MAX_BITS_128[N]:
                 break
             got, t_in = g2, t + extra
-        data, t_out = got
-        p = HEParams(N=N, coeff_mod_bit_sizes=tuple(_with_special(data, margin)), scale_bits=t, depth=depth,
-                     slots=N // 2, packing="latency", input_scale_bits=t_in, weight_bits=w,
-                     output_scale_bits=t_out, value_bits=vb, batch=1,
-                     notes={"structure": structure, "special_margin_bits": margin,
-                            **({"result_primes": 2} if split else {}),
-                            **({"mask_bits": int(mask_bits if structure[-1] == "mask0" else
-                                                 min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
-        p.validate()
-        return p
+        return _make_latency(structure, N, vb, margin, t, depth, mask_bits, split, hi, w, t_in, got)
     return None
 
 
