@@ -42,6 +42,8 @@ def _private_dir() -> str:
     pid = os.getpid()
     with _scratch_lock:
         d = _scratch.get(pid)
+        if d is not None and not (os.path.isdir(d) and not os.path.islink(d)):
+            d = None  # removed under us (a tmpfs cleaner): make a new one rather than fail every (de)serialization
         if d is None:
             base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
             d = tempfile.mkdtemp(prefix="privinfer-he-", dir=base)  # 0700, unpredictable name
