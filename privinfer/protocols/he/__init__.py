@@ -202,7 +202,7 @@ class _HEServer(ServerSide):
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {self.max_batch} "
                                      f"({self.packing} packing)")
         blobs = ch.recv_blobs()
-        cap = self.proto.policy.max_queries
+        cap = self.proto.policy.cap(self.params)
         if cap is not None and self.answered + B > cap:
             raise QueryLimitError(f"this session has had {self.answered} replies; {B} more exceed the cap of {cap} "
                                   f"per key that the flood's statistical margin is sized for (open a new session: "
@@ -277,7 +277,7 @@ class _HEClient(ClientSide):
         limit = self.max_batch if self.packing == "latency" else self.params.slots * hex_.MAX_GROUPS
         if B > limit:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {limit} ({self.packing} packing)")
-        cap = self.policy.max_queries
+        cap = self.policy.cap(self.params)
         if cap is not None and self.answered + B > cap:
             raise QueryLimitError(f"{self.answered} replies so far; {B} more exceed the server's cap of {cap} per "
                                   f"key (circuit-private mode); open a new session")

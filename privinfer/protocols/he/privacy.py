@@ -116,6 +116,11 @@ class FloodPolicy:
         (they are public: WELCOME carries them). See the module docstring for the derivation."""
         return max(evaluation_noise_terms(params).values())
 
+    def cap(self, params) -> int | None:
+        """The replies per key this session enforces: the cap is what makes a "cryptographic" report true, so it
+        holds exactly when the report says so (batch packing and fast mode claim less and are not capped)."""
+        return self.max_queries if self.report(params)["guarantee"] == "cryptographic" else None
+
     def report(self, params) -> dict:
         """The `stats.privacy` entries about the weights, for these parameters."""
         noise = self.evaluation_noise(params)
@@ -140,7 +145,8 @@ class FloodPolicy:
                                            f"{out.get('flood_margin_bits', 0)} bits per reply, below the "
                                            f"{self.statistical_security}-bit target: averaging many replies to "
                                            f"one input removes the flood")
-        if self.max_queries is not None:
+        out["query_cap_enforced"] = met  # the claim rests on the cap only when it is made
+        if met:
             out["not_protected"].append("averaging across sessions: the query cap is per key")
         return out
 
