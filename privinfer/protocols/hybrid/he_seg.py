@@ -1,0 +1,84 @@
+"""The HE segments of a hybrid plan: one `he` latency engine per segment, keys per segment, sent once.
+
+Why per segment: each HE segment is its own CKKS program (its depth, its N, its packing), built by the `he`
+protocol's own machinery on the sub-graph `graph.slice(start, stop)`; the client derives the same plan from
+the public architecture and checks the digest. Keys for every HE segment travel once, in the set-up.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ProtocolError, ShapeError
+from ...model.ir import Graph
+from ..he import DEFAULT_FLOOD_STD, HE, _KeyedContext
+from ..he.context import CKKSContext
+from ..he.latency import SealBackend, plan_latency
+from ..he.params import HEParams
+from ..he.program import build_program
+
+
+class HESegmentServer:
+    """Server-wide state of one HE segment (parameters, plan, encoded weights)."""
+
+    def __init__(self, graph: Graph, start: int, stop: int, flood_std: float = DEFAULT_FLOOD_STD):
+        self.start, self.stop = start, stop
+        self.graph = graph.slice(start, stop)
+        self.he = HE(self.graph, flood_std=flood_std)
+
+    def info(self) -> dict:
+        he = self.he
+        return {"start": self.start, "stop": self.stop, "params": he.latency_params.to_json(),
+                "rotation_steps": list(he.plan.rotation_steps), "plan_digest": he.plan.digest(),
+                "input_cts": he.plan.input.n_ct}
+
+    def keyed(self, blobs: list[bytes]) -> _KeyedContext:
+        ctx = _KeyedContext(self.he.ctx)
+        ctx.load_public(blobs, self.he.plan.rotation_steps)
+        return ctx
+
+    def load_inputs(self, ctx, blobs: list[bytes]) -> list:
+        expect = 2.0 ** self.he.latency_params.input_scale_bits
+        cts = []
+        for b in blobs:
+            ct = ctx.ct_from_bytes(b, "input ciphertext", level=0)
+            if ct.scale != expect:
+                raise ProtocolError(f"input ciphertext at scale {ct.scale:g}, the plan expects 2^"
+                                    f"{self.he.latency_params.input_scale_bits}")
+            cts.append(ct)
+        return cts
+
+    def evaluate(self, ctx, cts: list):
+        return self.he.compiled.evaluate(cts, backend=SealBackend(ctx))
+
+
+class HESegmentClient:
+    """The client's half of one HE segment: its keys, and the plan derived from the public architecture."""
+
+    def __init__(self, graph: Graph, info: dict):
+        try:
+            self.start, self.stop = int(info["start"]), int(info["stop"])
+            self.params = HEParams.from_json(info["params"])
+            steps = [int(s) for s in info["rotation_steps"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed HE segment in WELCOME: {e!r}") from None
+        if self.params.security_bits != 128:
+            raise ProtocolError("server proposed parameters below 128-bit security")
+        self.graph = graph.slice(self.start, self.stop)
+        self.plan = plan_latency(build_program(self.graph), self.params.slots)
+        if self.plan.digest() != info.get("plan_digest") or steps != self.plan.rotation_steps:
+            raise ProtocolError(f"HE segment {self.start}-{self.stop - 1}: the server's packing plan differs from "
+                                "the one derived from the public architecture")
+        self.ctx = CKKSContext.create(self.params, steps)
+        self.n_ct = self.plan.input.n_ct
+        self.scale = 2.0 ** self.params.input_scale_bits
+
+    def outputs(self, res: list[bytes], batch: int) -> list[bytes]:
+        if len(res) != batch:
+            raise ProtocolError(f"expected {batch} result ciphertexts, got {len(res)}")
+        return res
+
+    def reshape(self, flat: np.ndarray) -> np.ndarray:
+        shape = self.graph.output_shape
+        if flat.shape[1] != int(np.prod(shape)):
+            raise ShapeError(f"HE segment output has {flat.shape[1]} values, expected {shape}")
+        return flat.reshape(flat.shape[0], *shape)
