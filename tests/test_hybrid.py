@@ -98,3 +98,27 @@ def test_every_short_plan(name):
 @pytest.mark.slow
 def test_gazelle_split_of_minionn():
     check("minionn-mnist", "he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9", n=2)
+
+
+def test_concurrent_clients_no_cross_talk():
+    """Three clients at once on one hybrid server: each gets its own keys, CrypTen group and dealer."""
+    import threading
+
+    import privinfer
+    g = load_model("cryptonets-mnist")
+    X = images("cryptonets-mnist", 3)
+    results, errors = {}, []
+    with privinfer.Server(g, "hybrid", timeout=120, plan="he:0-2,ss:3-", **OPTS) as server:
+        def client(i):
+            try:
+                with privinfer.connect(server.host, server.port, "hybrid", timeout=120) as s:
+                    results[i] = s.infer(X[i])
+            except Exception as e:  # reported below
+                errors.append(e)
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        [t.start() for t in threads]
+        [t.join(600) for t in threads]
+    assert not errors, errors
+    ref = run_reference(g, X)
+    for i in range(3):
+        np.testing.assert_allclose(results[i], ref[i], atol=TOL)
