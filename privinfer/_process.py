@@ -1,7 +1,9 @@
 """Process hygiene shared by every child privinfer starts (servers, 2PC parties, dealers)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 
@@ -17,3 +19,29 @@ def exit_with_parent(interval: float = 0.5, code: int = 0) -> None:
                 os._exit(code)
 
     threading.Thread(target=watch, daemon=True, name="privinfer-parent-watch").start()
+
+
+_main_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def no_main_reimport():
+    """Start `spawn`/`forkserver` children without re-running the caller's script.
+
+    multiprocessing's spawn re-imports the parent's `__main__` *file* in the child, so a script without
+    an `if __name__ == "__main__":` guard starts again in the child, fails in bootstrapping, and the parent
+    waits forever. Every privinfer child runs a function from a privinfer module and receives only bytes
+    and plain data, so it never needs the caller's `__main__`: hiding `__main__.__file__` while the
+    child starts makes multiprocessing skip that import (as it does in a notebook or `python -c`).
+    """
+    main = sys.modules.get("__main__")
+    with _main_lock:
+        hidden = main is not None and getattr(main, "__spec__", None) is None and hasattr(main, "__file__")
+        if hidden:
+            path = main.__file__
+            del main.__file__
+        try:
+            yield
+        finally:
+            if hidden:
+                main.__file__ = path

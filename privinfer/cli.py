@@ -1,4 +1,4 @@
-"""`privinfer serve | query | dealer | zoo | bench`. Errors are one clear line, exit code 2."""
+"""`privinfer serve | query | compile | dealer | zoo | bench`. Errors are one clear line, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .errors import PrivinferError
+from .inputs import EXPECTED
+from .protocols.base import BUILTIN
+
+PROTOCOLS = sorted(BUILTIN)
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -27,33 +32,24 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def load_model_arg(spec: str):
-    """A zoo name or a privinfer graph file (.npz written by privinfer.model.save_graph)."""
+    """A zoo name or a privinfer graph file (.npz written by `privinfer compile` or save_graph)."""
+    if spec.endswith((".pt", ".pth", ".pt2", ".ts")):
+        raise PrivinferError(f"{spec} is a torch file, not a privinfer graph; convert it first: privinfer compile "
+                             f"{spec} --class your_module:YourNet -o model.npz (then --model model.npz)")
     if spec.endswith(".npz") or Path(spec).exists():
         from .model.ir import load_graph
         return load_graph(spec)
     from . import zoo
-    return zoo.load_model(spec)
+    return zoo.load_model(spec, progress=True)  # a network not shipped is trained first: show it
 
 
-def load_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
-    """An .npy array (no pickle) or an image resized to the model's input, scaled to [0, 1]."""
-    p = Path(path)
-    if not p.exists():
-        raise PrivinferError(f"input file {path} does not exist")
-    if p.suffix == ".npy":
-        try:
-            return np.load(p, allow_pickle=False).astype(np.float64)
-        except ValueError as e:
-            raise PrivinferError(f"cannot read {path}: {e}") from None
-    from PIL import Image, UnidentifiedImageError
-    try:
-        img = Image.open(p)
-    except (UnidentifiedImageError, OSError) as e:
-        raise PrivinferError(f"cannot read image {path}: {e}") from None
-    c, h, w = shape
-    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float64) / 255.0
-    return arr[None] if c == 1 else arr.transpose(2, 0, 1)
+def _protocol_banner(srv) -> str:
+    split = getattr(srv.protocol, "split", None)  # noisy: say exactly where the model is cut
+    if isinstance(split, int):
+        names = srv.protocol.graph.names
+        return (f"; client runs layers [0, {split}) = {', '.join(names[:split])}, "
+                f"server runs [{split}, {len(names)})")
+    return ""
 
 
 def _dealer_options(a) -> dict:
@@ -74,9 +70,14 @@ def _dealer_options(a) -> dict:
 
 def cmd_serve(a) -> None:
     from .server import Server
-    srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
-                 max_sessions=a.max_sessions, max_batch=a.max_batch, **{**_parse_options(a.option), **_dealer_options(a)})
-    print(f"privinfer: serving {a.model} with protocol {a.protocol!r} on {srv.host}:{srv.port}", flush=True)
+    from .session import step
+    with step(f"{a.protocol}: preparing {a.model} (parameters, weights, fine-tuning)", True):
+        srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
+                     max_sessions=a.max_sessions, max_batch=a.max_batch, **{**_parse_options(a.option), **_dealer_options(a)})
+    rng = srv.graph.input_range
+    print(f"privinfer: serving {a.model} with protocol {a.protocol!r} on {srv.host}:{srv.port}; input "
+          f"{srv.graph.input_shape} in {list(rng) if rng else 'an unpublished range'}{_protocol_banner(srv)}",
+          flush=True)
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
@@ -84,16 +85,36 @@ def cmd_serve(a) -> None:
 
 
 def cmd_query(a) -> None:
+    from .inputs import layout_warnings, load_input
     from .session import connect
-    with connect(a.host, a.port, a.protocol, timeout=a.timeout, **_parse_options(a.option)) as s:
-        x = load_input(a.input, s.input_shape)
+    if not Path(a.input).exists():  # before a (possibly long) key set-up
+        raise PrivinferError(f"input file {a.input} does not exist")
+    with connect(a.host, a.port, a.protocol, timeout=a.timeout, progress=a.protocol in ("he", "ss") and not a.json,
+                 **_parse_options(a.option)) as s:
+        x, how = load_input(a.input, s.input_shape, invert=a.invert)
+        print(f"privinfer: {how}", file=sys.stderr, flush=True)
+        if x.shape == tuple(s.input_shape):
+            for w in layout_warnings(x):
+                print(f"privinfer: warning: {w}", file=sys.stderr, flush=True)
         logits = s.infer(x)
         batch = logits.reshape(-1, logits.shape[-1])
+        if a.json:
+            print(json.dumps({"classes": [int(np.argmax(r)) for r in batch], "logits": batch.tolist(),
+                              "stats": s.stats.as_dict()}))
+            return
         for row in batch:
             print(f"class {int(np.argmax(row))}  logits {np.array2string(row, precision=3, max_line_width=200)}")
         q = s.stats.last
         print(f"latency {q.latency_s:.3f} s, {q.bytes_client_to_server:,} B up, {q.bytes_server_to_client:,} B down, "
               f"{q.rounds} rounds, setup {s.stats.setup_bytes:,} B; privacy {s.stats.privacy}")
+
+
+def cmd_compile(a) -> None:
+    from .convert import compile_file
+    g = compile_file(a.model_file, a.output, cls=a.cls, trust=a.trust,
+                     input_shape=tuple(a.input_shape) if a.input_shape else None, input_range=tuple(a.input_range))
+    print(f"privinfer: wrote {a.output}: {len(g)} layers, input {g.input_shape} in {list(g.input_range)}, "
+          f"output {g.output_shape}; serve it with: privinfer serve --model {a.output} --protocol he|ss|noisy|plain")
 
 
 def cmd_zoo(a) -> None:
@@ -103,8 +124,30 @@ def cmd_zoo(a) -> None:
         raise SystemExit(rc)
 
 
+MAX_BENCH_BYTES = 4 << 30  # the images a run holds at once (samples x batch), float64
+
+
+def check_bench_args(a) -> None:
+    """Refuse arguments that cannot run, before anything is trained or allocated."""
+    if a.samples < 1 or min(a.batch) < 1:
+        raise PrivinferError("--samples and --batch must be >= 1")
+    from . import zoo
+    for model in a.model:
+        shape = zoo.build_network(model).input_shape if model in zoo.list_networks() else None
+        if shape is None:
+            continue
+        for batch in a.batch:
+            need = (a.samples + 1) * batch * int(np.prod(shape)) * 8
+            if need > MAX_BENCH_BYTES:
+                raise PrivinferError(
+                    f"--samples {a.samples} --batch {batch} needs {(a.samples + 1) * batch:,} {model} images "
+                    f"({need / 2**30:.1f} GiB, limit {MAX_BENCH_BYTES / 2**30:.0f} GiB): --samples counts timed "
+                    f"queries, each of --batch images; e.g. --batch {batch} --samples 3")
+
+
 def cmd_bench(a) -> None:
     import contextlib
+    check_bench_args(a)
     with contextlib.ExitStack() as stack:
         base = _parse_options(a.option)
         if a.dealer is not None:
@@ -156,13 +199,40 @@ def cmd_dealer(a) -> None:
                server_secrets=a.server_secret or [], client_secrets=a.client_secret or [])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="privinfer", description="private neural-network inference")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def options_help(names: list[str] | None = None) -> str:
+    """Each protocol's -o options with their defaults (imports the protocol modules: only for --help)."""
+    from .protocols.base import available_protocols, get_protocol
+    rows = ["protocol options (-o key=value; JSON values):"]
+    for name in names or available_protocols():
+        try:
+            cls = get_protocol(name)
+        except Exception as e:  # a protocol whose library is missing still gets a line
+            rows.append(f"  {name}: unavailable ({e})")
+            continue
+        fmt = lambda d: ", ".join(f"{k}={json.dumps(v)}" for k, v in d.items()) or "none"  # noqa: E731
+        rows.append(f"  {name} ({cls.summary})")
+        rows.append(f"      server: {fmt(cls.server_options)}")
+        rows.append(f"      client: {fmt(cls.client_options)}")
+    return "\n".join(rows)
 
-    s = sub.add_parser("serve", help="serve a model under one protocol")
-    s.add_argument("--model", required=True, help="zoo name or .npz graph file")
-    s.add_argument("--protocol", default="plain")
+
+QUERY_INPUT_HELP = ("an .npy array (used as is) or an image (.png/.jpg), converted to the model's input and "
+                    "reported in one line. The zoo's digit models expect: " + EXPECTED)
+
+
+def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="privinfer", description="private neural-network inference")
+    p.add_argument("--version", action="version", version=f"privinfer {__version__}")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                   help="logging level (default: info for serve, warning otherwise)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    epilog = options_help() if with_options else "(privinfer serve --help lists each protocol's -o options)"
+
+    s = sub.add_parser("serve", help="serve a model under one protocol", epilog=epilog, formatter_class=raw)
+    s.add_argument("--model", required=True, help="zoo name or .npz graph file (see: privinfer compile)")
+    s.add_argument("--protocol", required=True,
+                   help=f"one of {', '.join(PROTOCOLS)} (plain: no privacy, a baseline)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7700)
     s.add_argument("--timeout", type=float, default=120.0, help="per-read timeout, seconds")
@@ -173,17 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "HOST:PORT of a `privinfer dealer` (needs --dealer-secret); required for ss")
     s.add_argument("--dealer-secret", default=None, help="ss: file with this server's secret for the third-party dealer")
     s.add_argument("--plan", default=None, help="hybrid: protocol per layer, e.g. 'he:0,ss:1-2,he:3,ss:4-'")
-    s.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
+    s.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable; listed below)")
     s.set_defaults(func=cmd_serve)
 
-    q = sub.add_parser("query", help="classify an input on a running server")
+    q = sub.add_parser("query", help="classify an input on a running server", epilog=epilog, formatter_class=raw)
     q.add_argument("--host", default="127.0.0.1")
     q.add_argument("--port", type=int, default=7700)
-    q.add_argument("--protocol", default="plain")
-    q.add_argument("--input", required=True, help=".npy array or an image (.png/.jpg)")
+    q.add_argument("--protocol", default="plain", help=f"the server's protocol: {', '.join(PROTOCOLS)} (default plain)")
+    q.add_argument("--input", required=True, help=QUERY_INPUT_HELP)
+    q.add_argument("--invert", action="store_true", help="use 1 - x (for a dark digit on a light background)")
+    q.add_argument("--json", action="store_true", help="print classes, logits and stats as one JSON object")
     q.add_argument("--timeout", type=float, default=120.0)
-    q.add_argument("-o", "--option", action="append", help="client option key=value (repeatable)")
+    q.add_argument("-o", "--option", action="append", help="client option key=value (repeatable; listed below)")
     q.set_defaults(func=cmd_query)
+
+    c = sub.add_parser("compile", help="turn your torch model file into a graph file that serve reads",
+                       description="privinfer compile model.pt --class mymodule:Net -o model.npz")
+    c.add_argument("model_file", help=".pt state dict (with --class), a TorchScript nn.Sequential, or a whole "
+                                      "pickled module (with --trust)")
+    c.add_argument("-o", "--output", required=True, help="graph file to write (.npz)")
+    c.add_argument("--class", dest="cls", help="module:Class that builds the model (no arguments), for a state dict")
+    c.add_argument("--trust", action="store_true", help="unpickle a whole saved module (runs code: own files only)")
+    c.add_argument("--input-shape", type=int, nargs="+", help="C H W (needed when the model starts with a conv)")
+    c.add_argument("--input-range", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+                   help="input values the model was trained on, published to clients (default 0 1)")
+    c.set_defaults(func=cmd_compile)
 
     z = sub.add_parser("zoo", help="benchmark networks: zoo list | zoo train NAME|all | zoo verify NAME",
                        add_help=False)
@@ -202,11 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--new-secret", metavar="FILE", help="write a fresh 256-bit secret to FILE and exit")
     d.set_defaults(func=cmd_dealer)
 
-    b = sub.add_parser("bench", help="measure a protocol; writes records as JSON")
-    b.add_argument("--protocol", default="plain")
+    b = sub.add_parser("bench", help="measure a protocol; writes records as JSON", epilog=epilog, formatter_class=raw)
+    b.add_argument("--protocol", default="plain", help=f"one of {', '.join(PROTOCOLS)}")
     b.add_argument("--model", nargs="+", default=["minionn-mnist"])
-    b.add_argument("--batch", type=int, nargs="+", default=[1])
-    b.add_argument("--samples", type=int, default=10)
+    b.add_argument("--batch", type=int, nargs="+", default=[1], help="images per query")
+    b.add_argument("--samples", type=int, default=10,
+                   help="timed queries per row (each of --batch images; one more warms up); default 10")
     b.add_argument("--network", nargs="+", default=["loopback"],
                    help="loopback, lan, wan, mobile (emulated: needs root)")
     b.add_argument("--epsilon", nargs="+", help="noisy: per-query epsilon values (a number or inf)")
@@ -225,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["zoo"]:  # the zoo has its own parser (list | train | verify)
         argv = ["zoo", "--", *argv[1:]]
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="privinfer %(levelname)s: %(message)s")
+    wants_help = any(x in ("-h", "--help") for x in argv) and argv[:1] != ["zoo"]
+    args = build_parser(with_options=wants_help).parse_args(argv)
+    level = args.log_level or ("info" if args.cmd == "serve" else "warning")
+    logging.basicConfig(level=getattr(logging, level.upper()), format="privinfer %(levelname)s: %(message)s")
     try:
         args.func(args)
     except PrivinferError as e:

@@ -13,6 +13,10 @@ class ShapeError(PrivinferError):
     """An input or a layer does not have the shape the graph expects."""
 
 
+class InputRangeError(ShapeError):
+    """An input lies outside the value range the served model was calibrated for (e.g. 0-255 pixels vs [0, 1])."""
+
+
 class ProtocolError(PrivinferError):
     """A peer sent something malformed, unexpected, oversize, or too late."""
 
@@ -35,3 +39,12 @@ class BudgetExceededError(PrivinferError):
 
 class ResourceLimitError(ProtocolError):
     """A request exceeds a configured limit (batch size, sessions, frame size)."""
+
+
+class PeerResourceLimitError(PeerError, ResourceLimitError):
+    """The peer refused a request for exceeding one of its limits (e.g. the server's max_batch)."""
+
+
+class QueryLimitError(ResourceLimitError):
+    """A session asked for more replies than the server's per-key query cap (he circuit-private mode: the
+    flood's statistical margin is sized for at most that many replies under one key)."""

@@ -27,11 +27,11 @@ class Server(ThreadedListener):
     def __init__(self, model: Any, protocol: str = "plain", host: str = "127.0.0.1", port: int = 0, *,
                  timeout: float = DEFAULT_TIMEOUT, max_sessions: int = DEFAULT_MAX_SESSIONS,
                  max_batch: int = DEFAULT_MAX_BATCH, max_frame: int = DEFAULT_MAX_FRAME,
-                 torch_threads: int | None = 1, **options):
+                 torch_threads: int | None = 1, input_shape=None, input_range=None, **options):
         if torch_threads:  # clients run in parallel threads; intra-op threads on tiny tensors only spin
             import torch
             torch.set_num_threads(torch_threads)
-        self.graph: Graph = compile_model(model)
+        self.graph: Graph = compile_model(model, input_shape, input_range)
         self.protocol_cls = get_protocol(protocol)
         server_opts, _ = split_options(self.protocol_cls, options)
         self.protocol = self.protocol_cls(self.graph, **server_opts)
@@ -50,6 +50,8 @@ class Server(ThreadedListener):
             _linger_close(ch)
             return
         sides: list = []  # filled as soon as the ServerSide exists, so close() runs even if setup fails
+        t0, queries, outcome = time.monotonic(), 0, "ok"
+        log.info("session from %s: opened (protocol %s)", ch.peer, self.protocol_cls.name)
         try:
             side = self._handshake(ch, sides)
             while True:
@@ -62,13 +64,15 @@ class Server(ThreadedListener):
                     raise ResourceLimitError(f"batch must be an integer in 1..{self.max_batch}, got {batch!r}")
                 side.query(ch, meta)
                 self.served += 1
+                queries += 1
         except PrivinferError as e:
             self.failed += 1
-            log.info("client %s: %s: %s", ch.peer, type(e).__name__, e)
+            outcome = f"{type(e).__name__}: {e}"
             if not (isinstance(e, ProtocolError) and "closed the connection" in str(e)):
                 ch.send_error(e)
         except Exception as e:  # a bug or a library error on hostile input: report, keep serving
             self.failed += 1
+            outcome = f"internal error {type(e).__name__}"
             log.exception("client %s: internal error", ch.peer)
             ch.send_error(ProtocolError(f"server could not process the request ({type(e).__name__}: {e})"))
         finally:
@@ -77,6 +81,8 @@ class Server(ThreadedListener):
                     side.close()
                 except Exception:
                     log.exception("closing session")
+            log.info("session from %s: closed after %.1f s, %d queries, %d B in, %d B out; %s", ch.peer,
+                     time.monotonic() - t0, queries, ch.stats.bytes_received, ch.stats.bytes_sent, outcome)
             _linger_close(ch)
             self._slots.release()
 

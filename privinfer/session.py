@@ -7,17 +7,21 @@ talks to it over TCP exactly as a deployed client would; `connect` reaches a ser
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing as mp
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import PrivinferError
+from ._process import no_main_reimport
+from .errors import PeerError, PrivinferError, ProtocolError
 from .model import compile_model
 from .model.ir import Graph, graph_to_bytes, load_graph
-from .model.reference import check_input
+from .model.reference import check_input, check_input_range
 from .privacy.guarantees import check_guarantee
 from .protocols.base import get_protocol, split_options
 from .transport import Channel, DEFAULT_TIMEOUT, FrameType, connect as tcp_connect
@@ -63,10 +67,47 @@ class SessionStats:
                 f"privacy {self.privacy}")
 
 
-class RemoteSession:
-    """A client connected to a privinfer server; `infer(x)` returns logits."""
+@contextlib.contextmanager
+def step(what: str, show: bool, after: float = 1.0):
+    """Say on stderr when a step (key generation, server preparation) runs longer than `after` seconds,
+    and then how long it took; quick steps and early errors print nothing (errors stay one line)."""
+    if not show:
+        yield
+        return
+    t0, said = time.perf_counter(), threading.Event()
 
-    def __init__(self, channel: Channel, protocol: str, **client_options):
+    def say():
+        print(f"privinfer: {what} ...", file=sys.stderr, flush=True)
+        said.set()
+
+    timer = threading.Timer(after, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+    if said.is_set():
+        print(f"privinfer: {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def warn_if_not_private(privacy: dict, protocol: str) -> None:
+    """The one-line warning a client prints when its session protects nothing."""
+    if privacy.get("guarantee") == "none":
+        print(f"privinfer: warning: protocol {protocol!r} gives no privacy: the server sees your input in the "
+              f"clear", file=sys.stderr, flush=True)
+
+
+class RemoteSession:
+    """A client connected to a privinfer server; `infer(x)` returns logits.
+
+    `progress=True` prints the set-up steps (keys, offline phase) with their duration; `warn=False` silences
+    the warning printed when the session gives no privacy (protocol `plain`).
+    """
+
+    def __init__(self, channel: Channel, protocol: str, *, progress: bool = False, warn: bool = True,
+                 **client_options):
         self.channel = channel
         self.protocol_cls = get_protocol(protocol)
         opts = self.protocol_cls.validate_client_options(client_options)
@@ -80,7 +121,8 @@ class RemoteSession:
             self.graph = Graph.from_spec(welcome["graph"])  # public architecture, zero weights
             self.limits = welcome.get("limits", {})
             self.client = self.protocol_cls.client_side(welcome.get("info", {}), self.graph, **opts)
-            self.client.setup(channel)
+            with step(f"{protocol}: session set-up (keys, offline phase)", progress):
+                self.client.setup(channel)
         except BaseException:
             channel.close()
             if getattr(self, "client", None) is not None:
@@ -94,6 +136,8 @@ class RemoteSession:
         self.stats.setup_bytes_server_to_client += int(side.get("side_bytes_server_to_client", 0))
         self.stats.privacy = self.client.privacy()
         check_guarantee(self.stats.privacy)
+        if warn:
+            warn_if_not_private(self.stats.privacy, protocol)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -103,6 +147,7 @@ class RemoteSession:
         """Logits for one sample (C, H, W) -> (classes,) or a batch (B, C, H, W) -> (B, classes)."""
         single = np.asarray(x).shape == tuple(self.graph.input_shape)
         batch = check_input(self.graph, x)
+        check_input_range(self.graph, batch)  # out-of-range input would give a confident wrong answer
         if self.channel.closed:
             raise PrivinferError("session is closed")
         meta = self.client.query_meta(batch)  # may refuse (privacy budget) before anything is sent
@@ -111,6 +156,14 @@ class RemoteSession:
         try:
             self.channel.send_json(meta, FrameType.QUERY)
             logits = np.asarray(self.client.query(self.channel, batch), dtype=np.float64)
+        except ProtocolError as e:
+            # a server that refuses (e.g. batch > max_batch) answers ERROR and closes while we are still
+            # sending: report its typed reason, not our "broken pipe"
+            reason = None if isinstance(e, PeerError) else self._peer_reason()
+            self.close(send_bye=False)
+            if reason is not None:
+                raise reason from None
+            raise
         except BaseException:
             self.close(send_bye=False)
             raise
@@ -126,6 +179,17 @@ class RemoteSession:
             float(timing.get("online_s", latency - offline)), int(timing.get("dealer_bytes", 0))))
         self.stats.privacy = self.client.privacy()
         return logits[0] if single else logits
+
+    def _peer_reason(self, wait: float = 2.0) -> PeerError | None:
+        """The ERROR frame the peer sent before closing, if one is pending (read within `wait` seconds)."""
+        try:
+            self.channel.timeout = wait
+            self.channel.expect(FrameType.BYE)
+        except PeerError as e:
+            return e
+        except Exception:
+            return None
+        return None
 
     def predict(self, x) -> np.ndarray:
         return np.argmax(self.infer(x), axis=-1)
@@ -149,14 +213,15 @@ class RemoteSession:
 
 
 def connect(host: str, port: int, protocol: str = "plain", *, timeout: float = DEFAULT_TIMEOUT,
-            emulated_rtt: float = 0.0, **client_options) -> RemoteSession:
+            emulated_rtt: float = 0.0, progress: bool = False, warn: bool = True,
+            **client_options) -> RemoteSession:
     """Connect to a running server and set up a session (keys, offline phase).
 
     `emulated_rtt` (seconds) adds one round-trip delay per round, for benchmarks on emulated networks.
     """
     get_protocol(protocol).validate_client_options(client_options)  # fail before opening a socket
     return RemoteSession(tcp_connect(host, port, timeout=timeout, emulated_rtt=emulated_rtt), protocol,
-                         **client_options)
+                         progress=progress, warn=warn, **client_options)
 
 
 def _server_process(graph_bytes: bytes, protocol: str, options: dict, kw: dict, conn) -> None:
@@ -184,24 +249,27 @@ class PrivateSession(RemoteSession):
     """
 
     def __init__(self, model: Any, protocol: str = "plain", *, spawn: str = "process",
-                 timeout: float = DEFAULT_TIMEOUT, **options):
-        graph = compile_model(model)
+                 timeout: float = DEFAULT_TIMEOUT, input_shape=None, input_range=None, progress: bool = False,
+                 warn: bool = True, **options):
+        if spawn not in ("process", "thread"):
+            raise PrivinferError(f"spawn must be 'process' or 'thread', got {spawn!r}")
+        graph = compile_model(model, input_shape, input_range)
         cls = get_protocol(protocol)
         server_opts, client_opts = split_options(cls, options)
         server_opts = {**cls.local_session_defaults, **server_opts}
         cls.check_graph(graph)
         self._proc = self._server = None
-        if spawn == "thread":
-            from .server import Server
-            # torch_threads=None: a thread-mode server must not change this process's torch settings
-            self._server = Server(graph, protocol, timeout=timeout, torch_threads=None, **server_opts).start()
-            port = self._server.port
-        elif spawn == "process":
-            port = self._start_process(graph, protocol, server_opts, timeout)
-        else:
-            raise PrivinferError(f"spawn must be 'process' or 'thread', got {spawn!r}")
+        with step(f"{protocol}: preparing the server (parameters, weights)", progress):
+            if spawn == "thread":
+                from .server import Server
+                # torch_threads=None: a thread-mode server must not change this process's torch settings
+                self._server = Server(graph, protocol, timeout=timeout, torch_threads=None, **server_opts).start()
+                port = self._server.port
+            else:
+                port = self._start_process(graph, protocol, server_opts, timeout)
         try:
-            super().__init__(tcp_connect("127.0.0.1", port, timeout=timeout), protocol, **client_opts)
+            super().__init__(tcp_connect("127.0.0.1", port, timeout=timeout), protocol, progress=progress,
+                             warn=warn, **client_opts)
         except BaseException:
             self._stop_server()
             raise
@@ -211,12 +279,17 @@ class PrivateSession(RemoteSession):
         parent, child = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_server_process, daemon=False, name=f"privinfer-server-{protocol}",
                                  args=(graph_to_bytes(graph), protocol, server_opts, {"timeout": timeout}, child))
-        self._proc.start()
+        with no_main_reimport():  # no `if __name__ == "__main__":` guard needed in the caller's script
+            self._proc.start()
         atexit.register(self._stop_server)
         child.close()
-        if not parent.poll(max(timeout, 600.0)):
-            self._stop_server()
-            raise PrivinferError("the server process did not start in time")
+        deadline = time.monotonic() + max(timeout, 600.0)
+        while not parent.poll(0.2):  # never wait on a child that has died
+            if not self._proc.is_alive() or time.monotonic() > deadline:
+                code = self._proc.exitcode
+                self._stop_server()
+                raise PrivinferError("the server process did not start in time" if code is None
+                                     else f"the server process died at start (exit code {code})")
         try:
             msg = parent.recv()
         except EOFError:

@@ -116,3 +116,35 @@ def test_fit_relu_graph_on_ir(trained):
 def test_bad_activation_is_refused():
     with pytest.raises(UnsupportedLayerError):
         make_he_friendly(_relu_model(), "relu6")
+
+
+def test_class_model_with_batchnorm_and_functional_calls_becomes_he_friendly():
+    """Issue 14: BatchNorm (and F.relu / F.max_pool2d) in a class model used to block make_he_friendly."""
+    import torch.nn.functional as F
+    from privinfer.model import compile_model
+    from privinfer.protocols.he.program import check_he_graph
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 3 * 3, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(F.max_pool2d(F.relu(self.bn(self.conv(x))), 2), 1))
+
+    torch.manual_seed(0)
+    net = Net()
+    net.train()
+    net(torch.rand(32, 1, 8, 8))  # non-trivial running statistics
+    net.eval()
+    X = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
+    he = make_he_friendly(net, "poly2", X)
+    g = compile_model(he)
+    check_he_graph(g)  # HE can run it
+    assert g.input_shape == (1, 8, 8) and g.input_range == (0.0, 1.0)  # calibrated on data in [0, 1]
+    assert [l.kind for l in g.layers] == ["conv2d", "poly", "avgpool2d", "flatten", "linear"]
+    # BatchNorm folded exactly: the conv output equals the original conv+bn
+    x = torch.from_numpy(X[:4])
+    want = net.bn(net.conv(x)).detach().numpy()
+    got = run_reference(g, X[:4].astype(np.float64), 0, 1)
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 from torch import nn
+import torch.nn.functional as F
 
 from privinfer.errors import ShapeError, UnsupportedLayerError
 from privinfer.model import compile_model, load_graph, run_reference, save_graph
@@ -149,3 +150,71 @@ def test_consecutive_zero_pads_add_up():
     g = compile_model(net, (1, 7, 7))
     x = torch.rand(2, 1, 7, 7)
     np.testing.assert_allclose(run_reference(g, x.numpy()), net(x).detach().numpy(), atol=1e-5)
+
+
+# --- issue 14: the newcomer's frictions ------------------------------------------------------------
+class _FunctionalPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 3 * 3, 2)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_functional_max_pool2d_with_default_arguments_compiles():
+    m = _FunctionalPool().eval()
+    g = compile_model(m, input_shape=(1, 8, 8))
+    assert [l.kind for l in g.layers] == ["conv2d", "relu", "maxpool2d", "flatten", "linear"]
+    x = torch.rand(2, 1, 8, 8)
+    np.testing.assert_allclose(run_reference(g, x.double().numpy()), m(x).detach().numpy(), atol=1e-5)
+
+
+def test_functional_max_pool2d_with_padding_names_the_argument():
+    class Padded(_FunctionalPool):
+        def forward(self, x):
+            return self.fc(torch.flatten(F.max_pool2d(self.conv(x), 2, padding=1), 1))
+    with pytest.raises(UnsupportedLayerError, match="padding=1"):
+        compile_model(Padded(), input_shape=(1, 8, 8))
+
+
+def test_lstm_is_named():
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.fc = nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 2)
+
+        def forward(self, x):
+            x = x.squeeze(1)  # something unsupported *before* the LSTM must not hide it
+            out, _ = self.lstm(x)
+            return self.fc(out[:, -1])
+    with pytest.raises(UnsupportedLayerError, match=r"LSTM \(lstm\).*recurrent"):
+        compile_model(Seq(), input_shape=(1, 5, 8))
+
+
+def test_conv_first_error_says_how_and_input_shape_keyword_works():
+    m = _FunctionalPool()
+    with pytest.raises(ShapeError, match=r"input_shape=\(1, 28, 28\)"):
+        compile_model(m)
+    import privinfer
+    with privinfer.PrivateSession(m, "plain", spawn="thread", input_shape=(1, 8, 8), warn=False) as s:
+        assert s.input_shape == (1, 8, 8)
+
+
+def test_input_range_is_published_and_survives_files(tmp_path):
+    from privinfer.model import load_graph, save_graph
+    g = compile_model(_FunctionalPool(), (1, 8, 8), input_range=(0, 1))
+    assert g.input_range == (0.0, 1.0) and g.spec()["input_range"] == [0.0, 1.0]
+    save_graph(g, tmp_path / "g.npz")
+    assert load_graph(tmp_path / "g.npz").input_range == (0.0, 1.0)
+    assert g.slice(0, 2).input_range == (0.0, 1.0) and g.slice(1).input_range is None
+    with pytest.raises(ShapeError, match="lo < hi"):
+        compile_model(_FunctionalPool(), (1, 8, 8), input_range=(1, 0))
+
+
+def test_split_as_digits_means_the_index():
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    g = compile_model(m)  # BatchNorm folded: the layer named "2" now sits at index 1
+    assert g.names[1] == "2"
+    assert g.index("2") == g.index(2) == 2

@@ -21,7 +21,8 @@ from privinfer.session import RemoteSession
 from privinfer.transport import FrameType
 from privinfer.transport import connect as tcp_connect
 
-TOL = 1e-2
+TOL = 1e-2  # fast mode (flood 2^-11); circuit-private mode is tested in test_he_privacy.py
+FAST = {"circuit_privacy": "fast"}
 
 
 def _seq(shape, *layers):
@@ -61,7 +62,7 @@ GRAPHS = {"conv-poly": conv_poly_graph, "two-conv": two_conv_graph, "linear-chai
 def cryptonets_like():
     g = _seq((1, 28, 28), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 5, 5, stride=2), Square(), nn.Flatten(),
              nn.Linear(845, 100), Square(), nn.Linear(100, 10))
-    srv = privinfer.Server(g, "he").start()
+    srv = privinfer.Server(g, "he", **FAST).start()
     yield g, srv
     srv.shutdown()
 
@@ -70,7 +71,7 @@ def cryptonets_like():
 def test_latency_logits_match_reference(name):
     g = GRAPHS[name]()
     x = np.random.default_rng(1).random((2, *g.input_shape))
-    with privinfer.PrivateSession(g, "he", spawn="thread") as s:
+    with privinfer.PrivateSession(g, "he", spawn="thread", **FAST) as s:
         got = s.infer(x)
         assert s.stats.last.rounds == 1
     ref = run_reference(g, x)
@@ -90,7 +91,8 @@ def test_cryptonets_shape_argmax_and_limits(cryptonets_like):
     top2 = np.sort(ref, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 0.01  # argmax must agree wherever the margin exceeds the flood
     assert (got.argmax(1) == ref.argmax(1))[clear].all()
-    assert priv["security_bits"] == 128 and priv["architecture_public"] and priv["noise_flood_bits"] > 0
+    assert priv["security_bits"] == 128 and priv["architecture_public"] and priv["flood_std"] > 0 \
+        and priv["circuit_privacy"] == "fast" and priv["guarantee"] == "cryptographic-input-only"
 
 
 # --- parameters --------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_batch_packing_integration(cryptonets_like):
         return
     g = linear_chain_graph()
     x = np.random.default_rng(7).random((3, *g.input_shape))
-    with privinfer.PrivateSession(g, "he", spawn="thread", packing="batch") as s:
+    with privinfer.PrivateSession(g, "he", spawn="thread", packing="batch", **FAST) as s:
         got = s.infer(x)
         assert s.stats.privacy["packing"] == "batch" and s.stats.privacy["galois_keys_sent"] == 0
         with pytest.raises(ResourceLimitError):  # more images than slots: refused before sending

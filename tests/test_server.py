@@ -1,6 +1,7 @@
 """The server survives hostile clients and keeps serving; sessions and limits behave as documented."""
 import socket
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -116,3 +117,57 @@ def test_private_session_in_separate_process_matches_reference():
     np.testing.assert_allclose(single, ref[0], atol=1e-5)
     with pytest.raises(PrivinferError, match="closed"):
         s.infer(x)
+
+
+# --- issue 14: operational basics ---------------------------------------------------------------------
+def test_each_session_is_logged_at_info(server, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="privinfer.server")
+    with privinfer.connect(server.host, server.port, "plain", timeout=5, warn=False) as s:
+        s.infer(np.random.default_rng(0).random((2, 1, 7, 7)))
+        s.infer(np.random.default_rng(1).random((1, 1, 7, 7)))
+    for _ in range(50):  # the server thread logs after the client has gone
+        closed = [r.getMessage() for r in caplog.records if "closed after" in r.getMessage()]
+        if closed:
+            break
+        time.sleep(0.05)
+    opened = [r.getMessage() for r in caplog.records if "opened (protocol plain)" in r.getMessage()]
+    assert opened and "127.0.0.1" in opened[0]
+    assert closed and "2 queries" in closed[0] and " B in" in closed[0] and closed[0].endswith("; ok")
+
+
+def test_oversize_batch_under_plain_is_a_typed_error():
+    """Issue 14: a batch far over max_batch used to end in "Broken pipe" while the client was still sending."""
+    g = privinfer.compile_model(tiny_model())
+    with privinfer.Server(g, "plain", max_batch=8) as srv:
+        with privinfer.connect(srv.host, srv.port, timeout=10, warn=False) as s:
+            with pytest.raises(privinfer.ResourceLimitError, match="batch must be"):
+                s.infer(np.zeros((200_000, 1, 7, 7)))  # 39 MB: the server refuses after the header
+
+
+def test_progress_and_no_privacy_warning(capsys):
+    with privinfer.PrivateSession(tiny_model(), "plain", spawn="thread", progress=True) as s:
+        s.infer(np.zeros((1, 7, 7)))
+    err = capsys.readouterr().err
+    assert err.count("gives no privacy") == 1 and len([l for l in err.splitlines() if "warning" in l]) == 1
+    from privinfer.session import step
+    with step("a long step", True, after=0.05):
+        time.sleep(0.2)
+    err = capsys.readouterr().err
+    assert "a long step ..." in err and "a long step: done in" in err
+    with step("a quick step", True, after=5):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_serve_accepts_input_shape_for_a_conv_first_model():
+    m = tiny_model()
+    del m.input_shape
+    srv = privinfer.serve(m, "plain", input_shape=(1, 7, 7), input_range=(0, 1))
+    try:
+        with privinfer.connect(srv.host, srv.port, timeout=5, warn=False) as s:
+            assert s.input_shape == (1, 7, 7) and s.graph.input_range == (0.0, 1.0)
+            with pytest.raises(privinfer.InputRangeError):
+                s.infer(np.full((1, 7, 7), 3.0))
+    finally:
+        srv.shutdown()

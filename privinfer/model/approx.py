@@ -110,16 +110,28 @@ def _relu_ranges(model: nn.Module, data, quantile: float = 0.001) -> dict[str, t
     return out
 
 
-def make_he_friendly(model: nn.Module, activation: str = "square", input_range=None) -> nn.Module:
+def make_he_friendly(model: nn.Module, activation: str = "square", input_range=None, *,
+                     input_shape=None) -> nn.Module:
     """A copy of `model` with ReLU -> square/poly, MaxPool -> AvgPool, BatchNorm folded (see module doc).
 
     `input_range`: None, a pair (lo, hi), or calibration data (a batch shaped like the model's input).
-    The returned module is trainable, carries `input_shape` if the original did, and records the fitted
-    ranges in `he_ranges` ({relu module name: (lo, hi)}).
+    A class model (not an `nn.Sequential`) is first compiled and rebuilt as an `nn.Sequential`, so that
+    BatchNorm and functional calls in its `forward` (F.relu, F.max_pool2d) are rewritten too; it needs
+    `input_shape` (C, H, W) when it starts with a convolution (taken from calibration data if given).
+    The returned module is trainable, carries `input_shape` (and `input_range`) if known, and records the
+    fitted ranges in `he_ranges` ({relu module name: (lo, hi)}).
     """
     _check_activation(activation)
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(f"make_he_friendly needs a torch nn.Module, got {type(model).__name__}")
+    calibration = input_range is not None and not (isinstance(input_range, (tuple, list)) and len(input_range) == 2
+                                                   and np.isscalar(input_range[0]))
+    if not isinstance(model, nn.Sequential):
+        from .compile import compile_model
+        from .torch_layers import sequential_from_graph
+        if input_shape is None and getattr(model, "input_shape", None) is None and calibration:
+            input_shape = np.asarray(input_range).shape[1:]
+        model = sequential_from_graph(compile_model(model, input_shape))
     m = copy.deepcopy(model)
     m.eval()
     if isinstance(m, nn.Sequential):
@@ -141,6 +153,16 @@ def make_he_friendly(model: nn.Module, activation: str = "square", input_range=N
             raise UnsupportedLayerError(f"could not make {name} ({type(mod).__name__}) HE-friendly")
     if hasattr(model, "input_shape"):
         m.input_shape = tuple(model.input_shape)
+    if calibration and getattr(model, "input_range", None) is None:  # publish what it was calibrated on
+        X = np.asarray(input_range, dtype=np.float64)
+        lo, hi = float(X.min()), float(X.max())
+        # a batch rarely hits the ends of the true range: widen to the usual one it falls in
+        for a, b in ((0.0, 1.0), (-1.0, 1.0)):
+            if a <= lo and hi <= b:
+                lo, hi = a, b
+                break
+        if lo < hi:
+            m.input_range = (lo, hi)
     m.he_ranges = ranges
     return m
 

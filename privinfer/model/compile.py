@@ -130,10 +130,19 @@ class _Builder:
         elif fn in (operator.pow, torch.pow, torch.square) and (fn is torch.square or args[1] == 2):
             self.add(Poly.square(), name)
         elif fn in (F.max_pool2d, F.avg_pool2d):
-            if len(args) > 3 or set(kwargs) - {"kernel_size", "stride"}:
-                raise _unsupported(f"{fn.__name__} with padding/dilation/ceil_mode arguments ({name})")
-            k = _pair(args[1] if len(args) > 1 else kwargs["kernel_size"])
-            s = args[2] if len(args) > 2 else kwargs.get("stride")
+            # fx records every keyword of F.max_pool2d, defaults included: refuse only non-default values
+            names_ = ("input", "kernel_size", "stride", "padding") + (
+                ("dilation", "ceil_mode", "return_indices") if fn is F.max_pool2d
+                else ("ceil_mode", "count_include_pad", "divisor_override"))
+            given = {**dict(zip(names_, args)), **kwargs}
+            defaults = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False,
+                        "count_include_pad": True, "divisor_override": None}
+            odd = sorted(k for k, v in given.items() if k in defaults and k != "stride"
+                         and (_pair(v) != _pair(defaults[k]) if k in ("padding", "dilation") else v != defaults[k]))
+            if odd:
+                raise _unsupported(f"{fn.__name__} with {', '.join(f'{k}={given[k]!r}' for k in odd)} ({name})")
+            k = _pair(given["kernel_size"])
+            s = given.get("stride")
             self.add((MaxPool2d if fn is F.max_pool2d else AvgPool2d)(k, _pair(s or k)), name)
         else:
             raise _unsupported(f"function {getattr(fn, '__name__', fn)} ({name})")
@@ -186,11 +195,29 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
+_KNOWN = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d,
+          nn.AdaptiveAvgPool2d, nn.Flatten, nn.ZeroPad2d, nn.Sequential, PolyAct, Square) + _SKIPPED
+_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
+
+
+def _name_unsupported_modules(model: nn.Module) -> None:
+    """Refuse a model holding a module the IR cannot express, naming the module (not a later symptom)."""
+    for name, m in model.named_modules():
+        if not name or isinstance(m, _KNOWN) or type(m).__module__.split(".")[0] != "torch":
+            continue  # the model itself, supported layers, and user containers (checked via their children)
+        if isinstance(m, _RECURRENT):
+            raise UnsupportedLayerError(
+                f"unsupported layer {type(m).__name__} ({name}): recurrent layers cannot be expressed, privinfer "
+                f"runs feed-forward chains; supported: {', '.join(SUPPORTED_MODULES)}")
+        raise _unsupported(f"{type(m).__name__} ({name})")
+
+
 def _trace_chain(model: nn.Module, b: _Builder) -> None:
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
             return isinstance(m, (PolyAct, Square)) or super().is_leaf_module(m, qualname)
 
+    _name_unsupported_modules(model)  # an LSTM must be named, not the getitem/loop that follows it
     try:
         graph = _Tracer().trace(model)
     except Exception as e:  # fx raises many kinds; the message names the construct
@@ -225,14 +252,20 @@ def _trace_chain(model: nn.Module, b: _Builder) -> None:
         current = node
 
 
-def compile_model(model: Any, input_shape: Sequence[int] | None = None) -> Graph:
+def compile_model(model: Any, input_shape: Sequence[int] | None = None,
+                  input_range: Sequence[float] | None = None) -> Graph:
     """Turn a torch module (eval-mode semantics) or an existing Graph into a Graph.
 
     `input_shape` excludes the batch dimension; when omitted it is read from `model.input_shape`
     (zoo models carry it) or, for a model starting with Linear, from its in_features.
+    `input_range` (lo, hi) is the range of input values the model was trained for (e.g. (0, 1) for pixels
+    divided by 255); it is published to clients, which refuse inputs outside it, and lets `he` and `ss`
+    size their arithmetic so that it cannot wrap. When omitted it is read from `model.input_range`.
     """
     if isinstance(model, Graph):
-        return model
+        if input_shape is not None and tuple(int(v) for v in input_shape) != model.input_shape:
+            raise ShapeError(f"input_shape {tuple(input_shape)} does not match the graph's {model.input_shape}")
+        return model if input_range is None else model.with_input_range(input_range)
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(f"cannot compile {type(model).__name__}: expected a torch nn.Module")
     b = _Builder()
@@ -251,11 +284,15 @@ def compile_model(model: Any, input_shape: Sequence[int] | None = None) -> Graph
         if isinstance(b.layers[0], Linear):
             input_shape = (b.layers[0].weight.shape[1],)
         else:
-            raise ShapeError("input_shape is required (C, H, W) for a model that starts with a convolution")
-    return _resolve_adaptive(tuple(int(v) for v in input_shape), b.layers, b.names)
+            raise ShapeError("input_shape is required (C, H, W) for a model that starts with a convolution: "
+                             "pass input_shape=(1, 28, 28) to compile_model / PrivateSession / serve, "
+                             "or set model.input_shape = (1, 28, 28)")
+    if input_range is None:
+        input_range = getattr(model, "input_range", None)
+    return _resolve_adaptive(tuple(int(v) for v in input_shape), b.layers, b.names, input_range)
 
 
-def _resolve_adaptive(input_shape, layers, names) -> Graph:
+def _resolve_adaptive(input_shape, layers, names, input_range=None) -> Graph:
     shape = input_shape
     out = []
     for layer, name in zip(layers, names):
@@ -269,4 +306,4 @@ def _resolve_adaptive(input_shape, layers, names) -> Graph:
             shape = layer.out_shape(shape)
         except ShapeError as e:
             raise ShapeError(f"layer {name}: {e}") from None
-    return Graph(input_shape, tuple(out), tuple(names))
+    return Graph(input_shape, tuple(out), tuple(names), input_range)

@@ -28,6 +28,19 @@ def _pair(v) -> tuple[int, int]:
     return int(v), int(v)
 
 
+def check_range(r) -> tuple[float, float] | None:
+    """None, or a finite (lo, hi) with lo < hi, as floats."""
+    if r is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in r)
+    except (TypeError, ValueError):
+        raise ShapeError(f"input_range must be (lo, hi), got {r!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ShapeError(f"input_range must be finite with lo < hi, got {r!r}")
+    return lo, hi
+
+
 def _positive(v: tuple, name: str) -> tuple:
     if min(v) < 1:
         raise ShapeError(f"{name} must be >= 1, got {v}")
@@ -248,10 +261,13 @@ class Graph:
     input_shape: Shape
     layers: tuple
     names: tuple = field(default=())
+    #: (lo, hi): the input values the model was trained/calibrated for, published to clients (None: unknown)
+    input_range: tuple | None = None
     shapes: tuple = field(default=(), init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "input_range", check_range(self.input_range))
         object.__setattr__(self, "layers", tuple(self.layers))
         names = tuple(self.names) or tuple(f"{i}:{l.kind}" for i, l in enumerate(self.layers))
         if len(names) != len(self.layers):
@@ -273,7 +289,14 @@ class Graph:
         return len(self.layers)
 
     def index(self, key: Union[int, str]) -> int:
-        """Position of a layer given as an index (negative allowed, len allowed) or a name."""
+        """Position of a layer given as an index (negative allowed, len allowed) or a name.
+
+        A string of digits ("4", as a command line passes it) is an index too, like 4: one meaning, so
+        `split=4` and `split="4"` cut at the same place (nn.Sequential's child names are digits that stop
+        matching positions once BatchNorm is folded or Dropout dropped, so they are not looked up as names).
+        """
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            key = int(key)
         if isinstance(key, (int, np.integer)):
             k = int(key)
             if k < 0:
@@ -286,18 +309,26 @@ class Graph:
         raise ShapeError(f"no layer named {key!r}; names are {list(self.names)}")
 
     def slice(self, start: int, stop: int | None = None) -> "Graph":
-        """The sub-graph layers[start:stop], with its own input shape."""
+        """The sub-graph layers[start:stop], with its own input shape (and the input range if start is 0)."""
         stop = len(self.layers) if stop is None else stop
-        return Graph(self.shapes[start], self.layers[start:stop], self.names[start:stop])
+        return Graph(self.shapes[start], self.layers[start:stop], self.names[start:stop],
+                     self.input_range if start == 0 else None)
 
     def replace(self, layers: Sequence, names: Sequence | None = None) -> "Graph":
-        return Graph(self.input_shape, tuple(layers), tuple(names) if names is not None else ())
+        return Graph(self.input_shape, tuple(layers), tuple(names) if names is not None else (), self.input_range)
+
+    def with_input_range(self, input_range) -> "Graph":
+        """The same graph publishing `input_range` (lo, hi), or none."""
+        return Graph(self.input_shape, self.layers, self.names, input_range)
 
     # --- the public architecture -------------------------------------------------------------
     def spec(self) -> dict:
         """The architecture as JSON-able data: kinds, hyper-parameters, shapes; no weights."""
-        return {"input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
-                "layers": [{"kind": l.kind, "name": n, **l.params()} for l, n in zip(self.layers, self.names)]}
+        out = {"input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+               "layers": [{"kind": l.kind, "name": n, **l.params()} for l, n in zip(self.layers, self.names)]}
+        if self.input_range is not None:
+            out["input_range"] = list(self.input_range)
+        return out
 
     @classmethod
     def from_spec(cls, spec: dict, arrays: dict[str, np.ndarray] | None = None) -> "Graph":
@@ -336,7 +367,7 @@ class Graph:
                     w = layers[-1].weight
                     if w.shape != tuple(shape):
                         raise ShapeError(f"layer {i} weight shape {w.shape} != {tuple(shape)}")
-            return cls(tuple(spec["input_shape"]), tuple(layers), tuple(names))
+            return cls(tuple(spec["input_shape"]), tuple(layers), tuple(names), spec.get("input_range"))
         except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
             raise ShapeError(f"malformed graph spec: {e!r}") from None
 

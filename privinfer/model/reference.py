@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ShapeError
+from ..errors import InputRangeError, ShapeError
 from .ir import AvgPool2d, Conv2d, Flatten, Graph, Linear, MaxPool2d, Poly, ReLU
 
 
@@ -43,6 +43,32 @@ def check_input(graph: Graph, x) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ShapeError("input holds non-finite values")
     return arr
+
+
+def check_input_range(graph: Graph, batch: np.ndarray) -> None:
+    """Refuse values outside the range the graph publishes, naming the likely cause.
+
+    Out-of-range inputs are the commonest silent failure (uint8 pixels into a [0, 1] model): `he` and `ss`
+    only guarantee that their arithmetic does not wrap inside the published range, and even `plain` answers
+    nonsense outside it. A small tolerance (0.1 % of the width) absorbs rounding from the user's scaling.
+    """
+    if graph.input_range is None or batch.size == 0:
+        return
+    lo, hi = graph.input_range
+    tol = 1e-3 * (hi - lo)
+    vmin, vmax = float(batch.min()), float(batch.max())
+    if vmin >= lo - tol and vmax <= hi + tol:
+        return
+    cause = "scale it the way the model's training data was scaled"
+    unit = vmin >= 0 and (hi - lo) <= 1.0 + 1e-9 and 1.5 < vmax
+    if unit and vmax <= 255.0 and (np.all(batch == np.round(batch)) or vmax > 100.0):
+        cause = "pixels look like 0-255; divide by 255"
+    elif unit and vmax <= 100.0:
+        cause = "values look like 0-100 percent; divide by 100"
+    elif vmin < lo - tol and lo >= 0 and vmin > -10 and vmax < 10:
+        cause = "values look standardized (mean/std); feed the raw range instead"
+    raise InputRangeError(f"input values span [{vmin:.4g}, {vmax:.4g}] but the model expects [{lo:g}, {hi:g}] "
+                          f"({cause})")
 
 
 def run_reference(graph: Graph, x, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -27,3 +27,45 @@ class Square(nn.Module):
 
     def forward(self, x):
         return x * x
+
+
+def sequential_from_graph(graph) -> nn.Sequential:
+    """A trainable float32 `nn.Sequential` computing `graph` (BatchNorm already folded by the compiler).
+
+    It lets `make_he_friendly` rewrite and fine-tune any compilable model, including class models whose
+    `forward` uses functional calls (F.relu, F.max_pool2d) or BatchNorm, as a plain chain of modules.
+    """
+    from .ir import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Poly, ReLU
+    mods = []
+    for layer in graph.layers:
+        if isinstance(layer, Conv2d):
+            t, b, l, r = layer.padding
+            if (t, l) != (b, r):
+                mods.append(nn.ZeroPad2d((l, r, t, b)))
+                t = l = 0
+            oc, ic, kh, kw = layer.weight.shape
+            m = nn.Conv2d(ic, oc, (kh, kw), stride=layer.stride, padding=(t, l))
+            m.weight.data = torch.from_numpy(layer.weight).float().clone()
+            m.bias.data = torch.from_numpy(layer.bias).float().clone()
+        elif isinstance(layer, Linear):
+            m = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+            m.weight.data = torch.from_numpy(layer.weight).float().clone()
+            m.bias.data = torch.from_numpy(layer.bias).float().clone()
+        elif isinstance(layer, AvgPool2d):
+            m = nn.AvgPool2d(layer.kernel, layer.stride, layer.padding)
+        elif isinstance(layer, MaxPool2d):
+            m = nn.MaxPool2d(layer.kernel, layer.stride)
+        elif isinstance(layer, ReLU):
+            m = nn.ReLU()
+        elif isinstance(layer, Poly):
+            m = Square() if layer.coeffs == (0.0, 0.0, 1.0) else PolyAct(layer.coeffs)
+        elif isinstance(layer, Flatten):
+            m = nn.Flatten()
+        else:
+            raise TypeError(f"no torch module for {type(layer).__name__}")
+        mods.append(m)
+    seq = nn.Sequential(*mods)
+    seq.input_shape = tuple(graph.input_shape)
+    if graph.input_range is not None:
+        seq.input_range = tuple(graph.input_range)
+    return seq.eval()

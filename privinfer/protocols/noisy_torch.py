@@ -92,7 +92,7 @@ def torch_to_graph(module: nn.Module, input_shape, names) -> Graph:
     g = compile_model(module, tuple(input_shape))
     if len(g.layers) != len(names):
         raise PrivinferError(f"compiled {len(g.layers)} layers, expected {len(names)}")
-    return Graph(g.input_shape, g.layers, tuple(names))
+    return Graph(g.input_shape, g.layers, tuple(names), g.input_range)
 
 
 # --- zoo models and data ---------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def train_noisy(model, split, data="digits", epsilon=1.0, *, mechanism: str = "l
         layers += list(sg.layers)
         names += list(sg.names)
         split_out = k
-    out_graph = Graph(graph.input_shape, tuple(layers), tuple(names))
+    out_graph = Graph(graph.input_shape, tuple(layers), tuple(names), graph.input_range)
     meta = {"model": model_id, "split": split_out, "original_split": k, "mechanism": mechanism,
             "epsilon": epsilon_json(eps), "delta": delta, "clip": cfg.clip, "nullify": nullify,
             "bottleneck": bottleneck, "hidden": hidden if bottleneck else None, "train_prefix": train_prefix,

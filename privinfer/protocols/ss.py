@@ -58,6 +58,7 @@ import numpy as np
 
 from ..errors import ParameterError, PrivinferError, ProtocolError, ShapeError, TimeoutError_
 from ..model.ir import Graph, graph_to_bytes
+from ..model.bounds import check_fixed_point
 from ..transport import Channel, frames
 from .base import ClientSide, Protocol, ServerSide, register
 from .ss_compile import SUPPORTED, lower
@@ -472,6 +473,7 @@ class SecretSharing(Protocol):
         self.secret = check_dealer_choice(self.options["dealer"], self.options["server_secret"])
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
+        check_fixed_point(graph, self.client_options["precision_bits"], 64, "ss")  # refuse at serve time
 
     @classmethod
     def validate_client_options(cls, options: dict) -> dict:
@@ -492,6 +494,8 @@ class SecretSharing(Protocol):
         return opts
 
     def server_side(self, client_options: dict) -> ServerSide:
+        # the ring must hold every product for inputs in the published range (the client picks the precision)
+        check_fixed_point(self.graph, int(client_options["precision_bits"]), 64, "ss")
         return _SSServer(self, client_options)
 
     @classmethod

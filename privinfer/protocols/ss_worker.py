@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from .._process import exit_with_parent
+from .._process import exit_with_parent, no_main_reimport
 from ..errors import PrivinferError, ProtocolError, TimeoutError_
 from ..transport import frames
 
@@ -69,7 +69,8 @@ def warm_up() -> None:
     if ctx.get_start_method() == "forkserver":
         try:
             import multiprocessing.forkserver as fs
-            fs.ensure_running()
+            with no_main_reimport():
+                fs.ensure_running()
         except Exception:
             pass
 
@@ -89,7 +90,8 @@ class ChildProcess:
             # ours watch their parent and exit with it, so a daemonic client may still run 2PC
             if daemonic:
                 me._config["daemon"] = False
-            self.proc.start()
+            with no_main_reimport():  # a caller's script without a __main__ guard must not re-run
+                self.proc.start()
         finally:
             if daemonic:
                 me._config["daemon"] = True

@@ -12,7 +12,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from ..errors import PeerError, ProtocolError, TimeoutError_
+from ..errors import PeerError, PeerResourceLimitError, ProtocolError, TimeoutError_
 from . import frames
 from .frames import FrameType
 
@@ -120,7 +120,8 @@ class Channel:
             raise ProtocolError(f"expected {'/'.join(t.name for t in types)} from {self.peer}, got {ftype.name}")
         if ftype == FrameType.ERROR and FrameType.ERROR not in types:
             info = frames.decode_json(payload)
-            raise PeerError(f"{self.peer} reported {info.get('type', 'error')}: {info.get('message', '')}")
+            cls = PeerResourceLimitError if info.get("type") == "ResourceLimitError" else PeerError
+            raise cls(f"{self.peer} reported {info.get('type', 'error')}: {info.get('message', '')}")
         if ftype not in types:
             raise ProtocolError(f"expected {'/'.join(t.name for t in types)} from {self.peer}, got {ftype.name}")
         return ftype, payload

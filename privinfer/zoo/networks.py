@@ -17,9 +17,14 @@ from ..errors import PrivinferError
 from ..model.torch_layers import Square
 
 
+#: every zoo network is trained on pixels scaled to [0, 1] (0 = background, 1 = ink), published to clients
+INPUT_RANGE = (0.0, 1.0)
+
+
 def _seq(input_shape: tuple[int, ...], *layers: nn.Module) -> nn.Sequential:
     model = nn.Sequential(*layers)
     model.input_shape = tuple(input_shape)
+    model.input_range = INPUT_RANGE
     return model
 
 

@@ -57,7 +57,7 @@ def default_dir(name: str) -> Path:
 def graph_bytes(graph: Graph) -> bytes:
     """`save_graph` output with timestamps and host-dependent zip fields fixed, so equal weights give equal bytes."""
     raw = io.BytesIO()
-    save_graph(graph, raw)
+    save_graph(graph.with_input_range(None), raw)  # the zoo's [0, 1] range comes from its code, not the file
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(raw.getvalue())) as src, \
             zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as dst:
@@ -175,16 +175,17 @@ def load_model(name: str, train_if_missing: bool = True, progress: bool = False)
         if want and hashlib.sha256(data).hexdigest() != want:
             raise ShapeError(f"{path}: sha256 does not match {side.name}; the weights file is corrupt")
     graph = load_graph(data)
-    if graph.spec() != compile_model(build_network(name)).spec():
+    expected = compile_model(build_network(name))
+    if graph.with_input_range(None).spec() != expected.with_input_range(None).spec():
         raise ShapeError(f"{path} does not hold the {name!r} architecture")
-    return graph
+    return graph.with_input_range(expected.input_range)  # every zoo network takes pixels in [0, 1]
 
 
 def graph_to_torch(name: str, graph: Graph) -> nn.Sequential:
     """Rebuild the zoo torch model and copy the Graph's weights in (zoo nets have no BatchNorm to unfold;
     cryptonets' ZeroPad2d, folded into the conv's padding by the compiler, stays a torch layer)."""
     model = build_network(name)
-    if compile_model(model).spec() != graph.spec():
+    if compile_model(model).with_input_range(None).spec() != graph.with_input_range(None).spec():
         raise ShapeError(f"graph is not the zoo's {name!r} architecture")
     weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     layers = [l for l in graph.layers if l.kind in ("conv2d", "linear")]

@@ -20,20 +20,24 @@ What is protected, precisely
   anything else: `security_bits = 128`). The server sees ciphertexts, their count and sizes only.
 * Keys: the server receives the public key, the relinearization key and Galois keys for the rotation steps its
   plan uses (powers of two), never the secret key (a test searches the client's traffic for it).
-* Model: the weights stay on the server. Before a result leaves, the server (a) adds a fresh public-key
-  encryption of zero (re-randomization: the ciphertext no longer depends on the evaluation's randomness
-  structure), (b) adds Gaussian noise of standard deviation `flood_std` (default 2^-11, in logit units) to
-  every slot, real and imaginary parts (noise flooding), and (c) leaves every slot other than the logits at
-  an exact zero or a copy of a logit: the last layer's diagonals and fold are chosen so that no partial sum
-  lands anywhere else (the effect of a 0/1 mask without spending a level). `privacy()` reports the flooding
-  in bits together with an estimate of the evaluation noise it must hide.
+* Model: the weights stay on the server. Before a result leaves, the server (a) multiplies it by a 0/1
+  plaintext that keeps one copy of each logit and zeroes every other slot (latency: a level of its own in
+  circuit-private mode, 20 bits of the last prime in fast mode; batch: `mask_unused`, every slot past the
+  batch the client sent), so what those slots held -- partial sums times
+  the weights' encoding error, 2^-10 on cryptonets-mnist before issue 9, moving with a 1e-6 change of one
+  weight -- is gone down to the mask's own encoding error; (b) adds a fresh public-key encryption of zero
+  (re-randomization); (c) adds Gaussian noise of `flood_std` to every slot, real and imaginary parts (noise
+  flooding). How large the flood is, and what it buys, is the `circuit_privacy` policy (`privacy.py`):
+  "flood" (default: 2^-5 logit units on high-precision parameters, at most `max_queries` replies per key)
+  or "fast" (2^-11, smallest parameters, no cap). `stats.privacy` reports the flood's margin over the
+  estimated evaluation error and the statistical security it gives for the query cap; the guarantee is
+  "cryptographic" only where that reaches the target (30 bits), which the zoo networks do not: the margin
+  the flood can have while the argmax survives is ~7 bits (see privacy.py).
 * NOT protected: the architecture (layer kinds, shapes, polynomial coefficients of the activations) is public
-  and sent in WELCOME; CKKS is approximate, so the logits carry an error (~1e-4 relative plus the flood) and
-  the flood hides the server's evaluation noise only statistically, by a margin of a few bits, not the
-  40+ bits a formal IND-CPA-D / circuit-privacy argument would need (Li-Micciancio 2021); the model is
-  exposed to whatever the logits themselves reveal (model extraction by many queries is out of scope). The
-  threat model is semi-honest: a malicious server could compute a different function; a malicious client
-  could send malformed keys (rejected with typed errors) but nothing stops it from querying.
+  and sent in WELCOME; CKKS is approximate, so the logits carry an error plus the flood; the model is exposed
+  to whatever the logits themselves reveal (model extraction by many queries is out of scope), and to
+  averaging across sessions (the cap is per key). The threat model is semi-honest: a malicious server could
+  compute a different function; a malicious client could send malformed keys (rejected with typed errors).
 
 Packings: `packing="latency"` (default; `latency.py`: one image per query, any number of convolutions and
 linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, up to N/2 images).
@@ -47,18 +51,18 @@ import threading
 
 import numpy as np
 
-from ...errors import ParameterError, PrivinferError, ProtocolError, ResourceLimitError, ShapeError
+from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitError, ResourceLimitError, ShapeError
 from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
-from .params import HEParams, select_params, value_bits_from_data
+from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
+from .privacy import CIRCUIT_PRIVACY_MODES, FloodPolicy
 from .program import build_program, check_he_graph
 
 __all__ = ["HE", "CKKSContext", "HEParams", "select_params", "plan_latency", "build_program", "rerandomize"]
 
-DEFAULT_FLOOD_STD = 2.0 ** -11
 PACKINGS = ("latency", "batch")
 
 
@@ -152,6 +156,7 @@ class _HEServer(ServerSide):
     def __init__(self, proto: "HE", packing: str, batch_size):
         self.proto, self.packing = proto, packing
         self.ctx: _KeyedContext | None = None
+        self.answered = 0  # replies (images) given under this session's key: the flood is sized for a cap
         if packing == "latency":
             self.params, self.steps = proto.latency_params, proto.plan.rotation_steps
         else:
@@ -163,8 +168,8 @@ class _HEServer(ServerSide):
 
     def welcome(self) -> dict:
         info = {"packing": self.packing, "params": self.params.to_json(), "rotation_steps": list(self.steps),
-                "flood_std": self.proto.flood_std, "out_dim": int(np.prod(self.proto.graph.output_shape)),
-                "max_batch": self.max_batch}
+                "flood_std": self.proto.policy.flood_std, "out_dim": int(np.prod(self.proto.graph.output_shape)),
+                "max_batch": self.max_batch, "circuit_privacy": self.proto.policy.to_json()}
         if self.packing == "latency":
             info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct)
         return info
@@ -192,8 +197,15 @@ class _HEServer(ServerSide):
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {self.max_batch} "
                                      f"({self.packing} packing)")
         blobs = ch.recv_blobs()
+        cap = self.proto.policy.max_queries
+        if cap is not None and self.answered + B > cap:
+            raise QueryLimitError(f"this session has had {self.answered} replies; {B} more exceed the cap of {cap} "
+                                  f"per key that the flood's statistical margin is sized for (open a new session: "
+                                  f"a fresh key)")
+        self.answered += B
         if self.packing == "batch":
-            out = self.batch.server_evaluate(self.ctx, self.proto.graph, blobs, B)
+            # every slot past the images the client paid for is masked: a one-image query returns one answer
+            out = self.batch.server_evaluate(self.ctx, self.proto.graph, blobs, B, mask_unused=True)
             ch.send_blobs([self._finish(b) for b in out])
             return
         n_ct = self.proto.plan.input.n_ct
@@ -211,13 +223,13 @@ class _HEServer(ServerSide):
                                         f"{self.params.input_scale_bits}")
                 cts.append(ct)
             out = self.proto.compiled.evaluate(cts, backend=backend)
-            rerandomize(self.ctx, out, self.proto.flood_std)
+            rerandomize(self.ctx, out, self.proto.policy.flood_std)
             results.append(self.ctx.ct_to_bytes(out))
         ch.send_blobs(results)
 
     def _finish(self, blob: bytes) -> bytes:
         ct = self.view.ct_from_bytes(blob, "batch result")
-        return self.view.ct_to_bytes(rerandomize(self.view, ct, self.proto.flood_std))
+        return self.view.ct_to_bytes(rerandomize(self.view, ct, self.proto.policy.flood_std))
 
     def close(self) -> None:
         self.ctx = None
@@ -230,6 +242,7 @@ class _HEClient(ClientSide):
             self.params = HEParams.from_json(welcome["params"])
             self.steps = [int(s) for s in welcome["rotation_steps"]]
             self.flood_std = float(welcome.get("flood_std", 0.0))
+            self.policy = FloodPolicy.from_json(welcome["circuit_privacy"])
             self.out_dim = int(welcome["out_dim"])
             self.max_batch = int(welcome.get("max_batch", 1))
         except (KeyError, TypeError, ValueError) as e:
@@ -250,12 +263,18 @@ class _HEClient(ClientSide):
             if sorted(self.steps) != sorted(int(s) for s in self.batch.rotation_steps(graph)):
                 raise ProtocolError("the server asks for rotation keys the batch engine does not use")
         self.ctx: CKKSContext | None = None
+        self.answered = 0
 
     def query_meta(self, x: np.ndarray) -> dict:
         B = int(x.shape[0])
         limit = self.max_batch if self.packing == "latency" else self.params.slots
         if B > limit:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {limit} ({self.packing} packing)")
+        cap = self.policy.max_queries
+        if cap is not None and self.answered + B > cap:
+            raise QueryLimitError(f"{self.answered} replies so far; {B} more exceed the server's cap of {cap} per "
+                                  f"key (circuit-private mode); open a new session")
+        self.answered += B
         return {"batch": B}
 
     def setup(self, ch: Channel) -> None:
@@ -286,37 +305,41 @@ class _HEClient(ClientSide):
 
     def privacy(self) -> dict:
         p = self.params
-        out = {"protocol": "he", "guarantee": "cryptographic-input-only", "scheme": "CKKS (approximate arithmetic)", "security_bits": p.security_bits,
+        out = {"protocol": "he", "scheme": "CKKS (approximate arithmetic)", "security_bits": p.security_bits,
                "poly_modulus_degree": p.N, "coeff_modulus_bits": p.total_bits, "packing": self.packing,
-               "input_private": True, "model_private": True, "architecture_public": True,
+               "input_private": True, "architecture_public": True,
                "threat_model": "semi-honest server and client",
                "secret_key_location": "client only",
                "galois_keys_sent": len(self.steps),
                "output_rerandomized": True,
-               "flood_std": self.flood_std}
-        if self.flood_std > 0:
-            t_out = p.output_scale_bits or p.scale_bits
-            # evaluation error of this evaluator, measured on the zoo networks (logits up to ~100): about
-            # 2^-(scale_bits - 16) in value units; an estimate, not a bound
-            noise = 2.0 ** -(p.scale_bits - 16)
-            out.update(noise_flood_bits=round(math.log2(self.flood_std) + t_out, 1),
-                       evaluation_noise_bits_estimate=round(math.log2(noise) + t_out, 1),
-                       flood_margin_bits_estimate=round(math.log2(self.flood_std / noise), 1))
-        out["not_protected"] = ["architecture (layer kinds, shapes, activation coefficients)",
-                                "CKKS approximation error in the logits",
-                                "statistical hiding of evaluation noise only by the flood margin (not IND-CPA-D)",
-                                "what the logits themselves reveal (model extraction over many queries)"]
+               "non_logit_slots_masked": True}
+        out.update(self.policy.report(p))
         return out
 
     def close(self) -> None:
         self.ctx = None
 
 
+def _value_bits_for_range(graph: Graph, vb, explicit: bool):
+    """CKKS wraps silently past its modulus: give every value the inputs in the published range can reach
+    room. q0 holds output_scale + value_bits + 2 bits, so logits below 2^value_bits decrypt with a factor-4
+    margin; intermediates sit at higher levels with more room still (see params.py)."""
+    if graph.input_range is None:
+        return vb
+    from ...model.bounds import peak_bits
+    need = peak_bits(graph)
+    if explicit and vb < need:
+        raise ParameterError(f"value_bits={vb} is too small: inputs in {list(graph.input_range)} can reach "
+                             f"2^{need}, which would wrap; use value_bits >= {need}")
+    return max(need, vb if vb is not None else DEFAULT_VALUE_BITS)
+
+
 @register
 class HE(Protocol):
     name = "he"
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
-    server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": DEFAULT_FLOOD_STD}
+    server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": None,
+                      "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30}
     client_options = {"packing": "latency", "batch_size": None}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
@@ -331,10 +354,11 @@ class HE(Protocol):
         vb = self.options["value_bits"]
         if vb is None:
             vb = value_bits_from_data(self.program, cal) if cal is not None else None
+        vb = _value_bits_for_range(graph, vb, explicit=self.options["value_bits"] is not None)
         self.value_bits = vb
-        self.flood_std = float(self.options["flood_std"])
-        if not self.flood_std >= 0:
-            raise ParameterError(f"flood_std must be >= 0, got {self.flood_std}")
+        o = self.options
+        self.policy = FloodPolicy.make(o["circuit_privacy"], o["flood_std"], o["max_queries"], o["statistical_security"])
+        self.flood_std = self.policy.flood_std
         self._lock = threading.Lock()
         self._latency = None
         self._batch_params: dict[int, HEParams] = {}
@@ -343,12 +367,15 @@ class HE(Protocol):
     def _build_latency(self):
         with self._lock:
             if self._latency is None:
-                params = select_params(self.program, "latency", value_bits=self.value_bits)
+                params = select_params(self.program, "latency", value_bits=self.value_bits, mask=True,
+                                       flood=self.policy.mode == "flood")
                 plan = plan_latency(self.program, params.slots)
                 ctx = CKKSContext.for_params(params)
                 compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
-                                        scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits)
+                                        scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits,
+                                        mask=True, mask_bits=params.notes.get("mask_bits")
+                                        if params.notes.get("structure", [""])[-1] == "mask0" else None)
                 self._latency = (params, plan, ctx, compiled)
         return self._latency
 

@@ -64,6 +64,7 @@ from .batch_rns import seal, ts
 
 MASK_BITS = 24.0  # scale of the 0/1 mask plaintext when mask_unused=True
 ENOUGH_BITS = 16  # suggest_params: beyond this precision, prefer the cheaper parameters
+MIN_PRECISION_BITS = 8  # server_evaluate refuses a plan below this (its logits would be noise)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +158,9 @@ def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int
         raise ProtocolError(f"input scale 2^{math.log2(scale0):.1f} is outside the usable range")
     mask_bits = MASK_BITS if (mask_unused and batch < kit.slots) else 0.0
     plan = prep.plan(kit, level, scale0, mask_bits, force_drops)
+    if plan.precision_bits < MIN_PRECISION_BITS and not force_drops:
+        raise ParameterError(f"these CKKS parameters leave {plan.precision_bits:.1f} bits of weight precision "
+                             f"(< {MIN_PRECISION_BITS}): the logits would be wrong; use a larger chain or N")
     if stats is not None:
         stats["plan"] = {"drops": plan.drops, "log_rho": plan.log_rho, "precision_bits": plan.precision_bits,
                          "level": level, "log2_input_scale": math.log2(scale0)}
@@ -359,8 +363,8 @@ def suggest_params(graph: Graph, n: int = 8192, input_bound: float = 1.0) -> dic
 
     Tries a few chains of `depth(graph)` rescale primes (even, or with a small prime dropped first, just
     before the first square where its bits count four times), first/special primes of 50-60 bits, and
-    input scales 2^25..2^31; keeps the cheapest plan reaching ENOUGH_BITS of precision (else the most
-    precise). Returns {"coeff_bits": [...], "scale_bits": int, "precision_bits": float}. Cached per graph.
+    input scales 2^25..2^31, each planned with room for the `mask_unused` mask (the protocol always masks);
+    keeps the cheapest plan reaching ENOUGH_BITS of precision (else the most precise). Returns {"coeff_bits": [...], "scale_bits": int, "precision_bits": float}. Cached per graph.
     """
     max_bits = {4096: 109, 8192: 218, 16384: 438, 32768: 881}.get(int(n))
     if max_bits is None:
@@ -387,7 +391,7 @@ def suggest_params(graph: Graph, n: int = 8192, input_bound: float = 1.0) -> dic
                     continue
                 for a in (25, 28, 31):
                     try:
-                        plan = bp.plan_scales(stages, primes, len(primes), a, n, cost_pass=False)
+                        plan = bp.plan_scales(stages, primes, len(primes), a, n, MASK_BITS, cost_pass=False)
                     except ParameterError:
                         continue
                     # fresh-encryption noise is ~2^8 at the input: a bits of scale give ~a-8 bits there
@@ -397,7 +401,7 @@ def suggest_params(graph: Graph, n: int = 8192, input_bound: float = 1.0) -> dic
     top = max(min(round(p), ENOUGH_BITS) for p, *_ in screened)
     best = None
     for _, bits, primes, a in screened:
-        plan = bp.plan_scales(stages, primes, len(primes), a, n)
+        plan = bp.plan_scales(stages, primes, len(primes), a, n, MASK_BITS)
         prec = min(plan.precision_bits, a - 8.0)
         if min(round(prec), ENOUGH_BITS) < top:
             continue

@@ -18,14 +18,11 @@ allocated with exactly the checked shape.
 """
 from __future__ import annotations
 
-import atexit
 import ctypes
 import math
 import os
-import shutil
 import struct
 import sys
-import tempfile
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import ParameterError, ProtocolError
+from .scratch import private_dir
 
 try:  # pragma: no cover - import guarded so the rest of privinfer works without TenSEAL
     import tenseal as ts
@@ -45,20 +43,11 @@ except ImportError:  # pragma: no cover
 # ---------------------------------------------------------------------------------------------
 # scratch files: the sealapi bindings (de)serialize only through file paths
 # ---------------------------------------------------------------------------------------------
-_scratch_lock = threading.Lock()
-_scratch_dir: dict[int, str] = {}
 
 
 def _scratch_path() -> str:
     """A per-thread file in a private (0700) directory, on tmpfs when available."""
-    pid = os.getpid()
-    with _scratch_lock:
-        d = _scratch_dir.get(pid)
-        if d is None:
-            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-            d = tempfile.mkdtemp(prefix="privinfer-he-", dir=base)
-            _scratch_dir[pid] = d
-            atexit.register(shutil.rmtree, d, True)
+    d = private_dir()
     return os.path.join(d, f"{threading.get_ident()}.bin")
 
 

@@ -15,7 +15,6 @@ Attributes the batch engine may use: `params` (HEParams), `seal` (SEALContext), 
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 
 import numpy as np
@@ -23,21 +22,31 @@ import tenseal.sealapi as seal
 
 from ...errors import ParameterError, ProtocolError
 from .params import HEParams
+from .scratch import private_dir
 
-_TMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+_scratch_lock = threading.Lock()
 _counter = iter(range(1 << 62))
-_counter_lock = threading.Lock()
 
 
-def _tmp_path() -> str:
-    with _counter_lock:
+def _private_dir() -> str:
+    """This process's private scratch directory (see `scratch`): every file in it is created with
+    O_EXCL | O_NOFOLLOW besides."""
+    return private_dir()
+
+
+def _tmp_file() -> str:
+    """A fresh file, created exclusively (never an existing path or a symlink) in the private directory."""
+    with _scratch_lock:
         n = next(_counter)
-    return os.path.join(_TMP_DIR, f"privinfer-he-{os.getpid()}-{threading.get_ident()}-{n}")
+    path = os.path.join(_private_dir(), f"{threading.get_ident()}-{n}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    os.close(fd)
+    return path
 
 
 def dump(obj) -> bytes:
     """Serialize any sealapi object (or Serializable) that has `.save(path)`."""
-    path = _tmp_path()
+    path = _tmp_file()
     try:
         obj.save(path)
         with open(path, "rb") as f:
@@ -54,9 +63,10 @@ def load_into(obj, seal_context, data: bytes, what: str):
     if not isinstance(data, (bytes, bytearray)) or len(data) < 16:
         raise ProtocolError(f"{what}: {len(data) if isinstance(data, (bytes, bytearray)) else type(data).__name__} "
                             f"bytes is not a SEAL serialization")
-    path = _tmp_path()
+    path = _tmp_file()
     try:
-        with open(path, "wb") as f:
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
         try:
             obj.load(seal_context, path)

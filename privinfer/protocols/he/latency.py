@@ -538,7 +538,7 @@ class CompiledPlan:
     """
 
     def __init__(self, plan: LatencyPlan, prog: Program, backend, *, input_scale=1.0, drop_primes=None,
-                 scale_bits=None, output_scale_bits=None):
+                 scale_bits=None, output_scale_bits=None, mask: bool = False, mask_bits: int | None = None):
         self.plan, self.backend = plan, backend
         S = plan.slots
         segs = prog.segments
@@ -589,6 +589,20 @@ class CompiledPlan:
             item.bias = backend.encode(bias, s_after, level) if np.any(bias) else None
             s_cur = s_after
             self.items.append(item)
+        if mask:
+            # keep exactly one copy of each logit: a 0/1 plaintext at the scale of the prime the next rescale
+            # drops, so the scale comes back unchanged; every other slot is multiplied by (encoding error of 0)
+            # (mask_bits given: no level -- the mask is encoded at 2^mask_bits and the scale grows by that much)
+            keep = np.zeros(S)
+            keep[plan.output_slots()] = 1.0
+            if mask_bits is None:
+                q = drop_primes[level] if exact else 1.0
+                self.items.append(_Compiled("mask", const=backend.encode(keep, q, level)))
+                level += 1
+            else:
+                q = 2.0 ** mask_bits if exact else 1.0
+                self.items.append(_Compiled("mask0", const=backend.encode(keep, q, level)))
+                s_cur *= q
         self.final_scale, self.final_level = s_cur, level
 
     def evaluate(self, cts: list, trace: list | None = None, backend=None):
@@ -600,7 +614,11 @@ class CompiledPlan:
             if trace is not None and x is not None:
                 trace.append(x)
             st = item.step
-            if item.kind == "square":
+            if item.kind == "mask":
+                x = be.rescale(be.mul_plain(x, item.const))
+            elif item.kind == "mask0":
+                x = be.mul_plain(x, item.const)
+            elif item.kind == "square":
                 x = be.square(x)
             elif item.kind == "cube":
                 u2 = be.add_plain(be.square(x), item.const)

@@ -51,6 +51,18 @@ DEFAULT_VALUE_BITS = 10
 #: the zoo networks the weights' encoding error matters as much as the rescale noise, so: equal
 WEIGHT_BITS_BELOW_SCALE = 0
 MIN_WEIGHT_BITS = 20
+#: batch packing: a ring whose best chain leaves less weight precision than this is skipped for a larger one
+BATCH_MIN_PRECISION_BITS = 12
+#: bits of the 0/1 output mask (latency packing): its encoding error, ~2^-(bits - 5) relative, is what is left
+#: of a masked slot's value; a logit is multiplied by (1 + that error), a function of the logit only.
+#: Circuit-private mode gives the mask a level (a MASK_BITS prime, rescaled away: the output scale stays
+#: large); fast mode multiplies at the last level without rescaling, paying FAST_MASK_BITS in q0 only, so
+#: the chain keeps its number of primes and the latency its cost
+MASK_BITS = 30
+FAST_MASK_BITS = 20
+#: circuit-private mode: the smallest scale the parameter search accepts (precision is what the flood margin
+#: is measured against; N grows to 16384 where the network needs it)
+FLOOD_MIN_SCALE_BITS = 28
 
 
 def _min_prime_bits(N: int) -> int:
@@ -121,9 +133,17 @@ class HEParams:
 
 
 # --- latency chain --------------------------------------------------------------------------------
-def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: int, hi: int | None = None):
+def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: int, hi: int | None = None,
+                   mask_bits: int = 0):
     """(data primes in coeff-modulus order [q0, ..., first dropped], output bits) or None if infeasible."""
     lo, hi = _min_prime_bits(N), (hi or MAX_DATA_PRIME_BITS)
+    mask = bool(structure) and structure[-1] == "mask"      # 0/1 mask with its own level (a prime of mb bits)
+    extra = 0
+    if bool(structure) and structure[-1] == "mask0":        # 0/1 mask in q0: mb more bits there, no level
+        structure, extra = structure[:-1], int(mask_bits)
+    if mask:
+        structure = structure[:-1]
+        mb = min(hi, max(lo, mask_bits))
     last = max(i for i, op in enumerate(structure) if op == "lin")
     s = t_in
     drops: list[int] = []
@@ -132,11 +152,11 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
     # it does not force a larger special prime (the special prime must be >= every data prime)
     cap = max([t_in + w - t] + ([t + w] if structure.count("lin") > 2 or "cube" in structure else [])
               + ([2 * t + w - t] if structure.count("lin") > 1 else []))
-    cap = max(min(hi, cap), t + vb + 2)
+    cap = max(min(hi, cap), t + vb + 2 + extra)
     for i, op in enumerate(structure):
         if op == "lin":
             if i == last:
-                t_out = min(cap - 2 - vb, hi - 2 - vb, s + w - lo)
+                t_out = min(cap - 2 - vb - extra, hi - 2 - vb - extra, s + w - lo)
                 if t_out < max(t, s + w - hi):
                     return None
                 drops.append(s + w - t_out)
@@ -151,7 +171,9 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
             s = s + t
     if last != len(structure) - 1:  # pragma: no cover - programs always end with a segment
         return None
-    q0 = t_out + vb + 2
+    if mask:
+        drops.append(mb)
+    q0 = t_out + vb + 2 + extra
     data = [q0] + drops[::-1]
     if any(not lo <= b <= hi for b in data):
         return None
@@ -176,6 +198,8 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
             remaining -= drops[idx]
             idx += 1
             s = s + t
+    if mask and s + mb + vb + 1 > remaining:
+        return None
     return data, t_out
 
 
@@ -237,17 +261,17 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
     return first.kind == "diag" and bool(first.babies() and max(first.babies()) > 0)
 
 
-def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None):
+def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None, mask_bits=0):
     w_below = WEIGHT_BITS_BELOW_SCALE if w_below is None else w_below
     hi = MAX_PRIME_BITS - margin
     for t in range(max_t, min_t - 1, -1):
         w = max(MIN_WEIGHT_BITS, t - w_below)
-        got = _latency_chain(structure, N, t, w, t, vb, hi)
+        got = _latency_chain(structure, N, t, w, t, vb, hi, mask_bits)
         if got is None or sum(_with_special(got[0], margin)) > MAX_BITS_128[N]:
             continue
         t_in = t
         for extra in range(1, 9):  # leftover bits: a finer client input scale
-            g2 = _latency_chain(structure, N, t, w, t + extra, vb, hi)
+            g2 = _latency_chain(structure, N, t, w, t + extra, vb, hi, mask_bits)
             if g2 is None or sum(_with_special(g2[0], margin)) > MAX_BITS_128[N]:
                 break
             got, t_in = g2, t + extra
@@ -255,7 +279,9 @@ def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None):
         p = HEParams(N=N, coeff_mod_bit_sizes=tuple(_with_special(data, margin)), scale_bits=t, depth=depth,
                      slots=N // 2, packing="latency", input_scale_bits=t_in, weight_bits=w,
                      output_scale_bits=t_out, value_bits=vb, batch=1,
-                     notes={"structure": structure, "special_margin_bits": margin})
+                     notes={"structure": structure, "special_margin_bits": margin,
+                            **({"mask_bits": int(mask_bits if structure[-1] == "mask0" else
+                                                 min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
         p.validate()
         return p
     return None
@@ -263,12 +289,24 @@ def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None):
 
 def select_params(graph, packing: str = "latency", value_bits: int | None = None, batch: int = 1, *,
                   calibration=None, max_scale_bits: int = DEFAULT_MAX_SCALE_BITS,
-                  min_scale_bits: int = DEFAULT_MIN_SCALE_BITS, min_N: int = 4096) -> HEParams:
+                  min_scale_bits: int = DEFAULT_MIN_SCALE_BITS, min_N: int = 4096, mask: bool = False,
+                  flood: bool = False, _flood_retry: bool = False) -> HEParams:
     """Choose CKKS parameters for `graph` (an IR Graph or an HE Program) under `packing`.
 
     `value_bits`: integer bits of the largest intermediate value (else from `calibration` data, else 10).
+    `mask` (latency): budget the 0/1 mask that zeroes every slot but the logits (its own level with `flood`,
+    else FAST_MASK_BITS more in q0).
+    `flood` (latency): circuit-private mode; insist on scales >= FLOOD_MIN_SCALE_BITS (a larger ring where
+    needed), falling back to the usual range when even N=32768 cannot hold them.
     Raises ParameterError when the network is too deep for the largest 128-bit parameters.
     """
+    if flood and packing == "latency" and min_scale_bits < FLOOD_MIN_SCALE_BITS and not _flood_retry:
+        try:
+            return select_params(graph, packing, value_bits, batch, calibration=calibration,
+                                 max_scale_bits=max(max_scale_bits, FLOOD_MIN_SCALE_BITS),
+                                 min_scale_bits=FLOOD_MIN_SCALE_BITS, min_N=min_N, mask=mask, flood=True, _flood_retry=True)
+        except ParameterError:
+            pass
     if packing not in ("latency", "batch"):
         raise ParameterError(f"packing must be 'latency' or 'batch', got {packing!r}")
     if value_bits is None:
@@ -277,19 +315,23 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     if packing == "batch":
         return _select_batch(graph, batch, vb, max_scale_bits, min_scale_bits, min_N)
     prog = program_of(graph)
-    structure = prog.structure()
-    depth = sum(1 for op in structure if op != "sq")
     need_slots = _next_pow2(prog.max_dim())
-    for N in RING_DEGREES:
-        if N < min_N or N // 2 < need_slots:
-            continue
-        if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth) is None and \
-                _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth) is None:
-            continue  # too deep for this ring whatever the plan: no need to plan
-        margin = SPECIAL_MARGIN_BITS if _rotates_at_low_scale(prog, N // 2) else 0
-        p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth)
-        if p is not None:
-            return p
+    # fast mode puts the mask in q0 (no level); when q0 cannot also hold the values (large sound value
+    # bounds), the mask takes a level of its own, as in circuit-private mode, rather than failing
+    masks = [("mask", MASK_BITS)] if flood else [("mask0", FAST_MASK_BITS), ("mask", MASK_BITS)]
+    for mask_op, mb in (masks if mask else [(None, 0)]):
+        structure = prog.structure() + ([mask_op] if mask_op else [])
+        depth = sum(1 for op in structure if op != "sq")
+        for N in RING_DEGREES:
+            if N < min_N or N // 2 < need_slots:
+                continue
+            if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb) is None \
+                    and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb) is None:
+                continue  # too deep for this ring whatever the plan: no need to plan
+            margin = SPECIAL_MARGIN_BITS if _rotates_at_low_scale(prog, N // 2) else 0
+            p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb)
+            if p is not None:
+                return p
     if need_slots > RING_DEGREES[-1] // 2:
         raise ParameterError(f"a vector of {prog.max_dim()} values does not fit the {RING_DEGREES[-1] // 2} slots of "
                              f"the largest ring (N={RING_DEGREES[-1]}); the latency packing needs one ciphertext per vector")
@@ -341,16 +383,18 @@ def _select_batch(graph, batch: int, vb: int, max_t: int, min_t: int, min_N: int
             if N < min_N or N // 2 < batch:
                 continue
             try:
+                # NB: the chain is chosen for these weights' bounds and published in WELCOME (a few bits about
+                # their magnitudes); a weight-free search left too little precision (see notes/he-privacy.md)
                 got = suggest(graph, N)
             except ParameterError:
                 continue
             bits = tuple(int(b) for b in got["coeff_bits"])
-            if sum(bits) > MAX_BITS_128[N]:
-                continue
+            if sum(bits) > MAX_BITS_128[N] or float(got.get("precision_bits", 0.0)) < BATCH_MIN_PRECISION_BITS:
+                continue  # (the output mask costs 24 bits: a small ring may be left with too little precision)
             p = HEParams(N=N, coeff_mod_bit_sizes=bits, scale_bits=int(got["scale_bits"]), depth=d,
                          slots=N // 2, packing="batch", input_scale_bits=int(got["scale_bits"]),
                          weight_bits=0, output_scale_bits=0, value_bits=vb, batch=batch,
-                         notes={"precision_bits": float(got.get("precision_bits", 0.0))})
+                         notes={})
             p.validate()
             return p
     for N in RING_DEGREES:

@@ -32,7 +32,7 @@ from ...planner.plan import PlanError, layer_protocols, parse_plan, plan_string
 from ...transport import Channel
 from .. import convert
 from ..base import ClientSide, Protocol, ServerSide, register
-from ..he import DEFAULT_FLOOD_STD, rerandomize
+from ..he import rerandomize
 from ..ss import MAX_PRECISION_BITS
 from ..ss_dealer import check_dealer_choice
 from .he_seg import HESegmentClient, HESegmentServer
@@ -87,7 +87,7 @@ class _HybridServer(ServerSide):
                         convert.shares_to_he_server(ctx, h.he.plan, cts, r[b])
                     out = h.evaluate(ctx, cts)
                     if last:
-                        rerandomize(ctx, out, h.he.flood_std)
+                        rerandomize(ctx, out, h.he.policy.flood_std)
                     else:
                         out, s, _ = convert.he_to_shares_server(ctx, out, h.he.plan.output_slots())
                         shares.append(s)
@@ -219,8 +219,9 @@ class Hybrid(Protocol):
     name = "hybrid"
     summary = "a plan splits the layers between CKKS HE and 2PC (CrypTen), with masked conversions (GAZELLE-style)"
     server_options: dict[str, Any] = {"plan": None, "dealer": None, "server_secret": None, "mpc_timeout": 60.0,
-                                      "threads": 1, "gloo_ifname": None, "flood_std": DEFAULT_FLOOD_STD,
-                                      "max_batch": 16}
+                                      "threads": 1, "gloo_ifname": None, "max_batch": 16,
+                                      # the `he` circuit-privacy policy of the segment that returns logits
+                                      "circuit_privacy": "flood", "flood_std": None, "max_queries": None}
     client_options: dict[str, Any] = {"precision_bits": 16, "threads": 1, "gloo_ifname": None, "client_secret": None}
     local_client_options = frozenset({"client_secret"})
     local_session_defaults = {"dealer": "local"}
@@ -238,7 +239,9 @@ class Hybrid(Protocol):
         self.secret = check_dealer_choice(self.options["dealer"], self.options["server_secret"]) if self.has_ss else None
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
-        self.he = {i: HESegmentServer(graph, s.start, s.stop, float(self.options["flood_std"]))
+        he_opts = {k: self.options[k] for k in ("circuit_privacy", "flood_std", "max_queries")}
+        n = len(self.segments)
+        self.he = {i: HESegmentServer(graph, s.start, s.stop, i == n - 1, he_opts)
                    for i, s in enumerate(self.segments) if s.protocol == "he"}
 
     def server_side(self, client_options: dict) -> ServerSide:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import ProtocolError, ShapeError
 from ...model.ir import Graph
-from ..he import DEFAULT_FLOOD_STD, HE, _KeyedContext
+from ..he import HE, _KeyedContext
 from ..he.context import CKKSContext
 from ..he.latency import SealBackend, plan_latency
 from ..he.params import HEParams
@@ -20,10 +20,12 @@ from ..he.program import build_program
 class HESegmentServer:
     """Server-wide state of one HE segment (parameters, plan, encoded weights)."""
 
-    def __init__(self, graph: Graph, start: int, stop: int, flood_std: float = DEFAULT_FLOOD_STD):
+    def __init__(self, graph: Graph, start: int, stop: int, last: bool, he_options: dict):
+        """The plan's last segment returns logits: the `he` circuit-privacy policy (flood) applies to it.
+        Any other segment's result leaves masked (`convert.py`), so it takes the smallest parameters."""
         self.start, self.stop = start, stop
         self.graph = graph.slice(start, stop)
-        self.he = HE(self.graph, flood_std=flood_std)
+        self.he = HE(self.graph, **(he_options if last else {"circuit_privacy": "fast"}))
 
     def info(self) -> dict:
         he = self.he

@@ -1,0 +1,129 @@
+"""How much the `he` reply hides about the server's weights: the two circuit-privacy modes and their report.
+
+Why a module of its own: the flood's size, the query cap it is sized for and the statistical margin it buys are
+one policy, chosen by the server operator, sent to the client in WELCOME (they are public: configuration, never
+derived from the weights) and reported in `stats.privacy`. Both packings use it.
+
+What a reply is made of. The client decrypts, per logit slot, `f(x) + d(x, W) + e + g`: the network's output,
+a deterministic CKKS approximation error (plaintext encoding of the weights, rescale rounding), a random error
+(the client's encryption noise and rescale roundings, propagated through the weights) and the server's flood
+g ~ N(0, flood_std^2). Every non-logit slot is masked (multiplied by a 0/1 plaintext) before that, so it holds
+only the mask's own encoding error times the value that was there (2^-25 of it in circuit-private mode, where
+the mask has a 30-bit level; 2^-15 in fast mode, where it costs 20 bits of q0 and no level) plus g. `d + e` depends on the
+weights; it is the "evaluation error" the flood must hide. A client that asks the same question k times and
+averages divides g by sqrt(k) but not d (issue 9: the attack).
+
+Modes (server option `circuit_privacy`):
+  * "flood" (default): g of `flood_std` (default 2^-5 logit units, below the top-2 gaps of the zoo networks on
+    the digits split) on parameters chosen for precision (scales >= 2^28, N=16384 where needed), and a cap of
+    `max_queries` replies per session (= per client key), refused with QueryLimitError beyond it.
+  * "fast": g of 2^-11 on the smallest parameters; no cap. The input is protected, the weights only as far as
+    the logits' noise goes.
+
+The margin, honestly. `evaluation_noise_estimate` is an estimate of max|d + e| per logit slot, from the
+parameters (2^-(scale_bits - 18); measured on cryptonets-mnist / tenseal-mnist: the largest error seen was
+2^-(scale_bits - 17), at scales 2^22 and 2^30),
+not a proven bound. Against it we report
+  * `flood_margin_bits` = log2(flood_std / estimate): per reply;
+  * `statistical_security_bits` = 2 * flood_margin_bits - log2(64 q): the Renyi-divergence bound of Li,
+    Micciancio, Schultz and Sorrell (CRYPTO 2022; flooding of E * 2^(s/2) * sqrt(64 q) keeps s bits over q
+    decryptions), the form OpenFHE's NOISE_FLOODING_DECRYPT sizes its flood by (statistical security and
+    number of adversarial queries as parameters).
+The guarantee word is "cryptographic" only when that figure reaches `statistical_security` (default 30); with
+the zoo networks and a flood that keeps the argmax it does not (the networks' relative precision, ~2^-16 of
+the top-2 gap, is the limit), and the report says "cryptographic-input-only" with the achieved figure.
+The cap is per key: nothing stops a client from opening new sessions (fresh keys) and averaging across them;
+only a per-client rate limit at the deployment can bound that.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ...errors import ParameterError, ProtocolError
+
+CIRCUIT_PRIVACY_MODES = ("flood", "fast")
+FAST_FLOOD_STD = 2.0 ** -11
+CIRCUIT_FLOOD_STD = 2.0 ** -5
+DEFAULT_MAX_QUERIES = 1024
+#: max |evaluation error| per logit slot ~ 2^-(scale_bits - NOISE_BITS_ABOVE_SCALE) (an estimate, see above)
+NOISE_BITS_ABOVE_SCALE = 18
+
+
+@dataclass(frozen=True)
+class FloodPolicy:
+    mode: str
+    flood_std: float
+    max_queries: int | None
+    statistical_security: int
+
+    @classmethod
+    def make(cls, mode, flood_std=None, max_queries=None, statistical_security=30) -> "FloodPolicy":
+        if mode not in CIRCUIT_PRIVACY_MODES:
+            raise ParameterError(f"he: circuit_privacy must be one of {CIRCUIT_PRIVACY_MODES}, got {mode!r}")
+        if flood_std is None:
+            flood_std = CIRCUIT_FLOOD_STD if mode == "flood" else FAST_FLOOD_STD
+        try:
+            flood_std = float(flood_std)
+        except (TypeError, ValueError):
+            raise ParameterError(f"he: flood_std must be a number, got {flood_std!r}") from None
+        if not (math.isfinite(flood_std) and flood_std >= 0):
+            raise ParameterError(f"he: flood_std must be >= 0, got {flood_std}")
+        if mode == "flood" and flood_std <= 0:
+            raise ParameterError("he: circuit_privacy='flood' needs flood_std > 0")
+        if max_queries is None and mode == "flood":
+            max_queries = DEFAULT_MAX_QUERIES
+        if max_queries is not None and (isinstance(max_queries, bool) or not isinstance(max_queries, int)
+                                        or max_queries < 1):
+            raise ParameterError(f"he: max_queries must be a positive integer, got {max_queries!r}")
+        if isinstance(statistical_security, bool) or not isinstance(statistical_security, int) \
+                or not 1 <= statistical_security <= 128:
+            raise ParameterError(f"he: statistical_security must be an integer in 1..128, got {statistical_security!r}")
+        return cls(mode, flood_std, max_queries, statistical_security)
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "flood_std": self.flood_std, "max_queries": self.max_queries,
+                "statistical_security": self.statistical_security}
+
+    @classmethod
+    def from_json(cls, d) -> "FloodPolicy":
+        if not isinstance(d, dict):
+            raise ProtocolError("malformed HE WELCOME: circuit_privacy must be an object")
+        try:
+            return cls.make(d["mode"], d["flood_std"], d["max_queries"], d["statistical_security"])
+        except (KeyError, ParameterError) as e:
+            raise ProtocolError(f"malformed HE WELCOME circuit_privacy: {e}") from None
+
+    @staticmethod
+    def evaluation_noise(params) -> float:
+        """Estimated max |evaluation error| of one logit, in logit units (see the module docstring)."""
+        return 2.0 ** -(params.scale_bits - NOISE_BITS_ABOVE_SCALE)
+
+    def report(self, params) -> dict:
+        """The `stats.privacy` entries about the weights, for these parameters."""
+        noise = self.evaluation_noise(params)
+        out = {"circuit_privacy": self.mode, "flood_std": self.flood_std, "max_queries_per_key": self.max_queries,
+               "statistical_security_target_bits": self.statistical_security,
+               "evaluation_noise_estimate": noise}
+        achieved = None
+        if self.flood_std > 0:
+            margin = math.log2(self.flood_std / noise)
+            out["flood_margin_bits"] = round(margin, 1)
+            if self.max_queries is not None:
+                achieved = 2 * margin - math.log2(64 * self.max_queries)
+                out["statistical_security_bits"] = round(achieved, 1)
+        met = self.mode == "flood" and achieved is not None and achieved >= self.statistical_security
+        out["guarantee"] = "cryptographic" if met else "cryptographic-input-only"
+        out["model_private"] = met
+        out["not_protected"] = ["architecture (layer kinds, shapes, activation coefficients)",
+                                "CKKS approximation error in the logits",
+                                "what the logits themselves reveal (model extraction over many queries)"]
+        if not met:
+            out["not_protected"].insert(2, f"the weights' evaluation error is hidden only by a flood margin of "
+                                           f"{out.get('flood_margin_bits', 0)} bits per reply, below the "
+                                           f"{self.statistical_security}-bit target: averaging many replies to "
+                                           f"one input removes the flood")
+        if self.max_queries is not None:
+            out["not_protected"].append("averaging across sessions: the query cap is per key")
+        return out
+
