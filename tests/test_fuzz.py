@@ -31,7 +31,8 @@ def protocol_cases():
                                    ("ss", "minionn-mnist", {"mpc_timeout": 10.0, "dealer": "local"}, 1e-2),
                                    ("cheetah", "cryptonets-mnist", {"mpc_timeout": 10.0}, 1e-2),
                                    ("hybrid", "cryptonets-mnist", {"mpc_timeout": 10.0, "dealer": "local",
-                                                                   "plan": "he:0,ss:1,he:2-"}, 1e-2)):
+                                                                   "plan": "he:0,ss:1,he:2-",
+                                                                   "circuit_privacy": "fast"}, 1e-2)):
         try:
             privinfer.protocols.get_protocol(name)
             if name == "cheetah" and not os.environ.get("PRIVINFER_REQUIRE_SPU"):

@@ -16,7 +16,7 @@ from privinfer.planner.plan import parse_plan
 from privinfer.zoo import load_dataset, load_model
 
 TOL = 1e-2
-OPTS = {"dealer": "local", "mpc_timeout": 30.0}
+OPTS = {"dealer": "local", "mpc_timeout": 30.0, "circuit_privacy": "fast"}  # flood mode: 2^-5 logit noise
 
 
 def images(name, n):
