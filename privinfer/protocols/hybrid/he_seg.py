@@ -8,13 +8,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import ProtocolError, ShapeError
+from ...errors import ParameterError, ProtocolError, ShapeError
 from ...model.ir import Graph
 from ..he import HE, _KeyedContext
 from ..he.context import CKKSContext
-from ..he.latency import SealBackend, plan_latency
-from ..he.params import HEParams
+from ..he.latency import CompiledPlan, SealBackend, plan_latency
+from ..he.params import DEFAULT_VALUE_BITS, HEParams, select_params
 from ..he.program import build_program
+
+#: extra q0 bits asked for a masked segment's output, tried from the largest: the HE -> shares mask must fit in
+#: q0 next to the value (see convert.py); q0 is one prime of at most 60 bits and the scale stays >= 2^28 (at
+#: 2^22 the logits of cryptonets-mnist drift by 2e-2), so 60 - 2 - 28 - 10 = 20 bits is what fits
+HIDING_TRY_BITS = (40, 30, 26, 20, 16, 10, 0)
+MIN_SCALE_BITS = 28
+
+
+class _MaskedSegment:
+    """A segment whose result leaves masked: no 0/1 output mask (every slot gets a uniform mask instead), and
+    q0 sized for value + mask: `select_params` with value_bits raised by the hiding wanted, as far as it fits."""
+
+    def __init__(self, graph: Graph):
+        self.program = build_program(graph)
+        err = None
+        for extra in HIDING_TRY_BITS:
+            try:
+                params = select_params(self.program, "latency", value_bits=DEFAULT_VALUE_BITS + extra,
+                                       min_scale_bits=MIN_SCALE_BITS)
+                break
+            except ParameterError as e:
+                err = e
+        else:
+            raise err
+        self.latency_params, self.value_bits = params, DEFAULT_VALUE_BITS
+        self.plan = plan_latency(self.program, params.slots)
+        self.ctx = CKKSContext.for_params(params)
+        self.compiled = CompiledPlan(self.plan, self.program, SealBackend(self.ctx),
+                                     input_scale=2.0 ** params.input_scale_bits, drop_primes=self.ctx.drop_primes,
+                                     scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits)
 
 
 class HESegmentServer:
@@ -25,7 +55,7 @@ class HESegmentServer:
         Any other segment's result leaves masked (`convert.py`), so it takes the smallest parameters."""
         self.start, self.stop = start, stop
         self.graph = graph.slice(start, stop)
-        self.he = HE(self.graph, **(he_options if last else {"circuit_privacy": "fast"}))
+        self.he = HE(self.graph, **he_options) if last else _MaskedSegment(self.graph)
 
     def info(self) -> dict:
         he = self.he
