@@ -40,6 +40,7 @@ def test_three_segments_both_conversions():
     p = stats.privacy
     assert p["plan"] == "he:0,ss:1,he:2-5" and p["layer_protocols"] == ["he", "ss", "he", "he", "he", "he"]
     assert [c["kind"] for c in p["conversions"]] == ["he->ss", "ss->he"]
+    assert p["conversions"][0]["hiding_bits"] >= 19 and p["conversions"][1]["hiding_bits"] == 26  # convert.py
     assert p["guarantee"] == "cryptographic-server-dealer"  # local dealer: said plainly
     assert all(q.rounds > 0 and q.bytes_client_to_server > 0 for q in stats.queries)
 

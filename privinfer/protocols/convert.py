@@ -11,13 +11,14 @@ HE -> shares (server holds ct(y), y in the output slots):
     below q_L / 2, so M = 2^(log2 q_L - 1 - MARGIN - log2 Δ). Statistical distance between the client's
     views for two y, y' with |y|, |y'| < 2^vb is at most 2^vb / M, i.e. hiding = log2 M - vb bits.
 
-    Why not 40 bits: at today's parameters the output level keeps one prime (q_L = 40..42 bits) at scale
-    Δ = 2^28..2^30, so M is 2^9..2^10, and with the parameter selection's value bound vb = 10 the hiding is
-    about 0 bits against a worst-case y (against the |y| < 8 seen on the zoo, 6..7 bits). 40-bit hiding needs
-    log2 q_L >= log2 Δ + vb + 40 + 2 = 82 bits at the output level: one or two more primes kept below the
-    output (+40..60 bits of modulus, which moves e.g. the N=4096 segments to N=8192 and doubles every
-    ciphertext). The alternative with perfect hiding is GAZELLE's: BFV with a mask uniform mod t, then a
-    secure comparison to lift mod-t shares to Z_2^64. Neither is implemented: `privacy()` states the bits.
+    Why not 40 bits: the output level keeps one prime (SEAL primes have at most 60 bits) and the scale must stay
+    >= 2^28 for logits within 1e-2 (at 2^22 cryptonets-mnist drifts by 2e-2), so M <= 2^(60 - 2 - 28) = 2^30:
+    19-20 bits against |y| < 2^10. A masked segment pays for that in its parameters (`hybrid/he_seg.py` asks
+    `select_params` for value_bits = 10 + hiding, from 40 bits down, until one fits; 20 does). 40 bits need
+    log2 q_L >= 28 + 10 + 40 + 2 = 80: two primes kept at the output level, which the chain builder does not
+    do (with `he`'s own 0/1 output mask in q0 the result sits at scale 2^48 and M is only 2^9). The
+    alternative with perfect hiding is GAZELLE's: BFV with a mask uniform mod t, then a secure comparison to
+    lift mod-t shares to Z_2^64. Neither is implemented; `privacy()` states the bits of every conversion.
 
 shares -> HE (the 2PC holds shares of x):
     the server (rank 0) inputs a fresh mask r, uniform on the 2^-16 fixed-point grid in [-2^R, 2^R]; the 2PC

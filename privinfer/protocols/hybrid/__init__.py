@@ -173,7 +173,7 @@ class _HybridClient(ClientSide):
                     conv.append({"at": seg.stop, "kind": "he->ss", "mask": f"uniform [-2^{np.log2(M):.0f}, 2^"
                                  f"{np.log2(M):.0f}] per slot (real and imaginary)",
                                  "hiding": f"statistical, {convert.hiding_bits(M)} bits for |y| < 2^"
-                                           f"{convert.DEFAULT_VALUE_BITS}"})
+                                           f"{convert.DEFAULT_VALUE_BITS}", "hiding_bits": convert.hiding_bits(M)})
             else:
                 own = share if share is not None else value
                 value, msg = self.ss.segment(k_ss, own, self.graph.shapes[seg.stop])
@@ -190,7 +190,8 @@ class _HybridClient(ClientSide):
                     bits = convert.share_mask_bits(nxt.ctx, nxt.params.input_scale_bits)
                     conv.append({"at": seg.stop, "kind": "ss->he", "mask": f"uniform [-2^{bits}, 2^{bits}], "
                                  f"2^-{convert.FIXED_BITS} grid", "hiding": f"statistical, "
-                                 f"{convert.hiding_bits(2.0 ** bits)} bits for |x| < 2^{convert.DEFAULT_VALUE_BITS}"})
+                                 f"{convert.hiding_bits(2.0 ** bits)} bits for |x| < 2^{convert.DEFAULT_VALUE_BITS}",
+                                 "hiding_bits": convert.hiding_bits(2.0 ** bits)})
         self.conversions = conv
         timing["online_s"] = time.perf_counter() - t0 - timing["offline_s"]
         self.query_timing = timing
