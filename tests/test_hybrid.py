@@ -16,6 +16,8 @@ from privinfer.planner.plan import parse_plan
 from privinfer.zoo import load_dataset, load_model
 
 TOL = 1e-2
+# a plan that ends in HE returns the `he` protocol's logits: its own tolerance (tests/test_he.py, fast mode)
+HE_TOL = 3e-2
 OPTS = {"dealer": "local", "mpc_timeout": 30.0, "circuit_privacy": "fast"}  # flood mode: 2^-5 logit noise
 
 
@@ -30,7 +32,8 @@ def check(name, plan, n=2):
     with PrivateSession(g, "hybrid", plan=plan, **OPTS) as s:
         out = np.stack([s.infer(x) for x in X])
         ref = run_reference(g, X)
-        assert np.max(np.abs(out - ref)) < TOL, (plan, np.max(np.abs(out - ref)))
+        tol = HE_TOL if plan.split(",")[-1].startswith("he") else TOL
+        assert np.max(np.abs(out - ref)) < tol, (plan, np.max(np.abs(out - ref)))
         assert np.all(out.argmax(1) == ref.argmax(1)), plan
         return s.stats
 
@@ -40,7 +43,7 @@ def test_three_segments_both_conversions():
     p = stats.privacy
     assert p["plan"] == "he:0,ss:1,he:2-5" and p["layer_protocols"] == ["he", "ss", "he", "he", "he", "he"]
     assert [c["kind"] for c in p["conversions"]] == ["he->ss", "ss->he"]
-    assert p["conversions"][0]["hiding_bits"] >= 19 and p["conversions"][1]["hiding_bits"] == 26  # convert.py
+    assert p["conversions"][0]["hiding_bits"] >= 19 and p["conversions"][1]["hiding_bits"] == 20  # convert.py
     assert p["guarantee"] == "cryptographic-server-dealer"  # local dealer: said plainly
     assert all(q.rounds > 0 and q.bytes_client_to_server > 0 for q in stats.queries)
 
