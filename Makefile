@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch 2.13.0 CPU lies on this machine's disk; pinning it avoids a multi-GB CUDA download
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	# CrypTen 0.4.1's declared deps (sklearn) break pip; its real imports are in pyproject.toml
 	$(BIN)/pip install -q --no-deps crypten==0.4.1
 	touch $(STAMP)

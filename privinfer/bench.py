@@ -20,7 +20,7 @@ from .errors import PrivinferError
 from .model.ir import Graph, save_graph
 from .model.reference import run_reference
 from .netem import get_profile, server_in_namespace
-from .protocols.base import get_protocol, split_options
+from .protocols.base import get_protocol, resolve_protocol, split_options
 from .session import PrivateSession, connect
 
 RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "setup_s", "offline_s", "online_s",
@@ -128,6 +128,7 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
         with PrivateSession(graph, protocol, **options) as sess:
             yield sess
         return
+    protocol, options = resolve_protocol(protocol, options)
     cls = get_protocol(protocol)
     server_opts, client_opts = split_options(cls, options)
     server_opts = {**cls.local_session_defaults, **server_opts}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 from . import __version__
 from .errors import PrivinferError
 from .inputs import EXPECTED
-from .protocols.base import BUILTIN
+from .protocols.base import BUILTIN, resolve_protocol
 
 PROTOCOLS = sorted(BUILTIN)
 
@@ -44,7 +45,7 @@ def load_model_arg(spec: str):
 
 
 def _protocol_banner(srv) -> str:
-    split = getattr(srv.protocol, "split", None)  # noisy: say exactly where the model is cut
+    split = getattr(getattr(srv, "protocol", None), "split", None)  # noisy: say exactly where the model is cut
     if isinstance(split, int):
         names = srv.protocol.graph.names
         return (f"; client runs layers [0, {split}) = {', '.join(names[:split])}, "
@@ -71,13 +72,23 @@ def _dealer_options(a) -> dict:
 def cmd_serve(a) -> None:
     from .server import Server
     from .session import step
-    with step(f"{a.protocol}: preparing {a.model} (parameters, weights, fine-tuning)", True):
-        srv = Server(load_model_arg(a.model), a.protocol, a.host, a.port, timeout=a.timeout,
-                     max_sessions=a.max_sessions, max_batch=a.max_batch, **{**_parse_options(a.option), **_dealer_options(a)})
-    rng = srv.graph.input_range
-    print(f"privinfer: serving {a.model} with protocol {a.protocol!r} on {srv.host}:{srv.port}; input "
-          f"{srv.graph.input_shape} in {list(rng) if rng else 'an unpublished range'}{_protocol_banner(srv)}",
-          flush=True)
+    opts = {**_parse_options(a.option), **_dealer_options(a)}
+    if a.executor:
+        opts["executor"] = a.executor
+    graph = load_model_arg(a.model)
+    name = resolve_protocol(a.protocol, opts)[0]
+    with step(f"{name}: preparing {a.model} (parameters, weights, fine-tuning)", True):
+        if a.workers:  # N worker processes behind this port (privinfer.serving.workers)
+            from .serving import Supervisor
+            srv = Supervisor(graph, a.protocol, a.host, a.port, workers=a.workers, timeout=a.timeout,
+                             max_sessions=a.max_sessions, max_batch=a.max_batch, **opts)
+        else:  # 0: one process, one thread per session
+            srv = Server(graph, a.protocol, a.host, a.port, timeout=a.timeout, max_sessions=a.max_sessions,
+                         max_batch=a.max_batch, **opts)
+    rng = graph.input_range
+    print(f"privinfer: serving {a.model} with protocol {name!r} on {srv.host}:{srv.port}"
+          f"{f' ({a.workers} worker processes)' if a.workers else ''}; input {graph.input_shape} in "
+          f"{list(rng) if rng else 'an unpublished range'}{_protocol_banner(srv)}", flush=True)
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
@@ -243,6 +254,11 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
                         "HOST:PORT of a `privinfer dealer` (needs --dealer-secret); required for ss")
     s.add_argument("--dealer-secret", default=None, help="ss: file with this server's secret for the third-party dealer")
     s.add_argument("--plan", default=None, help="hybrid: protocol per layer, e.g. 'he:0,ss:1-2,he:3,ss:4-'")
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes behind the port (default: the number of cores; 0: threads in one process)")
+    s.add_argument("--executor", default=None,
+                   help="he batch packing: where batch groups run: local (default), ray (a running or new local "
+                        "Ray), ray://HOST:PORT (Ray client) or HOST:PORT (a Ray cluster's GCS address)")
     s.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable; listed below)")
     s.set_defaults(func=cmd_serve)
 

@@ -48,3 +48,7 @@ class PeerResourceLimitError(PeerError, ResourceLimitError):
 class QueryLimitError(ResourceLimitError):
     """A session asked for more replies than the server's per-key query cap (he circuit-private mode: the
     flood's statistical margin is sized for at most that many replies under one key)."""
+
+
+class WorkerDied(ProtocolError):
+    """The server worker process holding a session exited (or the server shut down); the session is lost."""

@@ -10,7 +10,7 @@ from typing import Any
 from .errors import PrivinferError, ProtocolError, ResourceLimitError
 from .model import compile_model
 from .model.ir import Graph
-from .protocols.base import get_protocol, split_options
+from .protocols.base import get_protocol, resolve_protocol, split_options
 from .transport import Channel, DEFAULT_TIMEOUT, FrameType
 from .transport.tcp import ThreadedListener
 from .transport.frames import DEFAULT_MAX_FRAME, decode_json
@@ -32,6 +32,7 @@ class Server(ThreadedListener):
             import torch
             torch.set_num_threads(torch_threads)
         self.graph: Graph = compile_model(model, input_shape, input_range)
+        protocol, options = resolve_protocol(protocol, options)
         self.protocol_cls = get_protocol(protocol)
         server_opts, _ = split_options(self.protocol_cls, options)
         self.protocol = self.protocol_cls(self.graph, **server_opts)

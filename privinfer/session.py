@@ -23,7 +23,7 @@ from .model import compile_model
 from .model.ir import Graph, graph_to_bytes, load_graph
 from .model.reference import check_input, check_input_range
 from .privacy.guarantees import check_guarantee
-from .protocols.base import get_protocol, split_options
+from .protocols.base import get_protocol, resolve_protocol, split_options
 from .transport import Channel, DEFAULT_TIMEOUT, FrameType, connect as tcp_connect
 
 
@@ -254,6 +254,7 @@ class PrivateSession(RemoteSession):
         if spawn not in ("process", "thread"):
             raise PrivinferError(f"spawn must be 'process' or 'thread', got {spawn!r}")
         graph = compile_model(model, input_shape, input_range)
+        protocol, options = resolve_protocol(protocol, options)
         cls = get_protocol(protocol)
         server_opts, client_opts = split_options(cls, options)
         server_opts = {**cls.local_session_defaults, **server_opts}

@@ -108,7 +108,7 @@ def check_reply(reply: bytes) -> None:
 def test_fuzzed_clients_then_valid_client(case):
     protocol, model, opts, tol = case
     graph = zoo.load_model(model)
-    server = privinfer.Server(graph, protocol, timeout=3.0, max_frame=1 << 24,
+    server = privinfer.Server(graph, protocol, timeout=3.0, max_frame=1 << 26,
                               **{k: v for k, v in opts.items() if k in privinfer.protocols.get_protocol(protocol).server_options})
     server.start()
     TRIED[protocol] = 0

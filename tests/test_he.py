@@ -247,8 +247,9 @@ def test_batch_packing_integration(cryptonets_like):
     with privinfer.PrivateSession(g, "he", spawn="thread", packing="batch", **FAST) as s:
         got = s.infer(x)
         assert s.stats.privacy["packing"] == "batch" and s.stats.privacy["galois_keys_sent"] == 0
-        with pytest.raises(ResourceLimitError):  # more images than slots: refused before sending
-            s.infer(np.zeros((s.client.params.slots + 1, *g.input_shape)))
+        with pytest.raises(ResourceLimitError):  # more slot groups than a query may hold: refused before sending
+            from privinfer.protocols.he.executor import MAX_GROUPS
+            s.infer(np.zeros((s.client.params.slots * MAX_GROUPS + 1, *g.input_shape)))
     assert np.abs(got - run_reference(g, x)).max() <= TOL
 
 

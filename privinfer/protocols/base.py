@@ -138,6 +138,22 @@ def register(cls: type[Protocol]) -> type[Protocol]:
     return cls
 
 
+#: (protocol, option, value) -> the protocol that setting really selects: `ss` without a dealer is CHEETAH
+ALIASES = {("ss", "dealer", "none"): "cheetah"}
+
+
+def resolve_protocol(name: str, options: dict) -> tuple[str, dict]:
+    """The protocol a (name, options) pair selects, and the options left for it.
+
+    Why: `ss` with `dealer="none"` (MiniONN/GAZELLE's two-party setting) is not CrypTen with a missing dealer
+    but a different engine (`cheetah`, SPU's CHEETAH); the front doors accept the spelling users look for.
+    """
+    for (alias, key, value), target in ALIASES.items():
+        if name == alias and options.get(key) == value:
+            return target, {k: v for k, v in options.items() if k != key}
+    return name, dict(options)
+
+
 def get_protocol(name: str) -> type[Protocol]:
     """The protocol class registered as `name`, importing built-in modules on first use."""
     if name not in _REGISTRY and name in BUILTIN:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import time
 from typing import Any
 
@@ -60,6 +59,7 @@ from ..errors import ParameterError, PrivinferError, ProtocolError, ShapeError, 
 from ..model.ir import Graph, graph_to_bytes
 from ..model.bounds import check_fixed_point
 from ..transport import Channel, frames
+from ..transport.ports import free_port, peer_pending
 from .base import ClientSide, Protocol, ServerSide, register
 from .ss_compile import SUPPORTED, lower
 from .ss_tuples import plan_digest, plan_elements, validate_plan
@@ -117,23 +117,6 @@ def _chunks(batch: int, size: int) -> list[int]:
     return [size] * (batch // size) + ([batch % size] if batch % size else [])
 
 
-def _free_port(host: str) -> int:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _peer_pending(sock: socket.socket) -> bool | None:
-    """True if the peer sent data not yet read, False if nothing is pending, None once it hung up."""
-    try:
-        return None if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" else True
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return None
-
-
 def _rendezvous(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
@@ -169,7 +152,7 @@ class _SSServer(ServerSide):
     def setup(self, ch: Channel) -> None:
         try:
             host = ch.sock.getsockname()[0]
-            rdv = _rendezvous(host, _free_port(host))
+            rdv = _rendezvous(host, free_port(host))
             opts = self._worker_opts()
             opts["gloo_ifname"] = opts["gloo_ifname"] or ifname_for(host)
             if self.sopts["dealer"] == "local":
@@ -200,7 +183,7 @@ class _SSServer(ServerSide):
         deadline = time.monotonic() + self.timeout + SPAWN_ALLOWANCE
         early = None
         while True:
-            pending = _peer_pending(ch.sock)
+            pending = peer_pending(ch.sock)
             if pending is None:
                 raise ProtocolError("the client closed the connection during the 2PC set-up")
             if pending and early is None:

@@ -35,15 +35,21 @@ def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = 64) -> socket.
 
 class ThreadedListener:
     """Accept loop shared by every privinfer service: one daemon thread per connection, and a
-    0.5 s accept timeout so `shutdown()` is noticed. Subclasses implement `_handle(conn, addr)`."""
+    0.5 s accept timeout so `shutdown()` is noticed. Subclasses implement `_handle(conn, addr)`.
+
+    `port=None` opens no socket: the object only handles connections accepted elsewhere (a serving
+    worker process, `privinfer.serving.workers`, gets them handed over by its supervisor)."""
     thread_prefix = "privinfer"
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int | None):
         import threading
+        self._stop = threading.Event()
+        if port is None:
+            self._sock, self.host, self.port = None, host, None
+            return
         self._sock = listen(host, port)
         self._sock.settimeout(0.5)
         self.host, self.port = self._sock.getsockname()[:2]
-        self._stop = threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -54,6 +60,8 @@ class ThreadedListener:
 
     def serve_forever(self) -> None:
         import threading
+        if self._sock is None:
+            raise ProtocolError("this listener has no socket (port=None): it only handles handed-over connections")
         while not self._stop.is_set():
             try:
                 conn, addr = self._sock.accept()
@@ -79,7 +87,8 @@ class ThreadedListener:
     def shutdown(self) -> None:
         self._stop.set()
         try:
-            self._sock.close()
+            if self._sock is not None:
+                self._sock.close()
         except OSError:
             pass
 

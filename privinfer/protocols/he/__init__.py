@@ -40,7 +40,8 @@ What is protected, precisely
   compute a different function; a malicious client could send malformed keys (rejected with typed errors).
 
 Packings: `packing="latency"` (default; `latency.py`: one image per query, any number of convolutions and
-linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, up to N/2 images).
+linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, N/2 images per slot
+group, up to `executor.MAX_GROUPS` groups per query, evaluated in this process or as Ray tasks: `executor.py`).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitE
 from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
+from . import executor as hex_
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
 from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
@@ -176,7 +178,8 @@ class _HEServer(ServerSide):
 
     @property
     def max_batch(self) -> int:
-        return int(self.proto.options["max_batch"]) if self.packing == "latency" else self.params.slots
+        return int(self.proto.options["max_batch"]) if self.packing == "latency" else \
+            self.params.slots * hex_.MAX_GROUPS
 
     def setup(self, ch: Channel) -> None:
         blobs = ch.recv_blobs()
@@ -189,6 +192,7 @@ class _HEServer(ServerSide):
                 raise ProtocolError(f"expected one public TenSEAL context, got {len(blobs)} blobs")
             self.ctx = _load_public_tenseal(blobs[0], self.params)
             self.view = _TenSEALView(self.ctx)
+            self.job = self.proto.executor.open(self.ctx)  # evaluation keys go to the executor once
         ch.send_json({"ready": True})
 
     def query(self, ch: Channel, meta: dict) -> None:
@@ -205,7 +209,7 @@ class _HEServer(ServerSide):
         self.answered += B
         if self.packing == "batch":
             # every slot past the images the client paid for is masked: a one-image query returns one answer
-            out = self.batch.server_evaluate(self.ctx, self.proto.graph, blobs, B, mask_unused=True)
+            out = self.job.evaluate(self.proto.graph, blobs, B, self.params.slots, mask_unused=True)
             ch.send_blobs([self._finish(b) for b in out])
             return
         n_ct = self.proto.plan.input.n_ct
@@ -232,7 +236,9 @@ class _HEServer(ServerSide):
         return self.view.ct_to_bytes(rerandomize(self.view, ct, self.proto.policy.flood_std))
 
     def close(self) -> None:
-        self.ctx = None
+        if getattr(self, "job", None) is not None:
+            self.job.close()
+        self.ctx = self.job = None
 
 
 class _HEClient(ClientSide):
@@ -267,7 +273,7 @@ class _HEClient(ClientSide):
 
     def query_meta(self, x: np.ndarray) -> dict:
         B = int(x.shape[0])
-        limit = self.max_batch if self.packing == "latency" else self.params.slots
+        limit = self.max_batch if self.packing == "latency" else self.params.slots * hex_.MAX_GROUPS
         if B > limit:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {limit} ({self.packing} packing)")
         cap = self.policy.max_queries
@@ -292,8 +298,8 @@ class _HEClient(ClientSide):
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         B = int(x.shape[0])
         if self.packing == "batch":
-            ch.send_blobs(self.batch.client_encrypt(self.ctx, x))
-            return np.asarray(self.batch.client_decrypt(self.ctx, ch.recv_blobs(), B, self.out_dim))
+            ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
+            return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
         scale = 2.0 ** self.params.input_scale_bits
         blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
         ch.send_blobs(blobs)
@@ -339,7 +345,8 @@ class HE(Protocol):
     name = "he"
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
     server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": None,
-                      "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30}
+                      "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30,
+                      "executor": None}  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
     client_options = {"packing": "latency", "batch_size": None}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
@@ -363,6 +370,7 @@ class HE(Protocol):
         self._latency = None
         self._batch_params: dict[int, HEParams] = {}
         self._build_latency()  # parameters, plan and plaintexts once per served model; errors surface now
+        self.executor = hex_.get_executor(self.options["executor"])
 
     def _build_latency(self):
         with self._lock:
