@@ -18,7 +18,7 @@ per query: the ss offline phase for the whole plan (one dealer batch), then the 
 Privacy: the input is never seen by the server in the clear: HE ciphertexts under the client's key, shares,
 and masked openings only (with a local dealer, as in `ss`, the server operator can unmask the 2PC shares:
 "cryptographic-server-dealer"). The client sees masked intermediates: how well the masks hide them (which
-depend on the weights) is stated per conversion in `privacy()`; the CKKS masks are weak (see `convert.py`).
+depend on the weights) is stated per conversion in `privacy()`: 19-20 bits, statistical (see `convert.py`).
 """
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ class _HybridClient(ClientSide):
                "conversions": self.conversions,
                "he": "CKKS, 128-bit security, keys of every HE segment sent once per session",
                "not_protected": ["architecture and plan", "intermediate activations only as well as the stated "
-                                 "mask bits hide them (CKKS masks: a few bits, see protocols/convert.py)"]}
+                                 "mask bits hide them (19-20 bits, see protocols/convert.py)"]}
         if base is not None:
             out["ss"] = {k: base[k] for k in ("dealer", "statement", "threat_model", "fixed_point_bits", "transport")}
         return out
