@@ -59,7 +59,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    proc = subprocess.Popen(CLI + ["serve", "--model", "minionn-mnist", "--port", str(port), "--workers", "2",
+    proc = subprocess.Popen(CLI + ["serve", "--protocol", "plain", "--model", "minionn-mnist", "--port", str(port), "--workers", "2",
                                    "--max-sessions", "3"], stdout=subprocess.PIPE, text=True)
     try:
         assert "serving" in proc.stdout.readline()

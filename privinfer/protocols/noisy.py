@@ -37,6 +37,7 @@ exceed it is refused with BudgetExceededError before anything is sent).
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -189,7 +190,7 @@ class Noisy(Protocol):
             m = train_noisy(graph, k, o["dataset"], o["epsilon"], mechanism=o["mechanism"] or "laplace",
                             delta=o["delta"] or 0.0, clip=o["clip"], nullify=o["nullify"] or 0.0,
                             bottleneck=o["bottleneck"], train_prefix=bool(o["train_prefix"]), epochs=o["epochs"],
-                            progress=False)
+                            progress=sys.stderr.isatty())  # a bar on a terminal (serve), silent in logs
             self.graph, k, self.recommended_clip, self.train_meta = m.graph, m.split, m.clip, m.meta
         elif o["bottleneck"] is not None:
             raise PrivinferError("noisy: bottleneck= only applies with finetune=True (or use train_noisy)")
