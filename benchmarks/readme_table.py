@@ -22,7 +22,7 @@ from privinfer.privacy import ldp_accuracy_bound
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
-TABLE_FILES = ["plain.json", "he_latency.json", "he_batch_records.json", "ss_records.json", "cheetah.json",
+TABLE_FILES = ["plain.json", "he_latency.json", "he_latency_fast.json", "he_batch_records.json", "ss_records.json", "cheetah.json",
                "noisy_records.json"]
 BOUND_EPSILONS = (1, 2, 5, 10)
 

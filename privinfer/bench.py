@@ -144,8 +144,8 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
 def format_table(records: list[dict]) -> str:
     """A Markdown table (the README's benchmark table uses this format)."""
     head = ("| protocol | model | network | batch | latency median (p25–p75) | setup time | offline | online | up | down | dealer | setup bytes | rounds "
-            "| acc plain | acc private | agree | max err | RSS |")
-    rows = [head, "|" + "---|" * 18]
+            "| acc plain | acc private | agree | max err | RSS | guarantee |")
+    rows = [head, "|" + "---|" * 19]
     for r in records:
         lat = r["latency_s"]
         rows.append(
@@ -155,13 +155,15 @@ def format_table(records: list[dict]) -> str:
             f"| {_size(r['bytes_server_to_client'])} | {_size(r['bytes_dealer'])} | {_size(r['setup_bytes'])} "
             f"| {r['rounds']} "
             f"| {r['accuracy_plain']:.3f} | {r['accuracy_private']:.3f} | {r['argmax_agreement']:.3f} "
-            f"| {r['max_abs_err']:.1e} | {r['peak_rss_mb']:.0f} MB |")
+            f"| {r['max_abs_err']:.1e} | {r['peak_rss_mb']:.0f} MB | {(r.get('privacy') or {}).get('guarantee', '—')} |")
     return "\n".join(rows)
 
 
 def _label(r: dict) -> str:
     eps = (r.get("privacy") or {}).get("epsilon_per_query")
     packing = (r.get("privacy") or {}).get("packing")
+    mode = (r.get("privacy") or {}).get("circuit_privacy")
+    packing = ", ".join(p for p in (packing, mode) if p)
     dealer = {"cryptographic-server-dealer": "server's dealer", "cryptographic-trusted-dealer": "third-party dealer"}.get(
         (r.get("privacy") or {}).get("guarantee"))
     return (r["protocol"] + (f" ε={eps}" if eps is not None else "") + (f" ({packing})" if packing else "")

@@ -28,11 +28,12 @@ What is protected, precisely
   weight -- is gone down to the mask's own encoding error; (b) adds a fresh public-key encryption of zero
   (re-randomization); (c) adds Gaussian noise of `flood_std` to every slot, real and imaginary parts (noise
   flooding). How large the flood is, and what it buys, is the `circuit_privacy` policy (`privacy.py`):
-  "flood" (default: 2^-5 logit units on high-precision parameters, at most `max_queries` replies per key)
-  or "fast" (2^-11, smallest parameters, no cap). `stats.privacy` reports the flood's margin over the
-  estimated evaluation error and the statistical security it gives for the query cap; the guarantee is
-  "cryptographic" only where that reaches the target (30 bits), which the zoo networks do not: the margin
-  the flood can have while the argmax survives is ~7 bits (see privacy.py).
+  "flood" (default: 2^-5 logit units on high-precision parameters -- scales ~2^50, x² rescaled on its own,
+  the result left on two primes -- at most `max_queries` replies per key, default 256) or "fast" (2^-11,
+  smallest parameters, no cap). `stats.privacy` reports the flood's margin over the estimated evaluation
+  error and the statistical security it gives for the query cap; the guarantee is "cryptographic" only where
+  that reaches the target (30 bits): cryptonets-mnist and tenseal-mnist do (31.5 bits at 256 replies per
+  key; see privacy.py for the estimate and how it was checked).
 * NOT protected: the architecture (layer kinds, shapes, polynomial coefficients of the activations) is public
   and sent in WELCOME; CKKS is approximate, so the logits carry an error plus the flood; the model is exposed
   to whatever the logits themselves reveal (model extraction by many queries is out of scope), and to
@@ -383,7 +384,8 @@ class HE(Protocol):
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
                                         scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits,
                                         mask=True, mask_bits=params.notes.get("mask_bits")
-                                        if params.notes.get("structure", [""])[-1] == "mask0" else None)
+                                        if params.notes.get("structure", [""])[-1] == "mask0" else None,
+                                        rescale_squares="sqr" in params.notes.get("structure", []))
                 self._latency = (params, plan, ctx, compiled)
         return self._latency
 

@@ -28,6 +28,8 @@ Later segments: generalized diagonal method (Halevi-Shoup / Gazelle hybrid), bab
 
 Levels: each segment multiplies by plaintexts encoded at a scale chosen so that its single rescale lands on the
 target scale exactly; x² is not rescaled (the next segment's rescale absorbs it); u(u² + c) rescales once.
+Circuit-private parameters (scales of 2^40 and more, `rescale_squares`) rescale x² on its own instead: the
+prime after a square would otherwise need 2*scale + weight - scale bits, over SEAL's 60-bit limit.
 All giant-step and fold rotations happen *before* the segment's rescale, while the scale is ~2^50: SEAL's
 key-switching noise (~2^13 absolute) would cost ~2^-12 relative precision per rotation at 2^25.
 
@@ -538,7 +540,8 @@ class CompiledPlan:
     """
 
     def __init__(self, plan: LatencyPlan, prog: Program, backend, *, input_scale=1.0, drop_primes=None,
-                 scale_bits=None, output_scale_bits=None, mask: bool = False, mask_bits: int | None = None):
+                 scale_bits=None, output_scale_bits=None, mask: bool = False, mask_bits: int | None = None,
+                 rescale_squares: bool = False):
         self.plan, self.backend = plan, backend
         S = plan.slots
         segs = prog.segments
@@ -548,7 +551,12 @@ class CompiledPlan:
         seg_i = 0
         for st in plan.steps:
             if isinstance(st, ActStep):
-                if st.kind == "square":
+                if st.kind == "square" and rescale_squares:  # circuit-private chains: x² gets its own prime
+                    q = drop_primes[level] if exact else 1.0
+                    s_cur = s_cur * s_cur / q
+                    level += 1
+                    self.items.append(_Compiled("square_r", step=st))
+                elif st.kind == "square":
                     s_cur = s_cur * s_cur
                     self.items.append(_Compiled("square", step=st))
                 else:
@@ -620,6 +628,8 @@ class CompiledPlan:
                 x = be.mul_plain(x, item.const)
             elif item.kind == "square":
                 x = be.square(x)
+            elif item.kind == "square_r":
+                x = be.rescale(be.square(x))
             elif item.kind == "cube":
                 u2 = be.add_plain(be.square(x), item.const)
                 u2 = be.rescale(u2)

@@ -20,7 +20,15 @@ what that step adds:
 
 `select_params` picks the smallest ring degree N whose bound fits the chain at the largest scale (<= 30
 bits, >= `min_scale_bits`) and whose slots hold every vector; then it spends leftover bits on the client's
-input scale. Batch packing (one image per slot) uses a uniform chain of `depth` equal primes.
+input scale.
+
+Circuit-private mode (`flood=True`) pays modulus bits for precision, because the evaluation error it must
+flood shrinks in proportion to the scale: scales 2^44..2^52 (FLOOD_MIN/MAX_SCALE_BITS), which needs
+    * x² rescaled on its own ("sqr": a prime of 2t - t = t bits; else the next prime needs t + w > 60 bits),
+    * the result left on two primes (q0, q1) holding output scale + value bits + 2 (a single prime <= 60 bits
+      would cap the output scale at 60 - value_bits - 2, i.e. 2^41 with the zoo networks' sound 17-bit bound),
+    * a FLOOD_MASK_BITS prime for the output mask (a masked slot keeps 2^-(mask_bits - 8) of its value).
+On cryptonets-mnist / tenseal-mnist that is N=16384, scale 2^51, 438/438 bits (8 data primes + special). Batch packing (one image per slot) uses a uniform chain of `depth` equal primes.
 
 The 128-bit bounds (HomomorphicEncryption.org standard, ternary secret; SEAL enforces the same table):
 N=4096: 109 bits, 8192: 218, 16384: 438, 32768: 881.
@@ -62,7 +70,9 @@ MASK_BITS = 30
 FAST_MASK_BITS = 20
 #: circuit-private mode: the smallest scale the parameter search accepts (precision is what the flood margin
 #: is measured against; N grows to 16384 where the network needs it)
-FLOOD_MIN_SCALE_BITS = 28
+FLOOD_MIN_SCALE_BITS = 44
+FLOOD_MAX_SCALE_BITS = 52
+FLOOD_MASK_BITS = 56
 
 
 def _min_prime_bits(N: int) -> int:
@@ -134,8 +144,12 @@ class HEParams:
 
 # --- latency chain --------------------------------------------------------------------------------
 def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: int, hi: int | None = None,
-                   mask_bits: int = 0):
-    """(data primes in coeff-modulus order [q0, ..., first dropped], output bits) or None if infeasible."""
+                   mask_bits: int = 0, split_q0: bool = False):
+    """(data primes in coeff-modulus order [q0, ..., first dropped], output bits) or None if infeasible.
+
+    `split_q0`: the result is left at the level of *two* primes (q0, q1) that together hold output scale + value
+    bits; the output scale is then the chain's scale t instead of being squeezed below 60 - value bits (high-
+    precision chains; the reply is one prime larger)."""
     lo, hi = _min_prime_bits(N), (hi or MAX_DATA_PRIME_BITS)
     mask = bool(structure) and structure[-1] == "mask"      # 0/1 mask with its own level (a prime of mb bits)
     extra = 0
@@ -151,11 +165,15 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
     # q0 and the last prime share (s_last + w + vb + 2) bits; keep q0 no larger than the other primes so that
     # it does not force a larger special prime (the special prime must be >= every data prime)
     cap = max([t_in + w - t] + ([t + w] if structure.count("lin") > 2 or "cube" in structure else [])
-              + ([2 * t + w - t] if structure.count("lin") > 1 else []))
+              + ([2 * t + w - t] if "sq" in structure else []) + ([t, w] if "sqr" in structure else []))
     cap = max(min(hi, cap), t + vb + 2 + extra)
     for i, op in enumerate(structure):
         if op == "lin":
-            if i == last:
+            if i == last and split_q0:
+                t_out = t
+                drops.append(s + w - t_out)
+                s = t_out
+            elif i == last:
                 t_out = min(cap - 2 - vb - extra, hi - 2 - vb - extra, s + w - lo)
                 if t_out < max(t, s + w - hi):
                     return None
@@ -166,6 +184,9 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
                 s = t
         elif op == "sq":
             s = 2 * s
+        elif op == "sqr":  # x² rescaled on its own (high-precision chains): one prime of 2s - t bits
+            drops.append(2 * s - t)
+            s = t
         else:  # cube: rescale u² back to t, then multiply by u
             drops.append(2 * s - t)
             s = s + t
@@ -174,7 +195,7 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
     if mask:
         drops.append(mb)
     q0 = t_out + vb + 2 + extra
-    data = [q0] + drops[::-1]
+    data = ([q0 - q0 // 2, q0 // 2] if split_q0 else [q0]) + drops[::-1]
     if any(not lo <= b <= hi for b in data):
         return None
     # every intermediate must fit below the remaining modulus: scale + value bits < remaining bits
@@ -192,6 +213,12 @@ def _latency_chain(structure: list[str], N: int, t: int, w: int, t_in: int, vb: 
             s = 2 * s
             if s + vb + 1 > remaining:
                 return None
+        elif op == "sqr":
+            if 2 * s + vb + 1 > remaining:
+                return None
+            remaining -= drops[idx]
+            idx += 1
+            s = t
         else:
             if 2 * s + vb + 1 > remaining:
                 return None
@@ -261,29 +288,52 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
     return first.kind == "diag" and bool(first.babies() and max(first.babies()) > 0)
 
 
-def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None, mask_bits=0):
+def _latency_candidates(structure, N, vb, margin, t, depth, w_below, mask_bits, split, hi):
+    """Every parameter set at scale 2^t that fits N: each input scale from t to t + 8 bits."""
+    w = max(MIN_WEIGHT_BITS, t - w_below)
+    for t_in in range(t, t + 9):
+        got = _latency_chain(structure, N, t, w, t_in, vb, hi, mask_bits, split)
+        if got is None or sum(_with_special(got[0], margin)) > MAX_BITS_128[N]:
+            continue
+        yield _make_latency(structure, N, vb, margin, t, depth, mask_bits, split, hi, w, t_in, got)
+
+
+def _make_latency(structure, N, vb, margin, t, depth, mask_bits, split, hi, w, t_in, got):
+    data, t_out = got
+    p = HEParams(N=N, coeff_mod_bit_sizes=tuple(_with_special(data, margin)), scale_bits=t, depth=depth,
+                 slots=N // 2, packing="latency", input_scale_bits=t_in, weight_bits=w,
+                 output_scale_bits=t_out, value_bits=vb, batch=1,
+                 notes={"structure": structure, "special_margin_bits": margin,
+                        **({"result_primes": 2} if split else {}),
+                        **({"mask_bits": int(mask_bits if structure[-1] == "mask0" else
+                                             min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
+    p.validate()
+    return p
+
+
+def _latency_at(structure, N, vb, margin, max_t, min_t, depth, w_below=None, mask_bits=0, split=False):
     w_below = WEIGHT_BITS_BELOW_SCALE if w_below is None else w_below
     hi = MAX_PRIME_BITS - margin
+    if split:  # circuit-private: of every chain that fits, the one with the smallest estimated error
+        from .privacy import FloodPolicy
+        best = None
+        for t in range(max_t, min_t - 1, -1):
+            for p in _latency_candidates(structure, N, vb, margin, t, depth, w_below, mask_bits, split, hi):
+                if best is None or FloodPolicy.evaluation_noise(p) < FloodPolicy.evaluation_noise(best):
+                    best = p
+        return best
     for t in range(max_t, min_t - 1, -1):
         w = max(MIN_WEIGHT_BITS, t - w_below)
-        got = _latency_chain(structure, N, t, w, t, vb, hi, mask_bits)
+        got = _latency_chain(structure, N, t, w, t, vb, hi, mask_bits, split)
         if got is None or sum(_with_special(got[0], margin)) > MAX_BITS_128[N]:
             continue
         t_in = t
         for extra in range(1, 9):  # leftover bits: a finer client input scale
-            g2 = _latency_chain(structure, N, t, w, t + extra, vb, hi, mask_bits)
+            g2 = _latency_chain(structure, N, t, w, t + extra, vb, hi, mask_bits, split)
             if g2 is None or sum(_with_special(g2[0], margin)) > MAX_BITS_128[N]:
                 break
             got, t_in = g2, t + extra
-        data, t_out = got
-        p = HEParams(N=N, coeff_mod_bit_sizes=tuple(_with_special(data, margin)), scale_bits=t, depth=depth,
-                     slots=N // 2, packing="latency", input_scale_bits=t_in, weight_bits=w,
-                     output_scale_bits=t_out, value_bits=vb, batch=1,
-                     notes={"structure": structure, "special_margin_bits": margin,
-                            **({"mask_bits": int(mask_bits if structure[-1] == "mask0" else
-                                                 min(hi, max(_min_prime_bits(N), mask_bits)))} if mask_bits else {})})
-        p.validate()
-        return p
+        return _make_latency(structure, N, vb, margin, t, depth, mask_bits, split, hi, w, t_in, got)
     return None
 
 
@@ -303,7 +353,7 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     if flood and packing == "latency" and min_scale_bits < FLOOD_MIN_SCALE_BITS and not _flood_retry:
         try:
             return select_params(graph, packing, value_bits, batch, calibration=calibration,
-                                 max_scale_bits=max(max_scale_bits, FLOOD_MIN_SCALE_BITS),
+                                 max_scale_bits=max(max_scale_bits, FLOOD_MAX_SCALE_BITS),
                                  min_scale_bits=FLOOD_MIN_SCALE_BITS, min_N=min_N, mask=mask, flood=True, _flood_retry=True)
         except ParameterError:
             pass
@@ -319,17 +369,25 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     # fast mode puts the mask in q0 (no level); when q0 cannot also hold the values (large sound value
     # bounds), the mask takes a level of its own, as in circuit-private mode, rather than failing
     masks = [("mask", MASK_BITS)] if flood else [("mask0", FAST_MASK_BITS), ("mask", MASK_BITS)]
+    base = prog.structure()
+    split = flood and min_scale_bits > DEFAULT_MAX_SCALE_BITS
+    if split:
+        # high-precision chain: x² rescaled on its own (else the next prime needs 2t + w - t > 60 bits), and a
+        # mask prime wide enough that its encoding error stays far below the evaluation error
+        base = ["sqr" if op == "sq" else op for op in base]
+        masks = [("mask", FLOOD_MASK_BITS)]
     for mask_op, mb in (masks if mask else [(None, 0)]):
-        structure = prog.structure() + ([mask_op] if mask_op else [])
+        structure = base + ([mask_op] if mask_op else [])
         depth = sum(1 for op in structure if op != "sq")
         for N in RING_DEGREES:
             if N < min_N or N // 2 < need_slots:
                 continue
-            if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb) is None \
-                    and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb) is None:
+            if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb,
+                           split) is None \
+                    and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb, split) is None:
                 continue  # too deep for this ring whatever the plan: no need to plan
             margin = SPECIAL_MARGIN_BITS if _rotates_at_low_scale(prog, N // 2) else 0
-            p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb)
+            p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb, split)
             if p is not None:
                 return p
     if need_slots > RING_DEGREES[-1] // 2:

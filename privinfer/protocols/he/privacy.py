@@ -8,30 +8,37 @@ What a reply is made of. The client decrypts, per logit slot, `f(x) + d(x, W) + 
 a deterministic CKKS approximation error (plaintext encoding of the weights, rescale rounding), a random error
 (the client's encryption noise and rescale roundings, propagated through the weights) and the server's flood
 g ~ N(0, flood_std^2). Every non-logit slot is masked (multiplied by a 0/1 plaintext) before that, so it holds
-only the mask's own encoding error times the value that was there (2^-25 of it in circuit-private mode, where
-the mask has a 30-bit level; 2^-15 in fast mode, where it costs 20 bits of q0 and no level) plus g. `d + e` depends on the
+only the mask's own encoding error times the value that was there (2^-48 of it in circuit-private mode, where
+the mask has a 56-bit level; 2^-15 in fast mode, where it costs 20 bits of q0 and no level) plus g. `d + e` depends on the
 weights; it is the "evaluation error" the flood must hide. A client that asks the same question k times and
 averages divides g by sqrt(k) but not d (issue 9: the attack).
 
 Modes (server option `circuit_privacy`):
   * "flood" (default): g of `flood_std` (default 2^-5 logit units, below the top-2 gaps of the zoo networks on
-    the digits split) on parameters chosen for precision (scales >= 2^28, N=16384 where needed), and a cap of
-    `max_queries` replies per session (= per client key), refused with QueryLimitError beyond it.
+    the digits split) on parameters chosen for precision (scales 2^44..2^52, N=16384 where needed: params.py),
+    and a cap of `max_queries` replies per session (= per client key), refused with QueryLimitError beyond it.
   * "fast": g of 2^-11 on the smallest parameters; no cap. The input is protected, the weights only as far as
     the logits' noise goes.
 
-The margin, honestly. `evaluation_noise_estimate` is an estimate of max|d + e| per logit slot, from the
-parameters (2^-(scale_bits - 18); measured on cryptonets-mnist / tenseal-mnist: the largest error seen was
-2^-(scale_bits - 17), at scales 2^22 and 2^30),
-not a proven bound. Against it we report
+The margin. `evaluation_noise_estimate` bounds max|d + e| over every decrypted slot from the public
+parameters only (`evaluation_noise_terms`: 8-sigma bounds of one rescale's rounding, of the client's fresh
+encryption noise at the input scale and of the mask's encoding error times the published value bound, with a
+2^GAIN_BITS allowance for the network's gain). It is an estimate, calibrated and checked, not a proof: the
+gain depends on the weights. Checked on cryptonets-mnist and tenseal-mnist over the 450 digits test images at
+the circuit-private parameters (scale 2^50, input 2^56, N=16384; estimate 2^-27.8): the largest error in any
+logit slot was 2^-30.8 / 2^-31.1, in any masked slot 2^-35.0 / 2^-35.2 (notes/flood30.md has the figures). Against it we report
   * `flood_margin_bits` = log2(flood_std / estimate): per reply;
   * `statistical_security_bits` = 2 * flood_margin_bits - log2(64 q): the Renyi-divergence bound of Li,
     Micciancio, Schultz and Sorrell (CRYPTO 2022; flooding of E * 2^(s/2) * sqrt(64 q) keeps s bits over q
     decryptions), the form OpenFHE's NOISE_FLOODING_DECRYPT sizes its flood by (statistical security and
     number of adversarial queries as parameters).
-The guarantee word is "cryptographic" only when that figure reaches `statistical_security` (default 30); with
-the zoo networks and a flood that keeps the argmax it does not (the networks' relative precision, ~2^-16 of
-the top-2 gap, is the limit), and the report says "cryptographic-input-only" with the achieved figure.
+The guarantee word is "cryptographic" only when that figure reaches `statistical_security` (default 30).
+Default cap: 256 replies per key. With the 2^-5 flood (the largest that keeps the argmax: top-2 gaps >= 0.128
+on the digits split) and E ~ 2^-27.8 at the chosen parameters, 256 gives 31.5 bits; 1024 would give 29.5.
+A client pays one key upload (~100 MB at these parameters) per 256 replies: ~0.4 MB a reply on top of ~3.4 MB.
+Where the parameters cannot reach the target (e.g. secureml-mnist: its dense first layer rotates the fresh
+input, which caps data primes at 50 bits and leaves the masked slots' estimate at 2^-21), the report says
+"cryptographic-input-only" with the achieved figure.
 The cap is per key: nothing stops a client from opening new sessions (fresh keys) and averaging across them;
 only a per-client rate limit at the deployment can bound that.
 """
@@ -45,9 +52,18 @@ from ...errors import ParameterError, ProtocolError
 CIRCUIT_PRIVACY_MODES = ("flood", "fast")
 FAST_FLOOD_STD = 2.0 ** -11
 CIRCUIT_FLOOD_STD = 2.0 ** -5
-DEFAULT_MAX_QUERIES = 1024
-#: max |evaluation error| per logit slot ~ 2^-(scale_bits - NOISE_BITS_ABOVE_SCALE) (an estimate, see above)
-NOISE_BITS_ABOVE_SCALE = 18
+DEFAULT_MAX_QUERIES = 256
+#: tail factor of the error bounds: each rounding error is a sum of N independent terms (CLT), bounded at 8 sigma
+#: (two-sided tail 1.2e-15 per slot: over 8192 slots x 2^10 replies, < 1e-8)
+TAIL_SIGMAS = 8.0
+#: allowance (bits) for the network's gain on the rescale errors of the last layers and the sum of the several
+#: error terms; measured on cryptonets-mnist / tenseal-mnist at their circuit-private parameters: 3.9 / 3.7 bits
+#: (the largest logit error over the 450 digits test images), so the estimate sits >= 3.0 bits above it
+GAIN_BITS = 7.0
+#: std of SEAL's error distribution (clipped Gaussian)
+FRESH_SIGMA = 3.2
+#: the batch engine's output mask (batch.MASK_BITS)
+BATCH_MASK_BITS = 24
 
 
 @dataclass(frozen=True)
@@ -96,8 +112,9 @@ class FloodPolicy:
 
     @staticmethod
     def evaluation_noise(params) -> float:
-        """Estimated max |evaluation error| of one logit, in logit units (see the module docstring)."""
-        return 2.0 ** -(params.scale_bits - NOISE_BITS_ABOVE_SCALE)
+        """Estimated max |evaluation error| of any decrypted slot, in logit units, from the parameters only
+        (they are public: WELCOME carries them). See the module docstring for the derivation."""
+        return max(evaluation_noise_terms(params).values())
 
     def report(self, params) -> dict:
         """The `stats.privacy` entries about the weights, for these parameters."""
@@ -127,3 +144,28 @@ class FloodPolicy:
             out["not_protected"].append("averaging across sessions: the query cap is per key")
         return out
 
+
+
+def evaluation_noise_terms(params) -> dict:
+    """The two parts of the evaluation-error estimate (logit units), from the CKKS parameters:
+
+    * `logit`: one rescale's rounding error, in slots, has std sqrt(N/12 * (1 + 2N/3)) ~ N/sqrt(18) (uniform
+      rounding of c0 + c1*s, ternary secret of weight 2N/3); bounded at TAIL_SIGMAS, times a 2^GAIN_BITS
+      allowance for the network's gain and the other (smaller) terms (weight encoding at 2^weight_bits, fresh
+      encryption noise at the input scale), over the smaller of the chain's scale and the output scale;
+    * `masked`: a masked slot keeps the 0/1 mask's encoding error (std sqrt(N/12) / 2^mask_bits) times the value
+      that was there (< 2^value_bits, the published sound bound) plus the mask level's own rescale error.
+    """
+    N = params.N
+    rescale = TAIL_SIGMAS * N / math.sqrt(18.0)
+    encode = TAIL_SIGMAS * math.sqrt(N / 12.0)
+    fresh = TAIL_SIGMAS * N * FRESH_SIGMA * math.sqrt(4.0 / 3.0)
+    t = params.scale_bits
+    t_out = params.output_scale_bits or t
+    t_in = params.input_scale_bits or t
+    mb = params.notes.get("mask_bits") if isinstance(params.notes, dict) else None
+    if mb is None:
+        mb = BATCH_MASK_BITS if params.packing == "batch" else t
+    logit = 2.0 ** GAIN_BITS * (fresh / 2.0 ** t_in + rescale / 2.0 ** min(t, t_out))
+    masked = encode * 2.0 ** (params.value_bits - mb) + rescale / 2.0 ** t_out
+    return {"logit": logit, "masked": masked}

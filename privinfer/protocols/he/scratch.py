@@ -64,6 +64,8 @@ def private_dir() -> str:
     pid = os.getpid()
     with _lock:
         d = _dirs.get(pid)
+        if d is not None and not (os.path.isdir(d) and not os.path.islink(d)):
+            d = None  # removed under us (a tmpfs cleaner): make a new one rather than fail every (de)serialization
         if d is None:
             base = _base()
             remove_orphans(base)
