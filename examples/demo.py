@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["plain", "he", "ss", "noisy"]
+ORDER = ["plain", "he", "ss", "noisy", "hybrid"]
 
 
 def free_port() -> int:

@@ -116,6 +116,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         "max_abs_err": float(np.max(np.abs(logits - ref))),
         "peak_rss_mb": _peak_rss_mb(),
         "privacy": stats.privacy,
+        **({"plan": stats.privacy["layer_protocols"]} if "layer_protocols" in stats.privacy else {}),
         **({"setup_timing": setup_timing} if setup_timing else {}),
     }
 

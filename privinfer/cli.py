@@ -60,8 +60,12 @@ def _dealer_options(a) -> dict:
         out["dealer"] = a.dealer
     if a.dealer_secret is not None:
         out["server_secret"] = a.dealer_secret
-    if out and a.protocol != "ss":
-        raise PrivinferError("--dealer and --dealer-secret apply to --protocol ss only")
+    if out and a.protocol not in ("ss", "hybrid"):
+        raise PrivinferError("--dealer and --dealer-secret apply to --protocol ss and hybrid only")
+    if getattr(a, "plan", None) is not None:
+        if a.protocol != "hybrid":
+            raise PrivinferError("--plan applies to --protocol hybrid only")
+        out["plan"] = a.plan
     return out
 
 
@@ -158,8 +162,8 @@ def cmd_bench(a) -> None:
     with contextlib.ExitStack() as stack:
         base = _parse_options(a.option)
         if a.dealer is not None:
-            if a.protocol != "ss":
-                raise PrivinferError("--dealer applies to --protocol ss only")
+            if a.protocol not in ("ss", "hybrid"):
+                raise PrivinferError("--dealer applies to --protocol ss and hybrid only")
             if a.dealer == "loopback":  # an authenticated third-party dealer, on this host
                 from .protocols.ss_dealer import loopback_dealer
                 base.update(stack.enter_context(loopback_dealer()))
@@ -249,6 +253,7 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
                    help="ss: 'local' (this server runs the dealer: no input privacy against its operator) or "
                         "HOST:PORT of a `privinfer dealer` (needs --dealer-secret); required for ss")
     s.add_argument("--dealer-secret", default=None, help="ss: file with this server's secret for the third-party dealer")
+    s.add_argument("--plan", default=None, help="hybrid: protocol per layer, e.g. 'he:0,ss:1-2,he:3,ss:4-'")
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes behind the port (default: the number of cores; 0: threads in one process)")
     s.add_argument("--executor", default=None,

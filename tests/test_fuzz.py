@@ -19,7 +19,7 @@ from privinfer.transport.frames import FrameType, HEADER
 
 EXAMPLES = int(os.environ.get("PRIVINFER_FUZZ_EXAMPLES", "150"))
 # a 2PC session spawns CrypTen (ss) or SPU (cheetah) processes once HELLO is accepted: a tenth of the inputs
-SCALE = {"ss": 0.1, "cheetah": 0.1}
+SCALE = {"ss": 0.1, "cheetah": 0.1, "hybrid": 0.1}
 TRIED: dict[str, int] = {}
 
 
@@ -29,7 +29,10 @@ def protocol_cases():
     for name, model, opts, tol in (("he", "cryptonets-mnist", {"circuit_privacy": "fast"}, 3e-2),
                                    ("noisy", "minionn-mnist", {"split": 3, "epsilon": None}, 1e-4),
                                    ("ss", "minionn-mnist", {"mpc_timeout": 10.0, "dealer": "local"}, 1e-2),
-                                   ("cheetah", "cryptonets-mnist", {"mpc_timeout": 10.0}, 1e-2)):
+                                   ("cheetah", "cryptonets-mnist", {"mpc_timeout": 10.0}, 1e-2),
+                                   ("hybrid", "cryptonets-mnist", {"mpc_timeout": 10.0, "dealer": "local",
+                                                                   "plan": "he:0,ss:1,he:2-",
+                                                                   "circuit_privacy": "fast"}, 1e-2)):
         try:
             privinfer.protocols.get_protocol(name)
             if name == "cheetah" and not os.environ.get("PRIVINFER_REQUIRE_SPU"):

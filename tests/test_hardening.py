@@ -47,10 +47,11 @@ def spu_built() -> bool:
 
 
 # killed-peer cases: CHEETAH's set-up costs ~10 s per session, so it is here but not in the concurrency test
-KILL_CASES = CASES + ([("cheetah", "cryptonets-mnist", {}, 1e-2)] if spu_built() else [])
+KILL_CASES = CASES + ([("cheetah", "cryptonets-mnist", {}, 1e-2)] if spu_built() else []) + [
+    ("hybrid", "cryptonets-mnist", {"dealer": "local", "plan": "he:0,ss:1,he:2-", "circuit_privacy": "fast"}, 1e-2)]
 # the killed-client case costs two CHEETAH set-ups: `make test` leaves it to -m slow for cheetah
 KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] == "cheetah" else c for c in KILL_CASES]
-KILLS = {"cheetah": 1}
+KILLS = {"cheetah": 1, "hybrid": 2}
 ORPHAN_CHECKED = {"cheetah"}  # protocols whose party processes are checked to die with their parent
 
 

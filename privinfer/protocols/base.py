@@ -25,7 +25,7 @@ from ..transport import Channel
 
 BUILTIN = {"plain": "privinfer.protocols.plain", "he": "privinfer.protocols.he",
            "ss": "privinfer.protocols.ss", "noisy": "privinfer.protocols.noisy",
-           "cheetah": "privinfer.protocols.cheetah"}
+           "cheetah": "privinfer.protocols.cheetah", "hybrid": "privinfer.protocols.hybrid"}
 _REGISTRY: dict[str, type["Protocol"]] = {}
 
 

@@ -136,6 +136,10 @@ class _SSServer(ServerSide):
         self.sent_plans: set[int] = set()
         self.prepared: int | None = None
 
+    def _spawn(self, rank: int, rdv: str, opts: dict) -> ChildProcess:
+        """Start this side's CrypTen party (a seam: `hybrid` runs its own party loop)."""
+        return ChildProcess(party_main, (rank, rdv, graph_to_bytes(self.graph), opts), f"party{rank}")
+
     def _worker_opts(self) -> dict:
         return {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
                 "threads": int(self.sopts["threads"]), "gloo_ifname": self.sopts["gloo_ifname"]}
@@ -160,7 +164,7 @@ class _SSServer(ServerSide):
                 ch.send_json({"rendezvous": rdv, "dealer": "third-party"})
                 relay_client_handshake(ch, self.dealer)
                 opts["prg_key"] = self.dealer.prg_key.hex()
-            self.worker = ChildProcess(party_main, (0, rdv, graph_to_bytes(self.graph), opts), "party0")
+            self.worker = self._spawn(0, rdv, opts)
             ready = self._wait_ready(ch) or ch.recv_json()
             if not ready.get("ready"):
                 raise ProtocolError("client did not confirm the 2PC set-up")
@@ -294,7 +298,7 @@ class _SSClient(ClientSide):
                     "emulated_rtt": float(getattr(ch, "emulated_rtt", 0.0) or 0.0)}
             if key is not None:
                 opts["prg_key"] = key.hex()
-            self.worker = ChildProcess(party_main, (1, rdv, graph_to_bytes(self.graph), opts), "party1")
+            self.worker = self._spawn(1, rdv, opts)
             self.worker.recv(self.timeout + SPAWN_ALLOWANCE, "set-up (CrypTen init with server and dealer)")
             ch.send_json({"ready": True})
             if not ch.recv_json().get("ready"):
@@ -304,6 +308,8 @@ class _SSClient(ClientSide):
         except BaseException:
             self.close()
             raise
+
+    _spawn = _SSServer._spawn
 
     def _offline(self, ch: Channel, batch: int) -> dict:
         t0 = time.perf_counter()

@@ -246,20 +246,25 @@ def load_mpc(opts: dict):
 
 
 # --- a CrypTen party (rank 0 = server / model owner, rank 1 = client / input owner) -----------------
+def party_init(rank: int, rendezvous: str, opts: dict):
+    """Join the CrypTen group as `rank`: (crypten, counting communicator, tuple provider)."""
+    mpc_env(rank, rendezvous, opts.get("gloo_ifname"))
+    crypten = load_mpc(opts)
+    crypten.init()
+    from .ss_crypten import install_communicator
+    from .ss_tuples import install_provider
+    comm = install_communicator(crypten)
+    comm.delay = float(opts.get("emulated_rtt", 0.0)) / 2  # a round costs one one-way trip
+    return crypten, comm, install_provider(crypten)
+
+
 def party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) -> None:
     child_setup(f"party{rank}")
     try:
-        mpc_env(rank, rendezvous, opts.get("gloo_ifname"))
         t0 = time.perf_counter()
-        crypten = load_mpc(opts)
-        crypten.init()
+        crypten, comm, prov = party_init(rank, rendezvous, opts)
         from ..model.ir import load_graph
         from .ss_compile import Executor
-        from .ss_crypten import install_communicator
-        from .ss_tuples import install_provider
-        comm = install_communicator(crypten)
-        comm.delay = float(opts.get("emulated_rtt", 0.0)) / 2  # a round costs one one-way trip
-        prov = install_provider(crypten)
         ex = Executor(crypten, load_graph(graph_blob), rank, int(opts["precision_bits"]))
         send_msg(conn, {"ok": "ready", "init_s": time.perf_counter() - t0})
         _Party(crypten, comm, prov, ex, rank, conn).loop()

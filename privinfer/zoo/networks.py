@@ -77,6 +77,19 @@ def deepsecure_mnist() -> nn.Sequential:
                 nn.Linear(100, 10))
 
 
+def mixed_mnist() -> nn.Sequential:
+    """A network that needs both HE and 2PC (privinfer's, for hybrid plans): conv 5x5/2 with 5 maps, x², conv 3x3
+    with 10 maps, ReLU, max pool 2, FC 10. The natural plan runs conv-x²-conv in HE and ReLU + MaxPool in 2PC."""
+    return _seq((1, 28, 28),
+                nn.Conv2d(1, 5, kernel_size=5, stride=2),
+                Square(),
+                nn.Conv2d(5, 10, kernel_size=3),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+                nn.Linear(250, 10))
+
+
 def tenseal_mnist() -> nn.Sequential:
     """TenSEAL tutorial 4 (encrypted convolution on MNIST): conv 7x7/3 with 4 maps (256), x², 64, x², 10."""
     return _seq((1, 28, 28),
@@ -126,6 +139,9 @@ NETWORKS: dict[str, NetworkInfo] = {n.name: n for n in (
                 "Rouhani et al., DeepSecure, DAC 2018", polynomial=False),
     NetworkInfo("tenseal-mnist", tenseal_mnist, "digits",
                 "Benaissa et al., TenSEAL, 2021 (tutorial 4: encrypted convolution on MNIST)", polynomial=True, clip=1.0),
+    NetworkInfo("mixed-mnist", mixed_mnist, "digits",
+                "privinfer (hybrid plans: x² and ReLU, convolutions and a max pool in one network)", polynomial=False,
+                epochs=30, clip=1.0),
     NetworkInfo("minionn-cifar", minionn_cifar, "digits-rgb32",
                 "Liu et al., MiniONN, CCS 2017 (Fig. 13, CIFAR-10 net)", polynomial=False, epochs=8),
 )}

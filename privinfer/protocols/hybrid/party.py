@@ -1,0 +1,98 @@
+"""The CrypTen party of a `hybrid` session: every ss segment of the plan in one process and one group.
+
+Why not `ss_worker.party_main`: that loop runs one whole graph from the client's input to the client's
+logits. Here each ss segment starts from additive shares (the client's share input by rank 1, the server's
+by rank 0; their sum is the value, nobody sees it) and ends either revealed to the client (the plan's last
+segment) or revealed to the client as x + r, where r is a fresh mask input by the server (a shares -> HE
+conversion, see `protocols/convert.py`). All segments share one CrypTen group, one dealer and one
+preprocessing plan per batch size: the dry run walks every segment in order, so the online phase pops the
+tuples of segment 1, then 2, ... and set-up is paid once per session, not once per segment.
+"""
+from __future__ import annotations
+
+import time
+
+from ...errors import ProtocolError, ShapeError
+from ...transport import frames
+from ..ss_worker import _Party, child_setup, end_child, party_init, report_error, send_msg
+
+
+def hybrid_party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) -> None:
+    child_setup(f"party{rank}")
+    try:
+        t0 = time.perf_counter()
+        crypten, comm, prov = party_init(rank, rendezvous, opts)
+        from ...model.ir import load_graph
+        from ..ss_compile import Executor
+        graph = load_graph(graph_blob)
+        bits = int(opts["precision_bits"])
+        segs = [(int(a), int(b), bool(m)) for a, b, m in opts["segments"]]
+        exs = [Executor(crypten, graph.slice(a, b), rank, bits) for a, b, _ in segs]
+        send_msg(conn, {"ok": "ready", "init_s": time.perf_counter() - t0})
+        _HybridParty(crypten, comm, prov, exs, [m for _, _, m in segs], rank, conn).loop()
+    except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
+        report_error(conn, e)
+    finally:
+        end_child(conn)
+
+
+class _HybridParty(_Party):
+    def __init__(self, crypten, comm, prov, exs, masked, rank, conn):
+        super().__init__(crypten, comm, prov, exs[0], rank, conn)
+        self.exs, self.masked, self.next = exs, masked, 0
+
+    def _run(self, k: int, batch: int, own, mask):
+        import torch
+        from ..ss_compile import _fixed
+        ex = self.exs[k]
+        cr = self.crypten
+        zeros = torch.zeros((batch, *ex.graph.input_shape), dtype=torch.float64)
+        mine = zeros if own is None else _fixed(own, ex.bits)
+        if tuple(mine.shape) != tuple(zeros.shape):
+            raise ShapeError(f"segment {k}: share shape {tuple(mine.shape)} != {tuple(zeros.shape)}")
+        h = cr.cryptensor(mine if self.rank == 1 else zeros, src=1) + cr.cryptensor(mine if self.rank == 0 else zeros, src=0)
+        h = ex.forward(h)
+        if self.masked[k]:
+            out_zeros = torch.zeros(tuple(h.size()), dtype=torch.float64)
+            r = _fixed(mask, ex.bits) if (self.rank == 0 and mask is not None) else out_zeros
+            if tuple(r.shape) != tuple(out_zeros.shape):
+                raise ShapeError(f"segment {k}: mask shape {tuple(r.shape)} != {tuple(out_zeros.shape)}")
+            h = h + cr.cryptensor(r, src=0)
+        return ex.reveal_to_client(h)
+
+    def _dry_run(self, batch: int) -> list:
+        import crypten
+        saved = {k: {d: g.get_state() for d, g in gens.items()} for k, gens in crypten.generators.items()}
+        self.comm.dry, self.prov.mode, self.prov.recorded = True, "record", []
+        try:
+            for k in range(len(self.exs)):
+                self._run(k, batch, None, None)
+            return list(self.prov.recorded)
+        finally:
+            for k, gens in crypten.generators.items():
+                for d, g in gens.items():
+                    g.set_state(saved[k][d])
+            self.comm.dry, self.prov.mode, self.prov.recorded = False, "online", []
+
+    def cmd_segment(self, msg, payloads) -> None:
+        """Run ss segment k on this party's share (and, rank 0, the mask for the next HE segment)."""
+        from ..ss_tuples import TupleMismatchError
+        k, batch = int(msg["k"]), int(msg["batch"])
+        if k != self.next:
+            raise ProtocolError(f"ss segment {k} requested, segment {self.next} is next")
+        own = frames.decode_tensor(payloads[0]) if payloads else None
+        mask = frames.decode_tensor(payloads[1]) if len(payloads) > 1 else None
+        before = self.comm.counters.as_dict()
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = self._run(k, batch, own, mask)
+        dt = time.perf_counter() - t0
+        self.next = (k + 1) % len(self.exs)
+        if self.next == 0 and self.prov.remaining():
+            raise TupleMismatchError(f"{self.prov.remaining()} preprocessed tuples left unused")
+        after = self.comm.counters.as_dict()
+        header = {"ok": "segment", "s": dt, "cpu_s": time.process_time() - c0,
+                  "comm": {key: after[key] - before[key] for key in after}}
+        if self.rank == 1:
+            send_msg(self.conn, header, frames.encode_tensor(out.numpy()))
+        else:
+            send_msg(self.conn, header)

@@ -1,0 +1,128 @@
+"""`hybrid` end to end: client and server over loopback TCP, logits against the plaintext reference.
+
+make-test cost is kept small (two sessions on cryptonets-mnist, a few images each); every two- and
+three-segment plan on the zoo networks runs under `-m slow` (`test_every_short_plan`).
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from privinfer import PrivateSession
+from privinfer.cli import build_parser, _dealer_options
+from privinfer.errors import PrivinferError, UnsupportedLayerError
+from privinfer.model.reference import run_reference
+from privinfer.planner.plan import parse_plan
+from privinfer.zoo import load_dataset, load_model
+
+TOL = 1e-2
+# a plan that ends in HE returns the `he` protocol's logits: its own tolerance (tests/test_he.py, fast mode)
+HE_TOL = 3e-2
+OPTS = {"dealer": "local", "mpc_timeout": 30.0, "circuit_privacy": "fast"}  # flood mode: 2^-5 logit noise
+
+
+def images(name, n):
+    X, _ = load_dataset(name, "test")
+    return np.asarray(X[:n], dtype=np.float64)
+
+
+def check(name, plan, n=2):
+    g = load_model(name)
+    X = images(name, n)
+    with PrivateSession(g, "hybrid", plan=plan, **OPTS) as s:
+        out = np.stack([s.infer(x) for x in X])
+        ref = run_reference(g, X)
+        tol = HE_TOL if plan.split(",")[-1].startswith("he") else TOL
+        assert np.max(np.abs(out - ref)) < tol, (plan, np.max(np.abs(out - ref)))
+        assert np.all(out.argmax(1) == ref.argmax(1)), plan
+        return s.stats
+
+
+def test_three_segments_both_conversions():
+    stats = check("cryptonets-mnist", "he:0,ss:1,he:2-", n=3)
+    p = stats.privacy
+    assert p["plan"] == "he:0,ss:1,he:2-5" and p["layer_protocols"] == ["he", "ss", "he", "he", "he", "he"]
+    assert [c["kind"] for c in p["conversions"]] == ["he->ss", "ss->he"]
+    assert p["conversions"][0]["hiding_bits"] >= 19 and p["conversions"][1]["hiding_bits"] == 20  # convert.py
+    assert p["guarantee"] == "cryptographic-server-dealer"  # local dealer: said plainly
+    assert all(q.rounds > 0 and q.bytes_client_to_server > 0 for q in stats.queries)
+
+
+@pytest.mark.slow
+def test_two_segments_ss_first_then_he():
+    stats = check("cryptonets-mnist", "ss:0-1,he:2-", n=2)
+    assert [c["kind"] for c in stats.privacy["conversions"]] == ["ss->he"]
+
+
+def test_cli_plan_flag():
+    a = build_parser().parse_args(["serve", "--model", "cryptonets-mnist", "--protocol", "hybrid",
+                                   "--plan", "he:0,ss:1-", "--dealer", "local"])
+    assert _dealer_options(a) == {"dealer": "local", "plan": "he:0,ss:1-"}
+    a = build_parser().parse_args(["serve", "--model", "cryptonets-mnist", "--protocol", "he", "--plan", "he:0-"])
+    with pytest.raises(PrivinferError, match="--plan applies to --protocol hybrid only"):
+        _dealer_options(a)
+
+
+def test_bad_plan_refused_by_the_session_with_the_layer_named():
+    with pytest.raises(PrivinferError, match="layer 1 .*relu"):
+        PrivateSession(load_model("minionn-mnist"), "hybrid", plan="he:0-1,ss:2-", spawn="thread", **OPTS)
+
+
+def short_plans(n: int):
+    """Every plan of two or three segments on n layers (protocols alternate)."""
+    for k in (1, 2):
+        for cuts in itertools.combinations(range(1, n), k):
+            bounds = (0, *cuts, n)
+            for first in ("he", "ss"):
+                protos = [first if i % 2 == 0 else ("ss" if first == "he" else "he") for i in range(k + 1)]
+                yield ",".join(f"{p}:{a}-{b - 1}" for p, a, b in zip(protos, bounds, bounds[1:]))
+
+
+def valid_short_plans(name):
+    g = load_model(name)
+    out = []
+    for plan in short_plans(len(g.layers)):
+        try:
+            parse_plan(plan, g)
+        except UnsupportedLayerError:
+            continue
+        out.append(plan)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cryptonets-mnist", "minionn-mnist", "mixed-mnist"])
+def test_every_short_plan(name):
+    plans = valid_short_plans(name)
+    assert plans
+    for plan in plans:
+        check(name, plan, n=2)
+
+
+@pytest.mark.slow
+def test_gazelle_split_of_minionn():
+    check("minionn-mnist", "he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9", n=2)
+
+
+def test_concurrent_clients_no_cross_talk():
+    """Three clients at once on one hybrid server: each gets its own keys, CrypTen group and dealer."""
+    import threading
+
+    import privinfer
+    g = load_model("cryptonets-mnist")
+    X = images("cryptonets-mnist", 3)
+    results, errors = {}, []
+    with privinfer.Server(g, "hybrid", timeout=120, plan="he:0-2,ss:3-", **OPTS) as server:
+        def client(i):
+            try:
+                with privinfer.connect(server.host, server.port, "hybrid", timeout=120) as s:
+                    results[i] = s.infer(X[i])
+            except Exception as e:  # reported below
+                errors.append(e)
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        [t.start() for t in threads]
+        [t.join(600) for t in threads]
+    assert not errors, errors
+    ref = run_reference(g, X)
+    for i in range(3):
+        np.testing.assert_allclose(results[i], ref[i], atol=TOL)
