@@ -288,7 +288,7 @@ def test_scratch_dirs_of_dead_processes_are_removed(tmp_path):
                                            ("secureml-mnist", False)])
 def test_circuit_private_parameters_reach_the_target_where_the_chain_allows(model, reached):
     """The automatic parameters of circuit-private mode buy >= 30 bits of statistical security (Li-Micciancio-
-    Schultz-Sorrell, 256 replies per key) on the CryptoNets-style zoo networks; where they cannot (secureml:
+    Schultz-Sorrell, 128 replies per key) on the CryptoNets-style zoo networks; where they cannot (secureml:
     its dense first layer caps the primes at 50 bits) the report says so instead of claiming it."""
     from privinfer.protocols.he import _value_bits_for_range
     from privinfer.protocols.he.params import select_params
@@ -297,7 +297,7 @@ def test_circuit_private_parameters_reach_the_target_where_the_chain_allows(mode
     g = load_model(model)
     params = select_params(g, "latency", value_bits=_value_bits_for_range(g, None, False), mask=True, flood=True)
     rep = FloodPolicy.make("flood").report(params)
-    assert rep["max_queries_per_key"] == 256 and rep["flood_std"] == 2.0 ** -5
+    assert rep["max_queries_per_key"] == 128 and rep["flood_std"] == 2.0 ** -5
     assert (rep["statistical_security_bits"] >= 30) == reached, rep
     assert rep["guarantee"] == ("cryptographic" if reached else "cryptographic-input-only")
     assert rep["model_private"] == reached

@@ -317,7 +317,7 @@ def test_cli_serve_needs_a_dealer_choice_and_dealer_makes_secrets(tmp_path, caps
     err = capsys.readouterr().err
     assert "DealerChoiceError" in err and "dealer='local'" in err and "no input privacy" in err
     assert main(["serve", "--model", "minionn-mnist", "--protocol", "plain", "--dealer", "local"]) == 2
-    assert "--protocol ss only" in capsys.readouterr().err
+    assert "--protocol ss and hybrid only" in capsys.readouterr().err
     assert main(["dealer", "--new-secret", str(tmp_path / "s.psk")]) == 0
     assert key_id(load_secret(str(tmp_path / "s.psk"))) in capsys.readouterr().out
     assert main(["dealer", "--new-secret", str(tmp_path / "s.psk")]) == 2          # never overwritten

@@ -29,10 +29,10 @@ What is protected, precisely
   (re-randomization); (c) adds Gaussian noise of `flood_std` to every slot, real and imaginary parts (noise
   flooding). How large the flood is, and what it buys, is the `circuit_privacy` policy (`privacy.py`):
   "flood" (default: 2^-5 logit units on high-precision parameters -- scales ~2^50, x² rescaled on its own,
-  the result left on two primes -- at most `max_queries` replies per key, default 256) or "fast" (2^-11,
+  the result left on two primes -- at most `max_queries` replies per key, default 128) or "fast" (2^-11,
   smallest parameters, no cap). `stats.privacy` reports the flood's margin over the estimated evaluation
   error and the statistical security it gives for the query cap; the guarantee is "cryptographic" only where
-  that reaches the target (30 bits): cryptonets-mnist and tenseal-mnist do (31.5 bits at 256 replies per
+  that reaches the target (30 bits): cryptonets-mnist and tenseal-mnist do (30.5 bits at 128 replies per
   key; see privacy.py for the estimate and how it was checked).
 * NOT protected: the architecture (layer kinds, shapes, polynomial coefficients of the activations) is public
   and sent in WELCOME; CKKS is approximate, so the logits carry an error plus the flood; the model is exposed

@@ -25,7 +25,7 @@ parameters only (`evaluation_noise_terms`: 8-sigma bounds of one rescale's round
 encryption noise at the input scale and of the mask's encoding error times the published value bound, with a
 2^GAIN_BITS allowance for the network's gain). It is an estimate, calibrated and checked, not a proof: the
 gain depends on the weights. Checked on cryptonets-mnist and tenseal-mnist over the 450 digits test images at
-the circuit-private parameters (scale 2^50, input 2^56, N=16384; estimate 2^-27.8): the largest error in any
+the circuit-private parameters (scale 2^50, input 2^56, N=16384; estimate 2^-27.8 at GAIN_BITS 7, now 2^-26.8): the largest error in any
 logit slot was 2^-30.8 / 2^-31.1, in any masked slot 2^-35.0 / 2^-35.2 (notes/flood30.md has the figures). Against it we report
   * `flood_margin_bits` = log2(flood_std / estimate): per reply;
   * `statistical_security_bits` = 2 * flood_margin_bits - log2(64 q): the Renyi-divergence bound of Li,
@@ -33,9 +33,9 @@ logit slot was 2^-30.8 / 2^-31.1, in any masked slot 2^-35.0 / 2^-35.2 (notes/fl
     decryptions), the form OpenFHE's NOISE_FLOODING_DECRYPT sizes its flood by (statistical security and
     number of adversarial queries as parameters).
 The guarantee word is "cryptographic" only when that figure reaches `statistical_security` (default 30).
-Default cap: 256 replies per key. With the 2^-5 flood (the largest that keeps the argmax: top-2 gaps >= 0.128
-on the digits split) and E ~ 2^-27.8 at the chosen parameters, 256 gives 31.5 bits; 1024 would give 29.5.
-A client pays one key upload (~100 MB at these parameters) per 256 replies: ~0.4 MB a reply on top of ~3.4 MB.
+Default cap: 128 replies per key. With the 2^-5 flood (the largest that keeps the argmax: top-2 gaps >= 0.128
+on the digits split) and E ~ 2^-26.8 at the chosen parameters, 128 gives 30.5 bits; 256 would give 29.5.
+A client pays one key upload (~100 MB at these parameters) per 128 replies: ~0.8 MB a reply on top of ~3.4 MB.
 Where the parameters cannot reach the target (e.g. secureml-mnist: its dense first layer rotates the fresh
 input, which caps data primes at 50 bits and leaves the masked slots' estimate at 2^-21), the report says
 "cryptographic-input-only" with the achieved figure.
@@ -52,14 +52,15 @@ from ...errors import ParameterError, ProtocolError
 CIRCUIT_PRIVACY_MODES = ("flood", "fast")
 FAST_FLOOD_STD = 2.0 ** -11
 CIRCUIT_FLOOD_STD = 2.0 ** -5
-DEFAULT_MAX_QUERIES = 256
+DEFAULT_MAX_QUERIES = 128
 #: tail factor of the error bounds: each rounding error is a sum of N independent terms (CLT), bounded at 8 sigma
 #: (two-sided tail 1.2e-15 per slot: over 8192 slots x 2^10 replies, < 1e-8)
 TAIL_SIGMAS = 8.0
 #: allowance (bits) for the network's gain on the rescale errors of the last layers and the sum of the several
 #: error terms; measured on cryptonets-mnist / tenseal-mnist at their circuit-private parameters: 3.9 / 3.7 bits
-#: (the largest logit error over the 450 digits test images), so the estimate sits >= 3.0 bits above it
-GAIN_BITS = 7.0
+#: (the largest logit error over the 450 digits test images), so the estimate sits >= 4.0 bits above it there;
+#: on the small test network of tests/test_he_privacy.py one run left only 1.9 bits at 7, hence 8
+GAIN_BITS = 8.0
 #: std of SEAL's error distribution (clipped Gaussian)
 FRESH_SIGMA = 3.2
 #: the batch engine's output mask (batch.MASK_BITS)
