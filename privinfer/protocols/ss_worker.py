@@ -302,13 +302,21 @@ class _Party:
         send_msg(self.conn, {"ok": "plan", "s": time.perf_counter() - t0}, json.dumps(plan).encode())
 
     def _dry_run(self, batch: int) -> list:
-        import crypten
         import numpy as np
+
+        def forward():
+            x = np.zeros((batch, *self.ex.graph.input_shape)) if self.rank == 1 else None
+            self.ex.reveal_to_client(self.ex.forward(self.ex.share_input(x, batch)))
+        return self._record(forward)
+
+    def _record(self, run) -> list:
+        """Run `run()` dry: record the ordered tuple requests it makes, send nothing, and leave CrypTen's
+        generators as they were (the real run must draw the same randomness)."""
+        import crypten
         saved = {k: {d: g.get_state() for d, g in gens.items()} for k, gens in crypten.generators.items()}
         self.comm.dry, self.prov.mode, self.prov.recorded = True, "record", []
         try:
-            x = np.zeros((batch, *self.ex.graph.input_shape)) if self.rank == 1 else None
-            self.ex.reveal_to_client(self.ex.forward(self.ex.share_input(x, batch)))
+            run()
             return list(self.prov.recorded)
         finally:
             for k, gens in crypten.generators.items():

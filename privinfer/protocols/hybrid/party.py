@@ -61,18 +61,10 @@ class _HybridParty(_Party):
         return ex.reveal_to_client(h)
 
     def _dry_run(self, batch: int) -> list:
-        import crypten
-        saved = {k: {d: g.get_state() for d, g in gens.items()} for k, gens in crypten.generators.items()}
-        self.comm.dry, self.prov.mode, self.prov.recorded = True, "record", []
-        try:
+        def forward():
             for k in range(len(self.exs)):
                 self._run(k, batch, None, None)
-            return list(self.prov.recorded)
-        finally:
-            for k, gens in crypten.generators.items():
-                for d, g in gens.items():
-                    g.set_state(saved[k][d])
-            self.comm.dry, self.prov.mode, self.prov.recorded = False, "online", []
+        return self._record(forward)
 
     def cmd_segment(self, msg, payloads) -> None:
         """Run ss segment k on this party's share (and, rank 0, the mask for the next HE segment)."""
