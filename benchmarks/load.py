@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from privinfer._process import alive  # noqa: E402
 from privinfer.serving.load import MODELS, ServerProcess, load_average, run_phase, tree  # noqa: E402
 
 
@@ -48,9 +49,9 @@ def serve_and_load(protocol: str, workers: int, clients: int, duration: float, m
         family = sorted(set(family) | set(tree(srv.proc.pid)))  # with the per-session children now open
         code = srv.stop()
     end = time.monotonic() + 10.0  # orphans exit with their parent within a poll interval
-    while time.monotonic() < end and any(_not_zombie(p) for p in family):
+    while time.monotonic() < end and any(alive(p) for p in family):
         time.sleep(0.2)
-    left = [_cmdline(p) for p in family if _not_zombie(p)]
+    left = [_cmdline(p) for p in family if alive(p)]
     alone, many = _median_phase(alones), _median_phase(manys)
     rec = {"protocol": protocol, "model": model, "workers": workers, "alone": alone, "concurrent": many,
            "repeats": {"alone_qps": [p["throughput_qps"] for p in alones],
@@ -74,14 +75,6 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
     except OSError:
         return str(pid)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def ray_batch(images: int, ray_cpus: int, n: int = 8192) -> dict:

@@ -14,6 +14,7 @@ import pytest
 
 import privinfer
 from privinfer import zoo
+from privinfer._process import alive, descendants
 from privinfer.errors import PeerError, ProtocolError, ResourceLimitError
 from privinfer.model.reference import run_reference
 
@@ -37,23 +38,6 @@ def _children(pid: int) -> list[int]:
             except (OSError, ValueError, IndexError):
                 pass
     return out
-
-
-def _descendants(pid: int) -> list[int]:
-    todo, seen = [pid], []
-    while todo:
-        for c in _children(todo.pop()):
-            seen.append(c)
-            todo.append(c)
-    return seen
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +142,7 @@ def test_supervisor_refuses_bad_settings_before_starting_processes():
 
 def test_sigterm_leaves_no_process_behind(server):  # last: ends the module's server
     proc, port = server
-    family = _descendants(proc.pid)
+    family = descendants(proc.pid)
     assert len(family) >= 2
     s = privinfer.connect("127.0.0.1", port, "plain")
     proc.send_signal(signal.SIGTERM)
@@ -166,6 +150,6 @@ def test_sigterm_leaves_no_process_behind(server):  # last: ends the module's se
     with pytest.raises(ProtocolError):  # the open session ends with an error, not a hang
         s.infer(np.zeros((1, 28, 28)))
     end = time.monotonic() + 10
-    while time.monotonic() < end and any(_alive(p) for p in family):
+    while time.monotonic() < end and any(alive(p) for p in family):
         time.sleep(0.2)
-    assert not [p for p in family if _alive(p)]
+    assert not [p for p in family if alive(p)]
