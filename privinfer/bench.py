@@ -136,8 +136,7 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
         path = str(Path(tmp) / "model.npz")
         save_graph(graph, path)
         with server_in_namespace(path, protocol, server_opts, profile) as (host, port):
-            with connect(host, port, protocol, timeout=600.0, emulated_rtt=profile.rtt_ms / 1e3,
-                         **client_opts) as sess:
+            with connect(host, port, protocol, timeout=600.0, **client_opts) as sess:
                 yield sess
 
 

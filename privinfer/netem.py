@@ -1,8 +1,10 @@
-"""Network emulation for benchmarks: the server in its own network namespace behind a rate-limited veth.
+"""Network emulation for benchmarks: the server in its own network namespace behind a shaped, delayed link.
 
-Bandwidth is real: `tc tbf` shapes both directions of the veth pair. This kernel has no `netem`, so
-propagation delay is added by the client's Channel, which waits one RTT at the start of every round
-(a send that follows a receive). Needs root and iproute2; traffic stays on this machine.
+Bandwidth: `tc tbf` shapes each direction. Delay: this kernel has no `netem`, so the link between the two
+namespaces is a pair of TUN devices joined by `netem_relay`, a small process that holds every packet for
+RTT/2 per direction. Every socket between the client's side and the server's side pays the RTT: privinfer's
+channel, CrypTen's gloo pairs, SPU's brpc links. (Before, only privinfer's channel waited one RTT per round,
+so 2PC engines' own rounds were free.) Needs root, iproute2 and /dev/net/tun; traffic stays on this machine.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ class NetworkProfile:
 PROFILES = {
     "loopback": NetworkProfile("loopback", None, 0.0),
     "lan": NetworkProfile("lan", 1000.0, 0.5),
-    "wan": NetworkProfile("wan", 100.0, 20.0),
-    "mobile": NetworkProfile("mobile", 20.0, 60.0),
+    "wan": NetworkProfile("wan", 100.0, 40.0),
+    "mobile": NetworkProfile("mobile", 20.0, 30.0),
 }
 
 
@@ -49,33 +51,80 @@ def _run(*cmd: str) -> None:
         raise PrivinferError(f"network emulation step failed: {' '.join(cmd)}: {r.stderr.strip()}")
 
 
+RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netem_relay.py")
+TUN_MTU = 65000  # large packets: the relay handles a few thousand per second even at 1 Gbit/s
+
+
+def available() -> str | None:
+    """None when emulation can run here, else why not (callers fall back to loopback and say so)."""
+    if os.geteuid() != 0:
+        return "network emulation needs root"
+    if not shutil.which("ip") or not shutil.which("tc"):
+        return "network emulation needs iproute2 (ip, tc)"
+    if not os.path.exists("/dev/net/tun"):
+        return "network emulation needs /dev/net/tun"
+    return None
+
+
+def _shape(prefix: tuple, dev: str, rate_mbit: float) -> None:
+    # tbf drops any packet larger than its bucket: the burst holds two full TUN packets, or ~4 ms of traffic
+    burst = max(2 * TUN_MTU, int(rate_mbit * 1e6 / 8 * 0.004))
+    _run(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{rate_mbit:g}mbit",
+         "burst", str(burst), "latency", "200ms")
+
+
+def remove_stale() -> list[str]:
+    """Delete namespaces and devices left by runs that were killed before their cleanup (named by pid)."""
+    gone = []
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name in (line.split()[0] for line in out.splitlines() if line.startswith("privinfer-")):
+        tag = name.split("-", 1)[1]
+        if tag.isdigit() and not os.path.exists(f"/proc/{tag}"):
+            subprocess.run(["ip", "link", "del", f"pih{tag}"], capture_output=True)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            gone.append(name)
+    return gone
+
+
 @contextmanager
 def namespace(profile: NetworkProfile):
-    """Yield (netns name, server address) for a fresh namespace linked to this one by a shaped veth."""
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
-        raise PrivinferError("network emulation needs root with iproute2 (ip, tc)")
-    tag = f"{os.getpid() % 100000}"
+    """Yield (netns name, server address) for a fresh namespace reached through a shaped, delayed link."""
+    why = available()
+    if why:
+        raise PrivinferError(why)
+    remove_stale()
+    tag = str(os.getpid())
     ns, host_if, ns_if = f"privinfer-{tag}", f"pih{tag}", f"pin{tag}"
     octet = os.getpid() % 250 + 1
     host_ip, ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+    in_ns = ("ip", "netns", "exec", ns)
+    relay = None
     try:
         _run("ip", "netns", "add", ns)
-        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        _run("ip", "link", "set", ns_if, "netns", ns)
-        _run("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
-        _run("ip", "link", "set", host_if, "up")
-        _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if)
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        if profile.rate_mbit:
-            rate = f"{profile.rate_mbit:g}mbit"
-            burst = f"{max(32, int(profile.rate_mbit * 1000 / 8 / 250))}kb"  # ~4 ms of traffic
-            for prefix in ((), ("ip", "netns", "exec", ns)):
-                dev = host_if if not prefix else ns_if
-                _run(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", burst,
-                     "latency", "100ms")
+        _run("ip", "tuntap", "add", "dev", host_if, "mode", "tun")
+        _run(*in_ns, "ip", "tuntap", "add", "dev", ns_if, "mode", "tun")
+        _run("ip", "addr", "add", host_ip, "peer", ns_ip, "dev", host_if)
+        _run(*in_ns, "ip", "addr", "add", ns_ip, "peer", host_ip, "dev", ns_if)
+        for prefix, dev in (((), host_if), (in_ns, ns_if)):
+            _run(*prefix, "ip", "link", "set", dev, "mtu", str(TUN_MTU), "up")
+            if profile.rate_mbit:
+                _shape(prefix, dev, profile.rate_mbit)
+        _run(*in_ns, "ip", "link", "set", "lo", "up")
+        relay = subprocess.Popen([sys.executable, RELAY, host_if, ns, ns_if,
+                                  str(profile.rtt_ms)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        if relay.stdout.readline().strip() != "ready":
+            relay.wait(10)
+            raise PrivinferError(f"network emulation relay failed: {relay.stderr.read().strip()[-500:]}")
         yield ns, ns_ip
     finally:
+        if relay is not None:
+            relay.stdin.close()  # EOF stops its loop
+            try:
+                relay.wait(5)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait()
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 

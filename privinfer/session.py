@@ -213,14 +213,11 @@ class RemoteSession:
 
 
 def connect(host: str, port: int, protocol: str = "plain", *, timeout: float = DEFAULT_TIMEOUT,
-            emulated_rtt: float = 0.0, progress: bool = False, warn: bool = True,
+            progress: bool = False, warn: bool = True,
             **client_options) -> RemoteSession:
-    """Connect to a running server and set up a session (keys, offline phase).
-
-    `emulated_rtt` (seconds) adds one round-trip delay per round, for benchmarks on emulated networks.
-    """
+    """Connect to a running server and set up a session (keys, offline phase)."""
     get_protocol(protocol).validate_client_options(client_options)  # fail before opening a socket
-    return RemoteSession(tcp_connect(host, port, timeout=timeout, emulated_rtt=emulated_rtt), protocol,
+    return RemoteSession(tcp_connect(host, port, timeout=timeout), protocol,
                          progress=progress, warn=warn, **client_options)
 
 

@@ -293,9 +293,7 @@ class _SSClient(ClientSide):
             self.dealer_verified = key is not None
             opts = {"precision_bits": int(self.copts["precision_bits"]), "mpc_timeout": self.timeout,
                     "threads": int(self.copts["threads"]),
-                    "gloo_ifname": self.copts["gloo_ifname"] or ifname_for(ch.sock.getsockname()[0]),
-                    # a channel that emulates network delay (benchmarks) delays the gloo rounds alike
-                    "emulated_rtt": float(getattr(ch, "emulated_rtt", 0.0) or 0.0)}
+                    "gloo_ifname": self.copts["gloo_ifname"] or ifname_for(ch.sock.getsockname()[0])}
             if key is not None:
                 opts["prg_key"] = key.hex()
             self.worker = self._spawn(1, rdv, opts)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import struct
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -211,7 +210,6 @@ def install_communicator(crypten) -> "PairCommunicator":
             self.peer = 1 - self.rank
             self.counters = CommCounters()
             self.dry = False
-            self.delay = 0.0  # emulated one-way latency per round (benchmarks on emulated networks)
 
         def _flat(self, tensors):
             if len(tensors) == 1:
@@ -237,8 +235,6 @@ def install_communicator(crypten) -> "PairCommunicator":
                 return res if batched else res[0]
             mine = self._flat([t.data for t in tensors])
             theirs = torch.empty_like(mine)
-            if self.delay:
-                time.sleep(self.delay)
             s = dist.isend(mine, self.peer, group=self.main_group)
             r = dist.irecv(theirs, self.peer, group=self.main_group)
             s.wait()
@@ -260,8 +256,6 @@ def install_communicator(crypten) -> "PairCommunicator":
             mine = self._flat([t.data for t in tensors])
             c = self.counters
             c.rounds += 1
-            if self.delay:
-                time.sleep(self.delay)
             if dst == self.rank:
                 theirs = torch.empty_like(mine)
                 dist.recv(theirs, self.peer, group=self.main_group)

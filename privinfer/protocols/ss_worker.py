@@ -254,7 +254,6 @@ def party_init(rank: int, rendezvous: str, opts: dict):
     from .ss_crypten import install_communicator
     from .ss_tuples import install_provider
     comm = install_communicator(crypten)
-    comm.delay = float(opts.get("emulated_rtt", 0.0)) / 2  # a round costs one one-way trip
     return crypten, comm, install_provider(crypten)
 
 

@@ -42,9 +42,8 @@ class Channel:
     """Typed frames over a connected socket, with a size limit and a read timeout."""
 
     def __init__(self, sock: socket.socket, *, timeout: float = DEFAULT_TIMEOUT,
-                 max_frame: int = frames.DEFAULT_MAX_FRAME, peer: str = "peer", emulated_rtt: float = 0.0):
+                 max_frame: int = frames.DEFAULT_MAX_FRAME, peer: str = "peer"):
         self.sock = sock
-        self.emulated_rtt = emulated_rtt  # seconds waited per round (benchmarks: no netem on this kernel)
         self.timeout = timeout
         self.max_frame = max_frame
         self.peer = peer
@@ -62,8 +61,6 @@ class Channel:
         if len(payload) > self.max_frame:
             raise ProtocolError(f"refusing to send a frame of {len(payload)} bytes (limit {self.max_frame})")
         header = frames.encode_header(ftype, len(payload))
-        if self._last_was_recv and self.emulated_rtt:
-            time.sleep(self.emulated_rtt)
         try:
             self.sock.sendall(header)
             if payload:

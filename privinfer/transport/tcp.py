@@ -10,14 +10,13 @@ from . import frames
 
 
 def connect(host: str, port: int, *, timeout: float = DEFAULT_TIMEOUT,
-            max_frame: int = frames.DEFAULT_MAX_FRAME, emulated_rtt: float = 0.0) -> Channel:
+            max_frame: int = frames.DEFAULT_MAX_FRAME) -> Channel:
     """Open a Channel to a privinfer server."""
     try:
         sock = socket.create_connection((host, int(port)), timeout=min(timeout, 30.0))
     except OSError as e:
         raise ProtocolError(f"cannot connect to {host}:{port}: {e}") from None
-    return Channel(sock, timeout=timeout, max_frame=max_frame, peer=f"server {host}:{port}",
-                   emulated_rtt=emulated_rtt)
+    return Channel(sock, timeout=timeout, max_frame=max_frame, peer=f"server {host}:{port}")
 
 
 def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = 64) -> socket.socket:

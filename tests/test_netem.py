@@ -1,0 +1,64 @@
+"""The emulated link delays every socket, not only privinfer's channel, and leaves nothing behind.
+
+Timing here is a lower bound only (a round trip over a link with RTT r cannot take less than r); the
+5 % accuracy check is a benchmark (`benchmarks/netem_check.py`), not a timed test.
+"""
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from privinfer import netem
+
+pytestmark = pytest.mark.skipif(netem.available() is not None, reason=str(netem.available()))
+
+ECHO = r'''
+import socket, sys
+s = socket.socket(); s.bind((sys.argv[1], 7997)); s.listen(1); print("up", flush=True)
+c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    b = c.recv(65536)
+    if not b: break
+    c.sendall(b)
+'''
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {l.split()[0] for l in out.splitlines() if l.startswith("privinfer-")}
+
+
+def test_a_plain_socket_pays_the_rtt_and_everything_is_removed():
+    before = _namespaces()
+    rtt_ms, rounds = 20.0, 10
+    with netem.namespace(netem.NetworkProfile("test", 100.0, rtt_ms)) as (ns, ip):
+        srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO, ip],
+                               stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "up"
+        c = socket.create_connection((ip, 7997), timeout=10)  # a socket privinfer's Channel knows nothing of
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            c.sendall(b"x")
+            assert c.recv(1) == b"x"
+        took = time.perf_counter() - t0
+        c.close()
+        srv.wait(10)
+        assert ns in _namespaces()
+    assert took >= rounds * rtt_ms / 1e3, took
+    assert _namespaces() == before
+    assert subprocess.run(["pgrep", "-f", "netem_relay.py"], capture_output=True).returncode != 0
+
+
+def test_namespaces_of_killed_runs_are_removed():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs: its namespace is stale
+    name = f"privinfer-{dead.pid}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert name in netem.remove_stale()
+        assert name not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
