@@ -24,6 +24,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..model.ir import Graph
+from ..model.torch_layers import sequential_from_graph, torch_threads
 from ..privacy.mechanisms import PrivatizerConfig, epsilon_json
 from ..privacy.torch_ops import torch_privatize
 
@@ -83,8 +84,7 @@ class InversionResult:
 
 def _client_torch(client: Graph | nn.Module) -> nn.Module:
     if isinstance(client, Graph):
-        from ..protocols.noisy_torch import graph_to_torch
-        return graph_to_torch(client)
+        return sequential_from_graph(client)
     return client
 
 
@@ -98,7 +98,6 @@ def inversion_attack(client: Graph | nn.Module, config: PrivatizerConfig, X_trai
     from tqdm.auto import tqdm
     Xtr = torch.from_numpy(np.asarray(X_train, np.float32))
     Xte = torch.from_numpy(np.asarray(X_test, np.float32))
-    from ..protocols.noisy_torch import torch_threads
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]), torch_threads():
         torch.manual_seed(seed)

@@ -27,6 +27,7 @@ Results are cached as `save_graph` .npz + a .json sidecar in `$PRIVINFER_CACHE/n
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -44,10 +45,25 @@ from ..errors import PrivinferError
 from ..model.ir import Graph, load_graph, save_graph
 from ..privacy.mechanisms import PrivatizerConfig, epsilon_json, parse_epsilon
 from ..privacy.torch_ops import torch_privatize
-from .noisy_torch import cache_dir, graph_to_torch, load_data, resolve_model, torch_threads, torch_to_graph
+from ..model.compile import compile_model
+from ..model.ir import graph_to_bytes
+from ..model.torch_layers import graph_from_sequential as torch_to_graph
+from ..model.torch_layers import sequential_from_graph as graph_to_torch
+from ..model.torch_layers import torch_threads
+from ..zoo import load_dataset as load_data
+from ..zoo import load_model
+from ..zoo.store import cache_root
 
 CURRICULUM_FRACTION = 0.4
 CURRICULUM_START = 50.0
+
+
+def resolve_model(model) -> tuple[Graph, str]:
+    """(Graph, identifier for cache keys) from a zoo name, a torch module or a Graph."""
+    if isinstance(model, str):
+        return load_model(model), model
+    graph = compile_model(model)
+    return graph, "graph-" + hashlib.sha256(graph_to_bytes(graph)).hexdigest()[:12]
 
 
 @dataclass
@@ -165,7 +181,7 @@ def train_noisy(model, split, data="digits", epsilon=1.0, *, mechanism: str = "l
     key = _key(model_id, k, PrivatizerConfig(eps, mechanism, 1.0, nullify, delta), clip, bn=bottleneck or 0,
                h=hidden if bottleneck else 0, tp=int(train_prefix), ep=epochs, lr=f"{lr:g}", bs=batch_size, seed=seed,
                data=data_id)
-    path = cache_dir() / "noisy" / f"{key}.npz"
+    path = cache_root() / "noisy" / f"{key}.npz"
     if cache and path.exists() and path.with_suffix(".json").exists():
         meta = json.loads(path.with_suffix(".json").read_text())
         return NoisyModel(load_graph(path), meta["split"], eps, mechanism, meta["clip"], nullify, delta,

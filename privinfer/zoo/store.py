@@ -43,10 +43,14 @@ PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
                 "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def cache_root() -> Path:
+    """$PRIVINFER_CACHE or ~/.cache/privinfer: trained weights (zoo/) and noise-aware models (noisy/)."""
+    return Path(os.environ.get("PRIVINFER_CACHE") or Path.home() / ".cache" / "privinfer")
+
+
 def cache_dir() -> Path:
     """Where non-shipped weights go: $PRIVINFER_CACHE/zoo or ~/.cache/privinfer/zoo."""
-    root = os.environ.get("PRIVINFER_CACHE") or Path.home() / ".cache" / "privinfer"
-    return Path(root) / "zoo"
+    return cache_root() / "zoo"
 
 
 def default_dir(name: str) -> Path:
