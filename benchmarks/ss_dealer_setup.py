@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from privinfer import PrivateSession, run_reference, zoo  # noqa: E402
-from privinfer.protocols.ss_dealer import loopback_dealer  # noqa: E402
+from privinfer.protocols.ss.dealer import loopback_dealer  # noqa: E402
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from privinfer.protocols.ss_auth import new_secret_file  # noqa: E402
-from privinfer.protocols.ss_dealer import DEFAULT_DEALER_PORT, run_dealer  # noqa: E402
+from privinfer.protocols.ss.auth import new_secret_file  # noqa: E402
+from privinfer.protocols.ss.dealer import DEFAULT_DEALER_PORT, run_dealer  # noqa: E402
 
 
 def main() -> None:

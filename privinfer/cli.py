@@ -165,7 +165,7 @@ def cmd_bench(a) -> None:
             if a.protocol not in ("ss", "hybrid"):
                 raise PrivinferError("--dealer applies to --protocol ss and hybrid only")
             if a.dealer == "loopback":  # an authenticated third-party dealer, on this host
-                from .protocols.ss_dealer import loopback_dealer
+                from .protocols.ss.dealer import loopback_dealer
                 base.update(stack.enter_context(loopback_dealer()))
             else:
                 base["dealer"] = a.dealer
@@ -179,7 +179,7 @@ def _bench(a, base: dict) -> None:
         for model in a.model:
             graph, opts = None, dict(base)
             if a.protocol == "noisy":  # ARDEN setting: split after the first conv block, noise-aware server
-                from .protocols.noisy_train import train_noisy
+                from .protocols.noisy.train import train_noisy
                 m = train_noisy(model, a.split, "digits", 1.0 if eps is None else eps, bottleneck=a.bottleneck or None)
                 graph, opts = m.graph, {**m.session_options(), **base}
             elif eps is not None:
@@ -196,7 +196,7 @@ def _bench(a, base: dict) -> None:
 
 def cmd_dealer(a) -> None:
     if a.new_secret:
-        from .protocols.ss_auth import new_secret_file
+        from .protocols.ss.auth import new_secret_file
         try:
             kid = new_secret_file(a.new_secret)
         except FileExistsError:
@@ -204,7 +204,7 @@ def cmd_dealer(a) -> None:
         print(f"wrote a 256-bit dealer secret to {a.new_secret} (mode 0600, key id {kid}); give it to ONE "
               f"party out of band", flush=True)
         return
-    from .protocols.ss_dealer import run_dealer
+    from .protocols.ss.dealer import run_dealer
     print(f"privinfer: dealer (CrypTen TTP) for protocol 'ss' on {a.host}:{a.port}", flush=True)
     run_dealer(a.host, a.port, mpc_timeout=a.mpc_timeout, gloo_ifname=a.gloo_ifname,
                server_secrets=a.server_secret or [], client_secrets=a.client_secret or [])

@@ -131,7 +131,7 @@ def test_train_noisy_bottleneck_tiny(model, digits, tmp_path, monkeypatch):
 
 def test_finetune_at_server_start(model, digits, tmp_path, monkeypatch):
     monkeypatch.setenv("PRIVINFER_CACHE", str(tmp_path))
-    import privinfer.protocols.noisy_train as nt
+    import privinfer.protocols.noisy.train as nt
     real = nt.train_noisy
     monkeypatch.setattr(nt, "train_noisy", lambda *a, **k: real(*a, **{**k, "epochs": 1, "limit": 64,
                                                                        "eval_repeats": 1}))

@@ -20,8 +20,8 @@ from torch import nn
 from privinfer import PeerError, PrivateSession, PrivinferError, ProtocolError, compile_model, run_reference
 from privinfer.model.ir import Graph, Linear, MaxPool2d, Poly, ReLU
 from privinfer.protocols import get_protocol
-from privinfer.protocols.ss_compile import lower
-from privinfer.protocols.ss_tuples import validate_plan
+from privinfer.protocols.ss.lowering import lower
+from privinfer.protocols.ss.tuples import validate_plan
 from privinfer.server import Server
 from privinfer.session import connect
 from privinfer.model.torch_layers import Square

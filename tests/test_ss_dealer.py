@@ -19,10 +19,10 @@ from torch import nn
 
 from privinfer import PeerError, PrivinferError, compile_model, run_reference
 from privinfer.protocols import get_protocol
-from privinfer.protocols import ss_worker
-from privinfer.protocols.ss_auth import (DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake,
+from privinfer.protocols.ss import worker as ss_worker
+from privinfer.protocols.ss.auth import (DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake,
                                          key_id, load_secret, new_secret_file, secret_table)
-from privinfer.protocols.ss_dealer import DealerServer
+from privinfer.protocols.ss.dealer import DealerServer
 from privinfer.server import Server
 from privinfer.session import connect
 from privinfer.transport import frames

@@ -35,7 +35,7 @@ from .. import convert
 from ..base import ClientSide, Protocol, ServerSide, register
 from ..he import rerandomize
 from ..ss import MAX_PRECISION_BITS
-from ..ss_dealer import check_dealer_choice
+from ..ss.dealer import check_dealer_choice
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
 

@@ -1,6 +1,6 @@
 """The CrypTen party of a `hybrid` session: every ss segment of the plan in one process and one group.
 
-Why not `ss_worker.party_main`: that loop runs one whole graph from the client's input to the client's
+Why not `ss.worker.party_main`: that loop runs one whole graph from the client's input to the client's
 logits. Here each ss segment starts from additive shares (the client's share input by rank 1, the server's
 by rank 0; their sum is the value, nobody sees it) and ends either revealed to the client (the plan's last
 segment) or revealed to the client as x + r, where r is a fresh mask input by the server (a shares -> HE
@@ -14,7 +14,7 @@ import time
 
 from ...errors import ProtocolError, ShapeError
 from ...transport import frames
-from ..ss_worker import _Party, child_setup, end_child, party_init, report_error, send_msg
+from ..ss.worker import _Party, child_setup, end_child, party_init, report_error, send_msg
 
 
 def hybrid_party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) -> None:
@@ -23,7 +23,7 @@ def hybrid_party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict,
         t0 = time.perf_counter()
         crypten, comm, prov = party_init(rank, rendezvous, opts)
         from ...model.ir import load_graph
-        from ..ss_compile import Executor
+        from ..ss.lowering import Executor
         graph = load_graph(graph_blob)
         bits = int(opts["precision_bits"])
         segs = [(int(a), int(b), bool(m)) for a, b, m in opts["segments"]]
@@ -43,7 +43,7 @@ class _HybridParty(_Party):
 
     def _run(self, k: int, batch: int, own, mask):
         import torch
-        from ..ss_compile import _fixed
+        from ..ss.lowering import _fixed
         ex = self.exs[k]
         cr = self.crypten
         zeros = torch.zeros((batch, *ex.graph.input_shape), dtype=torch.float64)
@@ -68,7 +68,7 @@ class _HybridParty(_Party):
 
     def cmd_segment(self, msg, payloads) -> None:
         """Run ss segment k on this party's share (and, rank 0, the mask for the next HE segment)."""
-        from ..ss_tuples import TupleMismatchError
+        from ..ss.tuples import TupleMismatchError
         k, batch = int(msg["k"]), int(msg["batch"])
         if k != self.next:
             raise ProtocolError(f"ss segment {k} requested, segment {self.next} is next")

@@ -8,7 +8,7 @@ from ...errors import ProtocolError, ShapeError
 from ...model.ir import graph_to_bytes
 from ...transport import frames
 from ..ss import _SSClient, _SSServer
-from ..ss_worker import ChildProcess
+from ..ss.worker import ChildProcess
 from .party import hybrid_party_main
 
 

@@ -24,7 +24,7 @@ Threat model
     * `dealer="local"`: the server spawns the dealer, which hands out both PRG keys: no input privacy
       against the server's operator (guarantee "cryptographic-server-dealer").
     * third-party dealer: each party authenticates it with its own pre-shared secret and derives its
-      PRG key from that handshake (`ss_auth`); a mismatch is a `DealerAuthError` before any share moves,
+      PRG key from that handshake (`ss.auth`); a mismatch is a `DealerAuthError` before any share moves,
       and a server that points the client at a dealer of its own is detected the same way (guarantee
       "cryptographic-trusted-dealer", only when the client verified the dealer). The gloo
     links are plain TCP: run them on a trusted network or inside TLS/VPN tunnels. Hardening over stock
@@ -55,17 +55,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParameterError, PrivinferError, ProtocolError, ShapeError, TimeoutError_
-from ..model.ir import Graph, graph_to_bytes
-from ..model.bounds import check_fixed_point
-from ..transport import Channel, frames
-from ..transport.ports import free_port, peer_pending
-from .base import ClientSide, Protocol, ServerSide, register
-from .ss_compile import SUPPORTED, lower
-from .ss_tuples import plan_digest, plan_elements, validate_plan
-from .ss_auth import client_authenticate, key_id, load_secret
-from .ss_dealer import LocalDealer, RemoteDealer, check_dealer_choice, relay_client_handshake
-from .ss_worker import ChildProcess, ifname_for, party_main, warm_up
+from ...errors import ParameterError, PrivinferError, ProtocolError, ShapeError, TimeoutError_
+from ...model.ir import Graph, graph_to_bytes
+from ...model.bounds import check_fixed_point
+from ...transport import Channel, frames
+from ...transport.ports import free_port, peer_pending
+from ..base import ClientSide, Protocol, ServerSide, register
+from .lowering import SUPPORTED, lower
+from .tuples import plan_digest, plan_elements, validate_plan
+from .auth import client_authenticate, key_id, load_secret
+from .dealer import LocalDealer, RemoteDealer, check_dealer_choice, relay_client_handshake
+from .worker import ChildProcess, ifname_for, party_main, warm_up
 
 THREAT_MODEL = "semi-honest server and client, non-colluding dealer (CrypTen TTP)"
 SPAWN_ALLOWANCE = 120.0  # seconds a fresh worker may take to import torch + CrypTen on a busy machine

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import ShapeError, UnsupportedLayerError
-from ..model.ir import AvgPool2d, Conv2d, Flatten, Graph, Linear, MaxPool2d, Poly, ReLU
+from ...errors import ShapeError, UnsupportedLayerError
+from ...model.ir import AvgPool2d, Conv2d, Flatten, Graph, Linear, MaxPool2d, Poly, ReLU
 
 
 # --- IR lowering --------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """CrypTen plumbing for the `ss` protocol: configuration, dealer PRG, timeouts, communicator.
 
 Everything here runs inside a CrypTen process (rank 0 = server, rank 1 = client, rank 2 = dealer); see
-`ss_worker.py`. The preprocessing provider is in `ss_tuples.py`, the IR lowering in `ss_compile.py`.
+`worker.py`. The preprocessing provider is in `tuples.py`, the IR lowering in `lowering.py`.
 
 * `PairCommunicator`: CrypTen's `DistributedCommunicator` with the two-party reveals done as one
   direct exchange (isend + irecv of one concatenated buffer) instead of gloo's ring all-reduce, exact
@@ -127,7 +127,7 @@ def install_secure_prg(crypten, preset_key: bytes | None = None) -> None:
     party<->dealer generators) and the parties' TTPClient key set-up (256-bit keys from the dealer
     instead of one 64-bit seed). Both sides must call this before `crypten.init()`.
 
-    `preset_key`: a key this party already agreed with an authenticated dealer (`ss_auth`); then nothing
+    `preset_key`: a key this party already agreed with an authenticated dealer (`auth.py`); then nothing
     is received over gloo (the dealer sends nothing either), only the set-up barrier is kept.
     """
     import crypten.communicator as comm

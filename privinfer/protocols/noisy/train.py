@@ -41,18 +41,18 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..errors import PrivinferError
-from ..model.ir import Graph, load_graph, save_graph
-from ..privacy.mechanisms import PrivatizerConfig, epsilon_json, parse_epsilon
-from ..privacy.torch_ops import torch_privatize
-from ..model.compile import compile_model
-from ..model.ir import graph_to_bytes
-from ..model.torch_layers import graph_from_sequential as torch_to_graph
-from ..model.torch_layers import sequential_from_graph as graph_to_torch
-from ..model.torch_layers import torch_threads
-from ..zoo import load_dataset as load_data
-from ..zoo import load_model
-from ..zoo.store import cache_root
+from ...errors import PrivinferError
+from ...model.ir import Graph, load_graph, save_graph
+from ...privacy.mechanisms import PrivatizerConfig, epsilon_json, parse_epsilon
+from ...privacy.torch_ops import torch_privatize
+from ...model.compile import compile_model
+from ...model.ir import graph_to_bytes
+from ...model.torch_layers import graph_from_sequential as torch_to_graph
+from ...model.torch_layers import sequential_from_graph as graph_to_torch
+from ...model.torch_layers import torch_threads
+from ...zoo import load_dataset as load_data
+from ...zoo import load_model
+from ...zoo.store import cache_root
 
 CURRICULUM_FRACTION = 0.4
 CURRICULUM_START = 50.0
@@ -116,7 +116,7 @@ def public_clips(graph: Graph, split: int, data: str = "digits", quantile: float
 
     Used by a server to recommend a clip norm; {} when the data set cannot be loaded or does not fit.
     """
-    from ..model.reference import run_reference
+    from ...model.reference import run_reference
     try:
         X, _ = load_data(data, "train")
     except Exception:  # no zoo, unknown name: no recommendation

@@ -19,7 +19,7 @@ import json
 import numpy as np
 import torch
 
-from ..errors import ProtocolError
+from ...errors import ProtocolError
 
 TUPLE_FUNCS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng")
 #: provider function -> TTPServer method that makes party 0's share

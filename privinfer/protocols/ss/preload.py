@@ -6,10 +6,10 @@ privinfer server.
 """
 import torch  # noqa: F401
 
-from .._compat.crypten_import import load_crypten
+from ..._compat.crypten_import import load_crypten
 
 load_crypten()
 import crypten.mpc.provider.ttp_provider  # noqa: E402,F401
 import omegaconf  # noqa: E402,F401
 
-from . import ss_compile, ss_crypten, ss_tuples, ss_worker  # noqa: E402,F401
+from . import crypten_setup, lowering, tuples, worker  # noqa: E402,F401

@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 
-from .._process import exit_with_parent, no_main_reimport
-from ..errors import PrivinferError, ProtocolError, TimeoutError_
-from ..transport import frames
+from ..._process import exit_with_parent, no_main_reimport
+from ...errors import PrivinferError, ProtocolError, TimeoutError_
+from ...transport import frames
 
 PROCESS_PREFIX = "pi-ss-"
 
@@ -41,7 +41,7 @@ def recv_msg(conn) -> tuple[dict, list[bytes]]:
     return header, payloads
 
 
-PRELOAD = "privinfer.protocols.ss_preload"
+PRELOAD = "privinfer.protocols.ss.preload"
 _ctx_lock = threading.Lock()
 
 
@@ -235,8 +235,8 @@ def load_mpc(opts: dict):
     """Import and configure CrypTen in a party or dealer process (before crypten.init)."""
     import torch
     torch.set_num_threads(max(1, int(opts.get("threads", 1))))
-    from .._compat.crypten_import import load_crypten
-    from .ss_crypten import configure, install_secure_prg, patch_timeouts
+    from ..._compat.crypten_import import load_crypten
+    from .crypten_setup import configure, install_secure_prg, patch_timeouts
     crypten = load_crypten()
     configure(crypten, int(opts["precision_bits"]))
     patch_timeouts(float(opts["mpc_timeout"]))
@@ -251,8 +251,8 @@ def party_init(rank: int, rendezvous: str, opts: dict):
     mpc_env(rank, rendezvous, opts.get("gloo_ifname"))
     crypten = load_mpc(opts)
     crypten.init()
-    from .ss_crypten import install_communicator
-    from .ss_tuples import install_provider
+    from .crypten_setup import install_communicator
+    from .tuples import install_provider
     comm = install_communicator(crypten)
     return crypten, comm, install_provider(crypten)
 
@@ -262,8 +262,8 @@ def party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) 
     try:
         t0 = time.perf_counter()
         crypten, comm, prov = party_init(rank, rendezvous, opts)
-        from ..model.ir import load_graph
-        from .ss_compile import Executor
+        from ...model.ir import load_graph
+        from .lowering import Executor
         ex = Executor(crypten, load_graph(graph_blob), rank, int(opts["precision_bits"]))
         send_msg(conn, {"ok": "ready", "init_s": time.perf_counter() - t0})
         _Party(crypten, comm, prov, ex, rank, conn).loop()
@@ -325,7 +325,7 @@ class _Party:
 
     def cmd_generate(self, msg, payloads) -> None:
         """Offline: derive this party's share of every tuple of the plan (party 0: all but the dealer's part)."""
-        from .ss_tuples import validate_plan
+        from .tuples import validate_plan
         t0 = time.perf_counter()
         plan = validate_plan(json.loads(payloads[0].decode()))
         self.prov.mode = "generate"
@@ -342,7 +342,7 @@ class _Party:
 
     def cmd_online(self, msg, payloads) -> None:
         """The input-dependent phase: only party 0 <-> party 1 messages; tuples come from the queue."""
-        from .ss_tuples import TupleMismatchError
+        from .tuples import TupleMismatchError
         batch = int(msg["batch"])
         x = frames.decode_tensor(payloads[0]) if self.rank == 1 else None
         before = self.comm.counters.as_dict()

@@ -4,7 +4,7 @@ CrypTen's `TTPServer` answers one request per round trip while the parties compu
 process subclasses it, keeps its generation code (`additive`, `binary`, `square`, `wraps`, `B2A`) and
 answers a whole *plan* (every request of one inference, recorded by a dry run) with one blob, before
 the input exists. The parties derive their own shares from 256-bit keys shared with the dealer
-(SHAKE-128 streams, see `ss_crypten.XofGenerator`); only party 0's share of each product (c, r², θ_r,
+(SHAKE-128 streams, see `ss.crypten_setup.XofGenerator`); only party 0's share of each product (c, r², θ_r,
 r_A) travels, dealer -> server.
 
 Two ways to run it:
@@ -14,7 +14,7 @@ Two ways to run it:
 * as a separate service on a third host: `privinfer dealer --server-secret S --client-secret C`
   (`run_dealer`), which the server reaches with `dealer="H:P", server_secret=S` (`RemoteDealer`). Both
   parties authenticate it with their own pre-shared secret and derive their PRG keys from it
-  (`ss_auth`); the client's handshake is relayed by the server, which cannot forge or read it. Each
+  (`auth.py`); the client's handshake is relayed by the server, which cannot forge or read it. Each
   session gets its own dealer process; the service survives any session.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import PeerError, PrivinferError, ProtocolError
-from ..transport import Channel, FrameType, connect as tcp_connect
-from ..transport.tcp import ThreadedListener
-from .ss_auth import DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake, load_secret, secret_table
-from .ss_worker import (ChildProcess, child_setup, end_child, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
+from ...errors import PeerError, PrivinferError, ProtocolError
+from ...transport import Channel, FrameType, connect as tcp_connect
+from ...transport.tcp import ThreadedListener
+from .auth import DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake, load_secret, secret_table
+from .worker import (ChildProcess, child_setup, end_child, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
                         send_msg)
 
 log = logging.getLogger("privinfer.dealer")
@@ -74,8 +74,8 @@ def _make_dealer(crypten, preset_keys: list[bytes] | None = None):
     import torch.distributed as dist
     from crypten.mpc.provider.ttp_provider import TTPServer
 
-    from .ss_crypten import XofGenerator, key_to_tensor, new_key
-    from .ss_tuples import DEALER_FUNCS, plan_elements, validate_plan
+    from .crypten_setup import XofGenerator, key_to_tensor, new_key
+    from .tuples import DEALER_FUNCS, plan_elements, validate_plan
 
     class BatchDealer(TTPServer):
         """CrypTen's TTPServer without its request loop; `batch` answers a whole plan at once."""
@@ -192,7 +192,7 @@ class LocalDealer:
 
 class RemoteDealer:
     """A session on a `privinfer dealer` service, over a privinfer channel, authenticated with the
-    server's pre-shared secret (`ss_auth`) before anything else is sent; `prg_key` is party 0's key."""
+    server's pre-shared secret (`auth.py`) before anything else is sent; `prg_key` is party 0's key."""
     where = "third-party"
 
     def __init__(self, address: str, rendezvous: str, opts: dict, timeout: float, secret: bytes):
@@ -359,7 +359,7 @@ def run_dealer(host: str = "127.0.0.1", port: int = DEFAULT_DEALER_PORT, **kw) -
 def loopback_dealer(**kw):
     """A `privinfer dealer` on 127.0.0.1 in this process, with fresh secrets for one server and its clients
     (benchmarks, demos): yields the `ss` options a one-machine session needs to use it."""
-    from .ss_auth import new_secret_file
+    from .auth import new_secret_file
     with tempfile.TemporaryDirectory() as tmp:
         server, client = str(Path(tmp) / "server.psk"), str(Path(tmp) / "client.psk")
         new_secret_file(server)

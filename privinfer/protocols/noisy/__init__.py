@@ -41,13 +41,13 @@ import sys
 
 import numpy as np
 
-from ..errors import PrivinferError, ProtocolError, ShapeError
-from ..model.ir import Graph, graph_to_bytes, load_graph
-from ..model.reference import run_reference
-from ..privacy.accountant import PrivacyAccountant
-from ..privacy.mechanisms import MECHANISMS, Privatizer, PrivatizerConfig, epsilon_json, parse_epsilon
-from ..transport import Channel
-from .base import ClientSide, Protocol, ServerSide, register
+from ...errors import PrivinferError, ProtocolError, ShapeError
+from ...model.ir import Graph, graph_to_bytes, load_graph
+from ...model.reference import run_reference
+from ...privacy.accountant import PrivacyAccountant
+from ...privacy.mechanisms import MECHANISMS, Privatizer, PrivatizerConfig, epsilon_json, parse_epsilon
+from ...transport import Channel
+from ..base import ClientSide, Protocol, ServerSide, register
 
 _PRIVACY = ("epsilon", "mechanism", "delta", "clip", "nullify")
 
@@ -183,7 +183,7 @@ class Noisy(Protocol):
             raise PrivinferError(f"noisy: split must leave layers on both sides (1..{len(graph) - 1}), got {o['split']!r}")
         self.train_meta: dict = {}
         self.recommended_clip = None if o["clip"] is None else float(o["clip"])
-        from .noisy_train import public_clips, train_noisy
+        from .train import public_clips, train_noisy
         if o["finetune"]:
             if o["epsilon"] is None:
                 raise PrivinferError("noisy: finetune=True needs the server-side epsilon= to fine-tune for")
@@ -230,6 +230,6 @@ def client_for_test(welcome: dict, graph: Graph, rng: np.random.Generator, **opt
     return _NoisyClient(welcome, graph, rng=rng, **Noisy.validate_client_options(options))
 
 
-from .noisy_train import NoisyModel, train_noisy  # noqa: E402  (public API of the protocol module)
+from .train import NoisyModel, train_noisy  # noqa: E402  (public API of the protocol module)
 
 __all__ = ["Noisy", "NoisyModel", "train_noisy", "client_for_test"]

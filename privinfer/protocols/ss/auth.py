@@ -39,7 +39,7 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import PrivinferError, ProtocolError
+from ...errors import PrivinferError, ProtocolError
 
 LABEL = "privinfer-ss-dealer-auth-v1"
 NONCE_BYTES = 32
