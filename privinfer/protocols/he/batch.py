@@ -59,24 +59,17 @@ from ...errors import ParameterError, ProtocolError, ShapeError
 from ...model.ir import Graph
 from . import batch_par as bpar
 from . import batch_plan as bp
+from .batch_params import (ENOUGH_BITS, MASK_BITS, MIN_PRECISION_BITS, depth, make_context,  # noqa: F401
+                           public_copy, suggest_params)
+from .batch_params import primes_of as _primes  # noqa: F401 (tests)
 from . import batch_rns as rns
 from .batch_rns import seal, ts
 
-MASK_BITS = 24.0  # scale of the 0/1 mask plaintext when mask_unused=True
-ENOUGH_BITS = 16  # suggest_params: beyond this precision, prefer the cheaper parameters
-MIN_PRECISION_BITS = 8  # server_evaluate refuses a plan below this (its logits would be noise)
 
 
 # ---------------------------------------------------------------------------------------------
 # public interface
 # ---------------------------------------------------------------------------------------------
-def depth(graph: Graph) -> int:
-    """Rescale primes this engine wants beyond the last one: one per product level of each Poly layer
-    plus one for the outputs (linear layers take none: their weights are integers)."""
-    stages = bp.normalize(graph)
-    return 1 + sum(st.degree - 1 for st in stages if st.kind == "poly")
-
-
 def rotation_steps(graph: Graph) -> list[int]:
     """Galois steps needed: none, nothing moves between slots."""
     bp.normalize(graph)  # still refuse graphs we cannot run
@@ -356,115 +349,6 @@ def client_decrypt(context, blobs: list[bytes], batch: int, out_dim: int) -> np.
 
 
 # ---------------------------------------------------------------------------------------------
-# parameters helpers (for tests and benchmarks; the protocol has its own selection)
-# ---------------------------------------------------------------------------------------------
-def suggest_params(graph: Graph, n: int = 8192, input_bound: float = 1.0) -> dict:
-    """A coefficient-modulus chain and input scale that fit `graph` within 128-bit security at N=n.
-
-    Tries a few chains of `depth(graph)` rescale primes (even, or with a small prime dropped first, just
-    before the first square where its bits count four times), first/special primes of 50-60 bits, and
-    input scales 2^25..2^31, each planned with room for the `mask_unused` mask (the protocol always masks);
-    keeps the cheapest plan reaching ENOUGH_BITS of precision (else the most precise). Returns {"coeff_bits": [...], "scale_bits": int, "precision_bits": float}. Cached per graph.
-    """
-    max_bits = {4096: 109, 8192: 218, 16384: 438, 32768: 881}.get(int(n))
-    if max_bits is None:
-        raise ParameterError(f"unsupported ring dimension {n}")
-    key = (int(n), float(input_bound))
-    with _prep_lock:
-        cached = _suggest_cache.setdefault(graph, {}).get(key)
-    if cached is not None:
-        return dict(cached)
-    stages = bp.normalize(graph)
-    bp.set_bounds(stages, input_bound)
-    d = depth(graph)
-    screened = []
-    for first in (60, 50):
-        for sp in (60, 40):
-            mid_total = max_bits - first - sp
-            if mid_total < 20 * d:
-                continue
-            for shape in _mid_shapes(d, mid_total):
-                bits = [first, *shape, sp]
-                try:
-                    primes = _primes(n, bits)
-                except Exception:
-                    continue
-                for a in (25, 28, 31):
-                    try:
-                        plan = bp.plan_scales(stages, primes, len(primes), a, n, MASK_BITS, cost_pass=False)
-                    except ParameterError:
-                        continue
-                    # fresh-encryption noise is ~2^8 at the input: a bits of scale give ~a-8 bits there
-                    screened.append((min(plan.precision_bits, a - 8.0), bits, primes, a))
-    if not screened:
-        raise ParameterError(f"no parameter set at N={n} fits this network; try a larger N")
-    top = max(min(round(p), ENOUGH_BITS) for p, *_ in screened)
-    best = None
-    for _, bits, primes, a in screened:
-        plan = bp.plan_scales(stages, primes, len(primes), a, n, MASK_BITS)
-        prec = min(plan.precision_bits, a - 8.0)
-        if min(round(prec), ENOUGH_BITS) < top:
-            continue
-        score = (-plan.est_cost, prec, -sum(bits))
-        if best is None or score > best[0]:
-            best = (score, bits, a, prec)
-    if best is None:  # pragma: no cover - the screening found a plan with this precision
-        raise ParameterError(f"no parameter set at N={n} fits this network")
-    res = {"coeff_bits": best[1], "scale_bits": best[2], "precision_bits": best[3]}
-    with _prep_lock:
-        _suggest_cache.setdefault(graph, {})[key] = dict(res)
-    return res
-
-
-def _mid_shapes(d: int, total: int) -> list[list[int]]:
-    """Candidate bit sizes of the d rescale primes, in chain order (the last one is dropped first)."""
-    cap = lambda v: int(max(20, min(60, v)))  # noqa: E731
-    shapes = [[cap(total // d)] * d]
-    if d >= 2:
-        for small in (20, 24, 28):
-            shapes.append([cap((total - small) // (d - 1))] * (d - 1) + [small])
-    out = []
-    for sh in shapes:
-        if sh not in out and sum(sh) <= total:
-            out.append(sh)
-    return out
-
-
-_prime_cache: dict = {}
-
-
-def _primes(n: int, bits: list[int]) -> list[int]:
-    key = (n, tuple(bits))
-    if key not in _prime_cache:
-        ps = seal.CoeffModulus.Create(n, list(bits))
-        _prime_cache[key] = [int(m.value()) for m in ps][:-1]
-    return _prime_cache[key]
-
-
-def make_context(n: int = 8192, coeff_bits: list[int] | None = None, scale_bits: int | None = None,
-                 graph: Graph | None = None):
-    """A CKKS context with secret, public and relinearization keys (no Galois keys).
-
-    Without `coeff_bits`, uses `suggest_params(graph, n)` (a graph is then required).
-    """
-    if coeff_bits is None:
-        if graph is None:
-            raise ParameterError("make_context needs coeff_bits or a graph")
-        p = suggest_params(graph, n)
-        coeff_bits, scale_bits = p["coeff_bits"], scale_bits or p["scale_bits"]
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=int(n), coeff_mod_bit_sizes=list(coeff_bits))
-    ctx.global_scale = 2.0 ** (scale_bits if scale_bits is not None else 25)
-    return ctx
-
-
-def public_copy(context):
-    """A copy of `context` without the secret key (what the server gets)."""
-    pub = context.copy()
-    pub.make_context_public()
-    return pub
-
-
-# ---------------------------------------------------------------------------------------------
 # internals
 # ---------------------------------------------------------------------------------------------
 def _global_scale(context) -> float:
@@ -510,7 +394,6 @@ class _Prepared:
 
 
 _prep_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_suggest_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _prep_lock = threading.Lock()
 
 
