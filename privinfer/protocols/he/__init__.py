@@ -164,6 +164,7 @@ class _HEServer(ServerSide):
             self.params, self.steps = proto.latency_params, proto.plan.rotation_steps
         else:
             self.batch = _batch_module()
+            self.stream = importlib.import_module("privinfer.protocols.he.batch_stream")
             self.params = proto.batch_params(int(batch_size or 1))
             self.steps = sorted(int(s) for s in self.batch.rotation_steps(proto.graph))
             if self.steps:
@@ -201,7 +202,6 @@ class _HEServer(ServerSide):
         if B > self.max_batch:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {self.max_batch} "
                                      f"({self.packing} packing)")
-        blobs = ch.recv_blobs()
         cap = self.proto.policy.cap(self.params)
         if cap is not None and self.answered + B > cap:
             raise QueryLimitError(f"this session has had {self.answered} replies; {B} more exceed the cap of {cap} "
@@ -209,10 +209,15 @@ class _HEServer(ServerSide):
                                   f"a fresh key)")
         self.answered += B
         if self.packing == "batch":
+            # the ciphertexts arrive in `chunks` frames and are loaded as they come (batch_stream.py)
+            n_in = int(np.prod(self.proto.graph.input_shape))
+            src = self.stream.ChunkReader(ch, meta.get("chunks", 1), hex_.n_groups(B, self.params.slots) * n_in)
             # every slot past the images the client paid for is masked: a one-image query returns one answer
-            out = self.job.evaluate(self.proto.graph, blobs, B, self.params.slots, mask_unused=True)
+            out = self.job.evaluate(self.proto.graph, src, B, self.params.slots, mask_unused=True)
+            src.finish()
             ch.send_blobs([self._finish(b) for b in out])
             return
+        blobs = ch.recv_blobs()
         n_ct = self.proto.plan.input.n_ct
         if len(blobs) != B * n_ct:
             raise ShapeError(f"expected {B} x {n_ct} ciphertexts (batch x per-image), got {len(blobs)}")
@@ -267,6 +272,7 @@ class _HEClient(ClientSide):
                                     "architecture (different privinfer versions?)")
         else:
             self.batch = _batch_module()
+            self.stream = importlib.import_module("privinfer.protocols.he.batch_stream")
             if sorted(self.steps) != sorted(int(s) for s in self.batch.rotation_steps(graph)):
                 raise ProtocolError("the server asks for rotation keys the batch engine does not use")
         self.ctx: CKKSContext | None = None
@@ -282,6 +288,8 @@ class _HEClient(ClientSide):
             raise QueryLimitError(f"{self.answered} replies so far; {B} more exceed the server's cap of {cap} per "
                                   f"key (circuit-private mode); open a new session")
         self.answered += B
+        if self.packing == "batch":  # the ciphertexts follow in this many frames (batch_stream.py)
+            return {"batch": B, "chunks": self.stream.n_chunks(B, self.params.slots, int(np.prod(self.graph.input_shape)))}
         return {"batch": B}
 
     def setup(self, ch: Channel) -> None:
@@ -299,7 +307,7 @@ class _HEClient(ClientSide):
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         B = int(x.shape[0])
         if self.packing == "batch":
-            ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
+            self.stream.send_stream(ch, self.ctx, x, self.params.slots)
             return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
         scale = 2.0 ** self.params.input_scale_bits
         blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]

@@ -47,6 +47,7 @@ The raw residue access relies on TenSEAL 0.3.18's memory layout, checked on ever
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import threading
@@ -59,6 +60,7 @@ from ...errors import ParameterError, ProtocolError, ShapeError
 from ...model.ir import Graph
 from . import batch_par as bpar
 from . import batch_plan as bp
+from . import batch_stream as bstream
 from .batch_params import (ENOUGH_BITS, MASK_BITS, MIN_PRECISION_BITS, depth, make_context,  # noqa: F401
                            public_copy, suggest_params)
 from .batch_params import primes_of as _primes  # noqa: F401 (tests)
@@ -80,33 +82,12 @@ def client_encrypt(context, x: np.ndarray) -> list[bytes]:
     """Encrypt a batch (B, *input_shape): one ciphertext per input position, image i in slot i.
 
     Uses seeded symmetric encryption when the context holds the secret key (half the upload), else
-    public-key encryption. The scale is the context's global scale.
+    public-key encryption. The scale is the context's global scale. (`batch_stream` sends it in chunks.)
     """
     kit = rns.get_kit(context)
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim < 2:
-        raise ShapeError(f"expected a batch (B, ...), got shape {arr.shape}")
-    b = arr.shape[0]
-    if not 1 <= b <= kit.slots:
-        raise ShapeError(f"batch {b} does not fit {kit.slots} slots (N={kit.n})")
-    if not np.all(np.isfinite(arr)):
-        raise ShapeError("input holds non-finite values")
-    scale = _global_scale(context)
-    flat = arr.reshape(b, -1)
-    pid = kit.parms_ids[kit.top_level]
-    vec = np.zeros(kit.slots)
-    pt = seal.Plaintext()
-    out = []
-    for p in range(flat.shape[1]):
-        vec[:b] = flat[:, p]
-        kit.encoder.encode(vec.tolist(), pid, scale, pt)
-        if kit.sk_encryptor is not None:
-            out.append(rns.save_bytes(kit.sk_encryptor.encrypt_symmetric(pt)))
-        else:
-            ct = seal.Ciphertext(kit.sc)
-            kit.pk_encryptor.encrypt(pt, ct)
-            out.append(rns.save_bytes(ct))
-    return out
+    flat = bstream.check_batch(x, kit.slots)
+    _global_scale(context)
+    return bstream.encrypt_positions(context, flat, 0, flat.shape[1])
 
 
 def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int, *,
@@ -135,12 +116,20 @@ def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int
     prep = _prepared(graph, float(input_bound), calibration)
     stages = prep.stages
     n_in = int(np.prod(graph.input_shape))
-    if not isinstance(blobs, (list, tuple)) or len(blobs) != n_in:
-        raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), "
-                         f"got {len(blobs) if isinstance(blobs, (list, tuple)) else type(blobs).__name__}")
+    if isinstance(blobs, (list, tuple)):
+        if len(blobs) != n_in:
+            raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got {len(blobs)}")
+        pieces = iter([list(blobs)])
+    elif hasattr(blobs, "__next__"):  # a stream of lists as they arrive (batch_stream.ChunkReader.take)
+        pieces = blobs
+    else:
+        raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got {type(blobs).__name__}")
+    first = next(pieces, None)
+    if not first:
+        raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got none")
 
     # the first input fixes the level and scale the plan starts from
-    ct0 = rns.load_ciphertext(kit, blobs[0], "input ciphertext 0")
+    ct0 = rns.load_ciphertext(kit, first[0], "input ciphertext 0")
     if ct0.size() != 2:
         raise ProtocolError("input ciphertext 0 is not a fresh (2-part) ciphertext")
     pid, scale0, level = list(ct0.parms_id()), ct0.scale, kit.level_of(ct0)
@@ -169,7 +158,14 @@ def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int
         t0 = time.perf_counter()
         level -= plan.drops[0]
         X = run.alloc((level, n_in, 2, n))
-        S = run.load(blobs, X, plan.drops[0], (pid, scale0))
+        done = 0
+        for piece in itertools.chain([first], pieces):  # loads each piece as it arrives
+            if done + len(piece) > n_in:
+                break
+            S = run.load(piece, X, plan.drops[0], (pid, scale0), done)
+            done += len(piece)
+        if done != n_in:
+            raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got more or fewer")
         size = 2
         timings["load_s"] = time.perf_counter() - t0
         cpu.lap("load", timings)
@@ -291,19 +287,22 @@ class _Runner:
                 raise
         return local, rep
 
-    def load(self, blobs, X, drops, expect):
-        units = X.shape[1]
+    def load(self, piece, X, drops, expect, off=0):
+        """Load the ciphertexts of input positions off..off+len(piece)-1 into X."""
+        units = len(piece)
+        blobs = [None] * off + list(piece)  # load_units indexes by input position
 
         def header_of(mid):
-            for i in range(mid, units):
+            for i in range(off + mid, off + units):
                 if not isinstance(blobs[i], (bytes, bytearray, memoryview)):
                     raise ProtocolError(f"input ciphertext {i}: expected bytes, got {type(blobs[i]).__name__}")
-            paths = [self.shared.file(b) for b in blobs[mid:]]
-            return {"op": "load", "key": self.key, "X": self.shared.spec(X), "paths": paths, "lo": mid,
-                    "hi": units, "drops": drops, "pid": expect[0], "scale": expect[1]}
+            paths = [self.shared.file(b) for b in blobs[off + mid:]]
+            return {"op": "load", "key": self.key, "X": self.shared.spec(X), "paths": paths, "lo": off + mid,
+                    "hi": off + units, "drops": drops, "pid": expect[0], "scale": expect[1]}
 
         scale, rep = self._job(units, header_of,
-                               lambda lo, hi: bpar.load_units(self.kit, blobs, X, lo, hi, drops, expect))
+                               lambda lo, hi: bpar.load_units(self.kit, blobs, X, off + lo, off + hi, drops,
+                                                              expect))
         if rep is not None and rep["scale"] != scale:
             raise ParameterError("helper and parent disagree on the input scale")  # pragma: no cover
         return scale
