@@ -32,6 +32,7 @@ import numpy as np
 
 from ...errors import ParameterError, ProtocolError
 from .scratch import private_dir
+from .seeded import check_header
 
 try:  # pragma: no cover - import guarded so the rest of privinfer works without TenSEAL
     import tenseal as ts
@@ -57,19 +58,6 @@ def save_bytes(obj) -> bytes:
     obj.save(path)
     with open(path, "rb") as f:
         return f.read()
-
-
-# SEAL serialization header: magic 0xA15E, header size 16, version, compression, reserved, total size
-_SEAL_MAGIC = 0xA15E
-
-
-def check_header(head: bytes, length: int, limit: int, what: str) -> None:
-    """Refuse anything that is not a single SEAL object of plausible size before SEAL parses it."""
-    if length < 16 or length > limit:
-        raise ProtocolError(f"{what}: {length} bytes is not a ciphertext for these parameters (limit {limit})")
-    magic, hsize, _maj, _min, compr, _res, total = struct.unpack_from("<HBBBBHQ", head, 0)
-    if magic != _SEAL_MAGIC or hsize != 16 or total != length or compr > 2:
-        raise ProtocolError(f"{what}: not a SEAL ciphertext (bad header)")
 
 
 def load_ciphertext(kit: "SealKit", blob, what: str, path: str | None = None):
