@@ -72,3 +72,24 @@ def test_streamed_query_two_groups_matches_reference(monkeypatch):
     ref = run_reference(g, x)
     assert np.abs(got - ref).max() <= 1e-2
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
+def test_client_encryptor_splits_with_its_helper_and_falls_back():
+    B = importlib.import_module("privinfer.protocols.he.batch")
+    H = importlib.import_module("privinfer.protocols.he.batch_helper")
+    ctx = B.make_context(8192, [60, 40, 40], 25)
+    flat = np.random.default_rng(5).uniform(-1, 1, (100, 40))
+    enc = H.ClientEncryptor(ctx)
+    try:
+        assert enc.helper is not None  # a free helper holds half of each chunk
+        enc.set_group(flat)
+        blobs = enc.encrypt(3, 37)
+        enc.helper.proc.kill()  # a dead helper: the next chunk is done here
+        enc.helper.proc.wait()
+        blobs += enc.encrypt(37, 40)
+        assert enc.helper is None
+    finally:
+        enc.close()
+    assert len(blobs) == 37
+    dec = B.client_decrypt(ctx, blobs, 100, 37)
+    assert np.abs(dec - flat[:, 3:40]).max() < 1e-4

@@ -58,6 +58,7 @@ import numpy as np
 
 from ...errors import ParameterError, ProtocolError, ShapeError
 from ...model.ir import Graph
+from . import batch_helper as bhelp
 from . import batch_par as bpar
 from . import batch_plan as bp
 from . import batch_stream as bstream
@@ -150,7 +151,7 @@ def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int
     shared = bpar.SharedArrays()
     run = None
     try:
-        run = _Runner(kit, bpar.acquire_helper() if threads >= 2 else None, shared)
+        run = _Runner(kit, bhelp.acquire_helper() if threads >= 2 else None, shared)
         used_helper = run.helper is not None
         n = kit.n
         cpu = _CpuClock(run.helper)
@@ -238,7 +239,7 @@ class _Runner:
         if helper is not None:
             try:
                 self.key = helper.ensure_context(kit)
-            except bpar._HelperFailed:
+            except bhelp._HelperFailed:
                 self.release()
 
     def release(self) -> None:
@@ -259,7 +260,7 @@ class _Runner:
             try:
                 self.helper.send(header_of(mid))
                 sent = True
-            except bpar._HelperFailed:
+            except bhelp._HelperFailed:
                 self.release()
                 mid = units
         try:
@@ -276,7 +277,7 @@ class _Runner:
         if sent:
             try:
                 rep = self.helper.reply()
-            except bpar._HelperFailed:
+            except bhelp._HelperFailed:
                 self.release()
                 run_range(mid, units)
             except ProtocolError:

@@ -13,7 +13,9 @@ frame. The server reads the frames on a thread of its own (`ChunkReader`) and ha
 ciphertexts as they arrive; it checks the count of every frame against what is left, and any error ends
 the session (the server closes the connection, so a reader blocked on it returns).
 
-Encryption (`encrypt_positions`) is the client's seeded secret-key encryption (`seeded.py`), sound only
+The client encrypts half of every chunk in its helper process (`batch_helper.ClientEncryptor`): one SEAL
+call holds the GIL, so a second core needs a second process. Encryption (`encrypt_positions`) is the
+client's seeded secret-key encryption (`seeded.py`), sound only
 because the client holds the secret key; each ciphertext is encoded at the level the context's chain
 starts from (the batch engine's plans use every data prime at the input: `batch_plan` drops a prime
 before the first square only where that pays, which it does not for the zoo networks).
@@ -28,6 +30,7 @@ import numpy as np
 
 from ...errors import ProtocolError, ShapeError
 from . import batch_rns as rns
+from .batch_helper import ClientEncryptor
 from .seeded import SeededEncryptor, save_bytes
 
 CHUNK_CTS = 112  # ciphertexts per frame: 7 frames per cryptonets-mnist group (~25 MB each at N=8192)
@@ -109,12 +112,18 @@ def send_stream(ch, context, x, slots: int) -> int:
 
     t = threading.Thread(target=sender, name="he-batch-upload", daemon=True)
     t.start()
+    enc = ClientEncryptor(context)  # half of each chunk in the helper process (the other core)
     try:
+        group = None
         for g, lo, hi in plan:
             if failure:
                 break
-            q.put(encrypt_positions(context, flat[g * slots:(g + 1) * slots], lo, hi))
+            if g != group:
+                group = g
+                enc.set_group(np.ascontiguousarray(flat[g * slots:(g + 1) * slots]))
+            q.put(enc.encrypt(lo, hi))
     finally:
+        enc.close()
         q.put(None)
         t.join()
     if failure:
