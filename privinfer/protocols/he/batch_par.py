@@ -1,33 +1,23 @@
-"""Per-unit SEAL loops of the batch engine, and a helper process that runs half of them on the second core.
+"""Per-unit SEAL loops of the batch engine, and the shared tmpfs arrays they work on.
 
 TenSEAL's `sealapi` bindings hold the GIL inside every SEAL call (measured: two threads run SEAL no faster
 than one), so the loops that must call SEAL once per unit -- loading the input ciphertexts, and each Poly
-layer's rescale/relinearize/product -- use a second *process*. One helper serves the whole parent process:
-it receives each public context once (TenSEAL serialization, no secret key), keeps its own SEAL objects,
-and works on unit ranges of arrays shared through files in the engine's private tmpfs directory (np.memmap).
-Parent and helper speak over the child's stdin/stdout with length-prefixed frames: JSON headers and raw
-payloads, nothing is unpickled. The helper exits when its parent does (EOF on its stdin), and a helper
-that dies or errs makes the parent redo that part itself.
+layer's rescale/relinearize/product -- run on unit ranges, half of them in a helper *process*
+(`batch_helper`), on arrays shared through files in the engine's private tmpfs directory (np.memmap,
+pooled between queries: `SharedArrays`).
 """
 from __future__ import annotations
 
-import atexit
-import json
 import math
 import os
-import select
-import struct
-import subprocess
-import sys
 import threading
 import uuid
-import weakref
 
 import numpy as np
 
 from ...errors import ParameterError, ProtocolError
 from . import batch_rns as rns
-from .batch_rns import seal, ts
+from .batch_rns import seal
 
 KS_MARGIN = 40.0  # bits between the scale and the key-switching noise where a poly input is relinearized
 
