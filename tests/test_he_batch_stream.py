@@ -93,3 +93,20 @@ def test_client_encryptor_splits_with_its_helper_and_falls_back():
     assert len(blobs) == 37
     dec = B.client_decrypt(ctx, blobs, 100, 37)
     assert np.abs(dec - flat[:, 3:40]).max() < 1e-4
+
+
+def test_a_bad_chunk_ends_the_query_with_the_servers_typed_error(monkeypatch):
+    from privinfer.errors import PeerError
+    monkeypatch.setattr(S, "CHUNK_CTS", 7)
+    rng = np.random.default_rng(4)
+    g = Graph((24,), (Linear(rng.normal(0, 0.3, (3, 24)), rng.normal(0, 0.1, 3)),))
+    orig = S.encrypt_positions
+
+    def tampered(context, flat, lo, hi, scale=None):
+        out = orig(context, flat, lo, hi, scale)
+        return [b[:200] + bytes(len(b) - 200) for b in out] if lo == 0 else out
+    monkeypatch.setattr(S, "encrypt_positions", tampered)
+    monkeypatch.setenv("PRIVINFER_HE_BATCH_HELPER", "0")  # every ciphertext through the patched function
+    with privinfer.PrivateSession(g, "he", spawn="thread", packing="batch", circuit_privacy="fast") as s:
+        with pytest.raises(PeerError, match="input ciphertext 0"):
+            s.infer(rng.uniform(0, 1, (3, 24)))

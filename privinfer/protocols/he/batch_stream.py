@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from ...errors import ProtocolError, ShapeError
+from ...errors import PeerError, ProtocolError, ShapeError
 from . import batch_rns as rns
 from .batch_helper import ClientEncryptor
 from .seeded import SeededEncryptor, save_bytes
@@ -126,7 +126,14 @@ def send_stream(ch, context, x, slots: int) -> int:
         enc.close()
         q.put(None)
         t.join()
-    if failure:
+    if failure:  # the server stopped reading: its ERROR frame, when it sent one, says why
+        if isinstance(failure[0], Exception):
+            try:
+                ch.recv_blobs()
+            except PeerError:
+                raise
+            except Exception:
+                pass
         raise failure[0]
     return len(plan)
 
