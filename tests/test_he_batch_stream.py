@@ -67,8 +67,12 @@ def test_streamed_query_two_groups_matches_reference(monkeypatch):
         x = rng.uniform(0, 1, (slots + 5, 24))  # a full group and a partial one
         assert s.client.query_meta(x[:1])["chunks"] == 4
         s.client.answered -= 1
+        assert s.client.streamed  # the server's WELCOME offers streaming
         got = s.infer(x)
         assert s.stats.last.rounds == 1
+        s.client.streamed = False  # as against an older server: one frame, which this server still takes
+        one = s.infer(x[:9])
+    assert np.abs(one - run_reference(g, x[:9])).max() <= 1e-2
     ref = run_reference(g, x)
     assert np.abs(got - ref).max() <= 1e-2
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99

@@ -176,6 +176,8 @@ class _HEServer(ServerSide):
                 "max_batch": self.max_batch, "circuit_privacy": self.proto.policy.to_json()}
         if self.packing == "latency":
             info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct)
+        else:
+            info["batch_stream"] = True  # accepts the ciphertexts in several frames (batch_stream.py)
         return info
 
     @property
@@ -257,6 +259,7 @@ class _HEClient(ClientSide):
             self.policy = FloodPolicy.from_json(welcome["circuit_privacy"])
             self.out_dim = int(welcome["out_dim"])
             self.max_batch = int(welcome.get("max_batch", 1))
+            self.streamed = welcome.get("batch_stream") is True  # else: one frame, as older servers expect
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError(f"malformed HE WELCOME: {e!r}") from None
         if info_packing != packing:
@@ -288,7 +291,7 @@ class _HEClient(ClientSide):
             raise QueryLimitError(f"{self.answered} replies so far; {B} more exceed the server's cap of {cap} per "
                                   f"key (circuit-private mode); open a new session")
         self.answered += B
-        if self.packing == "batch":  # the ciphertexts follow in this many frames (batch_stream.py)
+        if self.packing == "batch" and self.streamed:  # the ciphertexts follow in this many frames
             return {"batch": B, "chunks": self.stream.n_chunks(B, self.params.slots, int(np.prod(self.graph.input_shape)))}
         return {"batch": B}
 
@@ -307,7 +310,10 @@ class _HEClient(ClientSide):
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         B = int(x.shape[0])
         if self.packing == "batch":
-            self.stream.send_stream(ch, self.ctx, x, self.params.slots)
+            if self.streamed:
+                self.stream.send_stream(ch, self.ctx, x, self.params.slots)
+            else:
+                ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
             return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
         scale = 2.0 ** self.params.input_scale_bits
         blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
