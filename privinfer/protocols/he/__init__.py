@@ -11,6 +11,8 @@ Flow (one TCP connection)::
            for exactly the plan's rotations]   ─────▶  load them, check they cover the plan
                                                ◀─────  JSON {ready}
     QUERY {batch} + BLOBS [ciphertexts]        ─────▶  evaluate, re-randomize, flood
+      (batch packing: QUERY {batch, chunks} and that many BLOBS frames, encrypted and loaded as they go:
+       batch_stream.py)
                                                ◀─────  BLOBS [one result ciphertext per image]
 
 What is protected, precisely
