@@ -87,7 +87,7 @@ def client_encrypt(context, x: np.ndarray) -> list[bytes]:
     public-key encryption. The scale is the context's global scale. (`batch_stream` sends it in chunks.)
     """
     kit = rns.get_kit(context)
-    flat = bstream.check_batch(x, kit.slots)
+    flat = bstream.check_batch(x)
     _global_scale(context)
     return bstream.encrypt_positions(context, flat, 0, flat.shape[1])
 

@@ -70,7 +70,7 @@ def encrypt_positions(context, flat: np.ndarray, lo: int, hi: int, scale: float 
             vec[:b] = flat[:, p]
             out.append(enc.encrypt(vec, scale, parms_id=pid))
         return out
-    import tenseal.sealapi as seal
+    seal = rns.seal
     pt = seal.Plaintext()
     for p in range(lo, hi):
         vec[:b] = flat[:, p]
@@ -81,7 +81,8 @@ def encrypt_positions(context, flat: np.ndarray, lo: int, hi: int, scale: float 
     return out
 
 
-def check_batch(x, slots: int) -> np.ndarray:
+def check_batch(x) -> np.ndarray:
+    """(B, n_in) float64 view of a finite batch."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim < 2 or arr.shape[0] < 1:
         raise ShapeError(f"expected a batch (B, ...), got shape {arr.shape}")
@@ -93,7 +94,7 @@ def check_batch(x, slots: int) -> np.ndarray:
 def send_stream(ch, context, x, slots: int) -> int:
     """Encrypt x chunk by chunk and send each chunk as one BLOBS frame from a second thread while the next
     is encrypted. Returns the number of frames sent (= n_chunks)."""
-    flat = check_batch(x, slots)
+    flat = check_batch(x)
     plan = chunk_plan(flat.shape[0], slots, flat.shape[1])
     q: queue.Queue = queue.Queue(maxsize=2)
     failure: list = []
