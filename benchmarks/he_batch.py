@@ -111,7 +111,8 @@ def main(argv=None) -> dict:
         params = {"coeff_bits": [int(v) for v in args.coeff_bits.split(",")],
                   "scale_bits": args.scale_bits or 28}
     else:
-        params = B.suggest_params(graph, args.n)
+        # the protocol's choice (params.select_params): a batch filling whole slot groups needs no output mask
+        params = B.suggest_params(graph, args.n, full_groups=args.batch % (args.n // 2) == 0)
         if args.scale_bits:
             params["scale_bits"] = args.scale_bits
     suggest_s = time.perf_counter() - t

@@ -60,6 +60,9 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
               progress: bool = True) -> dict[str, Any]:
     """Measure one configuration and return one record."""
     profile = get_profile(network)
+    if protocol == "he" and (options or {}).get("packing") == "batch" and "batch_size" not in options:
+        options = {**options, "batch_size": int(batch)}  # parameters for the batch measured (a full slot group
+        # needs no output mask: N=8192 for 4096 images, where a batch_size of 1 would get N=16384)
     base_graph, X, y, name = load_model_and_data(model)
     base_y = y
     graph = graph or base_graph

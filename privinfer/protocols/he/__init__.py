@@ -11,6 +11,8 @@ Flow (one TCP connection)::
            for exactly the plan's rotations]   ─────▶  load them, check they cover the plan
                                                ◀─────  JSON {ready}
     QUERY {batch} + BLOBS [ciphertexts]        ─────▶  evaluate, re-randomize, flood
+      (batch packing: QUERY {batch, chunks} and that many BLOBS frames, encrypted and loaded as they go:
+       batch_stream.py)
                                                ◀─────  BLOBS [one result ciphertext per image]
 
 What is protected, precisely
@@ -164,6 +166,7 @@ class _HEServer(ServerSide):
             self.params, self.steps = proto.latency_params, proto.plan.rotation_steps
         else:
             self.batch = _batch_module()
+            self.stream = importlib.import_module("privinfer.protocols.he.batch_stream")
             self.params = proto.batch_params(int(batch_size or 1))
             self.steps = sorted(int(s) for s in self.batch.rotation_steps(proto.graph))
             if self.steps:
@@ -175,6 +178,8 @@ class _HEServer(ServerSide):
                 "max_batch": self.max_batch, "circuit_privacy": self.proto.policy.to_json()}
         if self.packing == "latency":
             info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct)
+        else:
+            info["batch_stream"] = True  # accepts the ciphertexts in several frames (batch_stream.py)
         return info
 
     @property
@@ -201,7 +206,6 @@ class _HEServer(ServerSide):
         if B > self.max_batch:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {self.max_batch} "
                                      f"({self.packing} packing)")
-        blobs = ch.recv_blobs()
         cap = self.proto.policy.cap(self.params)
         if cap is not None and self.answered + B > cap:
             raise QueryLimitError(f"this session has had {self.answered} replies; {B} more exceed the cap of {cap} "
@@ -209,10 +213,15 @@ class _HEServer(ServerSide):
                                   f"a fresh key)")
         self.answered += B
         if self.packing == "batch":
+            # the ciphertexts arrive in `chunks` frames and are loaded as they come (batch_stream.py)
+            n_in = int(np.prod(self.proto.graph.input_shape))
+            src = self.stream.ChunkReader(ch, meta.get("chunks", 1), hex_.n_groups(B, self.params.slots) * n_in)
             # every slot past the images the client paid for is masked: a one-image query returns one answer
-            out = self.job.evaluate(self.proto.graph, blobs, B, self.params.slots, mask_unused=True)
+            out = self.job.evaluate(self.proto.graph, src, B, self.params.slots, mask_unused=True)
+            src.finish()
             ch.send_blobs([self._finish(b) for b in out])
             return
+        blobs = ch.recv_blobs()
         n_ct = self.proto.plan.input.n_ct
         if len(blobs) != B * n_ct:
             raise ShapeError(f"expected {B} x {n_ct} ciphertexts (batch x per-image), got {len(blobs)}")
@@ -252,6 +261,7 @@ class _HEClient(ClientSide):
             self.policy = FloodPolicy.from_json(welcome["circuit_privacy"])
             self.out_dim = int(welcome["out_dim"])
             self.max_batch = int(welcome.get("max_batch", 1))
+            self.streamed = welcome.get("batch_stream") is True  # else: one frame, as older servers expect
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError(f"malformed HE WELCOME: {e!r}") from None
         if info_packing != packing:
@@ -267,6 +277,7 @@ class _HEClient(ClientSide):
                                     "architecture (different privinfer versions?)")
         else:
             self.batch = _batch_module()
+            self.stream = importlib.import_module("privinfer.protocols.he.batch_stream")
             if sorted(self.steps) != sorted(int(s) for s in self.batch.rotation_steps(graph)):
                 raise ProtocolError("the server asks for rotation keys the batch engine does not use")
         self.ctx: CKKSContext | None = None
@@ -282,6 +293,8 @@ class _HEClient(ClientSide):
             raise QueryLimitError(f"{self.answered} replies so far; {B} more exceed the server's cap of {cap} per "
                                   f"key (circuit-private mode); open a new session")
         self.answered += B
+        if self.packing == "batch" and self.streamed:  # the ciphertexts follow in this many frames
+            return {"batch": B, "chunks": self.stream.n_chunks(B, self.params.slots, int(np.prod(self.graph.input_shape)))}
         return {"batch": B}
 
     def setup(self, ch: Channel) -> None:
@@ -299,7 +312,10 @@ class _HEClient(ClientSide):
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         B = int(x.shape[0])
         if self.packing == "batch":
-            ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
+            if self.streamed:
+                self.stream.send_stream(ch, self.ctx, x, self.params.slots)
+            else:
+                ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
             return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
         scale = 2.0 ** self.params.input_scale_bits
         blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]

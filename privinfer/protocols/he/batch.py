@@ -47,6 +47,7 @@ The raw residue access relies on TenSEAL 0.3.18's memory layout, checked on ever
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import threading
@@ -57,26 +58,22 @@ import numpy as np
 
 from ...errors import ParameterError, ProtocolError, ShapeError
 from ...model.ir import Graph
+from . import batch_helper as bhelp
 from . import batch_par as bpar
+from . import batch_runner as brun
 from . import batch_plan as bp
+from . import batch_stream as bstream
+from .batch_params import (ENOUGH_BITS, MASK_BITS, MIN_PRECISION_BITS, depth, make_context,  # noqa: F401
+                           public_copy, suggest_params)
+from .batch_params import primes_of as _primes  # noqa: F401 (tests)
 from . import batch_rns as rns
-from .batch_rns import seal, ts
+from .batch_rns import seal, ts  # noqa: F401 (ts: re-exported)
 
-MASK_BITS = 24.0  # scale of the 0/1 mask plaintext when mask_unused=True
-ENOUGH_BITS = 16  # suggest_params: beyond this precision, prefer the cheaper parameters
-MIN_PRECISION_BITS = 8  # server_evaluate refuses a plan below this (its logits would be noise)
 
 
 # ---------------------------------------------------------------------------------------------
 # public interface
 # ---------------------------------------------------------------------------------------------
-def depth(graph: Graph) -> int:
-    """Rescale primes this engine wants beyond the last one: one per product level of each Poly layer
-    plus one for the outputs (linear layers take none: their weights are integers)."""
-    stages = bp.normalize(graph)
-    return 1 + sum(st.degree - 1 for st in stages if st.kind == "poly")
-
-
 def rotation_steps(graph: Graph) -> list[int]:
     """Galois steps needed: none, nothing moves between slots."""
     bp.normalize(graph)  # still refuse graphs we cannot run
@@ -87,33 +84,12 @@ def client_encrypt(context, x: np.ndarray) -> list[bytes]:
     """Encrypt a batch (B, *input_shape): one ciphertext per input position, image i in slot i.
 
     Uses seeded symmetric encryption when the context holds the secret key (half the upload), else
-    public-key encryption. The scale is the context's global scale.
+    public-key encryption. The scale is the context's global scale. (`batch_stream` sends it in chunks.)
     """
     kit = rns.get_kit(context)
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim < 2:
-        raise ShapeError(f"expected a batch (B, ...), got shape {arr.shape}")
-    b = arr.shape[0]
-    if not 1 <= b <= kit.slots:
-        raise ShapeError(f"batch {b} does not fit {kit.slots} slots (N={kit.n})")
-    if not np.all(np.isfinite(arr)):
-        raise ShapeError("input holds non-finite values")
-    scale = _global_scale(context)
-    flat = arr.reshape(b, -1)
-    pid = kit.parms_ids[kit.top_level]
-    vec = np.zeros(kit.slots)
-    pt = seal.Plaintext()
-    out = []
-    for p in range(flat.shape[1]):
-        vec[:b] = flat[:, p]
-        kit.encoder.encode(vec.tolist(), pid, scale, pt)
-        if kit.sk_encryptor is not None:
-            out.append(rns.save_bytes(kit.sk_encryptor.encrypt_symmetric(pt)))
-        else:
-            ct = seal.Ciphertext(kit.sc)
-            kit.pk_encryptor.encrypt(pt, ct)
-            out.append(rns.save_bytes(ct))
-    return out
+    flat = bstream.check_batch(x)
+    _global_scale(context)
+    return bstream.encrypt_positions(context, flat, 0, flat.shape[1])
 
 
 def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int, *,
@@ -142,12 +118,20 @@ def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int
     prep = _prepared(graph, float(input_bound), calibration)
     stages = prep.stages
     n_in = int(np.prod(graph.input_shape))
-    if not isinstance(blobs, (list, tuple)) or len(blobs) != n_in:
-        raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), "
-                         f"got {len(blobs) if isinstance(blobs, (list, tuple)) else type(blobs).__name__}")
+    if isinstance(blobs, (list, tuple)):
+        if len(blobs) != n_in:
+            raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got {len(blobs)}")
+        pieces = iter([list(blobs)])
+    elif hasattr(blobs, "__next__"):  # a stream of lists as they arrive (batch_stream.ChunkReader.take)
+        pieces = blobs
+    else:
+        raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got {type(blobs).__name__}")
+    first = next(pieces, None)
+    if not first:
+        raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got none")
 
     # the first input fixes the level and scale the plan starts from
-    ct0 = rns.load_ciphertext(kit, blobs[0], "input ciphertext 0")
+    ct0 = rns.load_ciphertext(kit, first[0], "input ciphertext 0")
     if ct0.size() != 2:
         raise ProtocolError("input ciphertext 0 is not a fresh (2-part) ciphertext")
     pid, scale0, level = list(ct0.parms_id()), ct0.scale, kit.level_of(ct0)
@@ -168,15 +152,22 @@ def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int
     shared = bpar.SharedArrays()
     run = None
     try:
-        run = _Runner(kit, bpar.acquire_helper() if threads >= 2 else None, shared)
+        run = brun.Runner(kit, bhelp.acquire_helper() if threads >= 2 else None, shared)
         used_helper = run.helper is not None
         n = kit.n
-        cpu = _CpuClock(run.helper)
+        cpu = brun.CpuClock(run.helper)
         # ---- load the inputs (rescaling them if planned) into residue arrays
         t0 = time.perf_counter()
         level -= plan.drops[0]
         X = run.alloc((level, n_in, 2, n))
-        S = run.load(blobs, X, plan.drops[0], (pid, scale0))
+        done = 0
+        for piece in itertools.chain([first], pieces):  # loads each piece as it arrives
+            if done + len(piece) > n_in:
+                break
+            S = run.load(piece, X, plan.drops[0], (pid, scale0), done)
+            done += len(piece)
+        if done != n_in:
+            raise ShapeError(f"expected {n_in} input ciphertexts (one per input position), got more or fewer")
         size = 2
         timings["load_s"] = time.perf_counter() - t0
         cpu.lap("load", timings)
@@ -221,115 +212,6 @@ def server_evaluate(public_context, graph: Graph, blobs: list[bytes], batch: int
     return out
 
 
-class _CpuClock:
-    """CPU seconds per phase, of this process (all threads) and of the helper process."""
-
-    def __init__(self, helper):
-        self.helper = helper
-        self.p, self.h = time.process_time(), helper.cpu_seconds() if helper else 0.0
-
-    def lap(self, name, timings):
-        p, h = time.process_time(), self.helper.cpu_seconds() if self.helper else 0.0
-        timings[f"{name}_cpu_s"] = (p - self.p) + (h - self.h)
-        self.p, self.h = p, h
-
-
-class _Runner:
-    """Runs the per-unit SEAL loops, splitting the units with the helper process when there is one.
-
-    Owns the lease on the helper: on any failure of the helper the lease is dropped (exactly once) and its
-    half is redone here; an exception on this side still waits for the helper's reply so that the pipe
-    stays in step (or marks the helper broken, so that it is replaced)."""
-
-    MIN_SPLIT = 16  # fewer units than this are not worth a round trip
-
-    def __init__(self, kit, helper, shared):
-        self.kit, self.helper, self.shared = kit, helper, shared
-        self.key = None
-        if helper is not None:
-            try:
-                self.key = helper.ensure_context(kit)
-            except bpar._HelperFailed:
-                self.release()
-
-    def release(self) -> None:
-        if self.helper is not None:
-            h, self.helper = self.helper, None
-            h.unmap_dropped()
-            h.lock.release()
-
-    def alloc(self, shape):
-        return self.shared.array(shape)
-
-    def _job(self, units: int, header_of, run_range):
-        """run_range(lo, hi) here on the first half, the helper on the rest (header_of(mid) describes it).
-        Returns (local result, helper reply or None)."""
-        mid = units if (self.helper is None or units < self.MIN_SPLIT) else units // 2
-        sent = False
-        if mid < units:
-            try:
-                self.helper.send(header_of(mid))
-                sent = True
-            except bpar._HelperFailed:
-                self.release()
-                mid = units
-        try:
-            local = run_range(0, mid)
-        except BaseException:
-            if sent:
-                try:
-                    self.helper.reply()
-                except BaseException:
-                    self.helper.broken = True
-                    self.release()
-            raise
-        rep = None
-        if sent:
-            try:
-                rep = self.helper.reply()
-            except bpar._HelperFailed:
-                self.release()
-                run_range(mid, units)
-            except ProtocolError:
-                raise
-            except BaseException:
-                self.helper.broken = True
-                self.release()
-                raise
-        return local, rep
-
-    def load(self, blobs, X, drops, expect):
-        units = X.shape[1]
-
-        def header_of(mid):
-            for i in range(mid, units):
-                if not isinstance(blobs[i], (bytes, bytearray, memoryview)):
-                    raise ProtocolError(f"input ciphertext {i}: expected bytes, got {type(blobs[i]).__name__}")
-            paths = [self.shared.file(b) for b in blobs[mid:]]
-            return {"op": "load", "key": self.key, "X": self.shared.spec(X), "paths": paths, "lo": mid,
-                    "hi": units, "drops": drops, "pid": expect[0], "scale": expect[1]}
-
-        scale, rep = self._job(units, header_of,
-                               lambda lo, hi: bpar.load_units(self.kit, blobs, X, lo, hi, drops, expect))
-        if rep is not None and rep["scale"] != scale:
-            raise ParameterError("helper and parent disagree on the input scale")  # pragma: no cover
-        return scale
-
-    def poly(self, X, S, drops, coeffs, poly_rho):
-        units = X.shape[1]
-        Y = self.alloc((X.shape[0] - drops, units, 3, self.kit.n))
-
-        def header_of(mid):
-            return {"op": "poly", "key": self.key, "X": self.shared.spec(X), "Y": self.shared.spec(Y),
-                    "lo": mid, "hi": units, "S": S, "drops": drops, "coeffs": list(coeffs), "poly_rho": poly_rho}
-
-        scale, rep = self._job(units, header_of, lambda lo, hi: bpar.poly_units(self.kit, X, Y, lo, hi, S, drops,
-                                                                               coeffs, poly_rho))
-        if rep is not None and rep["scale"] != scale:
-            raise ParameterError("helper and parent disagree on the poly output scale")  # pragma: no cover
-        return Y, scale
-
-
 def client_decrypt(context, blobs: list[bytes], batch: int, out_dim: int) -> np.ndarray:
     """Decrypt the server's logits into (batch, out_dim)."""
     kit = rns.get_kit(context)
@@ -353,115 +235,6 @@ def client_decrypt(context, blobs: list[bytes], batch: int, out_dim: int) -> np.
     if not np.all(np.isfinite(res)):
         raise ProtocolError("decrypted outputs are not finite")
     return res
-
-
-# ---------------------------------------------------------------------------------------------
-# parameters helpers (for tests and benchmarks; the protocol has its own selection)
-# ---------------------------------------------------------------------------------------------
-def suggest_params(graph: Graph, n: int = 8192, input_bound: float = 1.0) -> dict:
-    """A coefficient-modulus chain and input scale that fit `graph` within 128-bit security at N=n.
-
-    Tries a few chains of `depth(graph)` rescale primes (even, or with a small prime dropped first, just
-    before the first square where its bits count four times), first/special primes of 50-60 bits, and
-    input scales 2^25..2^31, each planned with room for the `mask_unused` mask (the protocol always masks);
-    keeps the cheapest plan reaching ENOUGH_BITS of precision (else the most precise). Returns {"coeff_bits": [...], "scale_bits": int, "precision_bits": float}. Cached per graph.
-    """
-    max_bits = {4096: 109, 8192: 218, 16384: 438, 32768: 881}.get(int(n))
-    if max_bits is None:
-        raise ParameterError(f"unsupported ring dimension {n}")
-    key = (int(n), float(input_bound))
-    with _prep_lock:
-        cached = _suggest_cache.setdefault(graph, {}).get(key)
-    if cached is not None:
-        return dict(cached)
-    stages = bp.normalize(graph)
-    bp.set_bounds(stages, input_bound)
-    d = depth(graph)
-    screened = []
-    for first in (60, 50):
-        for sp in (60, 40):
-            mid_total = max_bits - first - sp
-            if mid_total < 20 * d:
-                continue
-            for shape in _mid_shapes(d, mid_total):
-                bits = [first, *shape, sp]
-                try:
-                    primes = _primes(n, bits)
-                except Exception:
-                    continue
-                for a in (25, 28, 31):
-                    try:
-                        plan = bp.plan_scales(stages, primes, len(primes), a, n, MASK_BITS, cost_pass=False)
-                    except ParameterError:
-                        continue
-                    # fresh-encryption noise is ~2^8 at the input: a bits of scale give ~a-8 bits there
-                    screened.append((min(plan.precision_bits, a - 8.0), bits, primes, a))
-    if not screened:
-        raise ParameterError(f"no parameter set at N={n} fits this network; try a larger N")
-    top = max(min(round(p), ENOUGH_BITS) for p, *_ in screened)
-    best = None
-    for _, bits, primes, a in screened:
-        plan = bp.plan_scales(stages, primes, len(primes), a, n, MASK_BITS)
-        prec = min(plan.precision_bits, a - 8.0)
-        if min(round(prec), ENOUGH_BITS) < top:
-            continue
-        score = (-plan.est_cost, prec, -sum(bits))
-        if best is None or score > best[0]:
-            best = (score, bits, a, prec)
-    if best is None:  # pragma: no cover - the screening found a plan with this precision
-        raise ParameterError(f"no parameter set at N={n} fits this network")
-    res = {"coeff_bits": best[1], "scale_bits": best[2], "precision_bits": best[3]}
-    with _prep_lock:
-        _suggest_cache.setdefault(graph, {})[key] = dict(res)
-    return res
-
-
-def _mid_shapes(d: int, total: int) -> list[list[int]]:
-    """Candidate bit sizes of the d rescale primes, in chain order (the last one is dropped first)."""
-    cap = lambda v: int(max(20, min(60, v)))  # noqa: E731
-    shapes = [[cap(total // d)] * d]
-    if d >= 2:
-        for small in (20, 24, 28):
-            shapes.append([cap((total - small) // (d - 1))] * (d - 1) + [small])
-    out = []
-    for sh in shapes:
-        if sh not in out and sum(sh) <= total:
-            out.append(sh)
-    return out
-
-
-_prime_cache: dict = {}
-
-
-def _primes(n: int, bits: list[int]) -> list[int]:
-    key = (n, tuple(bits))
-    if key not in _prime_cache:
-        ps = seal.CoeffModulus.Create(n, list(bits))
-        _prime_cache[key] = [int(m.value()) for m in ps][:-1]
-    return _prime_cache[key]
-
-
-def make_context(n: int = 8192, coeff_bits: list[int] | None = None, scale_bits: int | None = None,
-                 graph: Graph | None = None):
-    """A CKKS context with secret, public and relinearization keys (no Galois keys).
-
-    Without `coeff_bits`, uses `suggest_params(graph, n)` (a graph is then required).
-    """
-    if coeff_bits is None:
-        if graph is None:
-            raise ParameterError("make_context needs coeff_bits or a graph")
-        p = suggest_params(graph, n)
-        coeff_bits, scale_bits = p["coeff_bits"], scale_bits or p["scale_bits"]
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=int(n), coeff_mod_bit_sizes=list(coeff_bits))
-    ctx.global_scale = 2.0 ** (scale_bits if scale_bits is not None else 25)
-    return ctx
-
-
-def public_copy(context):
-    """A copy of `context` without the secret key (what the server gets)."""
-    pub = context.copy()
-    pub.make_context_public()
-    return pub
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +283,6 @@ class _Prepared:
 
 
 _prep_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_suggest_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _prep_lock = threading.Lock()
 
 

@@ -1,33 +1,23 @@
-"""Per-unit SEAL loops of the batch engine, and a helper process that runs half of them on the second core.
+"""Per-unit SEAL loops of the batch engine, and the shared tmpfs arrays they work on.
 
 TenSEAL's `sealapi` bindings hold the GIL inside every SEAL call (measured: two threads run SEAL no faster
 than one), so the loops that must call SEAL once per unit -- loading the input ciphertexts, and each Poly
-layer's rescale/relinearize/product -- use a second *process*. One helper serves the whole parent process:
-it receives each public context once (TenSEAL serialization, no secret key), keeps its own SEAL objects,
-and works on unit ranges of arrays shared through files in the engine's private tmpfs directory (np.memmap).
-Parent and helper speak over the child's stdin/stdout with length-prefixed frames: JSON headers and raw
-payloads, nothing is unpickled. The helper exits when its parent does (EOF on its stdin), and a helper
-that dies or errs makes the parent redo that part itself.
+layer's rescale/relinearize/product -- run on unit ranges, half of them in a helper *process*
+(`batch_helper`), on arrays shared through files in the engine's private tmpfs directory (np.memmap,
+pooled between queries: `SharedArrays`).
 """
 from __future__ import annotations
 
-import atexit
-import json
 import math
 import os
-import select
-import struct
-import subprocess
-import sys
 import threading
 import uuid
-import weakref
 
 import numpy as np
 
 from ...errors import ParameterError, ProtocolError
 from . import batch_rns as rns
-from .batch_rns import seal, ts
+from .batch_rns import seal
 
 KS_MARGIN = 40.0  # bits between the scale and the key-switching noise where a poly input is relinearized
 
@@ -280,227 +270,4 @@ def _open(spec: dict) -> np.ndarray:
     return raw[:nbytes].view(dtype).reshape(tuple(spec["shape"]))
 
 
-# ---------------------------------------------------------------------------------------------
-# the helper process
-# ---------------------------------------------------------------------------------------------
-# The helper is a plain `python -c` child speaking length-prefixed frames on its stdin/stdout: a JSON
-# header, then raw payloads. It imports only numpy, TenSEAL and these modules: the bootstrap below stubs
-# the parent packages so that privinfer/__init__ (torch, the server) is not imported, which keeps its
-# start at ~0.5 s, and no parent __main__ is ever re-executed (as multiprocessing's spawn would).
-_BOOT = (
-    "import os, sys, types\n"
-    "frames = os.dup(1); os.dup2(2, 1)\n"  # frames get a private fd; stray writes to fd 1 go to stderr
-    "root = sys.argv[1]\n"
-    "for name, sub in (('privinfer', ''), ('privinfer.protocols', 'protocols'), ('privinfer.protocols.he', 'protocols/he')):\n"
-    "    m = types.ModuleType(name); m.__path__ = [os.path.join(root, sub)]; sys.modules[name] = m\n"
-    "from privinfer.protocols.he.batch_par import _helper_main\n"
-    "_helper_main(frames)\n")
-
-
-def _write_frame(fd: int, data: bytes) -> None:
-    view = memoryview(struct.pack("<Q", len(data)) + data)
-    while view:
-        k = os.write(fd, view)
-        view = view[k:]
-
-
-def _read_exact(fd: int, k: int) -> bytes:
-    chunks, got = [], 0
-    while got < k:
-        b = os.read(fd, min(k - got, 1 << 20))
-        if not b:
-            raise EOFError("pipe closed")
-        chunks.append(b)
-        got += len(b)
-    return b"".join(chunks)
-
-
-def _send(fd: int, header: dict, *payloads: bytes) -> None:
-    _write_frame(fd, json.dumps({**header, "_n": len(payloads)}).encode())
-    for p in payloads:
-        _write_frame(fd, p)
-
-
-def _recv(fd: int) -> tuple[dict, list[bytes]]:
-    def frame():
-        (k,) = struct.unpack("<Q", _read_exact(fd, 8))
-        return _read_exact(fd, k)
-    header = json.loads(frame().decode())
-    return header, [frame() for _ in range(int(header.pop("_n", 0)))]
-
-
-def _helper_main(wfd: int) -> None:  # pragma: no cover - runs in the child process
-    rfd = sys.stdin.fileno()
-    kits: dict = {}
-    while True:
-        try:
-            header, payloads = _recv(rfd)
-        except (EOFError, OSError, ValueError):
-            return  # parent gone
-        op = header.get("op")
-        try:
-            if op == "exit":
-                return
-            if op == "context":
-                kits[header["key"]] = rns.get_kit(ts.context_from(payloads[0]))
-                _send(wfd, {"ok": True})
-            elif op == "forget":
-                kits.pop(header["key"], None)
-            elif op == "unmap":
-                for path in header["paths"]:
-                    _maps.pop(path, None)
-            elif op == "load":
-                kit = kits[header["key"]]
-                X = _open(header["X"])
-                sc = load_units(kit, None, X, header["lo"], header["hi"], header["drops"],
-                                (header["pid"], header["scale"]), paths=header["paths"])
-                _send(wfd, {"ok": True, "scale": sc})
-            elif op == "poly":
-                kit = kits[header["key"]]
-                X, Y = _open(header["X"]), _open(header["Y"])
-                sc = poly_units(kit, X, Y, header["lo"], header["hi"], header["S"], header["drops"],
-                                tuple(header["coeffs"]), header["poly_rho"])
-                _send(wfd, {"ok": True, "scale": sc})
-            else:
-                _send(wfd, {"error": "other", "msg": f"unknown op {op!r}"})
-        except ProtocolError as e:
-            _send(wfd, {"error": "protocol", "msg": str(e)})
-        except Exception as e:  # report, keep serving
-            _send(wfd, {"error": "other", "msg": f"{type(e).__name__}: {e}"})
-
-
-class Helper:
-    """The parent's handle on the helper process; one job at a time (`lock`)."""
-
-    def __init__(self):
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, root], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, close_fds=True)
-        self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        self.lock = threading.Lock()
-        self.known: set = set()
-        self.broken = False
-
-    def alive(self) -> bool:
-        return not self.broken and self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """CPU time the helper has used so far (Linux /proc; 0 elsewhere)."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return 0.0
-
-    def send(self, header: dict, *payloads: bytes) -> None:
-        try:
-            _send(self.wfd, header, *payloads)
-        except (OSError, ValueError) as e:
-            self.broken = True
-            raise _HelperFailed(f"helper pipe: {e}") from None
-
-    def reply(self, timeout: float = 900.0) -> dict:
-        ready, _, _ = select.select([self.rfd], [], [], timeout)
-        if not ready:
-            self.broken = True
-            raise _HelperFailed("helper timed out")
-        try:
-            header, _ = _recv(self.rfd)
-        except (EOFError, OSError, ValueError) as e:
-            self.broken = True
-            raise _HelperFailed(f"helper died ({e})") from None
-        global _helper_failures
-        _helper_failures = 0  # it answered: failures are no longer "in a row"
-        if header.get("error") == "protocol":
-            raise ProtocolError(header["msg"])
-        if header.get("error"):
-            raise _HelperFailed(header["msg"])
-        return header
-
-    def unmap_dropped(self) -> None:
-        """Tell the helper to unmap pool buffers the parent deleted (call while holding `lock`)."""
-        with _pool.lock:
-            paths, _pool.dropped = _pool.dropped, []
-        if paths and self.alive():
-            try:
-                self.send({"op": "unmap", "paths": paths})
-            except _HelperFailed:
-                pass
-
-    def ensure_context(self, kit) -> str:
-        key = getattr(kit, "helper_key", None)
-        if key is None:
-            key = kit.helper_key = uuid.uuid4().hex
-        if key not in self.known:
-            blob = kit.context.serialize(save_public_key=True, save_secret_key=False,
-                                         save_galois_keys=False, save_relin_keys=True)
-            self.send({"op": "context", "key": key}, blob)
-            self.reply()
-            self.known.add(key)
-            weakref.finalize(kit, _forget, weakref.ref(self), key)
-        return key
-
-    def close(self) -> None:
-        try:
-            _send(self.wfd, {"op": "exit"})
-        except Exception:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except Exception:
-                pass
-        try:
-            self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class _HelperFailed(Exception):
-    """The helper could not do its part; the caller redoes it in-process."""
-
-
-def _forget(ref, key):
-    h = ref()
-    if h is not None and h.alive() and h.lock.acquire(blocking=False):
-        try:
-            h.send({"op": "forget", "key": key})
-            h.known.discard(key)
-        except Exception:
-            pass
-        finally:
-            h.lock.release()
-
-
-_helper: Helper | None = None
-_helper_lock = threading.Lock()
-_helper_failures = 0
-MAX_HELPER_FAILURES = 3  # after this many dead helpers in a row, run everything in-process
-
-
-def acquire_helper() -> Helper | None:
-    """The process-wide helper, locked for one job, or None when it is busy, broken or disabled
-    (PRIVINFER_HE_BATCH_HELPER=0)."""
-    global _helper, _helper_failures
-    if os.environ.get("PRIVINFER_HE_BATCH_HELPER", "1") == "0":
-        return None
-    with _helper_lock:
-        if _helper is not None and not _helper.alive():
-            _helper.close()
-            _helper = None
-            _helper_failures += 1
-        if _helper_failures >= MAX_HELPER_FAILURES:
-            return None
-        if _helper is None:
-            try:
-                _helper = Helper()
-                atexit.register(_helper.close)
-            except Exception:
-                return None
-        h = _helper
-    return h if h.lock.acquire(blocking=False) else None
-
-
-__all__ = ["SharedArrays", "Helper", "acquire_helper", "load_units", "poly_units", "poly_unit"]
+__all__ = ["SharedArrays", "load_units", "poly_units", "poly_unit"]

@@ -99,6 +99,15 @@ class LocalJob:
     def evaluate(self, graph, blobs: list[bytes], batch: int, slots: int, **kw) -> list[bytes]:
         b = _batch()
         out: list[bytes] = []
+        if hasattr(blobs, "take"):  # a batch_stream.ChunkReader: each group is evaluated as its pieces arrive
+            import numpy as np
+            n_in, sizes = int(np.prod(graph.input_shape)), group_sizes(batch, slots)
+            if len(sizes) > MAX_GROUPS or blobs.total != len(sizes) * n_in:
+                raise ShapeError(f"batch {batch} needs {len(sizes)} slot groups of {n_in} ciphertexts (at most "
+                                 f"{MAX_GROUPS} groups); the query announced {blobs.total}")
+            for n in sizes:
+                out += b.server_evaluate(self.ctx, graph, blobs.take(n_in), n, threads=self.ex.threads, **kw)
+            return out
         for cts, n in split_groups(graph, blobs, batch, slots):
             out += b.server_evaluate(self.ctx, graph, cts, n, threads=self.ex.threads, **kw)
         return out
@@ -170,6 +179,8 @@ class RayJob:
         return ref
 
     def evaluate(self, graph, blobs: list[bytes], batch: int, slots: int, **kw) -> list[bytes]:
+        if hasattr(blobs, "all"):  # a batch_stream.ChunkReader: Ray tasks take whole groups
+            blobs = blobs.all()
         groups = split_groups(graph, blobs, batch, slots)
         g = self._graph_ref(graph)
         refs = [self.ex._task.remote(self.key, self.ctx_ref, g, cts, n, self.ex.threads, kw) for cts, n in groups]

@@ -443,7 +443,8 @@ def _select_batch(graph, batch: int, vb: int, max_t: int, min_t: int, min_N: int
             try:
                 # NB: the chain is chosen for these weights' bounds and published in WELCOME (a few bits about
                 # their magnitudes); a weight-free search left too little precision (see notes/he-privacy.md)
-                got = suggest(graph, N)
+                # a batch filling whole slot groups needs no output mask (batch_params.py)
+                got = suggest(graph, N, full_groups=batch % (N // 2) == 0)
             except ParameterError:
                 continue
             bits = tuple(int(b) for b in got["coeff_bits"])
