@@ -132,15 +132,13 @@ class PartySampler:
                 return
 
     def _owner(self, pid: int, procs: dict, roots: dict[int, str]) -> str | None:
-        """The party of `pid`: its own name if it is a dealer, else its nearest registered ancestor's."""
-        if procs[pid][1].startswith(DEALER_NAMES):
-            return "dealer"
+        """The party of `pid` (in one of our trees): "dealer" for a dealer, else its nearest registered ancestor's."""
         p, hops = pid, 0
         while p in procs and hops < 64:
             if p in roots:
-                return roots[p]
+                return "dealer" if procs[pid][1].startswith(DEALER_NAMES) else roots[p]
             p, hops = procs[p][0], hops + 1
-        return None
+        return None  # another user's process (e.g. another session's dealer on this machine)
 
     def sample(self) -> None:
         """One reading of every party's processes."""
