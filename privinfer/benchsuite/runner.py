@@ -23,7 +23,7 @@ from .peers import load_published, run_peers
 from .plots import write_plots
 from .report import machine, markdown
 
-SHAPED_SAMPLES = 3
+SHAPED_SAMPLES = 2
 
 
 def _bar(total: int, enabled: bool):
@@ -52,7 +52,7 @@ def run_case(case: Case, network: str = "loopback", samples: int | None = None) 
 
 
 def _shaped_picks(cases: list[Case], records: list[dict]) -> list[Case]:
-    """One case per rule label: its fastest loopback row (so that mobile's RTTs stay affordable)."""
+    """One case per protocol: its fastest loopback row (so that mobile's RTTs stay affordable)."""
     by_label: dict[str, tuple[float, Case]] = {}
     done = {(r["label"], r["model"].split(" ")[0], (r.get("privacy") or {}).get("epsilon_per_query")): r
             for r in records}
@@ -61,8 +61,8 @@ def _shaped_picks(cases: list[Case], records: list[dict]) -> list[Case]:
         if r is None or c.rule.batch > 1:
             continue
         t = r["latency_s"]["median"] * max(1, r["rounds"])
-        if c.rule.label not in by_label or t < by_label[c.rule.label][0]:
-            by_label[c.rule.label] = (t, c)
+        if c.rule.protocol not in by_label or t < by_label[c.rule.protocol][0]:
+            by_label[c.rule.protocol] = (t, c)
     return [c for _, c in by_label.values()]
 
 
