@@ -39,17 +39,17 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("plain", "plain", max_macs=float("inf"), quick=True),
-    Rule("he", "he (latency, flood)", {"packing": "latency", "circuit_privacy": "flood"}, needs="he"),
+    Rule("he", "he (latency, flood)", {"packing": "latency", "circuit_privacy": "flood"}, needs="he", samples=3),
     # statistical circuit privacy (no flooding): the polynomial networks only, to keep the matrix in budget
     Rule("he", "he (latency, fast)", {"packing": "latency", "circuit_privacy": "fast"}, needs="polynomial",
-         quick=True),
+         samples=3, quick=True),
     # one batch of slots/2 images per query (4096 at N=16384): one timed query, no warm-up
     Rule("he", "he (batch)", {"packing": "batch"}, needs="polynomial", batch=4096, samples=1, warmup=0),
     Rule("ss", "ss (local dealer)", {"dealer": "local"}, quick=True),
-    Rule("cheetah", "cheetah (dealer-free)"),
+    Rule("cheetah", "cheetah (dealer-free)", samples=3),
     # noisy trains one model per (network, ε) on first use (~15 s each, then cached): not in --matrix quick
     Rule("noisy", "noisy", needs="noisy", batch=20, epsilons=(1.0, 5.0, 10.0)),
-    Rule("hybrid", "hybrid (zoo plan)", {"dealer": "local"}, needs="plan"),
+    Rule("hybrid", "hybrid (zoo plan)", {"dealer": "local"}, needs="plan", samples=3),
 )
 
 QUICK_SAMPLES = 2

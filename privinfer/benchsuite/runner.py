@@ -11,11 +11,16 @@ what was skipped or failed, peers, published rows, the model's error), `matrix.m
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+from .._process import descendants
 from ..bench import _inner_links, run_bench, write_records
 from . import netmodel
 from .cases import Case, build_cases
@@ -24,6 +29,37 @@ from .plots import write_plots
 from .report import machine, markdown
 
 SHAPED_SAMPLES = 2
+#: seconds one case may take (set-up included) before its processes are ended and it is listed as failed
+CASE_BUDGET_S = {"default": 240.0, "quick": 90.0}
+
+
+@contextlib.contextmanager
+def case_deadline(seconds: float):
+    """Yield an Event set when `seconds` pass; then every process started inside the block is ended, so that
+    the session's next read fails with a typed error and the matrix goes on. Work in this process itself
+    (training a variant) is not interrupted."""
+    me, before = os.getpid(), set(descendants(os.getpid()))
+    fired, done = threading.Event(), threading.Event()
+
+    def watch():
+        if done.wait(seconds):
+            return
+        fired.set()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in reversed(descendants(me)):
+                if pid not in before:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
+            if done.wait(3.0):
+                return
+
+    t = threading.Thread(target=watch, daemon=True, name="privinfer-case-deadline")
+    t.start()
+    try:
+        yield fired
+    finally:
+        done.set()
+        t.join()
 
 
 def _bar(total: int, enabled: bool):
@@ -80,13 +116,22 @@ def run_suite(matrix: str = "default", out: str | Path = "bench-matrix", *, only
     peers = (matrix == "default" and not only and not networks) if peers is None else peers
     picks_budget = len(netmodel.SHAPED)
     records, failed = [], []
+    budget = CASE_BUDGET_S[matrix]
+
+    def attempt(case: Case, network: str = "loopback", samples: int | None = None, tag: str = "") -> None:
+        with case_deadline(budget) as fired:
+            try:
+                records.append(run_case(case, network, samples))
+                return
+            except Exception as e:  # one failing case is reported, the matrix goes on
+                err = f"{type(e).__name__}: {str(e)[:300]}"
+        if fired.is_set():
+            err = f"over the case budget of {budget:.0f} s (set-up included): ended"
+        failed.append({"case": case.name + tag, "error": err})
     with _bar(len(cases), progress) as bar:
         for case in cases:
             bar.set_postfix_str(case.name[:60])
-            try:
-                records.append(run_case(case))
-            except Exception as e:  # one failing case is reported, the matrix goes on
-                failed.append({"case": case.name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            attempt(case)
             bar.update(1)
         note = ("lan/wan/mobile modelled (no shaped run requested)" if not shaped else
                 f"lan/wan/mobile modelled; measured under tc tbf shaping for one row per protocol" if can_shape
@@ -97,10 +142,7 @@ def run_suite(matrix: str = "default", out: str | Path = "bench-matrix", *, only
             for case in picks:
                 for prof in netmodel.SHAPED:
                     bar.set_postfix_str(f"{prof}: {case.name}"[:60])
-                    try:
-                        records.append(run_case(case, prof, samples=SHAPED_SAMPLES))
-                    except Exception as e:  # e.g. namespaces refused: the loopback rows stand
-                        failed.append({"case": f"{case.name} @ {prof}", "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                    attempt(case, prof, SHAPED_SAMPLES, f" @ {prof}")  # a refused namespace: loopback rows stand
                     bar.update(1)
     if shaped and not can_shape:
         log(f"privinfer bench: {why_not}")

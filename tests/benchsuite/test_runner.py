@@ -41,3 +41,23 @@ def test_modelled_latency_counts_both_directions_and_the_dealer():
            "bytes_server_to_client": 1_500_000, "bytes_dealer": 500_000}
     # mobile: 60 ms RTT, 20 Mbit/s: 0.5 + 10 * 0.06 + 3e6 * 8 / 20e6
     assert abs(modelled_latency(rec, "mobile") - (0.5 + 0.6 + 1.2)) < 1e-9
+
+
+def test_without_root_the_profiles_are_modelled_and_the_runner_says_so(monkeypatch):
+    from privinfer.benchsuite import netmodel
+    monkeypatch.setattr(netmodel.os, "geteuid", lambda: 1000)
+    ok, why = netmodel.shaping_available()
+    assert not ok and "not root" in why and "modelled only" in why
+
+
+def test_a_case_over_its_budget_has_its_processes_ended():
+    import subprocess
+    import sys
+    import time
+
+    from privinfer.benchsuite.runner import case_deadline
+    t0 = time.monotonic()
+    with case_deadline(0.5) as fired:
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        p.wait(timeout=20)
+    assert fired.is_set() and p.returncode != 0 and time.monotonic() - t0 < 15
