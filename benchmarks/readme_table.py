@@ -48,11 +48,13 @@ def matrix_head() -> str:
     suite, records = m
     mach = suite["machine"]
     return (f"Generated from `benchmarks/results/matrix/` (`{suite['command']}`: {suite['records']} records, "
-            f"{len(suite['failed'])} failed, {len(suite['skipped'])} not applicable, wall time "
+            f"{len(suite['failed'])} failed ({'; '.join(f['case'] for f in suite['failed']) or 'none'}), "
+            f"{len(suite['skipped'])} not applicable, wall time "
             f"{suite['wall_s'] / 60:.1f} min) on {mach['cores']} cores, {mach['cpu']}. Loopback TCP, client and "
             f"server in separate processes; {suite['network_note']}. Latency: median per query; traffic: up + "
             f"down + dealer bytes per query; accuracy: private and plaintext on the same queried images (count in "
-            f"brackets); CPU seconds and peak memory (PSS) per party, child processes included. For `ss`, traffic "
+            f"brackets); CPU seconds and peak memory (PSS) per party, child processes included (the client is the "
+            f"benchmark process itself, so its memory includes the heap left by earlier cases). For `ss`, traffic "
             f"includes the CrypTen (gloo) traffic and the dealer's. All fields, the "
             f"network model and its error: `benchmarks/results/matrix/matrix.md`.")
 

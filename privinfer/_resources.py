@@ -98,6 +98,7 @@ class PartySampler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._self_cpu = 0.0
+        self._client_start: float | None = None  # the client's memory before the session (a harness's own heap)
 
     def add(self, party: str, pid: int | None) -> None:
         """Charge `pid` and its descendants to `party` ("server" or "dealer")."""
@@ -161,6 +162,8 @@ class PartySampler:
         with self._lock:
             for party, total in totals.items():
                 self._peak[party] = max(self._peak[party], total)
+            if self._client_start is None:
+                self._client_start = totals["client"]
 
     def result(self) -> dict[str, dict | None]:
         """{party: {"peak_rss_mb", "cpu_s"} or None} for client, server and dealer (None: no process seen)."""
@@ -172,4 +175,6 @@ class PartySampler:
                 continue
             total = sum(v for pid, v in cpu.items() if pid != self.me) + (self._self_cpu if party == "client" else 0)
             out[party] = {"peak_rss_mb": round(self._peak[party], 1), "cpu_s": round(total, 3)}
+        if out["client"] is not None and self._client_start is not None:
+            out["client"]["at_start_mb"] = round(self._client_start, 1)
         return out

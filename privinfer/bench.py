@@ -116,7 +116,9 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         "argmax_agreement": round(float(np.mean(logits.argmax(1) == ref.argmax(1))), 4),
         "max_abs_err": float(np.max(np.abs(logits - ref))),
         # per party, process trees included (privinfer._resources; sampled every 0.1 s, None: no such party)
-        "peak_rss_mb": {p: (v or {}).get("peak_rss_mb") for p, v in parties.items()},
+        # the client is this process: `client_at_start` is its memory before the session (earlier cases' heap)
+        "peak_rss_mb": {**{p: (v or {}).get("peak_rss_mb") for p, v in parties.items()},
+                        "client_at_start": (parties["client"] or {}).get("at_start_mb")},
         "cpu_s": {p: (v or {}).get("cpu_s") for p, v in parties.items()},
         # the emulated RTT is added by the client's Channel only: other links of the protocol run without it
         "rtt_emulated_links": ["client <-> server channel"] if profile.rtt_ms else [],

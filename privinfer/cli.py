@@ -181,6 +181,11 @@ def _bench_matrix(a) -> None:
         raise PrivinferError("--matrix runs its own table of protocols and options: drop --json/-o/--epsilon/--dealer "
                              "(the records go to --out DIR/records.json)")
     from .benchsuite import run_suite
+    if a.replot:  # outputs only, from an earlier run's JSON
+        from .benchsuite.runner import rewrite_outputs
+        rewrite_outputs(a.out)
+        print(f"rewrote {a.out}/matrix.md and its plots")
+        return
     suite = run_suite(a.matrix, a.out, only=a.only.split(",") if a.only else None, networks=a.model,
                       shaped=False if a.no_shaping else None, peers=False if a.no_peers else None,
                       command="privinfer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None)
@@ -342,6 +347,8 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     b.add_argument("--only", default=None, help="--matrix: comma-separated protocols or row labels to run")
     b.add_argument("--no-shaping", action="store_true", help="--matrix: no tc-shaped runs (modelled profiles only)")
     b.add_argument("--no-peers", action="store_true", help="--matrix: skip the peers (TenSEAL, CrypTen, SPU)")
+    b.add_argument("--replot", action="store_true",
+                   help="--matrix: redraw the plots and matrix.md from --out's JSON, measuring nothing")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     b.set_defaults(func=cmd_bench)
     return p

@@ -12,7 +12,7 @@ is labelled "published, other hardware" with its source.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import statistics
 import sys
@@ -27,14 +27,14 @@ PUBLISHED_FIELDS = ("system", "network", "protocol", "metric", "value", "unit", 
 
 
 def _script(name: str):
+    """Import benchmarks/NAME.py under its own name, with benchmarks/ on sys.path: CrypTen's parties are
+    started with multiprocessing's spawn, whose children re-import the party function's module by name."""
     path = BENCHMARKS / f"{name}.py"
     if not path.exists():
         raise PrivinferError(f"{path} not found (peers run from a source checkout)")
-    spec = importlib.util.spec_from_file_location(f"privinfer_bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # multiprocessing's spawn finds the party functions by module name
-    spec.loader.exec_module(mod)
-    return mod
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def _ours(records: list[dict], label_prefix: str, model: str) -> dict | None:
@@ -86,10 +86,12 @@ def spu_direct(records: list[dict], samples: int, model: str = "secureml-mnist")
 PEERS = {"tenseal": tenseal_tutorial, "crypten": crypten_ttp, "spu": spu_direct}
 
 
-def run_peers(records: list[dict], samples: int = 5, log=print) -> list[dict]:
+def run_peers(records: list[dict], samples: int = 5, log=print, only: list[str] | None = None) -> list[dict]:
     """Every peer in turn; a peer that cannot run gives a row with its error instead of a figure."""
     rows = []
     for name, fn in PEERS.items():
+        if only and name not in only:
+            continue
         try:
             row = fn(records, samples)
         except Exception as e:  # a missing library or script must not lose the rest of the matrix

@@ -159,7 +159,7 @@ def noisy_vs_epsilon(records: list[dict], path: Path, classes: int = 10) -> None
     ax.set_ylabel("accuracy on the queried test images (%)")
     ax.set_xlim(0, 13)
     ax.set_ylim(0, 105)
-    n = sorted({r["samples"] for r in noisy})
+    n = sorted({r["samples"] * r["batch"] for r in noisy})
     ax.set_title("noisy: accuracy against ε" + (f" ({'/'.join(map(str, n))} images per point)" if n else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
