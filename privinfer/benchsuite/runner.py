@@ -122,6 +122,8 @@ def run_suite(matrix: str = "default", out: str | Path = "bench-matrix", *, only
         with case_deadline(budget) as fired:
             try:
                 records.append(run_case(case, network, samples))
+                # after every case, so that an interrupted run keeps what it measured
+                (out / "records.partial.json").write_text(json.dumps(records, indent=1) + "\n")
                 return
             except Exception as e:  # one failing case is reported, the matrix goes on
                 err = f"{type(e).__name__}: {str(e)[:300]}"
@@ -153,6 +155,7 @@ def run_suite(matrix: str = "default", out: str | Path = "bench-matrix", *, only
              "cases": len(cases), "records": len(records)}
     suite["wall_s"] = round(time.perf_counter() - t0, 1)
     write_records(records, out / "records.json")
+    (out / "records.partial.json").unlink(missing_ok=True)
     write_plots(records, out)
     suite["wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "suite.json").write_text(json.dumps(suite, indent=1) + "\n")
