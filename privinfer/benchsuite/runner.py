@@ -7,7 +7,8 @@ listed with its error and the rest go on. Progress goes to stderr as a plain-tex
 
 Output folder: `records.json` (one record per case and network, ARCHITECTURE.md schema plus `label`,
 `modelled_latency_s`, per-party `peak_rss_mb` / `cpu_s`), `suite.json` (command, machine, wall time,
-what was skipped or failed, peers, published rows, the model's error), `matrix.md` and four PNG plots.
+what was skipped or failed, peers, published rows, the model's error), `matrix.md` and four PNG plots;
+`records.partial.json` holds the records so far while the run is in progress.
 """
 from __future__ import annotations
 
