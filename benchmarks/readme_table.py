@@ -1,5 +1,8 @@
-"""Regenerate the README's generated blocks: the benchmark table (from the JSON records `privinfer bench
---json` wrote) and the local-DP accuracy bounds (from `privinfer.privacy.ldp_accuracy_bound`).
+"""Regenerate the README's generated blocks: the benchmark matrix (its command, machine, headline table,
+two plots, peers and published figures, from `benchmarks/results/matrix/`, which `privinfer bench --matrix
+default --out benchmarks/results/matrix` writes) and the local-DP accuracy bounds (from
+`privinfer.privacy.ldp_accuracy_bound`). Without a matrix run the table falls back to the older per-protocol
+JSON files.
 
 Why: figures typed by hand drift from what the code computes (the README once said 23.7 % where the bound is
 23.2 %). Each block sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`.
@@ -17,17 +20,64 @@ import sys
 from pathlib import Path
 
 from privinfer.bench import format_table
+from privinfer.benchsuite.report import peers_table, published_table, summary_table
 from privinfer.privacy import ldp_accuracy_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+MATRIX = RESULTS / "matrix"
+PLOTS = (("latency_vs_bytes.png", "latency against traffic per query, every protocol and zoo network (log-log)"),
+         ("latency_by_profile.png", "latency per network profile: loopback measured, lan/wan/mobile modelled and "
+                                    "measured under tc shaping"))
 TABLE_FILES = ["plain.json", "he_latency.json", "he_latency_fast.json", "he_batch_records.json", "ss_records.json", "cheetah.json",
                "noisy_records.json"]
 BOUND_EPSILONS = (1, 2, 5, 10)
 
 
+def _matrix() -> tuple[dict, list[dict]] | None:
+    if not (MATRIX / "records.json").exists() or not (MATRIX / "suite.json").exists():
+        return None
+    return json.loads((MATRIX / "suite.json").read_text()), json.loads((MATRIX / "records.json").read_text())
+
+
+def matrix_head() -> str:
+    m = _matrix()
+    if m is None:
+        return "No matrix run yet: `privinfer bench --matrix default --out benchmarks/results/matrix`."
+    suite, records = m
+    mach = suite["machine"]
+    return (f"Generated from `benchmarks/results/matrix/` (`{suite['command']}`: {suite['records']} records, "
+            f"{len(suite['failed'])} failed ({'; '.join(f['case'] for f in suite['failed']) or 'none'}), "
+            f"{len(suite['skipped'])} not applicable, wall time "
+            f"{suite['wall_s'] / 60:.1f} min) on {mach['cores']} cores, {mach['cpu']}. Loopback TCP, client and "
+            f"server in separate processes; {suite['network_note']}. Latency: median per query; traffic: up + "
+            f"down + dealer bytes per query; accuracy: private and plaintext on the same queried images (count in "
+            f"brackets); CPU seconds and peak memory (PSS) per party, child processes included (the client is the "
+            f"benchmark process itself, so its memory includes the heap left by earlier cases). For `ss`, traffic "
+            f"includes the CrypTen (gloo) traffic and the dealer's. All fields, the "
+            f"network model and its error: `benchmarks/results/matrix/matrix.md`.")
+
+
+def matrix_plots() -> str:
+    if _matrix() is None:
+        return "(plots appear after a matrix run)"
+    return "\n".join(f"![{alt}](benchmarks/results/matrix/{name})" for name, alt in PLOTS)
+
+
+def matrix_peers() -> str:
+    m = _matrix()
+    if m is None:
+        return "(peers appear after a matrix run)"
+    suite, _ = m
+    return (peers_table(suite.get("peers", [])) + "\n\nPublished figures, never mixed with our measurements:\n\n"
+            + published_table(suite.get("published", [])))
+
+
 def bench_table(files=TABLE_FILES) -> str:
+    m = _matrix()
+    if m is not None:
+        return summary_table(m[1])
     records = []
     for name in files:
         path = RESULTS / name
@@ -42,7 +92,8 @@ def ldp_bounds(classes: int = 10) -> str:
             f"classes (`privinfer.privacy.ldp_accuracy_bound`): {cells}.")
 
 
-BLOCKS = {"bench-table": bench_table, "ldp-bound": ldp_bounds}
+BLOCKS = {"bench-matrix-head": matrix_head, "bench-table": bench_table, "bench-plots": matrix_plots,
+          "bench-peers": matrix_peers, "ldp-bound": ldp_bounds}
 
 
 def render(text: str) -> str:

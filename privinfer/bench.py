@@ -7,7 +7,6 @@ server in its own process.
 from __future__ import annotations
 
 import json
-import resource
 import tempfile
 from contextlib import contextmanager
 import statistics
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._resources import PartySampler
 from .errors import PrivinferError
 from .model.ir import Graph, save_graph
 from .model.reference import run_reference
@@ -25,18 +25,13 @@ from .session import PrivateSession, connect
 
 RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "setup_s", "offline_s", "online_s",
                  "bytes_client_to_server", "bytes_server_to_client", "bytes_dealer", "setup_bytes", "rounds",
-                 "accuracy_plain", "accuracy_private", "argmax_agreement", "max_abs_err", "peak_rss_mb", "privacy")
+                 "accuracy_plain", "accuracy_plain_full", "accuracy_private", "argmax_agreement", "max_abs_err",
+                 "full_split_images", "peak_rss_mb", "cpu_s", "rtt_emulated_links", "rtt_missing_links", "privacy")
 
 
 def _quantiles(values: list[float]) -> dict:
     q = np.percentile(values, [25, 50, 75])
     return {"median": float(q[1]), "p25": float(q[0]), "p75": float(q[2])}
-
-
-def _peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, kids) / 1024.0, 1)  # Linux reports KiB
 
 
 def load_model_and_data(model: str | Graph, split: str = "test"):
@@ -73,12 +68,13 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         reps = -(-need // len(X))
         X, y = np.concatenate([X] * reps)[:need], np.concatenate([y] * reps)[:need]
     ref_all = run_reference(graph, X)
-    n_split = min(len(X), len(base_y))
+    n_split = len(base_y)
     # the plaintext accuracy is the original model's (a served graph may be re-trained, e.g. noisy's)
-    base_ref = ref_all if graph is base_graph else run_reference(base_graph, X[:n_split])
-    accuracy_plain = float(np.mean(base_ref[:n_split].argmax(1) == base_y[:n_split]))
+    base_ref = ref_all if graph is base_graph else run_reference(base_graph, X)
+    accuracy_plain_full = float(np.mean(run_reference(base_graph, X[:n_split]).argmax(1) == base_y)
+                                if len(X) > n_split else np.mean(base_ref[:n_split].argmax(1) == base_y))
     lat, off, on, up, down, dealer, rounds, logits = [], [], [], [], [], [], [], []
-    with _open_session(graph, protocol, options or {}, profile) as sess:
+    with PartySampler() as sampler, _open_session(graph, protocol, options or {}, profile, sampler) as sess:
         for i in range(samples + warmup):
             xb = X[i * batch:(i + 1) * batch]
             out = sess.infer(xb)
@@ -97,11 +93,13 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
                 print(f"\r  {protocol}/{name} query {i + 1 - warmup}/{samples}: {q.latency_s:.3f} s", end="", flush=True)
         stats = sess.stats
         setup_timing = dict(getattr(sess.client, "setup_timing", None) or {})
+        sampler.sample()  # the parties' last reading before the session closes
     if progress:
         print()
     logits = np.concatenate(logits)
     idx = slice(warmup * batch, (samples + warmup) * batch)
-    ref, labels = ref_all[idx], y[idx]
+    ref, labels, plain = ref_all[idx], y[idx], base_ref[idx]
+    parties = sampler.result()
     return {
         "protocol": protocol, "model": name, "batch": batch, "network": network, "samples": samples,
         "latency_s": _quantiles(lat),
@@ -113,22 +111,40 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         "bytes_dealer": int(statistics.median(dealer)),
         "setup_bytes": int(stats.setup_bytes),
         "rounds": int(statistics.median(rounds)),
-        "accuracy_plain": round(accuracy_plain, 4),
+        # both on exactly the queried images; the full split's figure is kept apart
+        "accuracy_plain": round(float(np.mean(plain.argmax(1) == labels)), 4),
+        "accuracy_plain_full": round(accuracy_plain_full, 4),
+        "full_split_images": int(n_split),
         "accuracy_private": round(float(np.mean(logits.argmax(1) == labels)), 4),
         "argmax_agreement": round(float(np.mean(logits.argmax(1) == ref.argmax(1))), 4),
         "max_abs_err": float(np.max(np.abs(logits - ref))),
-        "peak_rss_mb": _peak_rss_mb(),
+        # per party, process trees included (privinfer._resources; sampled every 0.1 s, None: no such party)
+        # the client is this process: `client_at_start` is its memory before the session (earlier cases' heap)
+        "peak_rss_mb": {**{p: (v or {}).get("peak_rss_mb") for p, v in parties.items()},
+                        "client_at_start": (parties["client"] or {}).get("at_start_mb")},
+        "cpu_s": {p: (v or {}).get("cpu_s") for p, v in parties.items()},
+        # netem delays the link itself (privinfer/netem_relay.py): every socket between the sides pays the RTT
+        "rtt_emulated_links": (["client <-> server channel", *_inner_links(protocol, options or {})]
+                               if profile.rtt_ms else []),
+        "rtt_missing_links": [],
         "privacy": stats.privacy,
         **({"plan": stats.privacy["layer_protocols"]} if "layer_protocols" in stats.privacy else {}),
         **({"setup_timing": setup_timing} if setup_timing else {}),
     }
 
 
+def _inner_links(protocol: str, options: dict) -> tuple[str, ...]:
+    name = resolve_protocol(protocol, options)[0]
+    return tuple(getattr(get_protocol(name), "inner_links", ()))
+
+
 @contextmanager
-def _open_session(graph: Graph, protocol: str, options: dict, profile):
+def _open_session(graph: Graph, protocol: str, options: dict, profile, sampler: PartySampler | None = None):
     """Loopback: PrivateSession (server in its own process). Otherwise: server in a shaped namespace."""
     if profile.name == "loopback":
         with PrivateSession(graph, protocol, **options) as sess:
+            if sampler is not None and sess._proc is not None:
+                sampler.add("server", sess._proc.pid)
             yield sess
         return
     protocol, options = resolve_protocol(protocol, options)
@@ -138,27 +154,42 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile):
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "model.npz")
         save_graph(graph, path)
-        with server_in_namespace(path, protocol, server_opts, profile) as (host, port):
+        on_start = (lambda pid: sampler.add("server", pid)) if sampler is not None else None
+        with server_in_namespace(path, protocol, server_opts, profile, on_start=on_start) as (host, port):
             with connect(host, port, protocol, timeout=600.0, **client_opts) as sess:
                 yield sess
 
 
 def format_table(records: list[dict]) -> str:
-    """A Markdown table (the README's benchmark table uses this format)."""
-    head = ("| protocol | model | network | batch | latency median (p25–p75) | setup time | offline | online | up | down | dealer | setup bytes | rounds "
-            "| acc plain | acc private | agree | max err | RSS | guarantee |")
-    rows = [head, "|" + "---|" * 19]
+    """A Markdown table (the README's benchmark table uses this format).
+
+    Accuracy columns: plaintext and private accuracy on the same queried images, then the plaintext model
+    on the whole test split. Records written before the two were separated hold only the full-split
+    figure (in `accuracy_plain`): their same-image cell is "—".
+    """
+    head = ("| protocol | model | network | batch | latency median (p25–p75) | setup time | offline | online | up | down "
+            "| dealer | setup bytes | rounds | acc plain (same images) | acc private | acc plain (full split) | agree "
+            "| max err | peak RSS client / server / dealer | guarantee |")
+    rows = [head, "|" + "---|" * 20]
     for r in records:
         lat = r["latency_s"]
+        full = r.get("accuracy_plain_full", r["accuracy_plain"])
+        same = f"{r['accuracy_plain']:.3f}" if "accuracy_plain_full" in r else "—"
         rows.append(
             f"| {_label(r)} | {r['model']} | {r['network']} | {r['batch']} | {_secs(lat['median'])} "
             f"({_secs(lat['p25'])}–{_secs(lat['p75'])}) | {_secs(r['setup_s'])} | {_secs(r['offline_s'])} "
             f"| {_secs(r['online_s'])} | {_size(r['bytes_client_to_server'])} "
             f"| {_size(r['bytes_server_to_client'])} | {_size(r['bytes_dealer'])} | {_size(r['setup_bytes'])} "
-            f"| {r['rounds']} "
-            f"| {r['accuracy_plain']:.3f} | {r['accuracy_private']:.3f} | {r['argmax_agreement']:.3f} "
-            f"| {r['max_abs_err']:.1e} | {r['peak_rss_mb']:.0f} MB | {(r.get('privacy') or {}).get('guarantee', '—')} |")
+            f"| {r['rounds']} | {same} | {r['accuracy_private']:.3f} | {full:.3f} | {r['argmax_agreement']:.3f} "
+            f"| {r['max_abs_err']:.1e} | {format_rss(r['peak_rss_mb'])} | {(r.get('privacy') or {}).get('guarantee', '—')} |")
     return "\n".join(rows)
+
+
+def format_rss(rss) -> str:
+    """Per-party peak RSS ("client / server / dealer"); an old record has one figure: its largest process."""
+    if isinstance(rss, dict):
+        return " / ".join("—" if rss.get(p) is None else f"{rss[p]:.0f}" for p in ("client", "server", "dealer")) + " MB"
+    return f"{rss:.0f} MB (largest process)"
 
 
 def _label(r: dict) -> str:

@@ -158,6 +158,9 @@ def check_bench_args(a) -> None:
 
 def cmd_bench(a) -> None:
     import contextlib
+    if a.matrix:
+        return _bench_matrix(a)
+    a.model = a.model or ["minionn-mnist"]
     check_bench_args(a)
     with contextlib.ExitStack() as stack:
         base = _parse_options(a.option)
@@ -170,6 +173,25 @@ def cmd_bench(a) -> None:
             else:
                 base["dealer"] = a.dealer
         _bench(a, base)
+
+
+def _bench_matrix(a) -> None:
+    """`--matrix default|quick`: the protocol × zoo network suite (privinfer.benchsuite)."""
+    if a.json or a.option or a.epsilon or a.dealer:
+        raise PrivinferError("--matrix runs its own table of protocols and options: drop --json/-o/--epsilon/--dealer "
+                             "(the records go to --out DIR/records.json)")
+    from .benchsuite import run_suite
+    if a.replot:  # outputs only, from an earlier run's JSON
+        from .benchsuite.runner import rewrite_outputs
+        rewrite_outputs(a.out)
+        print(f"rewrote {a.out}/matrix.md and its plots")
+        return
+    suite = run_suite(a.matrix, a.out, only=a.only.split(",") if a.only else None, networks=a.model,
+                      shaped=False if a.no_shaping else None, peers=False if a.no_peers else None,
+                      command="privinfer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None)
+    print((Path(a.out) / "matrix.md").read_text())
+    if suite["failed"]:
+        print(f"{len(suite['failed'])} case(s) failed: see {a.out}/matrix.md", file=sys.stderr)
 
 
 def _bench(a, base: dict) -> None:
@@ -304,7 +326,8 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure a protocol; writes records as JSON", epilog=epilog, formatter_class=raw)
     b.add_argument("--protocol", default="plain", help=f"one of {', '.join(PROTOCOLS)}")
-    b.add_argument("--model", nargs="+", default=["minionn-mnist"])
+    b.add_argument("--model", nargs="+", default=None,
+                   help="zoo names or .npz files (default minionn-mnist; with --matrix: restrict the zoo networks)")
     b.add_argument("--batch", type=int, nargs="+", default=[1], help="images per query")
     b.add_argument("--samples", type=int, default=10,
                    help="timed queries per row (each of --batch images; one more warms up); default 10")
@@ -317,6 +340,15 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
                    help="ss: local (default: the server's own), loopback (an authenticated `privinfer dealer` on "
                         "127.0.0.1 with fresh secrets), or HOST:PORT (with -o server_secret=F -o client_secret=F)")
     b.add_argument("--json", help="output path")
+    b.add_argument("--matrix", choices=["default", "quick"], default=None,
+                   help="run every applicable protocol on every zoo network (quick: a small subset, ~1 minute); "
+                        "writes records.json, suite.json, matrix.md and PNG plots into --out")
+    b.add_argument("--out", default="bench-matrix", help="--matrix: output folder (default ./bench-matrix)")
+    b.add_argument("--only", default=None, help="--matrix: comma-separated protocols or row labels to run")
+    b.add_argument("--no-shaping", action="store_true", help="--matrix: no tc-shaped runs (modelled profiles only)")
+    b.add_argument("--no-peers", action="store_true", help="--matrix: skip the peers (TenSEAL, CrypTen, SPU)")
+    b.add_argument("--replot", action="store_true",
+                   help="--matrix: redraw the plots and matrix.md from --out's JSON, measuring nothing")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
     b.set_defaults(func=cmd_bench)
     return p

@@ -131,17 +131,23 @@ def namespace(profile: NetworkProfile):
 
 @contextmanager
 def server_in_namespace(graph_path: str, protocol: str, options: dict, profile: NetworkProfile,
-                        port: int = 7700, timeout: float = 600.0):
-    """Run `privinfer serve` inside the namespace; yield (host, port) for the client."""
+                        port: int = 7700, timeout: float = 600.0, on_start=None, workers: int = 0):
+    """Run `privinfer serve` inside the namespace; yield (host, port) for the client.
+
+    `on_start(pid)` is called with the server process's pid (benchmarks charge its tree to the server).
+    `workers=0`: one server process, as on loopback (a benchmark measures one session, not a pool)."""
     import json
     with namespace(profile) as (ns, ip):
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "privinfer", "serve", "--model", graph_path,
-               "--protocol", protocol, "--host", ip, "--port", str(port), "--timeout", str(timeout)]
+               "--protocol", protocol, "--host", ip, "--port", str(port), "--timeout", str(timeout),
+               "--workers", str(workers)]
         for k, v in options.items():
             cmd += ["-o", f"{k}={json.dumps(v)}"]
         with tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
             try:
+                if on_start is not None:
+                    on_start(proc.pid)
                 line = proc.stdout.readline()
                 if "serving" not in line:
                     proc.wait(10)

@@ -65,6 +65,12 @@ def test_bench_record_has_exactly_the_fields(tmp_path):
     rec = run_bench("plain", "minionn-mnist", samples=3, progress=False)
     assert set(rec) == set(RECORD_FIELDS)
     assert rec["accuracy_plain"] >= 0.95 and rec["argmax_agreement"] == 1.0 and rec["max_abs_err"] < 1e-5
+    # the same 3 images for plain and private accuracy (plain is exact), the whole split apart
+    assert rec["accuracy_plain"] == rec["accuracy_private"] and rec["full_split_images"] > 3
+    assert 0.9 <= rec["accuracy_plain_full"] <= 1.0
+    # per party, process trees: the client is this process, the server its own; plain has no dealer
+    assert rec["peak_rss_mb"]["client"] > 50 and rec["peak_rss_mb"]["server"] > 50 and rec["peak_rss_mb"]["dealer"] is None
+    assert rec["cpu_s"]["server"] > 0 and rec["rtt_missing_links"] == []
     assert rec["bytes_client_to_server"] > 28 * 28 * 4 and rec["rounds"] == 1
     write_records([rec], tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text())[0]["protocol"] == "plain"

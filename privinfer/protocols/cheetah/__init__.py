@@ -208,6 +208,7 @@ class _Client(ClientSide):
 class Cheetah(Protocol):
     name = "cheetah"
     summary = "2PC without a dealer (SPU CHEETAH: HE products + silent-OT non-linearities); client and server only"
+    inner_links = ("brpc: client SPU party <-> server SPU party",)
     server_options: dict[str, Any] = {"mpc_timeout": 60.0, "fxp_bits": 20}
     client_options: dict[str, Any] = {}
 

@@ -222,6 +222,7 @@ class _HybridClient(ClientSide):
 class Hybrid(Protocol):
     name = "hybrid"
     summary = "a plan splits the layers between CKKS HE and 2PC (CrypTen), with masked conversions (GAZELLE-style)"
+    inner_links = ("gloo: client rank <-> server rank (ss segments)", "gloo: dealer <-> ranks (ss segments)")
     server_options: dict[str, Any] = {"plan": None, "dealer": None, "server_secret": None, "mpc_timeout": 60.0,
                                       "threads": 1, "gloo_ifname": None, "max_batch": 16,
                                       # the `he` circuit-privacy policy of the segment that returns logits

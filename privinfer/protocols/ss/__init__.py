@@ -440,6 +440,7 @@ class _Acc:
 class SecretSharing(Protocol):
     name = "ss"
     summary = "2PC (CrypTen, arithmetic + binary sharing) with a dealer; offline triples, online client<->server only"
+    inner_links = ("gloo: client rank <-> server rank", "gloo: dealer <-> ranks")
     server_options: dict[str, Any] = {"dealer": None, "server_secret": None, "mpc_timeout": 60.0, "threads": 1,
                                       "gloo_ifname": None}
     client_options: dict[str, Any] = {"precision_bits": 16, "max_chunk": 16, "prefetch": False,
