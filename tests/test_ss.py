@@ -10,6 +10,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -263,3 +265,13 @@ def test_stalled_dealer_times_out():
     finally:
         srv.shutdown()
     assert wait_gone(ss_processes(os.getpid())) == []   # the stopped dealer was killed, not left behind
+
+
+def test_importing_the_package_starts_no_process():
+    """The fork server preloads `privinfer.protocols.ss.preload`; if importing the package started a fork
+    server, every fork server would start another one (a chain of processes that never ends)."""
+    code = ("import os, time\nimport privinfer.protocols.ss.preload\ntime.sleep(1.0)\n"
+            "from privinfer._process import descendants\nprint(len(descendants(os.getpid())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stdout

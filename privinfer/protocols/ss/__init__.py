@@ -456,6 +456,7 @@ class SecretSharing(Protocol):
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
         check_fixed_point(graph, self.client_options["precision_bits"], 64, "ss")  # refuse at serve time
+        warm_up()  # the fork server (torch + CrypTen preloaded) starts while the server finishes setting up
 
     @classmethod
     def validate_client_options(cls, options: dict) -> dict:
@@ -482,9 +483,6 @@ class SecretSharing(Protocol):
 
     @classmethod
     def client_side(cls, welcome: dict, graph: Graph, **client_options) -> ClientSide:
+        warm_up()
         return _SSClient(welcome, graph, cls.validate_client_options(client_options))
 
-
-# start the fork server (torch + CrypTen preloaded) as soon as anyone uses this protocol, so that the
-# first session does not wait for the imports
-warm_up()

@@ -64,7 +64,10 @@ def context():
 
 
 def warm_up() -> None:
-    """Start the fork server now (it imports torch and CrypTen in the background)."""
+    """Start the fork server now (it imports torch and CrypTen in the background).
+
+    Called when an `ss` server or client is built, never at import: the fork server preloads this package
+    (`preload`), and an import-time call would make every fork server start another one."""
     ctx = context()
     if ctx.get_start_method() == "forkserver":
         try:
