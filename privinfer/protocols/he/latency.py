@@ -112,6 +112,7 @@ class GatherStep:
 @dataclass
 class DiagStep:
     """A segment by the generalized diagonal method with baby-step giant-step rotations."""
+    n_out = 1  # output ciphertexts
     strategy: str
     period: int
     n1: int
@@ -171,6 +172,8 @@ class LatencyPlan:
     def rotation_steps(self) -> list[int]:
         steps: set[int] = set()
         for st in self.steps:
+            if getattr(st, "kind", "") == "rot":
+                steps.update(st.key_steps(self.slots))
             if isinstance(st, (GatherStep, DiagStep)):
                 steps.update(int(f) for f in st.fold)
             if isinstance(st, DiagStep):
@@ -182,7 +185,9 @@ class LatencyPlan:
     def n_rotations(self) -> int:
         n = 0
         for st in self.steps:
-            if isinstance(st, GatherStep):
+            if getattr(st, "kind", "") == "rot":
+                n += st.n_rotations()
+            elif isinstance(st, GatherStep):
                 n += len(st.fold)
             elif isinstance(st, DiagStep):
                 n += len(_baby_order(st.babies())) + max(st.giants(), default=0) + len(st.fold)
@@ -195,6 +200,8 @@ class LatencyPlan:
         for st in self.steps:
             if isinstance(st, ActStep):
                 h.update(f"act:{st.kind}:{st.const!r}".encode())
+            elif getattr(st, "kind", "") == "rot":
+                h.update(st.digest_bytes())
             elif isinstance(st, GatherStep):
                 h.update(np.ascontiguousarray(st.rows, dtype=np.int64).tobytes())
                 h.update(f"gather:{st.block}:{st.groups}:{st.fold}".encode())
@@ -208,7 +215,10 @@ class LatencyPlan:
         rows = [f"latency plan: {self.slots} slots, {self.input.n_ct} input ciphertext(s), "
                 f"{self.n_rotations()} rotations, Galois steps {self.rotation_steps}"]
         for st in self.steps:
-            if isinstance(st, GatherStep):
+            if getattr(st, "kind", "") == "rot":
+                rows.append(f"  rot: {st.n_in * st.merge} -> {st.n_out} ct (merge {st.merge}), {len(st.keys)} "
+                            f"plaintexts, {st.n_rotations()} rotations (n1={st.n1})")
+            elif isinstance(st, GatherStep):
                 rows.append(f"  gather: block {st.block}, {st.groups} taps/ct, {st.n_ct} ct, fold {st.fold}")
             elif isinstance(st, DiagStep):
                 rows.append(f"  diag[{st.strategy}]: period {st.period}, {len(st.used_j())} diagonals "
@@ -387,8 +397,41 @@ def _diag_candidates(seg: Affine, lin: Layout, slots: int, last: bool) -> list[D
     return out
 
 
+#: the channel packing replaces a feasible one-ciphertext plan only when the cost model expects it to be
+#: clearly cheaper (the literature's one-convolution networks keep their tuned plans)
+MULTI_ADVANTAGE = 0.5
+
+
 def plan_latency(prog: Program, slots: int) -> LatencyPlan:
-    """The structural plan (layouts, rotations, client gathers): a function of the public program only."""
+    """The structural plan (layouts, rotations, client gathers): a function of the public program only.
+    Chooses between the one-ciphertext plan below and the channel packing of `convpack`."""
+    cache = prog.__dict__.setdefault("_plan_cache", {})  # plans are pure functions of (program, slots)
+    if slots not in cache:
+        try:
+            cache[slots] = _choose_plan(prog, slots)
+        except ParameterError as e:
+            cache[slots] = e
+    if isinstance(cache[slots], ParameterError):
+        raise cache[slots]
+    return cache[slots]
+
+
+def _choose_plan(prog: Program, slots: int) -> LatencyPlan:
+    from .convpack import plan_cost, plan_multi
+    single = err = None
+    try:
+        single = _plan_single(prog, slots)
+    except ParameterError as e:
+        err = e
+    multi = plan_multi(prog, slots)
+    if multi is not None and (single is None or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
+        return multi
+    if single is None:
+        raise err
+    return single
+
+
+def _plan_single(prog: Program, slots: int) -> LatencyPlan:
     segs_ops = prog.ops
     if prog.max_dim() > slots:
         raise ParameterError(f"a vector of {prog.max_dim()} values does not fit {slots} slots")
@@ -578,7 +621,9 @@ class CompiledPlan:
             else:
                 p_scale, s_after = 1.0, 1.0
             item = _Compiled(st.kind, step=st)
-            if isinstance(st, GatherStep):
+            if st.kind == "rot":
+                _compile_rot(item, st, seg, backend, S, p_scale, level)
+            elif isinstance(st, GatherStep):
                 for c in range(st.n_ct):
                     r, g = st.rows[c], st.gather[c]
                     w = np.where(r >= 0, seg.A[np.maximum(r, 0), np.maximum(g, 0)], 0.0)
@@ -592,9 +637,11 @@ class CompiledPlan:
                     d = np.roll(np.tile(d, S // P), a * st.n1)
                     item.pts[(a, b)] = backend.encode(d, p_scale, level)
             level += 1
-            out_idx = st.out.tiled(S)
-            bias = np.where(out_idx >= 0, seg.b[np.maximum(out_idx, 0)], 0.0)
-            item.bias = backend.encode(bias, s_after, level) if np.any(bias) else None
+            out_rows = st.out_idx if st.kind == "rot" else [st.out.tiled(S)]
+            item.bias = []
+            for out_idx in out_rows:
+                bias = np.where(out_idx >= 0, seg.b[np.maximum(out_idx, 0)], 0.0)
+                item.bias.append(backend.encode(bias, s_after, level) if np.any(bias) else None)
             s_cur = s_after
             self.items.append(item)
         if mask:
@@ -615,33 +662,36 @@ class CompiledPlan:
 
     def evaluate(self, cts: list, trace: list | None = None, backend=None):
         """Run the plan on the input ciphertexts (or vectors); `backend` overrides the compile-time one
-        (the server compiles plaintexts once and evaluates with each connection's keys)."""
+        (the server compiles plaintexts once and evaluates with each connection's keys). A value is a list
+        of ciphertexts (one, except between channel-packed segments)."""
         be = backend or self.backend
-        x = None
+        xs = None
         for item in self.items:
-            if trace is not None and x is not None:
-                trace.append(x)
+            if trace is not None and xs is not None:
+                trace.append(xs[0] if len(xs) == 1 else list(xs))
             st = item.step
             if item.kind == "mask":
-                x = be.rescale(be.mul_plain(x, item.const))
+                xs = [be.rescale(be.mul_plain(xs[0], item.const))]
             elif item.kind == "mask0":
-                x = be.mul_plain(x, item.const)
+                xs = [be.mul_plain(xs[0], item.const)]
             elif item.kind == "square":
-                x = be.square(x)
+                xs = [be.square(x) for x in xs]
             elif item.kind == "square_r":
-                x = be.rescale(be.square(x))
+                xs = [be.rescale(be.square(x)) for x in xs]
             elif item.kind == "cube":
-                u2 = be.add_plain(be.square(x), item.const)
-                u2 = be.rescale(u2)
-                x = be.multiply(be.mod_switch(x), u2)
+                xs = [self._cube(be, x, item.const) for x in xs]
+            elif item.kind == "rot":
+                from .convpack import evaluate_rot
+                xs = [self._finish(be, acc, [], bias)
+                      for acc, bias in zip(evaluate_rot(be, st, item.pts, xs if xs is not None else cts), item.bias)]
             elif item.kind == "gather":
                 acc = None
                 for c in range(st.n_ct):
                     t = be.mul_plain(cts[c], item.pts[c])
                     acc = t if acc is None else be.add(acc, t)
-                x = self._finish(be, acc, st.fold, item.bias)
+                xs = [self._finish(be, acc, st.fold, item.bias[0])]
             else:
-                src = x if x is not None else cts[0]
+                src = xs[0] if xs is not None else cts[0]
                 babies = {0: src}
                 for b in _baby_order(st.babies()):
                     hb = 1 << (b.bit_length() - 1)
@@ -656,10 +706,15 @@ class CompiledPlan:
                         acc = be.rotate(acc, st.n1)
                     if a in inners:
                         acc = inners[a] if acc is None else be.add(acc, inners[a])
-                x = self._finish(be, acc, st.fold, item.bias)
+                xs = [self._finish(be, acc, st.fold, item.bias[0])]
         if trace is not None:
-            trace.append(x)
-        return x
+            trace.append(xs[0])
+        return xs[0]
+
+    @staticmethod
+    def _cube(be, x, const):
+        u2 = be.rescale(be.add_plain(be.square(x), const))
+        return be.multiply(be.mod_switch(x), u2)
 
     @staticmethod
     def _finish(be, acc, fold, bias):
@@ -671,6 +726,16 @@ class CompiledPlan:
         if bias is not None:
             acc = be.add_plain(acc, bias)
         return acc
+
+
+def _compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> None:
+    """One plaintext per (output ct, input ct, giant, baby) of a `convpack.RotStep`, pre-rotated by -g*n1."""
+    A = seg.A if st.cols is None else seg.A[:, st.cols] * st.col_mult
+    w = A[st.term_R, st.term_k]
+    d = np.zeros((len(st.keys), S))
+    d[st.term_key, st.term_s] = w
+    for i, (o, c, g, b) in enumerate(st.keys):
+        item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(np.roll(d[i], int(g) * st.n1), p_scale, level)
 
 
 def client_vectors(plan: LatencyPlan, x: np.ndarray) -> np.ndarray:

@@ -41,6 +41,12 @@ class Affine:
     b: np.ndarray
     pattern: np.ndarray
     names: tuple = ()
+    #: public geometry for the channel packing (`convpack`): the segment's input / output tensor shapes and
+    #: its leading AvgPool (kernel, stride, padding) if it starts with one
+    in_shape: tuple = ()
+    out_shape: tuple = ()
+    lead_pool: tuple | None = None
+    convs: tuple = ()  # (kernel, stride, padding) of each Conv2d in the segment
     kind = "affine"
 
     @property
@@ -137,15 +143,18 @@ def build_program(graph: Graph) -> Program:
     P = np.eye(n_in)  # non-negative "ones" composition: > 0 where structurally non-zero
     names: list[str] = []
     shape = tuple(graph.input_shape)
+    seg_in, lead, convs = [shape], [None], []
 
     def close(next_scale: float, next_shift: float):
         nonlocal A, b, P, names
         if A.size > MAX_SEGMENT_ENTRIES:
             raise ParameterError(f"segment {names} is a {A.shape[0]}x{A.shape[1]} map, too large for the latency "
                                  f"packing (limit {MAX_SEGMENT_ENTRIES} entries)")
-        prog.ops.append(Affine(A, b, P > 0, tuple(names)))
+        prog.ops.append(Affine(A, b, P > 0, tuple(names), seg_in[0], tuple(shape), lead[0], tuple(convs)))
+        convs.clear()
         n = A.shape[0]
         A, b, P, names = np.eye(n) * next_scale, np.full(n, float(next_shift)), np.eye(n), []
+        seg_in[0], lead[0] = tuple(shape), None
 
     for layer, name, out_shape in zip(graph.layers, graph.names, graph.shapes[1:]):
         if isinstance(layer, (Conv2d, Linear, AvgPool2d, Flatten)):
@@ -155,6 +164,10 @@ def build_program(graph: Graph) -> Program:
             A = _apply_cols(layer, A, shape, bias=False)
             b = _apply_cols(layer, b[:, None], shape, bias=True)[:, 0]
             P = _apply_cols(_ones_like(layer), P, shape, bias=False)
+            if isinstance(layer, Conv2d):
+                convs.append((layer.kernel, layer.stride, layer.padding))
+            if not names and isinstance(layer, AvgPool2d):
+                lead[0] = (layer.kernel, layer.stride, layer.padding)
             names.append(name)
         elif isinstance(layer, Poly):
             c = list(layer.coeffs) + [0.0] * (4 - len(layer.coeffs))
