@@ -174,7 +174,8 @@ class _HEServer(ServerSide):
                 "flood_std": self.proto.policy.flood_std, "out_dim": int(np.prod(self.proto.graph.output_shape)),
                 "max_batch": self.max_batch, "circuit_privacy": self.proto.policy.to_json()}
         if self.packing == "latency":
-            info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct)
+            info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct,
+                        conv_packing=self.proto.program.conv_packing)
         return info
 
     @property
@@ -261,6 +262,7 @@ class _HEClient(ClientSide):
             raise ProtocolError("server proposed parameters below 128-bit security")
         if packing == "latency":
             self.prog = build_program(graph)
+            self.prog.conv_packing = str(welcome.get("conv_packing", "auto"))
             self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
             if self.plan.digest() != welcome.get("plan_digest") or self.steps != self.plan.rotation_steps:
                 raise ProtocolError("the server's packing plan differs from the one derived from the public "
@@ -347,7 +349,7 @@ class HE(Protocol):
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
     server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": None,
                       "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30,
-                      "executor": None}  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
+                      "executor": None, "conv_packing": "auto"}  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
     client_options = {"packing": "latency", "batch_size": None}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
@@ -358,6 +360,9 @@ class HE(Protocol):
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
         self.program = build_program(graph)
+        if self.options["conv_packing"] not in ("auto", "on", "off"):
+            raise ParameterError(f"he: conv_packing must be 'auto', 'on' or 'off', got {self.options['conv_packing']!r}")
+        self.program.conv_packing = self.options["conv_packing"]  # channel packing (convpack): public choice
         cal = self.options["calibration"]
         vb = self.options["value_bits"]
         if vb is None:

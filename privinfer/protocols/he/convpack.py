@@ -62,9 +62,10 @@ class Grid:
     packed: bool = False
 
     def fits(self, slots: int) -> bool:
-        last = ((self.H - 1) // self.ph) * self.ry + ((self.W - 1) // self.pw) * self.rx
-        if last >= self.Bk or self.Bk > slots:
-            return False
+        row = ((self.W - 1) // self.pw) * self.rx
+        last = ((self.H - 1) // self.ph) * self.ry + row
+        if last >= self.Bk or self.Bk > slots or (self.H > self.ph and row >= self.ry) or self.rx < 1:
+            return False  # (rows must not overlap)
         return not self.packed or self.ph * self.pw * self.C <= slots // self.Bk
 
     def idx(self, slots: int) -> np.ndarray:

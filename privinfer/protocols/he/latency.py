@@ -405,26 +405,31 @@ MULTI_ADVANTAGE = 0.5
 def plan_latency(prog: Program, slots: int) -> LatencyPlan:
     """The structural plan (layouts, rotations, client gathers): a function of the public program only.
     Chooses between the one-ciphertext plan below and the channel packing of `convpack`."""
-    cache = prog.__dict__.setdefault("_plan_cache", {})  # plans are pure functions of (program, slots)
-    if slots not in cache:
+    mode = getattr(prog, "conv_packing", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ParameterError(f"conv_packing must be 'auto', 'on' or 'off', got {mode!r}")
+    cache = prog.__dict__.setdefault("_plan_cache", {})  # plans are pure functions of (program, slots, mode)
+    key = (slots, mode)
+    if key not in cache:
         try:
-            cache[slots] = _choose_plan(prog, slots)
+            cache[key] = _choose_plan(prog, slots, mode)
         except ParameterError as e:
-            cache[slots] = e
-    if isinstance(cache[slots], ParameterError):
-        raise cache[slots]
-    return cache[slots]
+            cache[key] = e
+    if isinstance(cache[key], ParameterError):
+        raise cache[key]
+    return cache[key]
 
 
-def _choose_plan(prog: Program, slots: int) -> LatencyPlan:
+def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
     from .convpack import plan_cost, plan_multi
     single = err = None
     try:
         single = _plan_single(prog, slots)
     except ParameterError as e:
         err = e
-    multi = plan_multi(prog, slots)
-    if multi is not None and (single is None or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
+    multi = plan_multi(prog, slots) if mode != "off" else None
+    if multi is not None and (single is None or mode == "on"
+                              or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
         return multi
     if single is None:
         raise err

@@ -297,6 +297,8 @@ def _plannable(prog: Program, slots: int) -> bool:
     if _next_pow2(prog.max_dim()) <= slots:
         return True
     from .convpack import plan_multi
+    if getattr(prog, "conv_packing", "auto") == "off":
+        return False
     try:
         return plan_multi(prog, slots) is not None
     except ParameterError:
