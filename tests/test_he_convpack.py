@@ -118,10 +118,10 @@ def test_planner_keeps_one_convolution_networks_on_their_plans():
     """cryptonets-shaped networks keep the one-ciphertext plan (no regression); wide CNNs get the packing."""
     small = _graph((1, 28, 28), [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 5, 5, stride=2), Square(), nn.Flatten(),
                                  nn.Linear(845, 100), Square(), nn.Linear(100, 10)], 0)
-    assert not any(isinstance(s, RotStep) for s in plan_latency(build_program(small), 8192).steps)
+    assert not any(isinstance(s, RotStep) for s in plan_latency(build_program(small, True), 8192).steps)
     wide = _graph((1, 28, 28), [nn.Conv2d(1, 16, 5), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 16, 5), Square(),
                                 nn.AvgPool2d(2), nn.Flatten(), nn.Linear(256, 10)], 0)
-    plan = plan_latency(build_program(wide), 8192)
+    plan = plan_latency(build_program(wide, True), 4096)  # 9216 values: no one-ciphertext plan fits
     assert isinstance(plan.steps[0], RotStep) and plan.input.n_ct == 1
 
 

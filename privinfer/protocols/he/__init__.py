@@ -49,7 +49,9 @@ from __future__ import annotations
 import importlib
 import math
 import secrets
+import sys
 import threading
+import time
 
 import numpy as np
 
@@ -261,7 +263,7 @@ class _HEClient(ClientSide):
         if self.params.security_bits != 128:
             raise ProtocolError("server proposed parameters below 128-bit security")
         if packing == "latency":
-            self.prog = build_program(graph)
+            self.prog = build_program(graph, structure_only=True)  # the client needs the public structure only
             self.prog.conv_packing = str(welcome.get("conv_packing", "auto"))
             self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
             if self.plan.digest() != welcome.get("plan_digest") or self.steps != self.plan.rotation_steps:
@@ -287,9 +289,16 @@ class _HEClient(ClientSide):
         return {"batch": B}
 
     def setup(self, ch: Channel) -> None:
+        say = self.report or (lambda msg: None)
         if self.packing == "latency":
+            t0 = time.perf_counter()
+            say(f"generating keys (N={self.params.N}, {len(self.params.coeff_mod_bit_sizes)} primes): public, "
+                f"relinearization and {len(self.steps)} Galois keys ...")
             self.ctx = CKKSContext.create(self.params, self.steps)
-            ch.send_blobs(self.ctx.public_blobs())
+            blobs = self.ctx.public_blobs()
+            t1 = time.perf_counter()
+            say(f"keys generated in {t1 - t0:.1f} s; sending {sum(map(len, blobs)) / 1e6:.1f} MB ...")
+            ch.send_blobs(blobs)
         else:
             self.ctx = _tenseal_context(self.params)
             ch.send_blobs([self.ctx.serialize(save_public_key=True, save_secret_key=False,
@@ -297,6 +306,8 @@ class _HEClient(ClientSide):
         reply = ch.recv_json()
         if not reply.get("ready"):
             raise ProtocolError(f"server did not accept the keys: {reply}")
+        if self.packing == "latency":
+            say(f"keys sent and loaded by the server in {time.perf_counter() - t1:.1f} s")
 
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         B = int(x.shape[0])
@@ -329,6 +340,22 @@ class _HEClient(ClientSide):
         self.ctx = None
 
 
+def _stage_printer(show: bool):
+    """`say(what)`: one stderr line per preparation stage with the time since the previous one."""
+    last = [time.perf_counter()]
+
+    def say(what: str) -> None:
+        now = time.perf_counter()
+        if show:
+            print(f"privinfer: he: server: {what} ({now - last[0]:.1f} s)", file=sys.stderr, flush=True)
+        last[0] = now
+    return say
+
+
+def _n_plaintexts(compiled) -> int:
+    return sum(len(item.pts) for item in compiled.items)
+
+
 def _value_bits_for_range(graph: Graph, vb, explicit: bool):
     """CKKS wraps silently past its modulus: give every value the inputs in the published range can reach
     room. q0 holds output_scale + value_bits + 2 bits, so logits below 2^value_bits decrypt with a factor-4
@@ -349,7 +376,8 @@ class HE(Protocol):
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
     server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": None,
                       "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30,
-                      "executor": None, "conv_packing": "auto"}  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
+                      "executor": None, "conv_packing": "auto",
+                      "progress": False}  # print the preparation steps on stderr (CLI serve, PrivateSession)  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
     client_options = {"packing": "latency", "batch_size": None}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
@@ -359,7 +387,9 @@ class HE(Protocol):
 
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
+        self._say = _stage_printer(bool(self.options["progress"]))
         self.program = build_program(graph)
+        self._say("network rewritten into affine segments")
         if self.options["conv_packing"] not in ("auto", "on", "off"):
             raise ParameterError(f"he: conv_packing must be 'auto', 'on' or 'off', got {self.options['conv_packing']!r}")
         self.program.conv_packing = self.options["conv_packing"]  # channel packing (convpack): public choice
@@ -384,6 +414,7 @@ class HE(Protocol):
                 params = select_params(self.program, "latency", value_bits=self.value_bits, mask=True,
                                        flood=self.policy.mode == "flood")
                 plan = plan_latency(self.program, params.slots)
+                self._say(f"parameters {params.describe()}; {plan.describe().splitlines()[0][len('latency plan: '):]}")
                 ctx = CKKSContext.for_params(params)
                 compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
@@ -391,6 +422,7 @@ class HE(Protocol):
                                         mask=True, mask_bits=params.notes.get("mask_bits")
                                         if params.notes.get("structure", [""])[-1] == "mask0" else None,
                                         rescale_squares="sqr" in params.notes.get("structure", []))
+                self._say(f"weights encoded as {_n_plaintexts(compiled)} plaintexts")
                 self._latency = (params, plan, ctx, compiled)
         return self._latency
 

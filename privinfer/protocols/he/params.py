@@ -397,12 +397,14 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
         structure = base + ([mask_op] if mask_op else [])
         depth = sum(1 for op in structure if op != "sq")
         for N in RING_DEGREES:
-            if N < min_N or not _plannable(prog, N // 2):
+            if N < min_N:
                 continue
             if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb,
                            split) is None \
                     and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb, split) is None:
                 continue  # too deep for this ring whatever the plan: no need to plan
+            if not _plannable(prog, N // 2):
+                continue
             low = _rotates_at_low_scale(prog, N // 2)
             margin = SPECIAL_MARGIN_BITS if low else 0
             if low == "input" and not flood:

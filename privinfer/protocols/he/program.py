@@ -161,8 +161,10 @@ def _compose(chain: list, n_in: int, n_out: int) -> np.ndarray:
     return rows.reshape(n_out, n_in).numpy().copy()
 
 
-def build_program(graph: Graph) -> Program:
-    """Rewrite `graph` into affine segments and square/cube activations (see the module docstring)."""
+def build_program(graph: Graph, structure_only: bool = False) -> Program:
+    """Rewrite `graph` into affine segments and square/cube activations (see the module docstring).
+    `structure_only` (the client, which holds no weights): patterns and shapes only; every `A` is a read-only
+    zero view (no composition cost)."""
     check_he_graph(graph)
     n_in = int(np.prod(graph.input_shape))
     prog = Program(input_dim=n_in, output_dim=int(np.prod(graph.output_shape)))
@@ -179,7 +181,7 @@ def build_program(graph: Graph) -> Program:
         if n_i * n_o > MAX_SEGMENT_ENTRIES:
             raise ParameterError(f"segment {names} is a {n_o}x{n_i} map, too large for the latency "
                                  f"packing (limit {MAX_SEGMENT_ENTRIES} entries)")
-        A = _compose(chain, n_i, n_o) * mult
+        A = np.broadcast_to(0.0, (n_o, n_i)) if structure_only else _compose(chain, n_i, n_o) * mult
         P = _compose([(_ones_like(layer), sh) for layer, sh in chain], n_i, n_o) > 0 if structural \
             else np.zeros((n_o, n_i), dtype=bool)
         prog.ops.append(Affine(A, b, P, tuple(names), seg_in[0], tuple(shape), lead[0], tuple(convs)))
