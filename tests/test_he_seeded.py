@@ -107,3 +107,18 @@ def test_refusals(keys):
         senc.encrypt([np.nan], 2.0 ** 20)
     with pytest.raises(ParameterError):
         S.parms_id_for(sc, 7)
+
+
+def test_thread_scratch_files_are_removed_with_their_thread(keys):
+    import os
+    import threading
+
+    from privinfer.protocols.he.scratch import private_dir
+    sc, sk, _, enc, senc = keys
+    before = set(os.listdir(private_dir()))
+    blobs = []
+    t = threading.Thread(target=lambda: blobs.append(senc.encrypt(np.ones(4), 2.0 ** 20)))
+    t.start()
+    t.join()
+    assert blobs and S.load(sc, blobs[0], n_primes=3, scale=2.0 ** 20).size() == 2
+    assert set(os.listdir(private_dir())) - before == set()
