@@ -60,6 +60,7 @@ from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
 from . import executor as hex_
+from . import seeded
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
 from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
@@ -220,16 +221,13 @@ class _HEServer(ServerSide):
         if len(blobs) != B * n_ct:
             raise ShapeError(f"expected {B} x {n_ct} ciphertexts (batch x per-image), got {len(blobs)}")
         expect_scale = 2.0 ** self.params.input_scale_bits
+        top = len(self.params.coeff_mod_bit_sizes) - 1  # data primes at the top level (the input's)
         backend = SealBackend(self.ctx)
         results = []
         for i in range(B):
-            cts = []
-            for b in blobs[i * n_ct:(i + 1) * n_ct]:
-                ct = self.ctx.ct_from_bytes(b, "input ciphertext", level=0)
-                if ct.scale != expect_scale:
-                    raise ProtocolError(f"input ciphertext at scale {ct.scale:g}, the plan expects 2^"
-                                        f"{self.params.input_scale_bits}")
-                cts.append(ct)
+            # seeded, fresh, at the top level and the plan's input scale (seeded.load checks all, typed errors)
+            cts = [seeded.load(self.ctx.seal, b, n_primes=top, scale=expect_scale, what="input ciphertext")
+                   for b in blobs[i * n_ct:(i + 1) * n_ct]]
             out = self.proto.compiled.evaluate(cts, backend=backend)
             rerandomize(self.ctx, out, self.proto.policy.flood_std)
             results.append(self.ctx.ct_to_bytes(out))
@@ -315,7 +313,9 @@ class _HEClient(ClientSide):
             ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
             return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
         scale = 2.0 ** self.params.input_scale_bits
-        blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
+        if getattr(self, "_seeded", None) is None:  # secret-key (seeded, half-size) uploads: see seeded.py
+            self._seeded = seeded.SeededEncryptor(self.ctx.seal, self.ctx.secret_key, self.ctx.encoder)
+        blobs = [self._seeded.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
         ch.send_blobs(blobs)
         res = ch.recv_blobs()
         if len(res) != B:
@@ -337,7 +337,7 @@ class _HEClient(ClientSide):
         return out
 
     def close(self) -> None:
-        self.ctx = None
+        self.ctx = self._seeded = None
 
 
 def _stage_printer(show: bool):
