@@ -120,7 +120,24 @@ class RotStep:
         return Layout(self.out_idx.shape[1], self.out_idx[0].copy()).compressed()
 
     def babies(self, c: int) -> list[int]:
-        return _baby_order(sorted({int(b) for b in self.keys[self.keys[:, 1] == c, 3]}))
+        return [b for b, _, _ in self.baby_chain(c)]
+
+    def baby_chain(self, c: int) -> list[tuple[int, int, int]]:
+        """[(baby, from baby, rotation step)] for input ciphertext c, in evaluation order: with the two keys
+        {1, d} when every baby is one such step from another (a kernel's row offsets: d = the row stride),
+        else by powers of two (b from b - highbit(b))."""
+        cache = self.__dict__.setdefault("_chains", {})
+        if c not in cache:
+            need = sorted({int(b) for b in self.keys[self.keys[:, 1] == c, 3]} - {0})
+            have = set(need) | {0}
+            jumps = [b for b in need if b - 1 not in have]
+            d = jumps[0] if jumps else 1
+            if all(b - 1 in have or b - d in have for b in need):
+                cache[c] = [(b, b - 1, 1) if b - 1 in have else (b, b - d, d) for b in need]
+            else:
+                cache[c] = [(b, b - (1 << (b.bit_length() - 1)), 1 << (b.bit_length() - 1))
+                            for b in _baby_order(need)]
+        return cache[c]
 
     def giants(self, o: int) -> tuple[int, int]:
         g = self.keys[self.keys[:, 0] == o, 2]
@@ -131,7 +148,7 @@ class RotStep:
         return n + sum(hi - lo for lo, hi in (self.giants(o) for o in range(self.n_out)))
 
     def key_steps(self, slots: int) -> set[int]:
-        steps = {1 << (b.bit_length() - 1) for c in range(self.n_in) for b in self.babies(c)}
+        steps = {step for c in range(self.n_in) for _, _, step in self.baby_chain(c)}
         for o in range(self.n_out):
             lo, hi = self.giants(o)
             if hi > 0:
@@ -175,9 +192,9 @@ def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray):
     for m in range(int(counts.max()) if len(counts) else 0):
         has = counts[K] > m
         pi = pos_s[np.minimum(starts[K] + m, len(pos_s) - 1)]
-        j = (pi % S - s) % S
+        j = (pi % S - s) % S  # of several copies, the nearest one ahead (giants then need only the key n1)
+        score = np.where(has, j, np.iinfo(np.int64).max)
         j = np.where(j > S // 2, j - S, j)
-        score = np.where(has, np.abs(j) * 2 + (j < 0), np.iinfo(np.int64).max)
         better = score < best
         best = np.where(better, score, best)
         c_sel = np.where(better, pi // S, c_sel)
@@ -214,6 +231,13 @@ def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, me
     n1 = best[1]
     g = np.floor_divide(j, n1)
     b = j - g * n1
+    # giants are cyclic (S / n1 of them): taken mod S / n1 they need only the key n1, no -n1; do so unless
+    # that costs more Horner steps (small negative shifts, e.g. from padding)
+    gu = g % (S // n1)
+    signed = sum(int(max(g[o == oi].max(), 0) - min(g[o == oi].min(), 0)) for oi in np.unique(o))
+    unsigned = sum(int(gu[o == oi].max()) for oi in np.unique(o))
+    if unsigned <= signed:
+        g = gu
     G = int(g.max() - g.min() + 1) if len(g) else 1
     gmin = int(g.min()) if len(g) else 0
     code = ((o * in_idx.shape[0] + c) * G + (g - gmin)) * n1 + b
@@ -242,9 +266,8 @@ def evaluate_rot(be, st: RotStep, pts: dict, xs: list) -> list:
     babies = []
     for c in range(st.n_in):
         bc = {0: xs[c]}
-        for b in st.babies(c):
-            hb = 1 << (b.bit_length() - 1)
-            bc[b] = be.rotate(bc[b - hb], hb)
+        for b, prev, step in st.baby_chain(c):
+            bc[b] = be.rotate(bc[prev], step)
         babies.append(bc)
     inners: dict = {}
     for (o, c, g, b), pt in pts.items():
@@ -420,6 +443,74 @@ def _plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
         plan.steps.append(step)
         seg_i += 1
     check_plan(plan)
+    return plan
+
+
+#: a Galois key is dropped (its rotations composed from other keys) when that adds at most this many
+#: rotations per image: a key at N=16384 is ~4.8 MB and ~0.3 s of key generation, a rotation ~15-40 ms here
+MAX_EXTRA_ROTATIONS_PER_KEY = 3
+
+
+class _CountingBackend:
+    """Runs a plan's control flow without arithmetic, counting the rotations by step."""
+
+    def __init__(self, slots: int):
+        self.slots, self.count = slots, {}
+
+    def encode(self, values, scale, level):
+        return 0
+
+    def rotate(self, ct, k):
+        k = int(k) % self.slots
+        self.count[k] = self.count.get(k, 0) + 1
+        return 0
+
+    def __getattr__(self, name):  # mul_plain, add, add_plain, rescale, square, multiply, mod_switch
+        return lambda *a: 0
+
+
+def _shortest_paths(keys: set[int], slots: int, limit: int) -> dict[int, list[int]]:
+    """For every step reachable with at most `limit` rotations by `keys`: the shortest list of keys."""
+    paths = {0: []}
+    frontier = [0]
+    for _ in range(limit):
+        nxt = []
+        for r in frontier:
+            for k in sorted(keys):
+                t = (r + k) % slots
+                if t not in paths:
+                    paths[t] = paths[r] + [k]
+                    nxt.append(t)
+        frontier = nxt
+    return paths
+
+
+def limit_keys(plan: LatencyPlan, prog: Program) -> LatencyPlan:
+    """Drop the Galois keys whose rotations are cheap to compose from the others (greedy: the key whose
+    removal adds the fewest rotations per image first, while that is <= MAX_EXTRA_ROTATIONS_PER_KEY).
+    The plan's `rotation_steps` then lists exactly the keys the evaluation uses."""
+    from .latency import CompiledPlan
+    be = _CountingBackend(plan.slots)
+    CompiledPlan(plan, prog, be).evaluate([0] * plan.input.n_ct)
+    uses = be.count
+    keys = set(uses)
+    removed: dict[int, list[int]] = {}
+    while len(keys) > 1:
+        best = None
+        for k in sorted(keys):
+            rest = keys - {k}
+            paths = _shortest_paths(rest, plan.slots, MAX_EXTRA_ROTATIONS_PER_KEY + 1)
+            mine = [r for r in [k] + [r for r, p in removed.items() if k in p]]
+            if any(r not in paths for r in mine):
+                continue
+            extra = sum(uses.get(r, 0) * (len(paths[r]) - len(removed.get(r, [r]))) for r in mine)
+            if best is None or extra < best[0]:
+                best = (extra, k, {r: paths[r] for r in mine})
+        if best is None or best[0] > MAX_EXTRA_ROTATIONS_PER_KEY:
+            break
+        keys.discard(best[1])
+        removed.update(best[2])
+    plan.key_paths = {int(r): [int(v) for v in p] for r, p in removed.items()}
     return plan
 
 

@@ -160,6 +160,8 @@ class LatencyPlan:
     input: InputSpec
     steps: list = field(default_factory=list)
     n_out: int = 0
+    #: rotation steps that get no Galois key of their own: step -> the keyed steps that compose it
+    key_paths: dict = field(default_factory=dict)
 
     @property
     def out(self) -> Layout:
@@ -170,6 +172,14 @@ class LatencyPlan:
 
     @property
     def rotation_steps(self) -> list[int]:
+        """The Galois keys the client generates: every rotation the evaluation performs is one of these."""
+        raw = set(self.raw_rotation_steps())
+        for r, path in self.key_paths.items():
+            raw.discard(r)
+            raw.update(path)
+        return sorted(raw)
+
+    def raw_rotation_steps(self) -> list[int]:
         steps: set[int] = set()
         for st in self.steps:
             if getattr(st, "kind", "") == "rot":
@@ -196,6 +206,8 @@ class LatencyPlan:
     def digest(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"slots": self.slots, "n_out": self.n_out, "rot": self.rotation_steps}).encode())
+        if self.key_paths:
+            h.update(json.dumps(sorted((int(k), list(map(int, v))) for k, v in self.key_paths.items())).encode())
         h.update(np.ascontiguousarray(self.input.gathers, dtype=np.int64).tobytes())
         for st in self.steps:
             if isinstance(st, ActStep):
@@ -430,7 +442,8 @@ def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
     multi = plan_multi(prog, slots) if mode != "off" else None
     if multi is not None and (single is None or mode == "on"
                               or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
-        return multi
+        from .convpack import limit_keys
+        return limit_keys(multi, prog)
     if single is None:
         raise err
     return single
@@ -670,6 +683,8 @@ class CompiledPlan:
         (the server compiles plaintexts once and evaluates with each connection's keys). A value is a list
         of ciphertexts (one, except between channel-packed segments)."""
         be = backend or self.backend
+        if self.plan.key_paths:
+            be = _ComposedRotations(be, self.plan.key_paths, self.plan.slots)
         xs = None
         for item in self.items:
             if trace is not None and xs is not None:
@@ -731,6 +746,21 @@ class CompiledPlan:
         if bias is not None:
             acc = be.add_plain(acc, bias)
         return acc
+
+
+class _ComposedRotations:
+    """A backend view whose `rotate` composes the steps that have no key of their own (`key_paths`)."""
+
+    def __init__(self, be, paths: dict, slots: int):
+        self._be, self._paths, self._slots = be, paths, slots
+
+    def __getattr__(self, name):
+        return getattr(self._be, name)
+
+    def rotate(self, ct, k):
+        for s in self._paths.get(int(k) % self._slots, (int(k),)):
+            ct = self._be.rotate(ct, s)
+        return ct
 
 
 def _compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> None:
