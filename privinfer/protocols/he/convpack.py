@@ -34,13 +34,12 @@ rescale per segment), so the parameter selection is unchanged.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import ParameterError, ShapeError
-from .latency import (C_CT, C_MUL, C_ROT, ZERO, ActStep, DiagStep, InputSpec, Layout, LatencyPlan, _baby_order,
+from .latency import (C_CT, C_MUL, C_ROT, ZERO, ActStep, InputSpec, Layout, LatencyPlan, _baby_order,
                       _diag_candidates, next_pow2)
 from .program import Activation, Affine, Program
 
@@ -302,6 +301,16 @@ def evaluate_rot(be, st: RotStep, pts: dict, xs: list) -> list:
     return out
 
 
+def compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> None:
+    """One plaintext per (output ct, input ct, giant, baby) of a `convpack.RotStep`, pre-rotated by -g*n1."""
+    A = seg.A if st.cols is None else seg.A[:, st.cols] * st.col_mult
+    w = A[st.term_R, st.term_k]
+    d = np.zeros((len(st.keys), S))
+    d[st.term_key, st.term_s] = w
+    for i, (o, c, g, b) in enumerate(st.keys):
+        item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(np.roll(d[i], int(g) * st.n1), p_scale, level)
+
+
 # --- planning --------------------------------------------------------------------------------------
 def _mergeable(seg: Affine, grid: Grid | None) -> int:
     """k when `seg` starts with AvgPool(k, stride k, no padding) on a grid of phases (k, k): else 0."""
@@ -446,74 +455,6 @@ def _plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
     return plan
 
 
-#: a Galois key is dropped (its rotations composed from other keys) when that adds at most this many
-#: rotations per image: a key at N=16384 is ~4.8 MB and ~0.3 s of key generation, a rotation ~15-40 ms here
-MAX_EXTRA_ROTATIONS_PER_KEY = 3
-
-
-class _CountingBackend:
-    """Runs a plan's control flow without arithmetic, counting the rotations by step."""
-
-    def __init__(self, slots: int):
-        self.slots, self.count = slots, {}
-
-    def encode(self, values, scale, level):
-        return 0
-
-    def rotate(self, ct, k):
-        k = int(k) % self.slots
-        self.count[k] = self.count.get(k, 0) + 1
-        return 0
-
-    def __getattr__(self, name):  # mul_plain, add, add_plain, rescale, square, multiply, mod_switch
-        return lambda *a: 0
-
-
-def _shortest_paths(keys: set[int], slots: int, limit: int) -> dict[int, list[int]]:
-    """For every step reachable with at most `limit` rotations by `keys`: the shortest list of keys."""
-    paths = {0: []}
-    frontier = [0]
-    for _ in range(limit):
-        nxt = []
-        for r in frontier:
-            for k in sorted(keys):
-                t = (r + k) % slots
-                if t not in paths:
-                    paths[t] = paths[r] + [k]
-                    nxt.append(t)
-        frontier = nxt
-    return paths
-
-
-def limit_keys(plan: LatencyPlan, prog: Program) -> LatencyPlan:
-    """Drop the Galois keys whose rotations are cheap to compose from the others (greedy: the key whose
-    removal adds the fewest rotations per image first, while that is <= MAX_EXTRA_ROTATIONS_PER_KEY).
-    The plan's `rotation_steps` then lists exactly the keys the evaluation uses."""
-    from .latency import CompiledPlan
-    be = _CountingBackend(plan.slots)
-    CompiledPlan(plan, prog, be).evaluate([0] * plan.input.n_ct)
-    uses = be.count
-    keys = set(uses)
-    removed: dict[int, list[int]] = {}
-    while len(keys) > 1:
-        best = None
-        for k in sorted(keys):
-            rest = keys - {k}
-            paths = _shortest_paths(rest, plan.slots, MAX_EXTRA_ROTATIONS_PER_KEY + 1)
-            mine = [r for r in [k] + [r for r, p in removed.items() if k in p]]
-            if any(r not in paths for r in mine):
-                continue
-            extra = sum(uses.get(r, 0) * (len(paths[r]) - len(removed.get(r, [r]))) for r in mine)
-            if best is None or extra < best[0]:
-                best = (extra, k, {r: paths[r] for r in mine})
-        if best is None or best[0] > MAX_EXTRA_ROTATIONS_PER_KEY:
-            break
-        keys.discard(best[1])
-        removed.update(best[2])
-    plan.key_paths = {int(r): [int(v) for v in p] for r, p in removed.items()}
-    return plan
-
-
 def plan_cost(plan: LatencyPlan) -> float:
     """The cost model's estimate (ms-equivalent at N=8192) of one plan: steps, uploads and keys."""
     cost = plan.input.n_ct * C_CT + len(plan.rotation_steps) * C_KEY
@@ -540,4 +481,4 @@ def check_plan(plan: LatencyPlan) -> None:
         raise ParameterError("the last segment must produce one ciphertext")
 
 
-__all__ = ["Grid", "RotStep", "rot_step", "plan_multi", "plan_cost", "input_grid", "DiagStep", "math"]
+__all__ = ["Grid", "RotStep", "rot_step", "plan_multi", "plan_cost", "input_grid", "evaluate_rot", "compile_rot"]

@@ -33,6 +33,11 @@ prime after a square would otherwise need 2*scale + weight - scale bits, over SE
 All giant-step and fold rotations happen *before* the segment's rescale, while the scale is ~2^50: SEAL's
 key-switching noise (~2^13 absolute) would cost ~2^-12 relative precision per rotation at 2^25.
 
+Convolutional networks whose vectors do not fit one ciphertext (or whose gather would upload many) use the
+channel packing of `convpack.py` instead: values over several ciphertexts, the client uploads the image only;
+`plan_latency` picks it when the cost model expects it to be clearly cheaper (server option `conv_packing`:
+auto / on / off, public in WELCOME), and `rotkeys.limit_keys` then drops rarely used Galois keys (`key_paths`).
+
 The evaluator is written against a small backend interface; `NumpyBackend` runs the very same slot
 arithmetic on plaintext vectors (used by the property tests), `SealBackend` on ciphertexts.
 """
@@ -442,7 +447,7 @@ def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
     multi = plan_multi(prog, slots) if mode != "off" else None
     if multi is not None and (single is None or mode == "on"
                               or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
-        from .convpack import limit_keys
+        from .rotkeys import limit_keys
         return limit_keys(multi, prog)
     if single is None:
         raise err
@@ -640,7 +645,8 @@ class CompiledPlan:
                 p_scale, s_after = 1.0, 1.0
             item = _Compiled(st.kind, step=st)
             if st.kind == "rot":
-                _compile_rot(item, st, seg, backend, S, p_scale, level)
+                from .convpack import compile_rot
+                compile_rot(item, st, seg, backend, S, p_scale, level)
             elif isinstance(st, GatherStep):
                 for c in range(st.n_ct):
                     r, g = st.rows[c], st.gather[c]
@@ -684,7 +690,8 @@ class CompiledPlan:
         of ciphertexts (one, except between channel-packed segments)."""
         be = backend or self.backend
         if self.plan.key_paths:
-            be = _ComposedRotations(be, self.plan.key_paths, self.plan.slots)
+            from .rotkeys import ComposedRotations
+            be = ComposedRotations(be, self.plan.key_paths, self.plan.slots)
         xs = None
         for item in self.items:
             if trace is not None and xs is not None:
@@ -746,31 +753,6 @@ class CompiledPlan:
         if bias is not None:
             acc = be.add_plain(acc, bias)
         return acc
-
-
-class _ComposedRotations:
-    """A backend view whose `rotate` composes the steps that have no key of their own (`key_paths`)."""
-
-    def __init__(self, be, paths: dict, slots: int):
-        self._be, self._paths, self._slots = be, paths, slots
-
-    def __getattr__(self, name):
-        return getattr(self._be, name)
-
-    def rotate(self, ct, k):
-        for s in self._paths.get(int(k) % self._slots, (int(k),)):
-            ct = self._be.rotate(ct, s)
-        return ct
-
-
-def _compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> None:
-    """One plaintext per (output ct, input ct, giant, baby) of a `convpack.RotStep`, pre-rotated by -g*n1."""
-    A = seg.A if st.cols is None else seg.A[:, st.cols] * st.col_mult
-    w = A[st.term_R, st.term_k]
-    d = np.zeros((len(st.keys), S))
-    d[st.term_key, st.term_s] = w
-    for i, (o, c, g, b) in enumerate(st.keys):
-        item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(np.roll(d[i], int(g) * st.n1), p_scale, level)
 
 
 def client_vectors(plan: LatencyPlan, x: np.ndarray) -> np.ndarray:

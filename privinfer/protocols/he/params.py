@@ -18,6 +18,10 @@ what that step adds:
     precision          measured on the zoo networks, CKKS rescale rounding (~2^13 absolute) and the weights'
                          encoding at 2^weight_bits dominate: both ~2^-(scale_bits - 13) in value units
 
+Channel-packed plans (`convpack.py`) rotate the fresh input (kernel offsets as baby steps): in fast mode they
+get no special-prime margin but an input scale INPUT_HEADROOM_BITS above the chain's scale instead, so the
+key-switching noise (~2^19) stays ~2^-(t_in - 19) of a pixel, no more than one rescale's rounding.
+
 `select_params` picks the smallest ring degree N whose bound fits the chain at the largest scale (<= 30
 bits, >= `min_scale_bits`) and whose slots hold every vector; then it spends leftover bits on the client's
 input scale.
