@@ -125,16 +125,21 @@ def test_planner_keeps_one_convolution_networks_on_their_plans():
     assert isinstance(plan.steps[0], RotStep) and plan.input.n_ct == 1
 
 
-def test_seal_end_to_end_channel_packed():
+def test_seal_end_to_end_channel_packed(capsys):
     g = _graph((1, 16, 16), [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3),
                              Square(), nn.Flatten(), nn.Linear(200, 6)], 5)
     x = np.random.default_rng(2).random((2, 1, 16, 16))
-    with privinfer.PrivateSession(g, "he", spawn="thread", circuit_privacy="fast", conv_packing="on") as s:
+    with privinfer.PrivateSession(g, "he", spawn="thread", circuit_privacy="fast", conv_packing="on",
+                                  progress=True) as s:
         got = s.infer(x)
         client = s.client
         assert isinstance(client.plan.steps[0], RotStep)
         assert client.ctx.rotation_steps == tuple(client.plan.rotation_steps)
         assert s.stats.last.bytes_client_to_server < 2 * 1.2e6  # one seeded ciphertext per image
+    err = capsys.readouterr().err  # set-up progress: the server's stages, key generation and upload
+    for line in ("he: server: parameters CKKS", "he: server: weights encoded", "he: generating keys",
+                 "he: keys generated", "he: keys sent"):
+        assert line in err, err
     ref = run_reference(g, x)
     assert np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
