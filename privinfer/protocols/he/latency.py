@@ -445,12 +445,8 @@ def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
     except ParameterError as e:
         err = e
     multi = plan_multi(prog, slots) if mode != "off" else None
-    # (a one-ciphertext plan whose gather uploads 8x the ciphertexts loses whenever it is not also cheaper:
-    # the cost model's per-ciphertext charge stands for encryption, not for the bytes on the wire)
     if multi is not None and (single is None or mode == "on"
-                              or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)
-                              or (single.input.n_ct >= 8 * multi.input.n_ct
-                                  and plan_cost(multi) <= plan_cost(single))):
+                              or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
         from .rotkeys import limit_keys
         return limit_keys(multi, prog)
     if single is None:
