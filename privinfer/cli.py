@@ -77,6 +77,9 @@ def cmd_serve(a) -> None:
         opts["executor"] = a.executor
     graph = load_model_arg(a.model)
     name = resolve_protocol(a.protocol, opts)[0]
+    from .protocols.base import get_protocol
+    if "progress" in get_protocol(name).server_options:  # the protocol's own preparation steps (he)
+        opts.setdefault("progress", True)
     with step(f"{name}: preparing {a.model} (parameters, weights, fine-tuning)", True):
         if a.workers:  # N worker processes behind this port (privinfer.serving.workers)
             from .serving import Supervisor

@@ -92,6 +92,13 @@ def step(what: str, show: bool, after: float = 1.0):
         print(f"privinfer: {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
+def _reporter(protocol: str):
+    """The progress line printer a protocol's set-up uses for its sub-steps (key generation, upload)."""
+    def report(msg: str) -> None:
+        print(f"privinfer: {protocol}: {msg}", file=sys.stderr, flush=True)
+    return report
+
+
 def warn_if_not_private(privacy: dict, protocol: str) -> None:
     """The one-line warning a client prints when its session protects nothing."""
     if privacy.get("guarantee") == "none":
@@ -121,6 +128,8 @@ class RemoteSession:
             self.graph = Graph.from_spec(welcome["graph"])  # public architecture, zero weights
             self.limits = welcome.get("limits", {})
             self.client = self.protocol_cls.client_side(welcome.get("info", {}), self.graph, **opts)
+            if progress:
+                self.client.report = _reporter(protocol)
             with step(f"{protocol}: session set-up (keys, offline phase)", progress):
                 self.client.setup(channel)
         except BaseException:
@@ -255,6 +264,8 @@ class PrivateSession(RemoteSession):
         cls = get_protocol(protocol)
         server_opts, client_opts = split_options(cls, options)
         server_opts = {**cls.local_session_defaults, **server_opts}
+        if progress and "progress" in cls.server_options:  # the server's preparation steps (he)
+            server_opts.setdefault("progress", True)
         cls.check_graph(graph)
         self._proc = self._server = None
         with step(f"{protocol}: preparing the server (parameters, weights)", progress):

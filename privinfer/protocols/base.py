@@ -53,6 +53,8 @@ class ClientSide:
     {"offline_s": ..., "online_s": ...}` in `query`; the session records it per query.
     """
     query_timing: dict | None = None
+    #: set by the session when it shows progress: a callable taking one line (set-up sub-steps)
+    report = None
 
     def setup(self, ch: Channel) -> None:
         """Once per connection, before any query."""

@@ -101,6 +101,15 @@ def tenseal_mnist() -> nn.Sequential:
                 nn.Linear(64, 10))
 
 
+def minionn_mnist_he() -> nn.Sequential:
+    """MiniONN's MNIST net made HE-friendly (`make_he_friendly`: ReLU -> x², MaxPool -> AvgPool); its zoo weights
+    are minionn-mnist's, fine-tuned (see `NetworkInfo.base`)."""
+    from ..model.approx import make_he_friendly
+    model = make_he_friendly(minionn_mnist())
+    model.input_shape, model.input_range = (1, 28, 28), INPUT_RANGE
+    return model
+
+
 def minionn_cifar() -> nn.Sequential:
     """MiniONN (CCS'17) Fig. 13 CIFAR-10 net: seven convolutions (64/16 maps), two mean pools, FC 1024->10."""
     def conv(cin: int, cout: int, k: int) -> list[nn.Module]:
@@ -125,6 +134,7 @@ class NetworkInfo:
     lr: float = 1e-3
     batch_size: int = 32
     clip: float | None = None  # gradient-norm clipping; x² nets can blow up without it
+    base: str | None = None  # trained from this zoo network's weights (make_he_friendly + finetune `epochs`)
 
 
 NETWORKS: dict[str, NetworkInfo] = {n.name: n for n in (
@@ -142,6 +152,9 @@ NETWORKS: dict[str, NetworkInfo] = {n.name: n for n in (
     NetworkInfo("mixed-mnist", mixed_mnist, "digits",
                 "privinfer (hybrid plans: x² and ReLU, convolutions and a max pool in one network)", polynomial=False,
                 epochs=30, clip=1.0),
+    NetworkInfo("minionn-mnist-he", minionn_mnist_he, "digits",
+                "MiniONN's MNIST net (CCS 2017), make_he_friendly: x² for ReLU, AvgPool for MaxPool; fine-tuned",
+                polynomial=True, epochs=8, clip=1.0, base="minionn-mnist"),
     NetworkInfo("minionn-cifar", minionn_cifar, "digits-rgb32",
                 "Liu et al., MiniONN, CCS 2017 (Fig. 13, CIFAR-10 net)", polynomial=False, epochs=8),
 )}

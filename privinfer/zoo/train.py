@@ -69,6 +69,8 @@ def train_network(name: str, epochs: int | None = None, seed: int = 0, progress:
     X_test, y_test = load_dataset(info.dataset, "test")
     if limit is not None:
         X_train, y_train = X_train[:limit], y_train[:limit]
+    if info.base is not None:
+        return _finetune_from_base(info, epochs, seed, progress, (X_train, y_train), (X_test, y_test))
     Xt, yt = torch.from_numpy(X_train), torch.from_numpy(y_train)
     with deterministic(seed):
         model = build_network(name)
@@ -94,4 +96,19 @@ def train_network(name: str, epochs: int | None = None, seed: int = 0, progress:
         model.eval()
         acc = accuracy(model, X_test, y_test)
     bar.close()
+    return model, acc
+
+
+def _finetune_from_base(info, epochs: int, seed: int, progress: bool, train, test) -> tuple[nn.Module, float]:
+    """An HE-friendly zoo entry: its base network's trained weights, `make_he_friendly`, then `finetune`
+    (deterministic like `train_network`)."""
+    from ..model.approx import finetune, make_he_friendly
+    from .store import load_torch_model
+    with deterministic(seed):
+        model = make_he_friendly(load_torch_model(info.base))
+        model.input_shape, model.input_range = build_network(info.name).input_shape, (0.0, 1.0)
+        finetune(model, train, epochs=epochs, lr=info.lr, progress=progress, batch_size=info.batch_size,
+                 clip=info.clip, val=test, seed=seed)
+        model.eval()
+        acc = accuracy(model, *test)
     return model, acc

@@ -51,7 +51,9 @@ from __future__ import annotations
 import importlib
 import math
 import secrets
+import sys
 import threading
+import time
 
 import numpy as np
 
@@ -60,6 +62,7 @@ from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
 from . import executor as hex_
+from . import seeded
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
 from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
@@ -177,7 +180,8 @@ class _HEServer(ServerSide):
                 "flood_std": self.proto.policy.flood_std, "out_dim": int(np.prod(self.proto.graph.output_shape)),
                 "max_batch": self.max_batch, "circuit_privacy": self.proto.policy.to_json()}
         if self.packing == "latency":
-            info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct)
+            info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct,
+                        conv_packing=self.proto.program.conv_packing)
         else:
             info["batch_stream"] = True  # accepts the ciphertexts in several frames (batch_stream.py)
         return info
@@ -226,16 +230,13 @@ class _HEServer(ServerSide):
         if len(blobs) != B * n_ct:
             raise ShapeError(f"expected {B} x {n_ct} ciphertexts (batch x per-image), got {len(blobs)}")
         expect_scale = 2.0 ** self.params.input_scale_bits
+        top = len(self.params.coeff_mod_bit_sizes) - 1  # data primes at the top level (the input's)
         backend = SealBackend(self.ctx)
         results = []
         for i in range(B):
-            cts = []
-            for b in blobs[i * n_ct:(i + 1) * n_ct]:
-                ct = self.ctx.ct_from_bytes(b, "input ciphertext", level=0)
-                if ct.scale != expect_scale:
-                    raise ProtocolError(f"input ciphertext at scale {ct.scale:g}, the plan expects 2^"
-                                        f"{self.params.input_scale_bits}")
-                cts.append(ct)
+            # seeded, fresh, at the top level and the plan's input scale (seeded.load checks all, typed errors)
+            cts = [seeded.load(self.ctx.seal, b, n_primes=top, scale=expect_scale, what="input ciphertext")
+                   for b in blobs[i * n_ct:(i + 1) * n_ct]]
             out = self.proto.compiled.evaluate(cts, backend=backend)
             rerandomize(self.ctx, out, self.proto.policy.flood_std)
             results.append(self.ctx.ct_to_bytes(out))
@@ -270,7 +271,8 @@ class _HEClient(ClientSide):
         if self.params.security_bits != 128:
             raise ProtocolError("server proposed parameters below 128-bit security")
         if packing == "latency":
-            self.prog = build_program(graph)
+            self.prog = build_program(graph, structure_only=True)  # the client needs the public structure only
+            self.prog.conv_packing = str(welcome.get("conv_packing", "auto"))
             self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
             if self.plan.digest() != welcome.get("plan_digest") or self.steps != self.plan.rotation_steps:
                 raise ProtocolError("the server's packing plan differs from the one derived from the public "
@@ -298,9 +300,16 @@ class _HEClient(ClientSide):
         return {"batch": B}
 
     def setup(self, ch: Channel) -> None:
+        say = self.report or (lambda msg: None)
         if self.packing == "latency":
+            t0 = time.perf_counter()
+            say(f"generating keys (N={self.params.N}, {len(self.params.coeff_mod_bit_sizes)} primes): public, "
+                f"relinearization and {len(self.steps)} Galois keys ...")
             self.ctx = CKKSContext.create(self.params, self.steps)
-            ch.send_blobs(self.ctx.public_blobs())
+            blobs = self.ctx.public_blobs()
+            t1 = time.perf_counter()
+            say(f"keys generated in {t1 - t0:.1f} s; sending {sum(map(len, blobs)) / 1e6:.1f} MB ...")
+            ch.send_blobs(blobs)
         else:
             self.ctx = _tenseal_context(self.params)
             ch.send_blobs([self.ctx.serialize(save_public_key=True, save_secret_key=False,
@@ -308,6 +317,8 @@ class _HEClient(ClientSide):
         reply = ch.recv_json()
         if not reply.get("ready"):
             raise ProtocolError(f"server did not accept the keys: {reply}")
+        if self.packing == "latency":
+            say(f"keys sent and loaded by the server in {time.perf_counter() - t1:.1f} s")
 
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
         B = int(x.shape[0])
@@ -318,7 +329,9 @@ class _HEClient(ClientSide):
                 ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
             return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
         scale = 2.0 ** self.params.input_scale_bits
-        blobs = [self.ctx.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
+        if getattr(self, "_seeded", None) is None:  # secret-key (seeded, half-size) uploads: see seeded.py
+            self._seeded = seeded.SeededEncryptor(self.ctx.seal, self.ctx.secret_key, self.ctx.encoder)
+        blobs = [self._seeded.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
         ch.send_blobs(blobs)
         res = ch.recv_blobs()
         if len(res) != B:
@@ -340,7 +353,23 @@ class _HEClient(ClientSide):
         return out
 
     def close(self) -> None:
-        self.ctx = None
+        self.ctx = self._seeded = None
+
+
+def _stage_printer(show: bool):
+    """`say(what)`: one stderr line per preparation stage with the time since the previous one."""
+    last = [time.perf_counter()]
+
+    def say(what: str) -> None:
+        now = time.perf_counter()
+        if show:
+            print(f"privinfer: he: server: {what} ({now - last[0]:.1f} s)", file=sys.stderr, flush=True)
+        last[0] = now
+    return say
+
+
+def _n_plaintexts(compiled) -> int:
+    return sum(len(item.pts) for item in compiled.items)
 
 
 def _value_bits_for_range(graph: Graph, vb, explicit: bool):
@@ -363,7 +392,8 @@ class HE(Protocol):
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
     server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": None,
                       "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30,
-                      "executor": None}  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
+                      "executor": None, "conv_packing": "auto",
+                      "progress": False}  # print the preparation steps on stderr (CLI serve, PrivateSession)  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
     client_options = {"packing": "latency", "batch_size": None}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
@@ -373,7 +403,12 @@ class HE(Protocol):
 
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
+        self._say = _stage_printer(bool(self.options["progress"]))
         self.program = build_program(graph)
+        self._say("network rewritten into affine segments")
+        if self.options["conv_packing"] not in ("auto", "on", "off"):
+            raise ParameterError(f"he: conv_packing must be 'auto', 'on' or 'off', got {self.options['conv_packing']!r}")
+        self.program.conv_packing = self.options["conv_packing"]  # channel packing (convpack): public choice
         cal = self.options["calibration"]
         vb = self.options["value_bits"]
         if vb is None:
@@ -395,6 +430,7 @@ class HE(Protocol):
                 params = select_params(self.program, "latency", value_bits=self.value_bits, mask=True,
                                        flood=self.policy.mode == "flood")
                 plan = plan_latency(self.program, params.slots)
+                self._say(f"parameters {params.describe()}; {plan.describe().splitlines()[0][len('latency plan: '):]}")
                 ctx = CKKSContext.for_params(params)
                 compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
@@ -402,6 +438,7 @@ class HE(Protocol):
                                         mask=True, mask_bits=params.notes.get("mask_bits")
                                         if params.notes.get("structure", [""])[-1] == "mask0" else None,
                                         rescale_squares="sqr" in params.notes.get("structure", []))
+                self._say(f"weights encoded as {_n_plaintexts(compiled)} plaintexts")
                 self._latency = (params, plan, ctx, compiled)
         return self._latency
 

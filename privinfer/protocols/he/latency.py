@@ -33,6 +33,11 @@ prime after a square would otherwise need 2*scale + weight - scale bits, over SE
 All giant-step and fold rotations happen *before* the segment's rescale, while the scale is ~2^50: SEAL's
 key-switching noise (~2^13 absolute) would cost ~2^-12 relative precision per rotation at 2^25.
 
+Convolutional networks whose vectors do not fit one ciphertext (or whose gather would upload many) use the
+channel packing of `convpack.py` instead: values over several ciphertexts, the client uploads the image only;
+`plan_latency` picks it when the cost model expects it to be clearly cheaper (server option `conv_packing`:
+auto / on / off, public in WELCOME), and `rotkeys.limit_keys` then drops rarely used Galois keys (`key_paths`).
+
 The evaluator is written against a small backend interface; `NumpyBackend` runs the very same slot
 arithmetic on plaintext vectors (used by the property tests), `SealBackend` on ciphertexts.
 """
@@ -112,6 +117,7 @@ class GatherStep:
 @dataclass
 class DiagStep:
     """A segment by the generalized diagonal method with baby-step giant-step rotations."""
+    n_out = 1  # output ciphertexts
     strategy: str
     period: int
     n1: int
@@ -159,6 +165,8 @@ class LatencyPlan:
     input: InputSpec
     steps: list = field(default_factory=list)
     n_out: int = 0
+    #: rotation steps that get no Galois key of their own: step -> the keyed steps that compose it
+    key_paths: dict = field(default_factory=dict)
 
     @property
     def out(self) -> Layout:
@@ -169,8 +177,18 @@ class LatencyPlan:
 
     @property
     def rotation_steps(self) -> list[int]:
+        """The Galois keys the client generates: every rotation the evaluation performs is one of these."""
+        raw = set(self.raw_rotation_steps())
+        for r, path in self.key_paths.items():
+            raw.discard(r)
+            raw.update(path)
+        return sorted(raw)
+
+    def raw_rotation_steps(self) -> list[int]:
         steps: set[int] = set()
         for st in self.steps:
+            if getattr(st, "kind", "") == "rot":
+                steps.update(st.key_steps(self.slots))
             if isinstance(st, (GatherStep, DiagStep)):
                 steps.update(int(f) for f in st.fold)
             if isinstance(st, DiagStep):
@@ -182,7 +200,9 @@ class LatencyPlan:
     def n_rotations(self) -> int:
         n = 0
         for st in self.steps:
-            if isinstance(st, GatherStep):
+            if getattr(st, "kind", "") == "rot":
+                n += st.n_rotations()
+            elif isinstance(st, GatherStep):
                 n += len(st.fold)
             elif isinstance(st, DiagStep):
                 n += len(_baby_order(st.babies())) + max(st.giants(), default=0) + len(st.fold)
@@ -191,10 +211,14 @@ class LatencyPlan:
     def digest(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"slots": self.slots, "n_out": self.n_out, "rot": self.rotation_steps}).encode())
+        if self.key_paths:
+            h.update(json.dumps(sorted((int(k), list(map(int, v))) for k, v in self.key_paths.items())).encode())
         h.update(np.ascontiguousarray(self.input.gathers, dtype=np.int64).tobytes())
         for st in self.steps:
             if isinstance(st, ActStep):
                 h.update(f"act:{st.kind}:{st.const!r}".encode())
+            elif getattr(st, "kind", "") == "rot":
+                h.update(st.digest_bytes())
             elif isinstance(st, GatherStep):
                 h.update(np.ascontiguousarray(st.rows, dtype=np.int64).tobytes())
                 h.update(f"gather:{st.block}:{st.groups}:{st.fold}".encode())
@@ -208,7 +232,10 @@ class LatencyPlan:
         rows = [f"latency plan: {self.slots} slots, {self.input.n_ct} input ciphertext(s), "
                 f"{self.n_rotations()} rotations, Galois steps {self.rotation_steps}"]
         for st in self.steps:
-            if isinstance(st, GatherStep):
+            if getattr(st, "kind", "") == "rot":
+                rows.append(f"  rot: {st.n_in * st.merge} -> {st.n_out} ct (merge {st.merge}), {len(st.keys)} "
+                            f"plaintexts, {st.n_rotations()} rotations (n1={st.n1})")
+            elif isinstance(st, GatherStep):
                 rows.append(f"  gather: block {st.block}, {st.groups} taps/ct, {st.n_ct} ct, fold {st.fold}")
             elif isinstance(st, DiagStep):
                 rows.append(f"  diag[{st.strategy}]: period {st.period}, {len(st.used_j())} diagonals "
@@ -387,8 +414,47 @@ def _diag_candidates(seg: Affine, lin: Layout, slots: int, last: bool) -> list[D
     return out
 
 
+#: the channel packing replaces a feasible one-ciphertext plan only when the cost model expects it to be
+#: clearly cheaper (the literature's one-convolution networks keep their tuned plans)
+MULTI_ADVANTAGE = 0.5
+
+
 def plan_latency(prog: Program, slots: int) -> LatencyPlan:
-    """The structural plan (layouts, rotations, client gathers): a function of the public program only."""
+    """The structural plan (layouts, rotations, client gathers): a function of the public program only.
+    Chooses between the one-ciphertext plan below and the channel packing of `convpack`."""
+    mode = getattr(prog, "conv_packing", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ParameterError(f"conv_packing must be 'auto', 'on' or 'off', got {mode!r}")
+    cache = prog.__dict__.setdefault("_plan_cache", {})  # plans are pure functions of (program, slots, mode)
+    key = (slots, mode)
+    if key not in cache:
+        try:
+            cache[key] = _choose_plan(prog, slots, mode)
+        except ParameterError as e:
+            cache[key] = e
+    if isinstance(cache[key], ParameterError):
+        raise cache[key]
+    return cache[key]
+
+
+def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
+    from .convpack import plan_cost, plan_multi
+    single = err = None
+    try:
+        single = _plan_single(prog, slots)
+    except ParameterError as e:
+        err = e
+    multi = plan_multi(prog, slots) if mode != "off" else None
+    if multi is not None and (single is None or mode == "on"
+                              or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
+        from .rotkeys import limit_keys
+        return limit_keys(multi, prog)
+    if single is None:
+        raise err
+    return single
+
+
+def _plan_single(prog: Program, slots: int) -> LatencyPlan:
     segs_ops = prog.ops
     if prog.max_dim() > slots:
         raise ParameterError(f"a vector of {prog.max_dim()} values does not fit {slots} slots")
@@ -578,7 +644,10 @@ class CompiledPlan:
             else:
                 p_scale, s_after = 1.0, 1.0
             item = _Compiled(st.kind, step=st)
-            if isinstance(st, GatherStep):
+            if st.kind == "rot":
+                from .convpack import compile_rot
+                compile_rot(item, st, seg, backend, S, p_scale, level)
+            elif isinstance(st, GatherStep):
                 for c in range(st.n_ct):
                     r, g = st.rows[c], st.gather[c]
                     w = np.where(r >= 0, seg.A[np.maximum(r, 0), np.maximum(g, 0)], 0.0)
@@ -592,9 +661,11 @@ class CompiledPlan:
                     d = np.roll(np.tile(d, S // P), a * st.n1)
                     item.pts[(a, b)] = backend.encode(d, p_scale, level)
             level += 1
-            out_idx = st.out.tiled(S)
-            bias = np.where(out_idx >= 0, seg.b[np.maximum(out_idx, 0)], 0.0)
-            item.bias = backend.encode(bias, s_after, level) if np.any(bias) else None
+            out_rows = st.out_idx if st.kind == "rot" else [st.out.tiled(S)]
+            item.bias = []
+            for out_idx in out_rows:
+                bias = np.where(out_idx >= 0, seg.b[np.maximum(out_idx, 0)], 0.0)
+                item.bias.append(backend.encode(bias, s_after, level) if np.any(bias) else None)
             s_cur = s_after
             self.items.append(item)
         if mask:
@@ -615,33 +686,39 @@ class CompiledPlan:
 
     def evaluate(self, cts: list, trace: list | None = None, backend=None):
         """Run the plan on the input ciphertexts (or vectors); `backend` overrides the compile-time one
-        (the server compiles plaintexts once and evaluates with each connection's keys)."""
+        (the server compiles plaintexts once and evaluates with each connection's keys). A value is a list
+        of ciphertexts (one, except between channel-packed segments)."""
         be = backend or self.backend
-        x = None
+        if self.plan.key_paths:
+            from .rotkeys import ComposedRotations
+            be = ComposedRotations(be, self.plan.key_paths, self.plan.slots)
+        xs = None
         for item in self.items:
-            if trace is not None and x is not None:
-                trace.append(x)
+            if trace is not None and xs is not None:
+                trace.append(xs[0] if len(xs) == 1 else list(xs))
             st = item.step
             if item.kind == "mask":
-                x = be.rescale(be.mul_plain(x, item.const))
+                xs = [be.rescale(be.mul_plain(xs[0], item.const))]
             elif item.kind == "mask0":
-                x = be.mul_plain(x, item.const)
+                xs = [be.mul_plain(xs[0], item.const)]
             elif item.kind == "square":
-                x = be.square(x)
+                xs = [be.square(x) for x in xs]
             elif item.kind == "square_r":
-                x = be.rescale(be.square(x))
+                xs = [be.rescale(be.square(x)) for x in xs]
             elif item.kind == "cube":
-                u2 = be.add_plain(be.square(x), item.const)
-                u2 = be.rescale(u2)
-                x = be.multiply(be.mod_switch(x), u2)
+                xs = [self._cube(be, x, item.const) for x in xs]
+            elif item.kind == "rot":
+                from .convpack import evaluate_rot
+                xs = [self._finish(be, acc, [], bias)
+                      for acc, bias in zip(evaluate_rot(be, st, item.pts, xs if xs is not None else cts), item.bias)]
             elif item.kind == "gather":
                 acc = None
                 for c in range(st.n_ct):
                     t = be.mul_plain(cts[c], item.pts[c])
                     acc = t if acc is None else be.add(acc, t)
-                x = self._finish(be, acc, st.fold, item.bias)
+                xs = [self._finish(be, acc, st.fold, item.bias[0])]
             else:
-                src = x if x is not None else cts[0]
+                src = xs[0] if xs is not None else cts[0]
                 babies = {0: src}
                 for b in _baby_order(st.babies()):
                     hb = 1 << (b.bit_length() - 1)
@@ -656,10 +733,15 @@ class CompiledPlan:
                         acc = be.rotate(acc, st.n1)
                     if a in inners:
                         acc = inners[a] if acc is None else be.add(acc, inners[a])
-                x = self._finish(be, acc, st.fold, item.bias)
+                xs = [self._finish(be, acc, st.fold, item.bias[0])]
         if trace is not None:
-            trace.append(x)
-        return x
+            trace.append(xs[0])
+        return xs[0]
+
+    @staticmethod
+    def _cube(be, x, const):
+        u2 = be.rescale(be.add_plain(be.square(x), const))
+        return be.multiply(be.mod_switch(x), u2)
 
     @staticmethod
     def _finish(be, acc, fold, bias):

@@ -18,6 +18,10 @@ what that step adds:
     precision          measured on the zoo networks, CKKS rescale rounding (~2^13 absolute) and the weights'
                          encoding at 2^weight_bits dominate: both ~2^-(scale_bits - 13) in value units
 
+Channel-packed plans (`convpack.py`) rotate the fresh input (kernel offsets as baby steps): in fast mode they
+get no special-prime margin but an input scale INPUT_HEADROOM_BITS above the chain's scale instead, so the
+key-switching noise (~2^19) stays ~2^-(t_in - 19) of a pixel, no more than one rescale's rounding.
+
 `select_params` picks the smallest ring degree N whose bound fits the chain at the largest scale (<= 30
 bits, >= `min_scale_bits`) and whose slots hold every vector; then it spends leftover bits on the client's
 input scale.
@@ -50,6 +54,8 @@ MAX_BITS_128 = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 RING_DEGREES = (4096, 8192, 16384, 32768)
 MAX_PRIME_BITS = 60
 SPECIAL_MARGIN_BITS = 10
+#: channel-packed plans that rotate the fresh input in fast mode: input scale this far above the chain's scale
+INPUT_HEADROOM_BITS = 8
 #: with the 10-bit margin (only for plans that rotate the fresh input), data primes stay <= 50 bits
 MAX_DATA_PRIME_BITS = MAX_PRIME_BITS - SPECIAL_MARGIN_BITS
 DEFAULT_MAX_SCALE_BITS = 30
@@ -285,7 +291,22 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
     except ParameterError:
         return True
     first = plan.steps[0]
+    if first.kind == "rot":  # channel packing: babies rotate the fresh input (see convpack)
+        return "input" if any(first.babies(c) for c in range(first.n_in)) else False
     return first.kind == "diag" and bool(first.babies() and max(first.babies()) > 0)
+
+
+def _plannable(prog: Program, slots: int) -> bool:
+    """Whether some latency plan fits `slots`: one ciphertext per vector, or the channel packing."""
+    if _next_pow2(prog.max_dim()) <= slots:
+        return True
+    from .convpack import plan_multi
+    if getattr(prog, "conv_packing", "auto") == "off":
+        return False
+    try:
+        return plan_multi(prog, slots) is not None
+    except ParameterError:
+        return False
 
 
 def _latency_candidates(structure, N, vb, margin, t, depth, w_below, mask_bits, split, hi):
@@ -380,13 +401,23 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
         structure = base + ([mask_op] if mask_op else [])
         depth = sum(1 for op in structure if op != "sq")
         for N in RING_DEGREES:
-            if N < min_N or N // 2 < need_slots:
+            if N < min_N:
                 continue
             if _latency_at(structure, N, vb, SPECIAL_MARGIN_BITS, max_scale_bits, min_scale_bits, depth, None, mb,
                            split) is None \
                     and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb, split) is None:
                 continue  # too deep for this ring whatever the plan: no need to plan
-            margin = SPECIAL_MARGIN_BITS if _rotates_at_low_scale(prog, N // 2) else 0
+            if not _plannable(prog, N // 2):
+                continue
+            low = _rotates_at_low_scale(prog, N // 2)
+            margin = SPECIAL_MARGIN_BITS if low else 0
+            if low == "input" and not flood:
+                # channel packing: its babies rotate the fresh input. Instead of 10 bits of special prime on every
+                # key, give the input INPUT_HEADROOM_BITS above the scale: the key-switching noise (~2^19 with a
+                # special prime >= every data prime) is then ~2^-(t_in - 19) of a pixel, no more than a rescale's
+                p = _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb, split)
+                if p is not None and p.input_scale_bits >= p.scale_bits + INPUT_HEADROOM_BITS:
+                    return p
             p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb, split)
             if p is not None:
                 return p

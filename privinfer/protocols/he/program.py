@@ -41,6 +41,12 @@ class Affine:
     b: np.ndarray
     pattern: np.ndarray
     names: tuple = ()
+    #: public geometry for the channel packing (`convpack`): the segment's input / output tensor shapes and
+    #: its leading AvgPool (kernel, stride, padding) if it starts with one
+    in_shape: tuple = ()
+    out_shape: tuple = ()
+    lead_pool: tuple | None = None
+    convs: tuple = ()  # (kernel, stride, padding) of each Conv2d in the segment
     kind = "affine"
 
     @property
@@ -65,6 +71,8 @@ class Program:
     ops: list = field(default_factory=list)
     input_dim: int = 0
     output_dim: int = 0
+    #: the `he` server's `conv_packing` option ("auto", "on", "off"): public, sent in WELCOME
+    conv_packing: str = "auto"
 
     @property
     def segments(self) -> list[Affine]:
@@ -127,42 +135,79 @@ def _apply_cols(layer, M: np.ndarray, shape, bias: bool) -> np.ndarray:
     return out.reshape(M.shape[1], -1).numpy().T.copy()
 
 
-def build_program(graph: Graph) -> Program:
-    """Rewrite `graph` into affine segments and square/cube activations (see the module docstring)."""
+def _no_bias(layer):
+    if isinstance(layer, Conv2d):
+        return Conv2d(layer.weight, np.zeros_like(layer.bias), layer.stride, layer.padding)
+    if isinstance(layer, Linear):
+        return Linear(layer.weight, np.zeros_like(layer.bias))
+    return layer
+
+
+def _compose(chain: list, n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of a chain of bias-free linear layers [(layer, input shape)]: applied to the
+    n_in unit vectors, or (when the output is smaller) as n_out vector-Jacobian products: the cost of a
+    segment is then min(n_in, n_out) passes, not n_in (a pool + conv after a wide convolution)."""
+    if n_in <= n_out or not chain:
+        M = np.eye(n_in)
+        for layer, sh in chain:
+            M = _apply_cols(layer, M, sh, bias=False)
+        return M
+    x = torch.zeros((n_out,) + tuple(chain[0][1]), dtype=torch.float64, requires_grad=True)
+    t = x
+    for layer, _ in chain:
+        t = apply_layer(_no_bias(layer), t)
+    # row R of A = gradient of output R: one batched backward pass, sample R seeded with unit vector R
+    (rows,) = torch.autograd.grad(t.reshape(n_out, -1), x, torch.eye(n_out, dtype=torch.float64))
+    return rows.reshape(n_out, n_in).numpy().copy()
+
+
+def build_program(graph: Graph, structure_only: bool = False) -> Program:
+    """Rewrite `graph` into affine segments and square/cube activations (see the module docstring).
+    `structure_only` (the client, which holds no weights): patterns and shapes only; every `A` is a read-only
+    zero view (no composition cost)."""
     check_he_graph(graph)
     n_in = int(np.prod(graph.input_shape))
     prog = Program(input_dim=n_in, output_dim=int(np.prod(graph.output_shape)))
-    A = np.eye(n_in)
     b = np.zeros(n_in)
-    P = np.eye(n_in)  # non-negative "ones" composition: > 0 where structurally non-zero
+    chain: list = []          # the segment's linear layers, composed lazily (see `_compose`)
+    mult, structural = 1.0, True  # scalar factor (activation scales, degree-1 polys); False: c1 == 0 somewhere
     names: list[str] = []
     shape = tuple(graph.input_shape)
+    seg_in, lead, convs = [shape], [None], []
 
     def close(next_scale: float, next_shift: float):
-        nonlocal A, b, P, names
-        if A.size > MAX_SEGMENT_ENTRIES:
-            raise ParameterError(f"segment {names} is a {A.shape[0]}x{A.shape[1]} map, too large for the latency "
+        nonlocal b, chain, mult, structural, names
+        n_i, n_o = int(np.prod(seg_in[0])), int(np.prod(shape))
+        if n_i * n_o > MAX_SEGMENT_ENTRIES:
+            raise ParameterError(f"segment {names} is a {n_o}x{n_i} map, too large for the latency "
                                  f"packing (limit {MAX_SEGMENT_ENTRIES} entries)")
-        prog.ops.append(Affine(A, b, P > 0, tuple(names)))
-        n = A.shape[0]
-        A, b, P, names = np.eye(n) * next_scale, np.full(n, float(next_shift)), np.eye(n), []
+        A = np.broadcast_to(0.0, (n_o, n_i)) if structure_only else _compose(chain, n_i, n_o) * mult
+        P = _compose([(_ones_like(layer), sh) for layer, sh in chain], n_i, n_o) > 0 if structural \
+            else np.zeros((n_o, n_i), dtype=bool)
+        prog.ops.append(Affine(A, b, P, tuple(names), seg_in[0], tuple(shape), lead[0], tuple(convs)))
+        convs.clear()
+        b, chain, mult, structural, names = np.full(n_o, float(next_shift)), [], float(next_scale), True, []
+        seg_in[0], lead[0] = tuple(shape), None
 
     for layer, name, out_shape in zip(graph.layers, graph.names, graph.shapes[1:]):
         if isinstance(layer, (Conv2d, Linear, AvgPool2d, Flatten)):
-            if A.shape[1] * int(np.prod(out_shape)) > MAX_SEGMENT_ENTRIES:
-                raise ParameterError(f"layer {name}: composed linear map {int(np.prod(out_shape))}x{A.shape[1]} "
-                                     f"is too large for the latency packing")
-            A = _apply_cols(layer, A, shape, bias=False)
+            if int(np.prod(seg_in[0])) * int(np.prod(out_shape)) > MAX_SEGMENT_ENTRIES:
+                raise ParameterError(f"layer {name}: composed linear map {int(np.prod(out_shape))}x"
+                                     f"{int(np.prod(seg_in[0]))} is too large for the latency packing")
+            chain.append((layer, shape))
             b = _apply_cols(layer, b[:, None], shape, bias=True)[:, 0]
-            P = _apply_cols(_ones_like(layer), P, shape, bias=False)
+            if isinstance(layer, Conv2d):
+                convs.append((layer.kernel, layer.stride, layer.padding))
+            if not names and isinstance(layer, AvgPool2d):
+                lead[0] = (layer.kernel, layer.stride, layer.padding)
             names.append(name)
         elif isinstance(layer, Poly):
             c = list(layer.coeffs) + [0.0] * (4 - len(layer.coeffs))
             deg = layer.degree
             if deg <= 1:
-                A, b = A * c[1], b * c[1] + c[0]
+                mult, b = mult * c[1], b * c[1] + c[0]
                 if c[1] == 0.0:
-                    P = np.zeros_like(P)
+                    structural = False
                 names.append(name)
             elif deg == 2:
                 a, h = c[2], c[1] / (2 * c[2])

@@ -1,0 +1,484 @@
+"""Channel packing for convolutional networks: a value spread over several ciphertexts, channels in slot blocks.
+
+Why: the one-ciphertext latency packing (`latency.py`) needs every intermediate vector in one ciphertext, so
+a convolution with 16 output maps of 24x24 (9216 values) forces N=32768, and its client-side gather uploads
+one ciphertext per group of kernel taps. GAZELLE / LoLa / Orion instead keep a convolution's *geometry* in
+the slots; this module does that, with the shift structure found automatically from the public sparsity
+pattern:
+
+Grid layouts
+    A (C, H, W) tensor is split into polyphase components (y % ph, x % pw); each (phase, channel) "unit"
+    owns a block of Bk (a power of two) slots, element (c, y, x) at offset (y // ph) * ry + (x // pw) * rx.
+    Phase-major: phase p, channel c -> ciphertext p * cpp + c // nb, block c % nb (nb = slots / Bk).
+    Packed (the client's input only): every unit in one ciphertext, replicated to fill it.
+
+Rotation steps (`RotStep`): `out[o] = sum_{c, j} rot(x[c], j) * d[o, c, j]`
+    Every structural weight (R, k) becomes one term: the output slot (o, s) of R, the input slot (c, t) of
+    k (the nearest copy if the input is replicated), j = t - s (signed). Output slots that hold no output
+    get weight 0, so the result is exactly the layout (zeros elsewhere, no garbage). j = g * n1 + b is
+    evaluated baby-step giant-step: babies rot(x[c], b) once per input ciphertext (each one rotation from a
+    smaller baby, keys = powers of two), giants by Horner's rule (keys n1 and -n1); plaintexts pre-rotated.
+    With the right layout a convolution needs few distinct j: output geometry ry_o = stride * p_o * ry / ph
+    keeps t - s constant over the output grid, so j = (channel block shift) + (kernel offset).
+
+AvgPool folding (`merge`)
+    When the segment starts with AvgPool(k, stride k) and the input's phases are (k, k), the pool is the sum
+    of the k² phase ciphertexts (additions only); the segment's matrix on the pooled tensor is k² times its
+    columns of phase (0, 0). The planner asks the previous segment for output phases k for this reason, and
+    the client lays the image out with phases stride * k.
+
+The planner (`plan_multi`) goes segment by segment with these rules, and hands over to the one-ciphertext
+diagonal method of `latency.py` (or a compact `RotStep`, whichever is cheaper) once the value fits one
+ciphertext and the segment is dense. Levels and scales are exactly those of a `latency.py` segment (one
+rescale per segment), so the parameter selection is unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import ParameterError, ShapeError
+from .latency import (C_CT, C_MUL, C_ROT, ZERO, ActStep, InputSpec, Layout, LatencyPlan, _baby_order,
+                      _diag_candidates, next_pow2)
+from .program import Activation, Affine, Program
+
+#: ms-equivalent charged per Galois key (set-up time and bytes; keys, not compute, bind the set-up budget)
+C_KEY = 6.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a (C, H, W) tensor sits in the slots (see the module docstring)."""
+    C: int
+    H: int
+    W: int
+    ph: int
+    pw: int
+    ry: int
+    rx: int
+    Bk: int
+    packed: bool = False
+
+    def fits(self, slots: int) -> bool:
+        row = ((self.W - 1) // self.pw) * self.rx
+        last = ((self.H - 1) // self.ph) * self.ry + row
+        if last >= self.Bk or self.Bk > slots or (self.H > self.ph and row >= self.ry) or self.rx < 1:
+            return False  # (rows must not overlap)
+        return not self.packed or self.ph * self.pw * self.C <= slots // self.Bk
+
+    def idx(self, slots: int) -> np.ndarray:
+        """(n_ct, slots): the element index each slot holds, ZERO elsewhere."""
+        if not self.fits(slots):
+            raise ShapeError(f"grid {self} does not fit {slots} slots")
+        c, y, x = np.meshgrid(np.arange(self.C), np.arange(self.H), np.arange(self.W), indexing="ij")
+        c, y, x = c.ravel(), y.ravel(), x.ravel()
+        e = (c * self.H + y) * self.W + x
+        phase = (y % self.ph) * self.pw + x % self.pw
+        pos = (y // self.ph) * self.ry + (x // self.pw) * self.rx
+        nb = slots // self.Bk
+        if self.packed:
+            period = next_pow2(self.ph * self.pw * self.C)
+            out = np.full((1, slots), ZERO, dtype=np.int64)
+            unit = phase * self.C + c
+            for rep in range(nb // period):
+                out[0, (rep * period + unit) * self.Bk + pos] = e
+            return out
+        cpp = -(-self.C // nb)
+        out = np.full((self.ph * self.pw * cpp, slots), ZERO, dtype=np.int64)
+        out[phase * cpp + c // nb, (c % nb) * self.Bk + pos] = e
+        return out
+
+
+@dataclass
+class RotStep:
+    """One affine segment on multi-ciphertext values (see the module docstring)."""
+    merge: int               # input ciphertexts summed in `merge` groups first (AvgPool folding); 1 = none
+    n_in: int                # input ciphertexts after the merge
+    out_idx: np.ndarray      # (n_out_ct, slots) output element per slot, ZERO elsewhere
+    n1: int
+    keys: np.ndarray         # (K, 4): o, c, g, b of each plaintext
+    term_key: np.ndarray     # weight A[term_R, cols[term_k]] * col_mult at slot term_s of plaintext term_key
+    term_s: np.ndarray
+    term_R: np.ndarray
+    term_k: np.ndarray
+    cols: np.ndarray | None = None
+    col_mult: float = 1.0
+    grid: Grid | None = None
+    cost: float = 0.0
+    kind = "rot"
+
+    @property
+    def n_out(self) -> int:
+        return int(self.out_idx.shape[0])
+
+    @property
+    def out(self) -> Layout:
+        if self.n_out != 1:
+            raise ShapeError("a multi-ciphertext value has no one-ciphertext layout")
+        return Layout(self.out_idx.shape[1], self.out_idx[0].copy()).compressed()
+
+    def babies(self, c: int) -> list[int]:
+        return [b for b, _, _ in self.baby_chain(c)]
+
+    def baby_chain(self, c: int) -> list[tuple[int, int, int]]:
+        """[(baby, from baby, rotation step)] for input ciphertext c, in evaluation order: with the two keys
+        {1, d} when every baby is one such step from another (a kernel's row offsets: d = the row stride),
+        else by powers of two (b from b - highbit(b))."""
+        cache = self.__dict__.setdefault("_chains", {})
+        if c not in cache:
+            need = sorted({int(b) for b in self.keys[self.keys[:, 1] == c, 3]} - {0})
+            have = set(need) | {0}
+            jumps = [b for b in need if b - 1 not in have]
+            d = jumps[0] if jumps else 1
+            if all(b - 1 in have or b - d in have for b in need):
+                cache[c] = [(b, b - 1, 1) if b - 1 in have else (b, b - d, d) for b in need]
+            else:
+                cache[c] = [(b, b - (1 << (b.bit_length() - 1)), 1 << (b.bit_length() - 1))
+                            for b in _baby_order(need)]
+        return cache[c]
+
+    def giants(self, o: int) -> tuple[int, int]:
+        g = self.keys[self.keys[:, 0] == o, 2]
+        return (int(min(g.min(), 0)), int(max(g.max(), 0))) if len(g) else (0, 0)
+
+    def n_rotations(self) -> int:
+        n = sum(len(self.babies(c)) for c in range(self.n_in))
+        return n + sum(hi - lo for lo, hi in (self.giants(o) for o in range(self.n_out)))
+
+    def key_steps(self, slots: int) -> set[int]:
+        steps = {step for c in range(self.n_in) for _, _, step in self.baby_chain(c)}
+        for o in range(self.n_out):
+            lo, hi = self.giants(o)
+            if hi > 0:
+                steps.add(self.n1)
+            if lo < 0:
+                steps.add(slots - self.n1)
+        return steps
+
+    def digest_bytes(self) -> bytes:
+        parts = [self.out_idx, self.keys, self.term_key, self.term_s, self.term_R, self.term_k]
+        if self.cols is not None:
+            parts.append(self.cols)
+        head = f"rot:{self.merge}:{self.n_in}:{self.n1}:{self.col_mult!r}".encode()
+        return head + b"".join(np.ascontiguousarray(p, dtype=np.int64).tobytes() for p in parts)
+
+
+def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray):
+    """Every structural weight (R, k): output (o, s), input ciphertext c and signed shift j (nearest copy)."""
+    S = in_idx.shape[1]
+    n_out, n_el = pattern.shape
+    flat_out = out_idx.reshape(-1)
+    w = np.flatnonzero(flat_out >= 0)
+    if len(w) != n_out or len(np.unique(flat_out[w])) != n_out:
+        raise ShapeError("output layout must hold every output exactly once")
+    pos_out = np.empty(n_out, dtype=np.int64)
+    pos_out[flat_out[w]] = w
+    flat_in = in_idx.reshape(-1)
+    wi = np.flatnonzero(flat_in >= 0)
+    order = np.argsort(flat_in[wi], kind="stable")
+    el_s, pos_s = flat_in[wi][order], wi[order]
+    counts = np.bincount(el_s, minlength=n_el)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    R, K = np.nonzero(pattern)
+    if len(R) and (counts[K] == 0).any():
+        raise ShapeError("input layout lacks an element the segment reads")
+    po = pos_out[R]
+    o, s = po // S, po % S
+    best = np.full(len(R), np.iinfo(np.int64).max)
+    c_sel = np.zeros(len(R), dtype=np.int64)
+    j_sel = np.zeros(len(R), dtype=np.int64)
+    for m in range(int(counts.max()) if len(counts) else 0):
+        has = counts[K] > m
+        pi = pos_s[np.minimum(starts[K] + m, len(pos_s) - 1)]
+        j = (pi % S - s) % S  # of several copies, the nearest one ahead (giants then need only the key n1)
+        score = np.where(has, j, np.iinfo(np.int64).max)
+        j = np.where(j > S // 2, j - S, j)
+        better = score < best
+        best = np.where(better, score, best)
+        c_sel = np.where(better, pi // S, c_sel)
+        j_sel = np.where(better, j, j_sel)
+    return R, K, o, s, c_sel, j_sel
+
+
+def _bsgs_cost(o, c, j, n1):
+    g = np.floor_divide(j, n1)
+    b = j - g * n1
+    n_rot = 0
+    for ci in np.unique(c):
+        n_rot += len(_baby_order(sorted({int(v) for v in b[c == ci]})))
+    for oi in np.unique(o):
+        gg = g[o == oi]
+        n_rot += int(max(gg.max(), 0) - min(gg.min(), 0))
+    return n_rot
+
+
+def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, merge: int = 1, cols=None,
+             col_mult: float = 1.0, grid: Grid | None = None) -> RotStep:
+    S = in_idx.shape[1]
+    R, K, o, s, c, j = _choose_terms(pattern, in_idx, out_idx)
+    n_in = int(in_idx.shape[0])
+    tc = np.unique((o * n_in + c) * (2 * S) + (j + S))
+    trip = np.stack([tc // (2 * S) // n_in, tc // (2 * S) % n_in, tc % (2 * S) - S], axis=1)
+    best = None
+    n1 = 1
+    while n1 <= S:
+        cost = _bsgs_cost(trip[:, 0], trip[:, 1], trip[:, 2], n1) if len(trip) else 0
+        if best is None or cost < best[0]:
+            best = (cost, n1)
+        n1 *= 2
+    n1 = best[1]
+    g = np.floor_divide(j, n1)
+    b = j - g * n1
+    # giants are cyclic (S / n1 of them): taken mod S / n1 they need only the key n1, no -n1; do so unless
+    # that costs more Horner steps (small negative shifts, e.g. from padding)
+    gu = g % (S // n1)
+    signed = sum(int(max(g[o == oi].max(), 0) - min(g[o == oi].min(), 0)) for oi in np.unique(o))
+    unsigned = sum(int(gu[o == oi].max()) for oi in np.unique(o))
+    if unsigned <= signed:
+        g = gu
+    G = int(g.max() - g.min() + 1) if len(g) else 1
+    gmin = int(g.min()) if len(g) else 0
+    code = ((o * in_idx.shape[0] + c) * G + (g - gmin)) * n1 + b
+    uniq, inv = np.unique(code, return_inverse=True)
+    keys = np.zeros((len(uniq), 4), dtype=np.int64)
+    keys[inv, 0], keys[inv, 1], keys[inv, 2], keys[inv, 3] = o, c, g, b
+    st = RotStep(merge, int(in_idx.shape[0]), out_idx, n1, keys, inv.astype(np.int64), s, R, K, cols,
+                 float(col_mult), grid)
+    st.cost = st.n_rotations() * C_ROT + len(keys) * C_MUL + st.n_out * C_ROT \
+        + len(st.key_steps(S)) * C_KEY
+    return st
+
+
+def evaluate_rot(be, st: RotStep, pts: dict, xs: list) -> list:
+    """The products and rotations of one `RotStep` (before its rescale): one accumulator per output ct."""
+    if len(xs) != st.n_in * st.merge:
+        raise ShapeError(f"expected {st.n_in * st.merge} ciphertexts, got {len(xs)}")
+    if st.merge > 1:  # AvgPool folding: the sum of the phase ciphertexts (in place: inputs are not reused)
+        merged = []
+        for q in range(st.n_in):
+            acc = xs[q]
+            for p in range(1, st.merge):
+                acc = be.add(acc, xs[p * st.n_in + q])
+            merged.append(acc)
+        xs = merged
+    babies = []
+    for c in range(st.n_in):
+        bc = {0: xs[c]}
+        for b, prev, step in st.baby_chain(c):
+            bc[b] = be.rotate(bc[prev], step)
+        babies.append(bc)
+    inners: dict = {}
+    for (o, c, g, b), pt in pts.items():
+        t = be.mul_plain(babies[c][b], pt)
+        key = (o, g)
+        inners[key] = t if key not in inners else be.add(inners[key], t)
+    neg = st.out_idx.shape[1] - st.n1  # a left rotation by -n1, as a non-negative step
+    out = []
+    for o in range(st.n_out):
+        lo, hi = st.giants(o)
+        acc = None
+        for g in range(hi, 0, -1):  # Horner, positive giants: key n1
+            if acc is not None:
+                acc = be.rotate(acc, st.n1)
+            if (o, g) in inners:
+                acc = inners[(o, g)] if acc is None else be.add(acc, inners[(o, g)])
+        total = be.rotate(acc, st.n1) if acc is not None else None
+        acc = None
+        for g in range(lo, 0):  # Horner, negative giants: key -n1
+            if acc is not None:
+                acc = be.rotate(acc, neg)
+            if (o, g) in inners:
+                acc = inners[(o, g)] if acc is None else be.add(acc, inners[(o, g)])
+        if acc is not None:
+            acc = be.rotate(acc, neg)
+            total = acc if total is None else be.add(total, acc)
+        if (o, 0) in inners:
+            total = inners[(o, 0)] if total is None else be.add(total, inners[(o, 0)])
+        if total is None:
+            raise ShapeError(f"output ciphertext {o} receives no term")
+        out.append(total)
+    return out
+
+
+def compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> None:
+    """One plaintext per (output ct, input ct, giant, baby) of a `convpack.RotStep`, pre-rotated by -g*n1."""
+    A = seg.A if st.cols is None else seg.A[:, st.cols] * st.col_mult
+    w = A[st.term_R, st.term_k]
+    d = np.zeros((len(st.keys), S))
+    d[st.term_key, st.term_s] = w
+    for i, (o, c, g, b) in enumerate(st.keys):
+        item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(np.roll(d[i], int(g) * st.n1), p_scale, level)
+
+
+# --- planning --------------------------------------------------------------------------------------
+def _mergeable(seg: Affine, grid: Grid | None) -> int:
+    """k when `seg` starts with AvgPool(k, stride k, no padding) on a grid of phases (k, k): else 0."""
+    if grid is None or seg.lead_pool is None or grid.packed:
+        return 0
+    (kh, kw), (sh, sw), pad = seg.lead_pool
+    if kh == kw == sh == sw == grid.ph == grid.pw and not any(pad) and grid.H % kh == 0 and grid.W % kw == 0:
+        return kh
+    return 0
+
+
+def _merge(seg: Affine, grid: Grid, slots: int):
+    """(pattern on the merged tensor, its columns of A, multiplier, pooled grid, merged ciphertext count)."""
+    k = grid.ph
+    C, Hp, Wp = grid.C, grid.H // k, grid.W // k
+    c, Y, X = np.meshgrid(np.arange(C), np.arange(Hp), np.arange(Wp), indexing="ij")
+    cols = ((c * grid.H + k * Y) * grid.W + k * X).ravel()
+    pooled = Grid(C, Hp, Wp, 1, 1, grid.ry, grid.rx, grid.Bk)
+    n_ct = grid.idx(slots).shape[0] // (k * k)
+    return seg.pattern[:, cols], cols, 1.0, pooled, n_ct  # merged = k² x pooled, A[:, cols] = A_pool / k²
+
+
+def _next_pool(segs: list[Affine], i: int, shape) -> int:
+    if i + 1 >= len(segs) or segs[i + 1].lead_pool is None or len(shape) != 3:
+        return 1
+    (kh, kw), (sh, sw), pad = segs[i + 1].lead_pool
+    ok = kh == kw == sh == sw and not any(pad) and shape[1] % kh == 0 and shape[2] % kw == 0
+    return kh if ok else 1
+
+
+def _out_grid(seg: Affine, grid: Grid | None, p_o: int, slots: int) -> Grid | None:
+    C, H, W = seg.out_shape
+    if grid is not None and len(seg.convs) == 1:
+        (sy, sx) = seg.convs[0][1]
+        num_y, num_x = sy * p_o * grid.ry, sx * p_o * grid.rx
+        if num_y % grid.ph == 0 and num_x % grid.pw == 0:
+            g = Grid(C, H, W, p_o, p_o, num_y // grid.ph, num_x // grid.pw, grid.Bk)
+            if g.fits(slots):
+                return g
+    gw = next_pow2(-(-W // p_o))
+    g = Grid(C, H, W, p_o, p_o, gw, 1, next_pow2(-(-H // p_o) * gw))
+    return g if g.fits(slots) else None
+
+
+def input_grid(prog: Program, slots: int) -> Grid | None:
+    """The client's layout of the image: phases stride x (next pool), packed and replicated if it fits."""
+    segs = prog.segments
+    first = segs[0]
+    if len(first.in_shape) != 3 or len(first.convs) != 1:
+        return None
+    C, H, W = first.in_shape
+    s = first.convs[0][1][0] if first.convs[0][1][0] == first.convs[0][1][1] else 1
+    p = s * _next_pool(segs, 0, first.out_shape)
+    gw = next_pow2(-(-W // p))
+    # blocks no smaller than needed to fill the slots with the widest layer's channels (channel shifts then
+    # wrap exactly: fewer distinct rotations)
+    widest = max([s_.out_shape[0] for s_ in segs if len(s_.out_shape) == 3] + [C])
+    Bk = max(next_pow2(-(-H // p) * gw), slots // next_pow2(widest))
+    for packed in (True, False):
+        g = Grid(C, H, W, p, p, gw, 1, Bk, packed)
+        if g.fits(slots):
+            return g
+    return None
+
+
+@dataclass
+class _State:
+    idx: np.ndarray | None          # (n_ct, slots) while the value is a Grid / multi-ciphertext
+    layout: Layout | None           # one-ciphertext layout (then the diagonal method takes over)
+    grid: Grid | None
+
+
+def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, first: bool) -> list:
+    """(step, next state) options for one segment."""
+    last = seg_i == len(segs) - 1
+    if st.layout is not None:
+        return [(d, _State(None, d.out, None)) for d in _diag_candidates(op, st.layout, slots, last)]
+    pattern, cols, merge, in_grid, x_idx = op.pattern, None, 1, st.grid, st.idx
+    k = _mergeable(op, st.grid)
+    if k:
+        pattern, cols, _, in_grid, _ = _merge(op, st.grid, slots)
+        merge, x_idx = k * k, in_grid.idx(slots)
+    outs = []
+    if len(op.out_shape) == 3 and not last:
+        for p_o in sorted({1, _next_pool(segs, seg_i, op.out_shape)}):
+            g = _out_grid(op, in_grid, p_o, slots)
+            if g is not None:
+                outs.append((g, g.idx(slots)))
+    elif op.n_out <= slots:
+        idx = np.full((1, slots), ZERO, dtype=np.int64)
+        idx[0, :op.n_out] = np.arange(op.n_out)
+        outs.append((None, idx))
+    res = []
+    for g, out_idx in outs:
+        step = rot_step(pattern, x_idx, out_idx, merge=merge, cols=cols, grid=g)
+        if first:
+            step.cost += x_idx.shape[0] * C_CT
+        one = step.n_out == 1 and g is None
+        res.append((step, _State(step.out_idx, step.out if one else None, g)))
+    if x_idx.shape[0] == 1 and merge == 1 and not first and (len(op.out_shape) != 3 or last):
+        lay = Layout(slots, x_idx[0].copy()).compressed()
+        res += [(d, _State(None, d.out, None)) for d in _diag_candidates(op, lay, slots, last)]
+    return res
+
+
+def plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
+    """A channel-packed plan, or None when the network does not start with a convolution or cannot fit.
+    Greedy over segments with a one-segment lookahead on the cost model."""
+    cache = prog.__dict__.setdefault("_multi_cache", {})
+    if slots not in cache:
+        cache[slots] = _plan_multi(prog, slots)
+    return cache[slots]
+
+
+def _plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
+    segs = prog.segments
+    grid = input_grid(prog, slots)
+    if grid is None:
+        return None
+    in_idx = grid.idx(slots)
+    plan = LatencyPlan(slots, InputSpec(in_idx.copy()), [], prog.output_dim)
+    state = _State(in_idx, None, grid)
+    seg_i = 0
+    for op in prog.ops:
+        if isinstance(op, Activation):
+            plan.steps.append(ActStep(op.kind, float(op.const)))
+            continue
+        cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0)
+        if not cands:
+            return None
+        if len(cands) > 1 and seg_i + 1 < len(segs):
+            def total(c):
+                nxt = _candidates(segs[seg_i + 1], c[1], segs, seg_i + 1, slots, False)
+                return c[0].cost + c[0].n_out * C_ROT * (getattr(c[0], "n_out", 1) > 1) \
+                    + (min(n[0].cost for n in nxt) if nxt else 1e12)
+            step, state = min(cands, key=total)
+        else:
+            step, state = min(cands, key=lambda c: c[0].cost)
+        plan.steps.append(step)
+        seg_i += 1
+    check_plan(plan)
+    return plan
+
+
+def plan_cost(plan: LatencyPlan) -> float:
+    """The cost model's estimate (ms-equivalent at N=8192) of one plan: steps, uploads and keys."""
+    cost = plan.input.n_ct * C_CT + len(plan.rotation_steps) * C_KEY
+    n_ct = plan.input.n_ct
+    for st in plan.steps:
+        if isinstance(st, ActStep):
+            cost += n_ct * C_ROT
+            continue
+        cost += getattr(st, "cost", 0.0)
+        if isinstance(st, RotStep):
+            n_ct = st.n_out
+        elif st.kind == "gather":
+            cost += st.n_ct * C_MUL + len(st.fold) * C_ROT
+            n_ct = 1
+        else:
+            n_ct = 1
+    return cost
+
+
+def check_plan(plan: LatencyPlan) -> None:
+    """Raise unless the plan's final value is one ciphertext."""
+    last = [s for s in plan.steps if not isinstance(s, ActStep)][-1]
+    if isinstance(last, RotStep) and last.n_out != 1:
+        raise ParameterError("the last segment must produce one ciphertext")
+
+
+__all__ = ["Grid", "RotStep", "rot_step", "plan_multi", "plan_cost", "input_grid", "evaluate_rot", "compile_rot"]

@@ -1,0 +1,145 @@
+"""The channel packing (`protocols/he/convpack.py`) against the reference executor.
+
+Property tests run the server's evaluator on plaintext slot vectors (`NumpyBackend`, no encryption) over
+random multi-channel convolution stacks (channels, kernel, stride, padding, pools); every rotation the
+evaluator performs must be one of the plan's Galois steps, and every step must be used (the client
+generates exactly those keys). One SEAL end-to-end test runs a small two-convolution network.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from torch import nn
+
+import privinfer
+from privinfer.model import compile_model, run_reference
+from privinfer.model.torch_layers import Square
+from privinfer.protocols.he.convpack import Grid, RotStep, plan_multi
+from privinfer.protocols.he.latency import CompiledPlan, NumpyBackend, client_vectors, plan_latency
+from privinfer.protocols.he.program import build_program
+
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class RecordingBackend(NumpyBackend):
+    """NumpyBackend that records every rotation step it is asked for."""
+
+    def __init__(self, slots):
+        super().__init__(slots)
+        self.steps = set()
+
+    def rotate(self, ct, k):
+        self.steps.add(int(k) % self.slots)
+        return super().rotate(ct, k)
+
+
+def _graph(shape, layers, seed):
+    torch.manual_seed(seed)
+    m = nn.Sequential(*layers)
+    m.input_shape = shape
+    return compile_model(m)
+
+
+def _run(plan, prog, x):
+    be = RecordingBackend(plan.slots)
+    out = CompiledPlan(plan, prog, be).evaluate(list(client_vectors(plan, x)))
+    return out[plan.output_slots()], be.steps
+
+
+@st.composite
+def conv_stacks(draw):
+    cin, h = draw(st.integers(1, 3)), draw(st.integers(6, 14))
+    layers, c, size = [], cin, h
+    for i in range(draw(st.integers(1, 2))):
+        k = draw(st.integers(1, min(5, size)))
+        stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, 2))
+        cout = draw(st.integers(1, 6))
+        out = (size + 2 * pad - k) // stride + 1
+        if out < 1:
+            break
+        layers += [nn.Conv2d(c, cout, k, stride=stride, padding=pad), Square()]
+        c, size = cout, out
+        if draw(st.booleans()) and size >= 2 and size % 2 == 0:
+            layers.append(nn.AvgPool2d(2))
+            size //= 2
+    assume(layers)
+    layers += [nn.Flatten(), nn.Linear(c * size * size, draw(st.integers(1, 12)))]
+    return _graph((cin, h, h), layers, draw(st.integers(0, 1000)))
+
+
+@SETTINGS
+@given(conv_stacks(), st.sampled_from([1024, 4096]))
+def test_channel_packing_matches_reference(g, slots):
+    prog = build_program(g)
+    plan = plan_multi(prog, slots)
+    assume(plan is not None)
+    assert any(isinstance(s, RotStep) for s in plan.steps)
+    x = np.random.default_rng(0).random(g.input_shape)
+    got, used = _run(plan, prog, x)
+    ref = run_reference(g, x[None])[0]
+    assert np.allclose(got, ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert used == set(plan.rotation_steps)  # the keys the client makes are exactly the ones evaluated
+    # the image itself, laid out (and replicated when it fits one ciphertext): never an im2col expansion
+    counts = np.bincount(plan.input.gathers[plan.input.gathers >= 0], minlength=int(np.prod(g.input_shape)))
+    assert (counts >= 1).all() and (plan.input.n_ct == 1 or (counts == 1).all())
+
+
+@SETTINGS
+@given(st.integers(1, 4), st.integers(1, 4), st.sampled_from([(2, 2), (1, 1), (3, 1)]), st.integers(4, 9),
+       st.booleans())
+def test_grid_layout_holds_each_element_once(C, H_mul, phases, W, packed):
+    ph, pw = phases
+    H = H_mul * ph
+    gw = 1 << max(0, (-(-W // pw) - 1).bit_length())
+    g = Grid(C, H, W, ph, pw, gw, 1, 1 << max(0, (-(-H // ph) * gw - 1).bit_length()), packed)
+    assume(g.fits(1024))
+    idx = g.idx(1024)
+    vals = idx[idx >= 0]
+    assert set(vals.tolist()) == set(range(C * H * W))
+    if not packed:
+        assert len(vals) == C * H * W
+
+
+def test_avgpool_folds_into_phase_sums():
+    g = _graph((1, 12, 12), [nn.Conv2d(1, 4, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3), Square(),
+                             nn.Flatten(), nn.Linear(36, 5)], 3)
+    prog = build_program(g)
+    plan = plan_multi(prog, 1024)
+    rots = [s for s in plan.steps if isinstance(s, RotStep)]
+    assert rots[0].n_out == 4 and rots[1].merge == 4  # conv1 in 4 polyphase ciphertexts, pool = their sum
+    x = np.random.default_rng(1).random(g.input_shape)
+    got, _ = _run(plan, prog, x)
+    assert np.allclose(got, run_reference(g, x[None])[0], atol=1e-9)
+
+
+def test_planner_keeps_one_convolution_networks_on_their_plans():
+    """cryptonets-shaped networks keep the one-ciphertext plan (no regression); wide CNNs get the packing."""
+    small = _graph((1, 28, 28), [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 5, 5, stride=2), Square(), nn.Flatten(),
+                                 nn.Linear(845, 100), Square(), nn.Linear(100, 10)], 0)
+    assert not any(isinstance(s, RotStep) for s in plan_latency(build_program(small, True), 8192).steps)
+    wide = _graph((1, 28, 28), [nn.Conv2d(1, 16, 5), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 16, 5), Square(),
+                                nn.AvgPool2d(2), nn.Flatten(), nn.Linear(256, 10)], 0)
+    plan = plan_latency(build_program(wide, True), 4096)  # 9216 values: no one-ciphertext plan fits
+    assert isinstance(plan.steps[0], RotStep) and plan.input.n_ct == 1
+
+
+def test_seal_end_to_end_channel_packed(capsys):
+    g = _graph((1, 16, 16), [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3),
+                             Square(), nn.Flatten(), nn.Linear(200, 6)], 5)
+    x = np.random.default_rng(2).random((2, 1, 16, 16))
+    with privinfer.PrivateSession(g, "he", spawn="thread", circuit_privacy="fast", conv_packing="on",
+                                  progress=True) as s:
+        got = s.infer(x)
+        client = s.client
+        assert isinstance(client.plan.steps[0], RotStep)
+        assert client.ctx.rotation_steps == tuple(client.plan.rotation_steps)
+        assert s.stats.last.bytes_client_to_server < 2 * 1.2e6  # one seeded ciphertext per image
+    err = capsys.readouterr().err  # set-up progress: the server's stages, key generation and upload
+    for line in ("he: server: parameters CKKS", "he: server: weights encoded", "he: generating keys",
+                 "he: keys generated", "he: keys sent"):
+        assert line in err, err
+    ref = run_reference(g, x)
+    assert np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
