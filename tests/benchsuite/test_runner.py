@@ -39,8 +39,8 @@ def test_every_registered_protocol_has_a_rule_or_is_reported():
 def test_modelled_latency_counts_both_directions_and_the_dealer():
     rec = {"latency_s": {"median": 0.5}, "rounds": 10, "bytes_client_to_server": 1_000_000,
            "bytes_server_to_client": 1_500_000, "bytes_dealer": 500_000}
-    # mobile: 60 ms RTT, 20 Mbit/s: 0.5 + 10 * 0.06 + 3e6 * 8 / 20e6
-    assert abs(modelled_latency(rec, "mobile") - (0.5 + 0.6 + 1.2)) < 1e-9
+    # mobile: 30 ms RTT, 20 Mbit/s: 0.5 + 10 * 0.03 + 3e6 * 8 / 20e6
+    assert abs(modelled_latency(rec, "mobile") - (0.5 + 0.3 + 1.2)) < 1e-9
 
 
 def test_without_root_the_profiles_are_modelled_and_the_runner_says_so(monkeypatch):
