@@ -51,7 +51,7 @@ KILL_CASES = CASES + ([("cheetah", "cryptonets-mnist", {}, 1e-2)] if spu_built()
     ("hybrid", "cryptonets-mnist", {"dealer": "local", "plan": "he:0,ss:1,he:2-", "circuit_privacy": "fast"}, 1e-2)]
 # the killed-client case costs two CHEETAH set-ups: `make test` leaves it to -m slow for cheetah
 KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] == "cheetah" else c for c in KILL_CASES]
-KILLS = {"cheetah": 1, "hybrid": 2}
+KILLS = {"cheetah": 1, "hybrid": 2, "he": 2, "ss": 2}  # each kill is a fresh client interpreter and set-up
 ORPHAN_CHECKED = {"cheetah"}  # protocols whose party processes are checked to die with their parent
 
 
