@@ -80,6 +80,12 @@ def remove_stale() -> list[str]:
     for name in (line.split()[0] for line in out.splitlines() if line.startswith("privinfer-")):
         tag = name.split("-", 1)[1]
         if tag.isdigit() and not os.path.exists(f"/proc/{tag}"):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:  # a server left running inside: it would hold its memory forever
+                try:
+                    os.kill(int(pid), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
             subprocess.run(["ip", "link", "del", f"pih{tag}"], capture_output=True)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
             gone.append(name)

@@ -50,7 +50,7 @@ def prepare(case: Case) -> tuple[Graph | None, dict, dict]:
         extra["model_variant"] = meta
         return graph, opts, extra
     if case.rule.protocol == "noisy":
-        from ..protocols.noisy_train import train_noisy
+        from ..protocols.noisy.train import train_noisy
         split = noisy_split(architecture(case.model))
         m = train_noisy(case.model, split, zoo.NETWORKS[case.model].dataset, case.epsilon, bottleneck=10,
                         progress=False)

@@ -87,7 +87,7 @@ class Protocol:
     local_session_defaults: ClassVar[dict[str, Any]] = {}
     #: IR layer kinds this protocol can run
     supported_kinds: ClassVar[tuple[str, ...]] = ("conv2d", "linear", "avgpool2d", "maxpool2d", "relu", "poly", "flatten")
-    #: links this protocol opens besides the client<->server channel (which alone gets an emulated RTT)
+    #: links this protocol opens besides the client<->server channel (benchmark records list them)
     inner_links: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, graph: Graph, **options):

@@ -35,6 +35,7 @@ from .. import convert
 from ..base import ClientSide, Protocol, ServerSide, register
 from ..he import rerandomize
 from ..ss import MAX_PRECISION_BITS
+from ..ss.worker import warm_up
 from ..ss.dealer import check_dealer_choice
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
@@ -248,6 +249,8 @@ class Hybrid(Protocol):
         n = len(self.segments)
         self.he = {i: HESegmentServer(graph, s.start, s.stop, i == n - 1, he_opts)
                    for i, s in enumerate(self.segments) if s.protocol == "he"}
+        if self.has_ss:
+            warm_up()  # the CrypTen fork server loads while the HE segments are prepared
 
     def server_side(self, client_options: dict) -> ServerSide:
         return _HybridServer(self, client_options)
@@ -262,4 +265,5 @@ class Hybrid(Protocol):
 
     @classmethod
     def client_side(cls, welcome: dict, graph: Graph, **client_options) -> ClientSide:
+        warm_up()
         return _HybridClient(welcome, graph, cls.validate_client_options(client_options))

@@ -33,7 +33,7 @@ from ...transport import Channel, FrameType, connect as tcp_connect
 from ...transport.tcp import ThreadedListener
 from .auth import DealerAuthError, DealerChoiceError, DealerHandshake, PartyHandshake, load_secret, secret_table
 from .worker import (ChildProcess, child_setup, end_child, ifname_for, load_mpc, mpc_env, recv_msg, report_error,
-                        send_msg)
+                        send_msg, warm_up)
 
 log = logging.getLogger("privinfer.dealer")
 DEFAULT_DEALER_PORT = 7551
@@ -279,6 +279,7 @@ class DealerServer(ThreadedListener):
         super().__init__(host, port)
         self.idle_timeout, self.mpc_timeout, self.max_elements = idle_timeout, mpc_timeout, max_elements
         self.gloo_ifname = gloo_ifname
+        warm_up()  # the first session does not wait for torch + CrypTen in the fork server
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.sessions = 0
         self.failed = 0
