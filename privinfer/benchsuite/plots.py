@@ -76,7 +76,7 @@ def latency_by_profile(records: list[dict], path: Path) -> None:
             m = next((s for s in shaped if s["label"] == r["label"] and s["model"] == r["model"]
                       and s["network"] == prof and _eps(s) == _eps(r)), None)
             if m is not None:
-                bars.append((f"{prof}, measured (tc)", m["latency_s"]["median"], k, None))
+                bars.append((f"{prof}, measured (tc + delay line)", m["latency_s"]["median"], k, None))
         for n, (name, val, color, hatch) in enumerate(bars):
             slot = 0 if n == 0 else per_profile * color - (1 if hatch and per_profile == 2 else 0)
             ax.bar(j - 0.4 + width * (slot + 0.5), val, width, color=cmap(color), hatch=hatch,
@@ -85,7 +85,12 @@ def latency_by_profile(records: list[dict], path: Path) -> None:
     ax.set_xticks(range(len(picks)))
     ax.set_xticklabels([f"{r['label']}\n{r['model']}" for r in picks], fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("latency per query, median (s, log scale)")
-    ax.set_title("Latency per network profile (lan 1 Gbit/s 0.5 ms, wan 100 Mbit/s 20 ms, mobile 20 Mbit/s 60 ms)")
+    from ..netem import PROFILES
+
+    def _rate(mbit: float) -> str:
+        return f"{mbit / 1000:g} Gbit/s" if mbit >= 1000 else f"{mbit:g} Mbit/s"
+    ax.set_title("Latency per network profile (" + ", ".join(
+        f"{p} {_rate(PROFILES[p].rate_mbit)} {PROFILES[p].rtt_ms:g} ms" for p in ("lan", "wan", "mobile")) + ")")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
