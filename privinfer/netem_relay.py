@@ -72,6 +72,8 @@ def forward(a: int, b: int, delay_s: float, stop_fd: int | None = None) -> None:
                     pkt = os.read(fd, MAX_PACKET)
                 except BlockingIOError:
                     break
+                except OSError:  # the device went away: the emulation is being torn down
+                    return
                 if not pkt:
                     break
                 lines[fd].append((now + delay_s, pkt))
