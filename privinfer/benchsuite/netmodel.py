@@ -40,6 +40,8 @@ def shaping_available() -> tuple[bool, str]:
     missing = [t for t in ("ip", "tc") if not shutil.which(t)]
     if missing:
         return False, f"no {' / '.join(missing)} (iproute2): lan/wan/mobile figures are modelled only"
+    if not os.path.exists("/dev/net/tun"):
+        return False, "no /dev/net/tun (the delay line needs TUN devices): lan/wan/mobile figures are modelled only"
     return True, ""
 
 
