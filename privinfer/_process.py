@@ -78,3 +78,35 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def stop_child(proc, ask_exit, grace: float = 2.0) -> None:
+    """Stop a `subprocess.Popen` child that talks over its stdin/stdout pipes; never raises.
+
+    `ask_exit()` sends the child its own exit message (only while it runs); then its pipes are closed and it
+    gets `grace` seconds to leave, then SIGTERM, then SIGKILL, each with the same grace.
+    """
+    import signal
+    import subprocess
+    try:
+        if proc.poll() is None:
+            try:
+                ask_exit()
+            except Exception:
+                pass
+        for f in (proc.stdin, proc.stdout):
+            try:
+                if f is not None:
+                    f.close()
+            except Exception:
+                pass
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and proc.poll() is None:
+                proc.send_signal(sig)
+            try:
+                proc.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+    except Exception:
+        pass

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ..._process import stop_child
 from ...errors import PrivinferError, ProtocolError, TimeoutError_
 from . import pipe
 
@@ -90,24 +90,4 @@ class PartyProcess:
         if self._closed:
             return
         self._closed = True
-        try:
-            if self.alive():
-                try:
-                    pipe.write_msg(self.proc.stdin.fileno(), {"cmd": "exit"})
-                except Exception:
-                    pass
-            for f in (self.proc.stdin, self.proc.stdout):
-                try:
-                    f.close()
-                except Exception:
-                    pass
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None and self.alive():
-                    self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(grace)
-                    return
-                except subprocess.TimeoutExpired:
-                    continue
-        except Exception:
-            pass
+        stop_child(self.proc, lambda: pipe.write_msg(self.proc.stdin.fileno(), {"cmd": "exit"}), grace)

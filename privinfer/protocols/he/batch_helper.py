@@ -28,6 +28,7 @@ import weakref
 
 import numpy as np
 
+from ..._process import stop_child
 from ...errors import ProtocolError
 from . import batch_rns as rns
 from .batch_par import SharedArrays, _maps, _open, _pool, load_units, poly_units
@@ -201,20 +202,7 @@ class Helper:
         return key
 
     def close(self) -> None:
-        try:
-            _send(self.wfd, {"op": "exit"})
-        except Exception:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except Exception:
-                pass
-        try:
-            self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc, lambda: _send(self.wfd, {"op": "exit"}))
 
 
 class _HelperFailed(Exception):
