@@ -54,7 +54,7 @@ def scripts(tmp_path_factory):
     (tmp / "quick.py").write_text(quick)
     # the same script, fed the image as uint8 0-255 (the commonest mistake): a typed error, never a class.
     # The refusal is the client's, before any protocol work, so `plain` saves the CKKS key generation here;
-    # tests/test_bounds.py covers `he` in-process
+    # tests/model/test_bounds.py covers `he` in-process
     uint8 = quick.replace("s.infer(X[0])", "s.infer((X[0] * 255).astype('uint8'))")
     assert uint8 != quick
     (tmp / "quick_uint8.py").write_text(uint8.replace('protocol="he"', 'protocol="plain"'))

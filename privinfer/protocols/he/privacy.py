@@ -59,7 +59,7 @@ TAIL_SIGMAS = 8.0
 #: allowance (bits) for the network's gain on the rescale errors of the last layers and the sum of the several
 #: error terms; measured on cryptonets-mnist / tenseal-mnist at their circuit-private parameters: 3.9 / 3.7 bits
 #: (the largest logit error over the 450 digits test images), so the estimate sits >= 4.0 bits above it there;
-#: on the small test network of tests/test_he_privacy.py one run left only 1.9 bits at 7, hence 8
+#: on the small test network of tests/protocols/he/test_privacy.py one run left only 1.9 bits at 7, hence 8
 GAIN_BITS = 8.0
 #: std of SEAL's error distribution (clipped Gaussian)
 FRESH_SIGMA = 3.2

@@ -16,7 +16,7 @@ from privinfer.planner.plan import parse_plan
 from privinfer.zoo import load_dataset, load_model
 
 TOL = 1e-2
-# a plan that ends in HE returns the `he` protocol's logits: its own tolerance (tests/test_he.py, fast mode)
+# a plan that ends in HE returns the `he` protocol's logits: its own tolerance (tests/protocols/he/test_protocol.py, fast mode)
 HE_TOL = 3e-2
 OPTS = {"dealer": "local", "mpc_timeout": 30.0, "circuit_privacy": "fast"}  # flood mode: 2^-5 logit noise
 

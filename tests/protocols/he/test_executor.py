@@ -11,7 +11,7 @@ from privinfer.model.reference import run_reference
 from privinfer.model.torch_layers import Square
 from privinfer.protocols.he import executor as hex_
 
-TOL = 1e-2  # CKKS + flooding, logits of order 1 (same tolerance as tests/test_he.py)
+TOL = 1e-2  # CKKS + flooding, logits of order 1 (same tolerance as tests/protocols/he/test_protocol.py)
 
 
 def tiny_graph():

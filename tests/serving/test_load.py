@@ -3,7 +3,7 @@ two client processes for 1.5 s; every answer checked against the reference, noth
 import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_load_short(tmp_path):
