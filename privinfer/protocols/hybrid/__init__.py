@@ -1,4 +1,4 @@
-"""`hybrid`: one network, layers split between CKKS HE and 2PC secret sharing by a plan (GAZELLE-style).
+"""`hybrid`: one network, layers split between HE (BFV or CKKS) and 2PC secret sharing by a plan (GAZELLE-style).
 
     PrivateSession(model, protocol="hybrid", plan="he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9")
 
@@ -17,8 +17,11 @@ per query: the ss offline phase for the whole plan (one dealer batch), then the 
 
 Privacy: the input is never seen by the server in the clear: HE ciphertexts under the client's key, shares,
 and masked openings only (with a local dealer, as in `ss`, the server operator can unmask the 2PC shares:
-"cryptographic-server-dealer"). The client sees masked intermediates: how well the masks hide them (which
-depend on the weights) is stated per conversion in `privacy()`: 19-20 bits, statistical (see `convert.py`).
+"cryptographic-server-dealer"). The client sees masked intermediates: a linear-only HE segment runs in BFV
+and its hand-overs are masked uniformly mod t (perfect hiding, `convert/bfv.py`, `convert/ring.py`); a segment
+with x² runs in CKKS with 19-20 bits of statistical hiding (`convert/__init__.py`); server option `hiding`:
+"best" (default), "perfect" (refuse CKKS conversions) or "statistical" (CKKS everywhere, the old behaviour).
+`privacy()["conversions"]` states the hiding of every conversion.
 """
 from __future__ import annotations
 
@@ -37,20 +40,47 @@ from ..he import rerandomize
 from ..ss import MAX_PRECISION_BITS
 from ..ss.worker import warm_up
 from ..ss.dealer import check_dealer_choice
+from ..convert import bfv as bfv_conv
+from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
 
+HIDING = ("best", "perfect", "statistical")
 
-def _ss_segments(segs) -> list:
-    """[[start, stop, masked]] for every ss segment; masked unless it ends the plan."""
-    return [[s.start, s.stop, i < len(segs) - 1] for i, s in enumerate(segs) if s.protocol == "ss"]
+
+def _bfv(h) -> bool:
+    return getattr(h, "scheme", "ckks") == "bfv"
+
+
+def _ss_segments(segs, he: dict) -> list:
+    """The party's spec of every ss segment: masked unless it ends the plan; mod-t hand-overs next to BFV."""
+    out = []
+    for i, s in enumerate(segs):
+        if s.protocol != "ss":
+            continue
+        prev, nxt = he.get(i - 1), he.get(i + 1)
+        spec = {"start": s.start, "stop": s.stop, "masked": i < len(segs) - 1, "in": {"kind": "float"},
+                "out": {"kind": "float"}}
+        if prev is not None and _bfv(prev):
+            spec["in"] = {"kind": "modt", "t": int(prev.t), "D": 1 << int(prev.weight_bits)}
+        if nxt is not None and _bfv(nxt):
+            spec["out"] = {"kind": "modt", "t": int(nxt.t)}
+        out.append(spec)
+    return out
+
+
+def _check_precision(he: dict, copts: dict) -> None:
+    if any(_bfv(h) for h in he.values()) and int(copts.get("precision_bits", 16)) != convert.FIXED_BITS:
+        raise ParameterError(f"a plan with BFV segments needs precision_bits={convert.FIXED_BITS} (the BFV input "
+                             "scale is CrypTen's fixed point)")
 
 
 class _HybridServer(ServerSide):
     def __init__(self, proto: "Hybrid", copts: dict):
         self.proto, self.segs = proto, proto.segments
         self.ctx: dict[int, Any] = {}
-        self.ss = SSSegmentsServer(proto, copts, _ss_segments(self.segs)) if proto.has_ss else None
+        _check_precision(proto.he, copts)
+        self.ss = SSSegmentsServer(proto, copts, _ss_segments(self.segs, proto.he)) if proto.has_ss else None
 
     def welcome(self) -> dict:
         info = {"plan": plan_string(self.segs), "max_batch": int(self.proto.options["max_batch"]),
@@ -76,7 +106,10 @@ class _HybridServer(ServerSide):
         share, r, k_ss = None, None, 0
         for i, seg in enumerate(self.segs):
             last = i == len(self.segs) - 1
-            if seg.protocol == "he":
+            if seg.protocol == "he" and _bfv(self.proto.he[i]):
+                share = self._bfv_segment(ch, i, B, r)
+                r = None
+            elif seg.protocol == "he":
                 h, ctx = self.proto.he[i], self.ctx[i]
                 blobs = ch.recv_blobs()
                 n_ct = h.he.plan.input.n_ct
@@ -100,11 +133,30 @@ class _HybridServer(ServerSide):
             else:
                 own = share if share is not None else np.zeros((B, *g.shapes[seg.start]))
                 nxt = None if last else self.proto.he[i + 1]
-                r = None if last else convert.share_mask(
-                    (B, *g.shapes[seg.stop]), convert.share_mask_bits(nxt.he.ctx, nxt.he.latency_params.input_scale_bits))
+                if last:
+                    r = None
+                elif _bfv(nxt):
+                    r = bfv_conv.input_mask(nxt.t, B * int(np.prod(g.shapes[seg.stop]))).reshape(B, *g.shapes[seg.stop])
+                else:
+                    r = convert.share_mask((B, *g.shapes[seg.stop]),
+                                           convert.share_mask_bits(nxt.he.ctx, nxt.he.latency_params.input_scale_bits))
                 self.ss.segment(k_ss, own, r)
                 k_ss += 1
                 share = None
+
+    def _bfv_segment(self, ch: Channel, i: int, B: int, r):
+        """A BFV segment for a batch: the server's shares mod t of its result (None when it ends the plan)."""
+        h, ctx = self.proto.he[i], self.ctx[i]
+        blobs = ch.recv_blobs()
+        if len(blobs) != B * h.n_in:
+            raise ShapeError(f"HE segment {self.segs[i]}: expected {B} x {h.n_in} ciphertexts, got {len(blobs)}")
+        outs, shares = [], []
+        for b in range(B):
+            res, s = h.run(ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b])
+            outs += res
+            shares.append(s)
+        ch.send_blobs(outs)
+        return None if h.last else np.stack(shares).astype(np.float64).reshape(B, *h.out_shape)
 
     def close(self) -> None:
         self.ctx = {}
@@ -124,7 +176,8 @@ class _HybridClient(ClientSide):
         want = [i for i, s in enumerate(self.segs) if s.protocol == "he"]
         if len(he_infos) != len(want):
             raise ProtocolError(f"the server describes {len(he_infos)} HE segments, the plan has {len(want)}")
-        self.he = {i: HESegmentClient(graph, info) for i, info in zip(want, he_infos)}
+        self.he = {i: (BFVSegmentClient(graph, info) if isinstance(info, dict) and info.get("scheme") == "bfv"
+                       else HESegmentClient(graph, info)) for i, info in zip(want, he_infos)}
         for i, h in self.he.items():
             if (h.start, h.stop) != (self.segs[i].start, self.segs[i].stop):
                 raise ProtocolError(f"HE segment {self.segs[i]} does not match the server's {h.start}-{h.stop - 1}")
@@ -132,7 +185,8 @@ class _HybridClient(ClientSide):
         if any(s.protocol == "ss" for s in self.segs):
             if "ss" not in welcome:
                 raise ProtocolError("the plan has ss segments but the server sent no 2PC parameters")
-            self.ss = SSSegmentsClient(welcome["ss"], graph, copts, _ss_segments(self.segs))
+            _check_precision(self.he, copts)
+            self.ss = SSSegmentsClient(welcome["ss"], graph, copts, _ss_segments(self.segs, self.he))
         self.conversions: list[dict] = []
 
     def query_meta(self, x: np.ndarray) -> dict:
@@ -160,7 +214,19 @@ class _HybridClient(ClientSide):
         value, share, out, k_ss, conv = x, None, None, 0, []
         for i, seg in enumerate(self.segs):
             last = i == len(self.segs) - 1
-            if seg.protocol == "he":
+            if seg.protocol == "he" and _bfv(self.he[i]):
+                h = self.he[i]
+                ch.send_blobs([c for b in range(B) for c in h.upload(value[b], plain=i == 0)])
+                res = ch.recv_blobs()
+                if len(res) != B * h.n_out_ct:
+                    raise ProtocolError(f"expected {B} x {h.n_out_ct} result ciphertexts, got {len(res)}")
+                parts = [res[b * h.n_out_ct:(b + 1) * h.n_out_ct] for b in range(B)]
+                if last:
+                    out = np.stack([h.result(p) for p in parts])
+                else:
+                    share = h.reshape(np.stack([h.share(p) for p in parts]).astype(np.float64))
+                    conv.append(h.conversion())
+            elif seg.protocol == "he":
                 h = self.he[i]
                 ch.send_blobs([c for b in range(B) for c in convert.shares_to_he_client(h.ctx, h.plan, value[b], h.scale)])
                 res = h.outputs(ch.recv_blobs(), B)
@@ -186,6 +252,8 @@ class _HybridClient(ClientSide):
                 timing["side_rounds"] += msg["comm"]["rounds"]
                 if last:
                     out = value
+                elif _bfv(self.he[i + 1]):
+                    conv.append(self.he[i + 1].conversion_in(seg.stop))
                 else:
                     nxt = self.he[i + 1]
                     bits = convert.share_mask_bits(nxt.ctx, nxt.params.input_scale_bits)
@@ -201,15 +269,23 @@ class _HybridClient(ClientSide):
     def privacy(self) -> dict:
         base = self.ss.privacy() if self.ss is not None else None
         guarantee = base["guarantee"] if base is not None else "cryptographic-input-only"
-        if guarantee == "cryptographic-trusted-dealer":
+        perfect = all(c.get("hiding") == "perfect" for c in self.conversions)
+        last = self.he.get(len(self.segs) - 1)
+        model_private = perfect and (last is None or _bfv(last))  # BFV results: flooded, non-outputs masked
+        if guarantee == "cryptographic-trusted-dealer" and not model_private:
             guarantee = "cryptographic-input-only"  # the weak CKKS masks do not hide intermediates formally
         out = {"protocol": "hybrid", "guarantee": guarantee, "plan": plan_string(self.segs),
                "layer_protocols": layer_protocols(self.segs),
-               "input_private": base["input_private"] if base is not None else True, "model_private": False,
+               "input_private": base["input_private"] if base is not None else True, "model_private": model_private,
                "conversions": self.conversions,
-               "he": "CKKS, 128-bit security, keys of every HE segment sent once per session",
-               "not_protected": ["architecture and plan", "intermediate activations only as well as the stated "
-                                 "mask bits hide them (19-20 bits, see protocols/convert.py)"]}
+               "he": "BFV for linear-only segments (masks uniform mod t: perfect hiding; results flooded with 40 "
+                     "statistical bits against a semi-honest client), CKKS for segments with x²; 128-bit security; "
+                     "keys of every HE segment sent once per session",
+               "not_protected": ["architecture and plan", "each BFV segment's plaintext modulus t (its bit size "
+                                 "follows the segment's value bound)"]}
+        if not perfect:
+            out["not_protected"].append("intermediate activations at CKKS conversions only as well as the stated "
+                                        "mask bits hide them (19-20 bits, see protocols/convert)")
         if base is not None:
             out["ss"] = {k: base[k] for k in ("dealer", "statement", "threat_model", "fixed_point_bits", "transport")}
         return out
@@ -227,7 +303,10 @@ class Hybrid(Protocol):
     server_options: dict[str, Any] = {"plan": None, "dealer": None, "server_secret": None, "mpc_timeout": 60.0,
                                       "threads": 1, "gloo_ifname": None, "max_batch": 16,
                                       # the `he` circuit-privacy policy of the segment that returns logits
-                                      "circuit_privacy": "flood", "flood_std": None, "max_queries": None}
+                                      "circuit_privacy": "flood", "flood_std": None, "max_queries": None,
+                                      # conversions: BFV (perfect) for linear HE segments, CKKS elsewhere ("best");
+                                      # refuse CKKS conversions ("perfect"); CKKS everywhere ("statistical")
+                                      "hiding": "best"}
     client_options: dict[str, Any] = {"precision_bits": 16, "threads": 1, "gloo_ifname": None, "client_secret": None}
     local_client_options = frozenset({"client_secret"})
     local_session_defaults = {"dealer": "local"}
@@ -247,8 +326,22 @@ class Hybrid(Protocol):
             raise PrivinferError("mpc_timeout must be positive")
         he_opts = {k: self.options[k] for k in ("circuit_privacy", "flood_std", "max_queries")}
         n = len(self.segments)
-        self.he = {i: HESegmentServer(graph, s.start, s.stop, i == n - 1, he_opts)
-                   for i, s in enumerate(self.segments) if s.protocol == "he"}
+        hiding = self.options["hiding"]
+        if hiding not in HIDING:
+            raise ParameterError(f"hiding must be one of {HIDING}, got {hiding!r}")
+        self.he = {}
+        for i, s in enumerate(self.segments):
+            if s.protocol != "he":
+                continue
+            if is_linear(graph, s.start, s.stop) and hiding != "statistical":
+                self.he[i] = BFVSegmentServer(graph, s.start, s.stop, i == n - 1)  # perfect hand-overs
+                continue
+            if hiding == "perfect" and n > 1:
+                kinds = sorted({graph.layers[k].kind for k in range(s.start, s.stop)})
+                raise PlanError(f"HE segment {s} holds {kinds}: only linear segments (conv2d, linear, avgpool2d, "
+                                "flatten) run in BFV with perfectly hiding conversions; CKKS conversions hide 19-20 "
+                                "bits (hiding='best' allows them)")
+            self.he[i] = HESegmentServer(graph, s.start, s.stop, i == n - 1, he_opts)
         if self.has_ss:
             warm_up()  # the CrypTen fork server loads while the HE segments are prepared
 
