@@ -185,6 +185,9 @@ class BFVSegment:
     def __init__(self, graph: Graph, start: int, stop: int, weight_bits: int | None = None):
         self.graph = graph.slice(start, stop)
         prog = linear_program(self.graph)
+        if graph.input_range is None:
+            raise ParameterError("a BFV segment needs the model's published input_range: its plaintext modulus is "
+                                 "sized from a sound bound on the values")
         seg = prog.ops[0]
         lo, hi = input_box(graph, start)
         unit = 2.0 ** FRAC_BITS

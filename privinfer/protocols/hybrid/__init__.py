@@ -334,8 +334,12 @@ class Hybrid(Protocol):
             if s.protocol != "he":
                 continue
             if is_linear(graph, s.start, s.stop) and hiding != "statistical":
-                self.he[i] = BFVSegmentServer(graph, s.start, s.stop, i == n - 1)  # perfect hand-overs
-                continue
+                try:
+                    self.he[i] = BFVSegmentServer(graph, s.start, s.stop, i == n - 1)  # perfect hand-overs
+                    continue
+                except ParameterError:
+                    if hiding == "perfect":
+                        raise
             if hiding == "perfect" and n > 1:
                 kinds = sorted({graph.layers[k].kind for k in range(s.start, s.stop)})
                 raise PlanError(f"HE segment {s} holds {kinds}: only linear segments (conv2d, linear, avgpool2d, "
