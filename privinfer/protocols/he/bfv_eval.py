@@ -12,11 +12,11 @@ NTT form; rotations and plaintext additions switch back to coefficient form (BFV
 
 Sizing (`BFVSegment`): the weight scale w starts at 16 bits (CrypTen's own) and is lowered until the sound
 bound on |A_int x_int + b_int| over the segment's input box (`model.bounds.input_box`, plus the conversion's
-rounding slack) fits the largest plaintext modulus that still leaves room for noise flooding (`bfv.py`).
+rounding slack) fits a plaintext modulus t under which the noise flood still fits (`bfv.py`: 2 log2 t plus
+log2 of the products summed must stay below about 92 bits).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +25,7 @@ import tenseal.sealapi as seal
 from ...errors import ParameterError, UnsupportedLayerError
 from ...model.bounds import input_box
 from ...model.ir import Graph
-from .bfv import FRAC_BITS, MAX_T_BITS, BFVContext, BFVParams, choose_params, noise_bits
+from .bfv import FRAC_BITS, N_DEFAULT, BFVContext, BFVParams, choose_params, noise_bits
 from .convpack import RotStep, plan_cost, plan_multi
 from .latency import ActStep, CompiledPlan, DiagStep, GatherStep, LatencyPlan, client_vectors, plan_latency
 from .program import Affine, Program, build_program
@@ -193,24 +193,33 @@ class BFVSegment:
         unit = 2.0 ** FRAC_BITS
         xlo, xhi = np.floor(lo * unit) - SLACK_UNITS, np.ceil(hi * unit) + SLACK_UNITS
         in_bound = float(max(np.abs(xlo).max(), np.abs(xhi).max()))
+        self.plan = plan_bfv(Program([seg], prog.input_dim, prog.output_dim, prog.conv_packing), N_DEFAULT // 2)
+        terms = product_terms(self.plan)
+        err = None
         for w in range(weight_bits or MAX_WEIGHT_BITS, MIN_WEIGHT_BITS - 1, -1):
             A = np.rint(seg.A * 2.0 ** w)
             b = np.rint(seg.b * 2.0 ** (w + FRAC_BITS))
             bound = max(value_bound(A, b, xlo, xhi) * (1 + 1e-9) + 1.0, in_bound)
-            if math.log2(2 * bound + 3) + 1 <= MAX_T_BITS or weight_bits is not None:
+            try:  # t must hold the values, and the noise flood must fit under t: else a coarser weight grid
+                params = choose_params(bound)
+                ctx = BFVContext.for_params(params)
+                nb = noise_bits(params.t, terms)
+                level = ctx.out_level(nb)
                 break
-        self.weight_bits, self.bound = w, bound
-        self.params: BFVParams = choose_params(bound)
+            except ParameterError as e:
+                err = e
+                if weight_bits is not None:
+                    raise
+        else:
+            raise err
+        self.weight_bits, self.bound, self.params, self.ctx = w, bound, params, ctx
+        self.noise_bits, self.out_level = nb, level
         self.program = Program([replace(seg, A=A, b=b)], prog.input_dim, prog.output_dim, prog.conv_packing)
-        self.plan = plan_bfv(self.program, self.params.slots)
-        self.ctx = BFVContext.for_params(self.params)
         be = BFVBackend(self.ctx)
         self.compiled = CompiledPlan(self.plan, self.program, be)
         for item in self.compiled.items:
             for p in item.pts.values():
                 be.prepare(p)
-        self.noise_bits = noise_bits(self.params.t, product_terms(self.plan))
-        self.out_level = self.ctx.out_level(self.noise_bits)
         self.positions = output_positions(self.plan)
         self.n_out_ct = n_output_cts(self.plan)
 
