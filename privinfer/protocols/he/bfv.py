@@ -103,13 +103,15 @@ def uniform_mod(t: int, n: int) -> np.ndarray:
     return out[:n].astype(np.int64)
 
 
-def _uniform_big(bits: int, n: int) -> list[int]:
-    """n integers uniform in [-2^bits, 2^bits) (OS randomness)."""
-    nb = (bits + 1 + 7) // 8
-    buf = os.urandom(nb * n)
-    top = 1 << (bits + 1)
-    off = 1 << bits
-    return [(int.from_bytes(buf[i * nb:(i + 1) * nb], "little") % top) - off for i in range(n)]
+def _uniform_big(bits: int, n: int) -> np.ndarray:
+    """n integers uniform in [-2^bits, 2^bits) (OS randomness), as a numpy object array of Python ints."""
+    limbs = -(-(bits + 1) // 64)
+    raw = np.frombuffer(os.urandom(8 * limbs * n), dtype=np.uint64).reshape(limbs, n)
+    top = (bits + 1) - 64 * (limbs - 1)  # bits used of the highest limb
+    out = (raw[-1] >> np.uint64(64 - top)).astype(object) if top < 64 else raw[-1].astype(object)
+    for k in range(limbs - 2, -1, -1):
+        out = (out << 64) + raw[k].astype(object)
+    return out - (1 << bits)
 
 
 class BFVContext:
@@ -260,17 +262,17 @@ class BFVContext:
     def finish(self, ct, noise_bits: float, level: int):
         """Re-randomize (fresh encryption of zero), flood c0, switch to `level`. In place; returns ct.
 
-        The flood is added as a ciphertext (E, 0): a correctly shaped encryption of zero whose coefficient
+        The flood is added as a ciphertext (E, 0): a zero-filled ciphertext of the right shape whose coefficient
         array is overwritten with E mod each prime (sealapi binds no writable view of a ciphertext's data,
         but `DynArray.load` fills one from an uncompressed SEAL serialization)."""
         zero = seal.Ciphertext()
         self.encryptor.encrypt_zero(ct.parms_id(), zero)
         self.evaluator.add_inplace(ct, zero)
         primes = self.level_primes[self.parms_ids.index(ct.parms_id())]
-        E = np.array(_uniform_big(self.flood_bits(noise_bits), self.N), dtype=object)
+        E = _uniform_big(self.flood_bits(noise_bits), self.N)
         rns = [((E % q).astype(np.uint64)) for q in primes]
-        flood = seal.Ciphertext()
-        self.encryptor.encrypt_zero(ct.parms_id(), flood)
+        flood = seal.Ciphertext(self.seal, ct.parms_id(), 2)
+        flood.resize(self.seal, ct.parms_id(), 2)  # zero-filled, coefficient form
         _overwrite(flood.dyn_array(), np.concatenate(rns + [np.zeros(len(primes) * self.N, dtype=np.uint64)]))
         self.evaluator.add_inplace(ct, flood)
         self.evaluator.mod_switch_to_inplace(ct, self.parms_ids[level])

@@ -30,7 +30,9 @@ from .convpack import RotStep, plan_cost, plan_multi
 from .latency import ActStep, CompiledPlan, DiagStep, GatherStep, LatencyPlan, client_vectors, plan_latency
 from .program import Affine, Program, build_program
 
-MAX_WEIGHT_BITS, MIN_WEIGHT_BITS = 16, 6
+#: weights at 2^-w: from CrypTen's 16 bits down to 12 (coarser grids cost more than 1e-2 on the logits of the
+#: zoo networks; such a segment is refused here and `hybrid` falls back to CKKS unless hiding='perfect')
+MAX_WEIGHT_BITS, MIN_WEIGHT_BITS = 16, 12
 UPLOAD_COST = 12.0   # ms-equivalent per uploaded BFV ciphertext beyond the cost model's C_CT
 SLACK_UNITS = 64.0   # |ring value - x 2^16| the 2PC's truncations and the lift may add (units of 2^-16)
 
@@ -211,7 +213,8 @@ class BFVSegment:
                 if weight_bits is not None:
                     raise
         else:
-            raise err
+            raise ParameterError(f"BFV segment {start}-{stop - 1}: its values (up to {bound:.3g} slot units) leave no "
+                                 f"room for weights finer than 2^-{MIN_WEIGHT_BITS} ({err})")
         self.weight_bits, self.bound, self.params, self.ctx = w, bound, params, ctx
         self.noise_bits, self.out_level = nb, level
         self.program = Program([replace(seg, A=A, b=b)], prog.input_dim, prog.output_dim, prog.conv_packing)
