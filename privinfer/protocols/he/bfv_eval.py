@@ -168,6 +168,22 @@ def product_terms(plan: LatencyPlan) -> int:
     return n
 
 
+def baby_depth(plan: LatencyPlan) -> int:
+    """The most key switches on a path from an input ciphertext to a plaintext product (baby-step chains,
+    times the longest composition of a rotation from keyed steps): their errors get multiplied."""
+    depth = 0
+    for st in plan.steps:
+        if isinstance(st, RotStep):
+            for c in range(st.n_in):
+                d = {0: 0}
+                for b, prev, _ in st.baby_chain(c):
+                    d[b] = d[prev] + 1
+                depth = max(depth, max(d.values()))
+        elif isinstance(st, DiagStep):
+            depth = max([depth] + [bin(b).count("1") for b in st.babies()])
+    return depth * max([1] + [len(p) for p in plan.key_paths.values()])
+
+
 def linear_program(graph: Graph) -> Program:
     prog = build_program(graph)
     if len(prog.ops) != 1 or not isinstance(prog.ops[0], Affine):
@@ -196,16 +212,16 @@ class BFVSegment:
         xlo, xhi = np.floor(lo * unit) - SLACK_UNITS, np.ceil(hi * unit) + SLACK_UNITS
         in_bound = float(max(np.abs(xlo).max(), np.abs(xhi).max()))
         self.plan = plan_bfv(Program([seg], prog.input_dim, prog.output_dim, prog.conv_packing), N_DEFAULT // 2)
-        terms = product_terms(self.plan)
+        terms, depth = product_terms(self.plan), baby_depth(self.plan)
         err = None
         for w in range(weight_bits or MAX_WEIGHT_BITS, MIN_WEIGHT_BITS - 1, -1):
             A = np.rint(seg.A * 2.0 ** w)
             b = np.rint(seg.b * 2.0 ** (w + FRAC_BITS))
             bound = max(value_bound(A, b, xlo, xhi) * (1 + 1e-9) + 1.0, in_bound)
-            try:  # t must hold the values, and the noise flood must fit under t: else a coarser weight grid
+            try:  # t must hold the values: else a coarser weight grid
                 params = choose_params(bound)
                 ctx = BFVContext.for_params(params)
-                nb = noise_bits(params.t, terms)
+                nb = noise_bits(params.t, terms, depth)
                 level = ctx.out_level(nb)
                 break
             except ParameterError as e:
@@ -217,6 +233,7 @@ class BFVSegment:
                                  f"room for weights finer than 2^-{MIN_WEIGHT_BITS} ({err})")
         self.weight_bits, self.bound, self.params, self.ctx = w, bound, params, ctx
         self.noise_bits, self.out_level = nb, level
+        self.circuit_bits = max(0.0, ctx.stat_bits(nb))  # what the flood buys against the worst-case noise bound
         self.program = Program([replace(seg, A=A, b=b)], prog.input_dim, prog.output_dim, prog.conv_packing)
         be = BFVBackend(self.ctx)
         self.compiled = CompiledPlan(self.plan, self.program, be)

@@ -41,6 +41,7 @@ from ..ss import MAX_PRECISION_BITS
 from ..ss.worker import warm_up
 from ..ss.dealer import check_dealer_choice
 from ..convert import bfv as bfv_conv
+from ..he.bfv import STAT_BITS
 from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
@@ -271,18 +272,23 @@ class _HybridClient(ClientSide):
         guarantee = base["guarantee"] if base is not None else "cryptographic-input-only"
         perfect = all(c.get("hiding") == "perfect" for c in self.conversions)
         last = self.he.get(len(self.segs) - 1)
-        model_private = perfect and (last is None or _bfv(last))  # BFV results: flooded, non-outputs masked
+        circuit = min([h.circuit_bits for h in self.he.values() if _bfv(h)] + [float("inf")])
+        # weights hidden from the client: perfect masks, every BFV result flooded for >= 40 bits, no CKKS logits
+        model_private = perfect and circuit >= STAT_BITS and (last is None or _bfv(last))
         if guarantee == "cryptographic-trusted-dealer" and not model_private:
             guarantee = "cryptographic-input-only"  # the weak CKKS masks do not hide intermediates formally
         out = {"protocol": "hybrid", "guarantee": guarantee, "plan": plan_string(self.segs),
                "layer_protocols": layer_protocols(self.segs),
                "input_private": base["input_private"] if base is not None else True, "model_private": model_private,
                "conversions": self.conversions,
-               "he": "BFV for linear-only segments (masks uniform mod t: perfect hiding; results flooded with 40 "
-                     "statistical bits against a semi-honest client), CKKS for segments with x²; 128-bit security; "
+               "he": "BFV for linear-only segments (masks uniform mod t: perfect hiding; results re-randomized and "
+                     "noise-flooded, bits per conversion), CKKS for segments with x²; 128-bit security; "
                      "keys of every HE segment sent once per session",
                "not_protected": ["architecture and plan", "each BFV segment's plaintext modulus t (its bit size "
                                  "follows the segment's value bound)"]}
+        if circuit < STAT_BITS:
+            out["not_protected"].append(f"the weights, against a client reading the decryption noise of BFV "
+                                        f"results: the flood gives {circuit} statistical bits (worst-case bound)")
         if not perfect:
             out["not_protected"].append("intermediate activations at CKKS conversions only as well as the stated "
                                         "mask bits hide them (19-20 bits, see protocols/convert)")

@@ -12,7 +12,7 @@ import numpy as np
 from ...errors import ProtocolError, ShapeError
 from ...model.ir import Graph
 from ..convert import bfv as conv
-from ..he.bfv import FRAC_BITS, BFVContext, BFVParams
+from ..he.bfv import FRAC_BITS, STAT_BITS, BFVContext, BFVParams
 from ..he.bfv_eval import BFVSegment, linear_program, n_output_cts, output_positions, plan_bfv
 
 LINEAR_KINDS = frozenset({"conv2d", "linear", "avgpool2d", "flatten"})
@@ -35,7 +35,8 @@ class BFVSegmentServer:
         s = self.seg
         return {"scheme": "bfv", "start": self.start, "stop": self.stop, "params": s.params.to_json(),
                 "weight_bits": s.weight_bits, "rotation_steps": list(s.plan.rotation_steps),
-                "plan_digest": s.plan.digest(), "input_cts": s.plan.input.n_ct, "output_cts": s.n_out_ct}
+                "plan_digest": s.plan.digest(), "input_cts": s.plan.input.n_ct, "output_cts": s.n_out_ct,
+                "circuit_bits": s.circuit_bits}
 
     def keyed(self, blobs: list[bytes]) -> BFVContext:
         ctx = self.seg.ctx.keyed()
@@ -65,6 +66,7 @@ class BFVSegmentClient:
             self.start, self.stop = int(info["start"]), int(info["stop"])
             self.params = BFVParams.from_json(info["params"])
             self.weight_bits = int(info["weight_bits"])
+            self.circuit_bits = float(info.get("circuit_bits", 0.0))
             steps = [int(s) for s in info["rotation_steps"]]
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError(f"malformed BFV segment in WELCOME: {e!r}") from None
@@ -102,7 +104,9 @@ class BFVSegmentClient:
     def conversion(self) -> dict:
         return {"at": self.stop, "kind": "he->ss", "scheme": "bfv", "mask": f"uniform mod t (t = {self.t}, "
                 f"{self.params.t_bits} bits) in every slot", "hiding": "perfect", "hiding_bits": None,
-                "circuit_privacy": "fresh encryption of zero + noise flooded with 40 statistical bits"}
+                "circuit_privacy": f"fresh encryption of zero + noise flood: {self.circuit_bits} statistical bits "
+                                   f"against a worst-case noise bound ({STAT_BITS} wanted)",
+                "circuit_bits": self.circuit_bits}
 
     def conversion_in(self, at: int) -> dict:
         return {"at": at, "kind": "ss->he", "scheme": "bfv", "mask": f"uniform mod t (t = {self.t})",

@@ -67,6 +67,9 @@ def test_segment_matches_integer_arithmetic_exactly(stop):
     np.testing.assert_allclose(y / 2.0 ** (16 + seg.weight_bits), run_reference(ref, x[None])[0].reshape(-1), atol=2e-3)
     # the reply was switched down to the lowest level that decrypts: one prime, a quarter of a fresh ciphertext
     assert len(blobs[0]) < srv.max_ct_bytes() / 2
+    # the flood is as large as decryption allows; the circuit privacy it buys is stated against the noise bound
+    assert seg.circuit_bits == max(0.0, round(srv.flood_bits() - seg.noise_bits - 13, 1))
+    assert seg.noise_bits > 18 + 13 + np.log2(seg.params.t)  # fresh error x N t at least
 
 
 def test_refuses_nonlinear_segments_and_unknown_ranges():
