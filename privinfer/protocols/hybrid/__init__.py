@@ -41,7 +41,7 @@ from ..ss import MAX_PRECISION_BITS
 from ..ss.worker import warm_up
 from ..ss.dealer import check_dealer_choice
 from ..convert import bfv as bfv_conv
-from ..he.bfv import STAT_BITS
+from ..he.bfv import FRAC_BITS, STAT_BITS
 from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
@@ -71,9 +71,9 @@ def _ss_segments(segs, he: dict) -> list:
 
 
 def _check_precision(he: dict, copts: dict) -> None:
-    if any(_bfv(h) for h in he.values()) and int(copts.get("precision_bits", 16)) != convert.FIXED_BITS:
-        raise ParameterError(f"a plan with BFV segments needs precision_bits={convert.FIXED_BITS} (the BFV input "
-                             "scale is CrypTen's fixed point)")
+    if any(_bfv(h) for h in he.values()) and int(copts.get("precision_bits", 16)) != FRAC_BITS:
+        raise ParameterError(f"a plan with BFV segments needs precision_bits={FRAC_BITS} (the BFV input scale is "
+                             "CrypTen's fixed point)")
 
 
 class _HybridServer(ServerSide):
