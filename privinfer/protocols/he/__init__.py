@@ -60,15 +60,14 @@ import time
 
 import numpy as np
 
-from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitError, ResourceLimitError, ShapeError
+from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitError, ResourceLimitError
 from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
 from ..engine import EngineClient, EngineServer
 from . import executor as hex_
-from . import seeded
 from .context import CKKSContext
-from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
+from .latency import CompiledPlan, LatencyPlan, SealBackend, plan_latency
 from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
 from .privacy import CIRCUIT_PRIVACY_MODES, FloodPolicy
 from .program import build_program, check_he_graph

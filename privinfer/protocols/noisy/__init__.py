@@ -45,7 +45,7 @@ import sys
 
 import numpy as np
 
-from ...errors import PrivinferError, ProtocolError, ShapeError
+from ...errors import PrivinferError, ProtocolError
 from ...model.ir import Graph, graph_to_bytes, load_graph
 from ...model.reference import run_reference
 from ...privacy.accountant import PrivacyAccountant
