@@ -241,6 +241,7 @@ class _HEServer(EngineServer):
         if getattr(self, "job", None) is not None:
             self.job.close()
         self.ctx = self.job = None
+        self.chain = ()
 
 
 class _HEClient(EngineClient):

@@ -251,10 +251,12 @@ class _HybridClient(EngineClient):
         out = {"protocol": "hybrid", "guarantee": guarantee, "plan": plan_string(self.segs),
                "layer_protocols": layer_protocols(self.segs),
                "input_private": base["input_private"] if base is not None else True, "model_private": False,
-               "conversions": self.conversions,
-               "he": "CKKS, 128-bit security, keys of every HE segment sent once per session",
-               "not_protected": ["architecture and plan", "intermediate activations only as well as the stated "
-                                 "mask bits hide them (19-20 bits, see protocols/convert.py)"]}
+               "conversions": self.conversions, "not_protected": ["architecture and plan"]}
+        if self.he:
+            out["he"] = "CKKS, 128-bit security, keys of every HE segment sent once per session"
+        if self.he and self.ss is not None:
+            out["not_protected"].append("intermediate activations only as well as the stated mask bits hide them "
+                                        "(19-20 bits, see protocols/convert.py)")
         if revealed:
             out["not_protected"].append(f"the activations entering layer(s) {revealed} reach the client in the clear "
                                         "(a client or noisy segment follows)")
