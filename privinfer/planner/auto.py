@@ -102,14 +102,14 @@ class Plan:
                  f"model_private={self.policy.model_private} epsilon={self.policy.epsilon} "
                  f"trusted_dealer={self.policy.trusted_dealer}",
                  f"runs as: protocol={proto!r} {opts if opts else ''}".rstrip(), "",
-                 f"| {'layers':<8} | {'names':<28} | {'protocol':<8} | {'client s':>9} | {'server s':>9} | "
+                 f"| {'layers':<8} | {'names':<24} | {'protocol':<13} | {'client s':>9} | {'server s':>9} | "
                  f"{'up':>10} | {'down':>10} | {'rounds':>6} | {'on link s':>9} |",
-                 "|" + "|".join("-" * (w + 2) for w in (8, 28, 8, 9, 9, 10, 10, 6, 9)) + "|"]
+                 "|" + "|".join("-" * (w + 2) for w in (8, 24, 13, 9, 9, 10, 10, 6, 9)) + "|"]
         for r in self.work:
             span = f"{r.start}" if r.stop - r.start == 1 else f"{r.start}-{r.stop - 1}"
             names = ",".join(self.graph.names[r.start:r.stop])
             extra = f" N={r.info['N']}" if r.protocol == "he" else (f" k={r.info['split']}" if r.protocol == "noisy" else "")
-            lines.append(f"| {span:<8} | {names[:28]:<28} | {(r.protocol + extra)[:8]:<8} | {r.cost.client_s:9.4f} | "
+            lines.append(f"| {span:<8} | {names[:24]:<24} | {(r.protocol + extra)[:13]:<13} | {r.cost.client_s:9.4f} | "
                          f"{r.cost.server_s:9.4f} | {_size(r.cost.bytes_up):>10} | {_size(r.cost.bytes_down):>10} | "
                          f"{r.cost.rounds:>6} | {net.latency(r.cost):9.4f} |")
         conv = [r for r in self.rows if r.protocol == "convert"]
