@@ -176,6 +176,8 @@ def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = T
         if progress:
             _bar(len(rings), steps, "2PC sessions (cryptonets, minionn)")
         table["ss"].update(time_ss())
+        table["ss"]["source"] = ("offline constants measured by privinfer profile; segment_overhead_s is the "
+                                 "shipped default (not measured)")
     if progress:
         _bar(steps, steps, f"done in {time.perf_counter() - t_start:.0f} s")
     table["seconds"] = round(time.perf_counter() - t_start, 1)
