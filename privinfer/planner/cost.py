@@ -6,11 +6,14 @@ compute seconds on each side, bytes each way, rounds (sequential messages, each 
 bytes (2PC offline phase, between the server and its dealer: on the same host for a local dealer) and the HE
 depth consumed. A `NetworkProfile(rate, rtt)` prices it:
 
-    latency = compute + rounds x RTT + bytes_up / rate + bytes_down / rate
+    latency = compute + rounds x RTT + wire bytes / rate
 
 `compute` is client_s + server_s when the parties take turns (HE: the server evaluates while the client
 waits), and max(client_s, server_s) when they compute at the same time (`overlap`: 2PC parties run in
-lockstep, and our 2PC figures are wall times of the pair). The built-in profiles are `privinfer.netem`'s
+lockstep, and our 2PC figures are wall times of the pair); likewise their wire bytes are the larger direction
+(both parties send their shares at once on a full-duplex link), where an HE request and its reply add up
+(measured: ss on cryptonets-mnist under `mobile` takes 0.48 s, which one direction at a time, 0.55 s on the
+wire alone, cannot do). The built-in profiles are `privinfer.netem`'s
 (one table: what the planner predicts is what `privinfer bench --network` emulates).
 """
 from __future__ import annotations
@@ -33,6 +36,15 @@ class Cost:
     dealer_bytes: int = 0
     overlap: bool = False  # client and server compute at the same time (2PC): max, not sum
     wall_s: float | None = None  # set on sums: the compute wall time of the parts, in sequence
+    link_bytes: int | None = None  # set on sums: the bytes that occupy the link, in sequence (see `wire`)
+
+    @property
+    def wire(self) -> int:
+        """Bytes that take link time: a 2PC exchange sends both ways at once (full duplex: the larger
+        direction), a request and its reply take turns (both)."""
+        if self.link_bytes is not None:
+            return self.link_bytes
+        return max(self.bytes_up, self.bytes_down) if self.overlap else self.bytes_up + self.bytes_down
 
     @property
     def compute_s(self) -> float:
@@ -49,7 +61,8 @@ class Cost:
         return Cost(client_s=self.client_s + other.client_s, server_s=self.server_s + other.server_s,
                     bytes_up=self.bytes_up + other.bytes_up, bytes_down=self.bytes_down + other.bytes_down,
                     rounds=self.rounds + other.rounds, depth=max(self.depth, other.depth),
-                    dealer_bytes=self.dealer_bytes + other.dealer_bytes, wall_s=self.compute_s + other.compute_s)
+                    dealer_bytes=self.dealer_bytes + other.dealer_bytes, wall_s=self.compute_s + other.compute_s,
+                    link_bytes=self.wire + other.wire)
 
     def scaled(self, k: float) -> "Cost":
         return replace(self, client_s=self.client_s * k, server_s=self.server_s * k,
@@ -58,12 +71,13 @@ class Cost:
     def to_json(self) -> dict:
         return {"client_s": self.client_s, "server_s": self.server_s, "bytes_up": int(self.bytes_up),
                 "bytes_down": int(self.bytes_down), "rounds": int(self.rounds), "depth": int(self.depth),
-                "dealer_bytes": int(self.dealer_bytes), "overlap": self.overlap, "wall_s": self.wall_s}
+                "dealer_bytes": int(self.dealer_bytes), "overlap": self.overlap, "wall_s": self.wall_s,
+                "link_bytes": self.link_bytes}
 
     @classmethod
     def from_json(cls, d: dict) -> "Cost":
         return cls(**{k: d[k] for k in ("client_s", "server_s", "bytes_up", "bytes_down", "rounds", "depth",
-                                         "dealer_bytes", "overlap", "wall_s") if k in d})
+                                         "dealer_bytes", "overlap", "wall_s", "link_bytes") if k in d})
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,7 @@ class NetworkProfile:
 
     def latency(self, c: Cost) -> float:
         """Seconds per query for cost `c` on this link (see the module docstring)."""
-        return c.compute_s + c.rounds * self.rtt_ms / 1e3 + self.transfer_s(c.bytes_up) + self.transfer_s(c.bytes_down)
+        return c.compute_s + c.rounds * self.rtt_ms / 1e3 + self.transfer_s(c.wire)
 
     def describe(self) -> str:
         rate = "unlimited" if not self.rate_mbit else f"{self.rate_mbit:g} Mbit/s each way"

@@ -137,6 +137,10 @@ def test_latency_formula_and_overlap():
     c = Cost(client_s=0.1, server_s=0.3, bytes_up=1_250_000, bytes_down=2_500_000, rounds=3)
     assert WAN.latency(c) == pytest.approx(0.4 + 3 * 0.040 + 0.1 + 0.2)
     assert WAN.latency(Cost(client_s=0.1, server_s=0.3, overlap=True)) == pytest.approx(0.3)
+    # a 2PC exchange sends both directions at once: the larger one takes the link time
+    duplex = Cost(bytes_up=1_250_000, bytes_down=2_500_000, overlap=True)
+    assert WAN.latency(duplex) == pytest.approx(0.2)
+    assert WAN.latency(duplex + c) == pytest.approx(WAN.latency(duplex) + WAN.latency(c))
     both = Cost(client_s=0.1, server_s=0.3, overlap=True) + Cost(client_s=0.2, server_s=0.1)
     assert both.compute_s == pytest.approx(0.6) and both.client_s == pytest.approx(0.3)
     assert PROFILES["loopback"].latency(c) == pytest.approx(0.4)
