@@ -19,6 +19,8 @@ from .table import build_rows, counts
 #: options `protocol="auto"` takes (the rest go to the chosen protocol)
 AUTO_OPTIONS = ("network", "objective", "model_private", "epsilon", "trusted_dealer", "calibration")
 DEFAULT_NETWORK = "wan"
+DEALER_PROTOCOLS = ("ss", "hybrid")
+DEALER_OPTIONS = ("dealer", "server_secret", "client_secret")
 PRIVACY = {"ss": "2PC additive shares (CrypTen); the dealer is the server's own unless a third-party dealer is "
                  "configured (guarantee cryptographic-server-dealer / cryptographic-trusted-dealer)",
            "he": "CKKS ciphertexts under the client's key; the logits are flooded (cryptographic-input-only)",
@@ -203,6 +205,8 @@ def resolve_auto(graph: Graph, options: dict, network=None) -> tuple[str, dict, 
         raise ParameterError("trusted_dealer=False excludes a dealer, but dealer= was given")
     plan = make_plan(graph, net, policy, objective, cal)
     proto, popts = plan.session_options()
+    if proto not in DEALER_PROTOCOLS:  # a dealer given for the case the plan needs 2PC: unused here
+        opts = {k: v for k, v in opts.items() if k not in DEALER_OPTIONS}
     return proto, {**popts, **opts}, plan
 
 
