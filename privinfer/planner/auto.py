@@ -6,14 +6,14 @@ so each calls `resolve_auto` (or `make_plan`) and then runs an ordinary, concret
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..errors import ParameterError
 from ..model.ir import Graph
 from .calibrate import load_calibration
 from .cost import Cost, NetworkProfile, PROFILES, parse_network
 from .plan import plan_string as _plan_string, Segment
-from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, objective_fn, shortest, total_cost
+from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, shortest, total_cost
 from .table import build_rows, counts
 
 #: options `protocol="auto"` takes (the rest go to the chosen protocol)
@@ -85,9 +85,7 @@ class Plan:
         return {"protocol": proto, "options": opts, "plan": self.plan_string, "layer_protocols": self.layer_protocols,
                 "network": {"name": self.network.name, "rate_mbit": self.network.rate_mbit,
                             "rtt_ms": self.network.rtt_ms},
-                "objective": self.objective, "policy": vars(self.policy).copy() if hasattr(self.policy, "__dict__")
-                else {"model_private": self.policy.model_private, "epsilon": self.policy.epsilon,
-                      "trusted_dealer": self.policy.trusted_dealer},
+                "objective": self.objective, "policy": asdict(self.policy),
                 "predicted_latency_s": self.predicted_latency_s(), "cost": c.to_json(),
                 "rows": [{"label": r.label, "protocol": r.protocol, "start": r.start, "stop": r.stop,
                           "kind_in": r.kind_in, "kind_out": r.kind_out, "cost": r.cost.to_json(),

@@ -91,7 +91,6 @@ def segment_structure(graph: Graph, start: int, stop: int, last: bool, circuit_p
     from ..protocols.he.latency import CompiledPlan, plan_latency
     from ..protocols.he.params import select_params
     from ..protocols.he.program import build_program
-    from ..protocols.he.rotkeys import limit_keys  # noqa: F401 (plan_latency applies it)
     sub = graph.slice(start, stop)
     bad = [l.kind for l in sub.layers if l.kind not in ("conv2d", "linear", "avgpool2d", "flatten", "poly")]
     if bad:

@@ -113,6 +113,7 @@ def reveal_cost(n_values: int, cal: dict) -> Cost:
 
 
 def offline_once(cal: dict) -> Cost:
-    """The per-query offline phase's fixed part (one dealer batch for the whole plan)."""
+    """The per-query offline phase's fixed part: one dealer batch for the whole plan, agreed over privinfer's
+    channel (one round: bench records of `ss` count 1 + the counted 2PC rounds)."""
     s = cal["ss"]["offline_fixed_s"]
-    return Cost(client_s=s, server_s=s, overlap=True)
+    return Cost(client_s=s, server_s=s, rounds=1, overlap=True)
