@@ -7,7 +7,10 @@ STAMP := $(VENV)/.privinfer-installed
 SPU_VENV := .venv-spu
 SPU_STAMP := $(SPU_VENV)/.privinfer-spu-installed
 
-.PHONY: venv spu demo test fuzz bench clean
+ORION_VENV := .venv-orion
+ORION_STAMP := $(ORION_VENV)/.privinfer-orion-installed
+
+.PHONY: venv spu orion demo test fuzz bench clean
 
 venv: $(STAMP)
 
@@ -33,6 +36,17 @@ $(SPU_STAMP): Makefile
 	$(SPU_VENV)/bin/pip install -q spu==0.9.5 jax==0.4.34 jaxlib==0.4.34 numpy==1.26.4
 	touch $(SPU_STAMP)
 
+# the Orion peer (benchmarks only, issue 13): its wheel needs torchvision and pins scipy, so it gets its own venv;
+# torchvision 0.28.0 is the release paired with the CPU torch 2.13.0 on disk (another pulls a CUDA torch)
+orion: $(ORION_STAMP)
+
+$(ORION_STAMP): Makefile
+	@command -v $(PY) >/dev/null || { echo "needs $(PY)"; exit 1; }
+	test -x $(ORION_VENV)/bin/python || $(PY) -m venv $(ORION_VENV)
+	$(ORION_VENV)/bin/pip install -q --upgrade pip
+	$(ORION_VENV)/bin/pip install -q torch==2.13.0 torchvision==0.28.0 orion-fhe==1.0.2
+	touch $(ORION_STAMP)
+
 demo: $(STAMP) $(SPU_STAMP)
 	$(BIN)/python examples/demo.py
 
@@ -46,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/privinfer bench --protocol plain --model minionn-mnist --json benchmarks/results/plain.json
 
 clean:
-	rm -rf $(VENV) $(SPU_VENV) build *.egg-info
+	rm -rf $(VENV) $(SPU_VENV) $(ORION_VENV) build *.egg-info

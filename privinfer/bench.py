@@ -133,6 +133,8 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         "rtt_emulated_links": (["client <-> server channel", *_inner_links(protocol, options or {})]
                                if profile.rtt_ms else []),
         "rtt_missing_links": [],
+        # the profile as measured (profiles may be retuned later; plots of old records use these numbers)
+        "network_profile": {"rate_mbit": profile.rate_mbit, "rtt_ms": profile.rtt_ms},
         "privacy": stats.privacy,
         **({"plan": stats.privacy["layer_protocols"]} if "layer_protocols" in stats.privacy else {}),
         **({"auto": True, "plan": auto.layer_protocols, "plan_string": auto.plan_string,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import itertools
 import subprocess
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,6 +54,10 @@ def _run(*cmd: str) -> None:
 
 
 RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netem_relay.py")
+#: pids of live delay-line relays: a benchmark's case deadline must not kill them, or the link dies silently
+#: and the client waits for its socket timeout instead of seeing the killed server's FIN (see benchsuite.runner)
+RELAY_PIDS: set[int] = set()
+_COUNTER = itertools.count()
 TUN_MTU = 65000  # large packets: the relay handles a few thousand per second even at 1 Gbit/s
 
 
@@ -79,7 +85,8 @@ def remove_stale() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for name in (line.split()[0] for line in out.splitlines() if line.startswith("privinfer-")):
         tag = name.split("-", 1)[1]
-        if tag.isdigit() and not os.path.exists(f"/proc/{tag}"):
+        owner = tag.split("x", 1)[0]
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
             pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
             for pid in pids:  # a server left running inside: it would hold its memory forever
                 try:
@@ -99,10 +106,11 @@ def namespace(profile: NetworkProfile):
     if why:
         raise PrivinferError(why)
     remove_stale()
-    tag = str(os.getpid())
+    n = next(_COUNTER)  # pid and counter: two namespaces of one process never share names or addresses
+    tag = f"{os.getpid()}x{n % 1000}"
     ns, host_if, ns_if = f"privinfer-{tag}", f"pih{tag}", f"pin{tag}"
-    octet = os.getpid() % 250 + 1
-    host_ip, ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+    net = f"10.{231 + n % 16}.{os.getpid() % 250 + 1}"
+    host_ip, ns_ip = f"{net}.1", f"{net}.2"
     in_ns = ("ip", "netns", "exec", ns)
     relay = None
     try:
@@ -119,6 +127,7 @@ def namespace(profile: NetworkProfile):
         relay = subprocess.Popen([sys.executable, RELAY, host_if, ns, ns_if,
                                   str(profile.rtt_ms)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
+        RELAY_PIDS.add(relay.pid)
         if relay.stdout.readline().strip() != "ready":
             relay.wait(10)
             raise PrivinferError(f"network emulation relay failed: {relay.stderr.read().strip()[-500:]}")
@@ -131,6 +140,7 @@ def namespace(profile: NetworkProfile):
             except subprocess.TimeoutExpired:
                 relay.kill()
                 relay.wait()
+            RELAY_PIDS.discard(relay.pid)
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
@@ -159,6 +169,8 @@ def server_in_namespace(graph_path: str, protocol: str, options: dict, profile: 
                     proc.wait(10)
                     err.seek(0)
                     raise PrivinferError(f"server in namespace failed to start: {err.read().strip()[-500:]}")
+                # drain what the server prints next (progress, warnings): a full pipe would block it
+                threading.Thread(target=proc.stdout.read, daemon=True, name="privinfer-netem-drain").start()
                 yield ip, port
             finally:
                 proc.terminate()

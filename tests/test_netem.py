@@ -62,3 +62,11 @@ def test_namespaces_of_killed_runs_are_removed():
         assert name not in _namespaces()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_two_namespaces_of_one_process_do_not_collide():
+    prof = netem.NetworkProfile("test", None, 1.0)
+    with netem.namespace(prof) as (ns1, ip1), netem.namespace(prof) as (ns2, ip2):
+        assert ns1 != ns2 and ip1 != ip2
+        assert {ns1, ns2} <= _namespaces()
+    assert not {ns1, ns2} & _namespaces()

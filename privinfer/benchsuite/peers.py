@@ -6,7 +6,9 @@ peers are the stock recipes of the libraries privinfer builds on, run by the scr
 * TenSEAL's tutorial-4 recipe on tenseal-mnist (`tenseal_tutorial_baseline.py`), against `he` latency;
 * stock CrypTen with its TTP provider, direct cryptensor operations, on minionn-mnist (`ss_bench.py`),
   against `ss` with a local dealer;
-* SPU's CHEETAH run directly (`cheetah_bench.py` + `cheetah_direct.py`), against `cheetah`, interleaved.
+* SPU's CHEETAH run directly (`cheetah_bench.py` + `cheetah_direct.py`), against `cheetah`, interleaved;
+* Orion 1.0.2 (`orion_peer.py`, in its own `.venv-orion`: `make orion`) on minionn-mnist-he, against `he`
+  latency (fast): the CKKS peer for convolutional networks (issue 13).
 Published figures come from `benchmarks/published.json` and are never mixed with measurements: each row
 is labelled "published, other hardware" with its source.
 """
@@ -83,7 +85,49 @@ def spu_direct(records: list[dict], samples: int, model: str = "secureml-mnist")
     return row
 
 
-PEERS = {"tenseal": tenseal_tutorial, "crypten": crypten_ttp, "spu": spu_direct}
+ORION_PYTHON = BENCHMARKS.parent / ".venv-orion" / "bin" / "python"
+
+
+def orion(records: list[dict], samples: int, model: str = "minionn-mnist-he", save_keys: bool = False) -> dict:
+    """Orion on the same images as ours; the zoo weights and the reference logits travel in an .npz."""
+    import subprocess
+    import tempfile
+
+    from .. import zoo
+    from ..model.reference import run_reference
+    if not ORION_PYTHON.exists():
+        raise PrivinferError(f"{ORION_PYTHON} not found: run `make orion` to install Orion in its own venv")
+    g = zoo.load_model(model)
+    X, _ = zoo.load_dataset(model, "test")
+    images = X[:samples].astype(np.float32)
+    arrays, spec = {}, []
+    for i, L in enumerate(g.layers):
+        entry = {"kind": L.kind}
+        for k, v in vars(L).items():
+            if isinstance(v, np.ndarray):
+                arrays[f"{k}{i}"] = v
+            elif k != "kind":
+                entry[k] = list(v) if isinstance(v, tuple) else v
+        spec.append(entry)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.npz"
+        np.savez(path, layers_json=json.dumps(spec), images=images, ref_logits=run_reference(g, images),
+                 fit_images=X[samples:samples + 64].astype(np.float32), **arrays)
+        cmd = [str(ORION_PYTHON), str(BENCHMARKS / "orion_peer.py"), str(path)] + (["--save-keys"] if save_keys else [])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if r.returncode:
+        raise PrivinferError(f"orion_peer.py failed: {r.stderr.strip()[-600:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    row = _row("Orion 1.0.2, Lattigo CKKS N=2^14 (one process, no network)", model, out["latency_s"]["median"],
+               _ours(records, "he (latency, fast)", f"{model}"), "he (latency, fast)",
+               f"peer: compile {out['compile_s']:.0f} s, agreement {out['argmax_agreement']:.3f}, "
+               f"H={out['params']['H']}" + (f", keys+diagonals {out['key_and_diag_bytes'] / 2**20:.0f} MB"
+                                            if out.get("key_and_diag_bytes") else ""))
+    row["peer_detail"] = out
+    return row
+
+
+PEERS = {"tenseal": tenseal_tutorial, "crypten": crypten_ttp, "spu": spu_direct, "orion": orion}
 
 
 def run_peers(records: list[dict], samples: int = 5, log=print, only: list[str] | None = None) -> list[dict]:

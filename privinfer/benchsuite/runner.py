@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from .._process import descendants
+from ..netem import RELAY_PIDS
 from ..bench import run_bench, write_records
 from . import netmodel
 from .cases import Case, build_cases
@@ -38,7 +39,8 @@ CASE_BUDGET_S = {"default": 240.0, "quick": 90.0}
 def case_deadline(seconds: float):
     """Yield an Event set when `seconds` pass; then every process started inside the block is ended, so that
     the session's next read fails with a typed error and the matrix goes on. Work in this process itself
-    (training a variant) is not interrupted."""
+    (training a variant) is not interrupted. Delay-line relays are spared: a killed server's FIN must still
+    reach the client through them (the namespace's own clean-up stops them)."""
     me, before = os.getpid(), set(descendants(os.getpid()))
     fired, done = threading.Event(), threading.Event()
 
@@ -48,7 +50,7 @@ def case_deadline(seconds: float):
         fired.set()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in reversed(descendants(me)):
-                if pid not in before:
+                if pid not in before and pid not in RELAY_PIDS:
                     with contextlib.suppress(OSError):
                         os.kill(pid, sig)
             if done.wait(3.0):

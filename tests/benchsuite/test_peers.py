@@ -30,3 +30,12 @@ def test_published_schema_is_enforced(tmp_path):
     with pytest.raises(PrivinferError, match="checked"):
         load_published(path)
     assert load_published(tmp_path / "absent.json") == []
+
+
+def test_orion_peer_without_its_venv_is_a_typed_error(tmp_path, monkeypatch):
+    from privinfer.benchsuite import peers
+    monkeypatch.setattr(peers, "ORION_PYTHON", tmp_path / "absent" / "python")
+    with pytest.raises(PrivinferError, match="make orion"):
+        peers.orion([], 1)
+    rows = peers.run_peers([], 1, log=lambda s: None, only=["orion"])
+    assert rows[0]["peer"] == "orion" and "make orion" in rows[0]["error"]

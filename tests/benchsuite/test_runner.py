@@ -61,3 +61,23 @@ def test_a_case_over_its_budget_has_its_processes_ended():
         p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         p.wait(timeout=20)
     assert fired.is_set() and p.returncode != 0 and time.monotonic() - t0 < 15
+
+
+def test_the_deadline_spares_delay_line_relays():
+    """A killed relay would drop the killed server's FIN: the client would wait for its socket timeout."""
+    import subprocess
+    import sys
+
+    from privinfer.benchsuite.runner import case_deadline
+    from privinfer.netem import RELAY_PIDS
+    with case_deadline(0.3) as fired:
+        relay = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        RELAY_PIDS.add(relay.pid)
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        other.wait(timeout=20)
+    try:
+        assert fired.is_set() and other.returncode != 0 and relay.poll() is None
+    finally:
+        RELAY_PIDS.discard(relay.pid)
+        relay.kill()
+        relay.wait()
