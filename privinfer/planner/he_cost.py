@@ -8,7 +8,8 @@ planner picks the segment's parameters exactly as the engine does (`select_param
 prices each (operation, level) with the calibrated per-prime cost of that operation at that ring size N
 (`calibrate.py`). Bytes are exact: one seeded input ciphertext and one result at the output level are
 serialized with a fresh key of the segment's own parameters. Client encrypt/decrypt and the server's
-load/re-randomize are timed on that same context (milliseconds), so they need no calibration.
+load/re-randomize are timed on that same context (milliseconds) once per parameter set and cached with the
+counts (`table.py`), so a plan does not change from one call to the next.
 
 Selecting parameters is the slow part (a large first convolution takes tens of seconds at N=32768); results
 are cached on disk by the sub-graph's digest (`cache.py`).
@@ -160,15 +161,16 @@ def data_primes(params_json: dict, level: int) -> int:
     return len(params_json["coeff_mod_bit_sizes"]) - 1 - level
 
 
-def segment_cost(struct: dict, cal: dict, *, from_shares: bool, to_shares: bool) -> Cost:
+def segment_cost(struct: dict, cal: dict, *, from_shares: bool, to_shares: bool, io: dict | None = None) -> Cost:
     """The per-query cost of one HE segment, conversions at both ends included (see `convert.py`):
     the client encrypts n_ct ciphertexts (of z = x + r from shares), the server loads them (and subtracts the
     gathered mask), evaluates, masks or floods and re-randomizes one result, the client decrypts it."""
     p = struct["params"]
     N = str(p["N"])
     he_cal = cal["he"].get(N) or cal["he"][max(cal["he"], key=lambda k: int(k))]
-    io = params_io(p)
-    out_io = io["levels"][min(struct["out_level"], len(io["levels"]) - 1)]
+    io = io or params_io(p)
+    levels = {int(k): v for k, v in io["levels"].items()}  # JSON turns the level keys into strings
+    out_io = levels[min(struct["out_level"], len(levels) - 1)]
     server = 0.0
     for key, n in struct["ops"].items():
         op, level = key.split("@")

@@ -55,11 +55,13 @@ def _cache_file(graph: Graph) -> Path:
 def counts(graph: Graph, progress=None) -> dict:
     """The data-free counts of a network: 2PC pieces and HE segment structures (cached on disk)."""
     path = _cache_file(graph)
+    say = progress or (lambda msg: None)
     if path.exists():
         data = json.loads(path.read_text())
         if data.get("version") == CACHE_VERSION:
+            if _add_io(data, say):
+                path.write_text(json.dumps(data) + "\n")
             return data
-    say = progress or (lambda msg: None)
     say("2PC pieces: counting bytes, rounds and dealer tuples on CrypTen parties")
     data = {"version": CACHE_VERSION, "ss": ss_cost.count_pieces(graph), "he": {}}
     n = len(graph)
@@ -70,9 +72,27 @@ def counts(graph: Graph, progress=None) -> dict:
                 data["he"][f"{a}-{b}-{int(last)}"] = he_cost.segment_structure(graph, a, b, last)
             except (ParameterError, UnsupportedLayerError) as e:
                 data["he"][f"{a}-{b}-{int(last)}"] = {"error": f"{type(e).__name__}: {e}"}
+    _add_io(data, say)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data) + "\n")
     return data
+
+
+def io_key(params: dict) -> str:
+    return f"{params['N']}:{','.join(str(b) for b in params['coeff_mod_bit_sizes'])}"
+
+
+def _add_io(data: dict, say) -> bool:
+    """Wire sizes and per-ciphertext client/server timings of every HE parameter set the segments use, measured
+    once and kept with the counts (so that a network's plan is the same every time it is asked for)."""
+    io = data.setdefault("he_io", {})
+    added = False
+    for st in data["he"].values():
+        if "params" in st and io_key(st["params"]) not in io:
+            say(f"HE parameters N={st['params']['N']}: ciphertext sizes and encrypt/decrypt times")
+            io[io_key(st["params"])] = he_cost.params_io(st["params"])
+            added = True
+    return added
 
 
 def _size(graph: Graph, i: int) -> int:
@@ -111,7 +131,8 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
             if "error" in st:
                 continue
             a, b, last = (int(v) for v in key.split("-"))
-            c = he_cost.segment_cost(st, cal, from_shares=a > 0, to_shares=not last)
+            c = he_cost.segment_cost(st, cal, from_shares=a > 0, to_shares=not last,
+                                     io=data.get("he_io", {}).get(io_key(st["params"])))
             p = st["params"]
             rows.append(Row("he", a, b, "he_in", "he_last" if last else "he_out", c, info={
                 "layers": list(graph.names[a:b]), "N": p["N"], "depth": st["depth"], "out_level": st["out_level"],

@@ -52,6 +52,8 @@ def test_plans_are_executable_and_explained(graph, cache, network):
     assert "predicted" in text and "privacy:" in text and plan.network.name in text
     assert plan.to_json()["predicted_latency_s"] == pytest.approx(plan.predicted_latency_s())
     assert plan.predicted_latency_s() <= min(plan.single.values()) + 1e-5  # never worse than a single protocol
+    again = make_plan(graph, network, calibration=None)  # timings are cached with the counts: the same plan
+    assert (again.plan_string, again.predicted_latency_s()) == (plan.plan_string, plan.predicted_latency_s())
 
 
 def test_policy_without_dealer_has_no_2pc_dealer(graph, cache):
