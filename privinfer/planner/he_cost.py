@@ -151,7 +151,7 @@ def params_io(params_json: dict) -> dict:
         t_out = time.perf_counter() - t0
         t0 = time.perf_counter()
         ctx.decrypt(blob)
-        out["levels"][level] = {"out_bytes": len(blob), "t_rerand": t_out, "t_dec": time.perf_counter() - t0}
+        out["levels"][str(level)] = {"out_bytes": len(blob), "t_rerand": t_out, "t_dec": time.perf_counter() - t0}
     _IO[key] = out
     return out
 
