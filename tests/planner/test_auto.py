@@ -94,3 +94,23 @@ def test_cli_plan_text_and_json(graph, cache, tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["objective"] == "bytes" and len(d["layer_protocols"]) == len(graph)
     assert main(["plan", "--model", path, "--network", "nowhere"]) == 2  # a typed, one-line error
+
+
+def test_server_plans_and_a_client_may_say_auto(graph, cache):
+    """`privinfer serve --protocol auto`: the server runs the planner's concrete protocol; a client that says
+    "auto" learns it from WELCOME, one that names another protocol is refused."""
+    from privinfer.errors import PrivinferError
+    from privinfer.server import Server
+    from privinfer.session import connect
+    srv = Server(graph, "auto", network="loopback", dealer="local", torch_threads=None).start()
+    try:
+        assert srv.plan is not None and srv.protocol_cls.name == srv.plan.protocol
+        x = np.random.default_rng(2).uniform(0, 1, (2, 1, 4, 4))
+        with connect("127.0.0.1", srv.port, "auto", warn=False) as s:
+            assert s.stats.protocol == srv.plan.protocol
+            assert np.max(np.abs(s.infer(x) - run_reference(graph, x))) < 1e-2
+        other = "he" if srv.plan.protocol != "he" else "ss"
+        with pytest.raises(PrivinferError):
+            connect("127.0.0.1", srv.port, other, warn=False)
+    finally:
+        srv.shutdown()
