@@ -26,7 +26,8 @@ from .session import PrivateSession, connect
 RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "setup_s", "offline_s", "online_s",
                  "bytes_client_to_server", "bytes_server_to_client", "bytes_dealer", "setup_bytes", "rounds",
                  "accuracy_plain", "accuracy_plain_full", "accuracy_private", "argmax_agreement", "max_abs_err",
-                 "full_split_images", "peak_rss_mb", "cpu_s", "rtt_emulated_links", "rtt_missing_links", "privacy")
+                 "full_split_images", "peak_rss_mb", "cpu_s", "rtt_emulated_links", "rtt_missing_links", "network_profile",
+                 "privacy")
 
 
 def _quantiles(values: list[float]) -> dict:
