@@ -18,11 +18,18 @@ from typing import Sequence, Union
 from ..errors import PrivinferError, UnsupportedLayerError
 from ..model.ir import Graph
 
-#: protocol -> layer kinds it can run inside a hybrid plan
+_ALL = ("conv2d", "linear", "avgpool2d", "maxpool2d", "relu", "poly", "flatten")
+#: protocol -> layer kinds it can run inside a hybrid plan. `he`: ciphertexts at the server; `ss`: shares;
+#: `plain`: plaintext AT THE CLIENT (those layers' weights are sent to it); `noisy`: the client releases the
+#: segment's input with epsilon-DP and the server runs the layers on it in the clear
 PLAN_PROTOCOLS: dict[str, tuple[str, ...]] = {
     "he": ("conv2d", "linear", "avgpool2d", "flatten", "poly"),
-    "ss": ("conv2d", "linear", "avgpool2d", "maxpool2d", "relu", "poly", "flatten"),
+    "ss": _ALL,
+    "plain": _ALL,
+    "noisy": _ALL,
 }
+#: protocols whose segment leaves the value at the server in the clear: nothing may follow them in a plan
+PLAN_TERMINAL: frozenset = frozenset({"noisy"})
 HE_MAX_POLY_DEGREE = 3
 _RANGE = re.compile(r"^\s*([a-z]+)\s*:\s*(\d+)\s*(?:(-)\s*(\d*))?\s*$")
 
@@ -104,6 +111,10 @@ def parse_plan(plan: PlanSpec, graph: Graph) -> tuple[Segment, ...]:
             segs[-1] = Segment(proto, segs[-1].start, i + 1)
         else:
             segs.append(Segment(proto, i, i + 1))
+    for s, nxt in zip(segs, segs[1:]):
+        if s.protocol in PLAN_TERMINAL:
+            raise PlanError(f"segment {s} must end the plan: its values stay at the server in the clear, so "
+                            f"{nxt} cannot follow it")
     return tuple(segs)
 
 

@@ -1,34 +1,31 @@
 """The `plain` baseline: the client sends its input in the clear and the server answers the logits.
 
 No privacy at all. It is the reference every private protocol is measured against (same channel,
-same framing, same server), so its latency and bytes are the floor.
+same framing, same server), so its latency and bytes are the floor. As a plan of the engine
+(`engine.py`): upload (plain@client -> plain@server), the server runs every layer, download.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..errors import ShapeError
-from ..model.reference import run_reference
-from ..transport import Channel
 from .base import ClientSide, Protocol, ServerSide, register
+from .engine import Download, EngineClient, EngineServer, Kind, Layers, Upload
 
 
-class _PlainServer(ServerSide):
+def plain_steps(graph, client: bool) -> list:
+    """The one-segment plan: input up in the clear, all layers at the server, logits down."""
+    n = len(graph.layers)
+    return [Upload(graph.input_shape, client), Layers(graph, 0, n, Kind.PLAIN_SERVER, holder=not client),
+            Download(graph.output_shape, client)]
+
+
+class _PlainServer(EngineServer):
     def __init__(self, graph):
         self.graph = graph
-
-    def query(self, ch: Channel, meta: dict) -> None:
-        x = ch.recv_tensor()
-        if x.shape[1:] != tuple(self.graph.input_shape) or x.shape[0] != meta["batch"]:
-            raise ShapeError(f"input shape {x.shape} does not match (batch={meta['batch']}, "
-                             f"{', '.join(map(str, self.graph.input_shape))})")
-        ch.send_tensor(run_reference(self.graph, x).astype(np.float64))
+        self.chain = plain_steps(graph, client=False)
 
 
-class _PlainClient(ClientSide):
-    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
-        ch.send_tensor(x.astype(np.float32))
-        return ch.recv_tensor()
+class _PlainClient(EngineClient):
+    def __init__(self, graph):
+        self.chain = plain_steps(graph, client=True)
 
     def privacy(self) -> dict:
         return {"guarantee": "none", "input_private": False, "model_private": True, "note": "no protection: input sent in clear"}
@@ -44,4 +41,4 @@ class Plain(Protocol):
 
     @classmethod
     def client_side(cls, welcome: dict, graph, **client_options) -> ClientSide:
-        return _PlainClient()
+        return _PlainClient(graph)

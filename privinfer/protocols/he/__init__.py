@@ -42,6 +42,9 @@ What is protected, precisely
   averaging across sessions (the cap is per key). The threat model is semi-honest: a malicious server could
   compute a different function; a malicious client could send malformed keys (rejected with typed errors).
 
+Engine: a query is the plan encrypt (plain@client -> cipher), HE segment, decrypt (-> plain@client), run
+by `protocols/engine.py`'s loop; the step classes (`steps.py`) are the ones `hybrid` runs for its HE segments.
+
 Packings: `packing="latency"` (default; `latency.py`: one image per query, any number of convolutions and
 linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, N/2 images per slot
 group, up to `executor.MAX_GROUPS` groups per query, evaluated in this process or as Ray tasks: `executor.py`).
@@ -57,17 +60,18 @@ import time
 
 import numpy as np
 
-from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitError, ResourceLimitError, ShapeError
+from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitError, ResourceLimitError
 from ...model.ir import Graph
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
+from ..engine import EngineClient, EngineServer
 from . import executor as hex_
-from . import seeded
 from .context import CKKSContext
-from .latency import CompiledPlan, LatencyPlan, SealBackend, client_vectors, plan_latency
+from .latency import CompiledPlan, LatencyPlan, SealBackend, plan_latency
 from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
 from .privacy import CIRCUIT_PRIVACY_MODES, FloodPolicy
 from .program import build_program, check_he_graph
+from .steps import HEBatchDownload, HEBatchSegment, HEBatchUpload, HEDownload, HESegment, HEUpload
 
 __all__ = ["HE", "CKKSContext", "HEParams", "select_params", "plan_latency", "build_program", "rerandomize"]
 
@@ -160,7 +164,7 @@ class _KeyedContext(CKKSContext):
         self.encryptor = self.decryptor = self._sym_encryptor = None
 
 
-class _HEServer(ServerSide):
+class _HEServer(EngineServer):
     def __init__(self, proto: "HE", packing: str, batch_size):
         self.proto, self.packing = proto, packing
         self.ctx: _KeyedContext | None = None
@@ -203,9 +207,20 @@ class _HEServer(ServerSide):
             self.ctx = _load_public_tenseal(blobs[0], self.params)
             self.view = _TenSEALView(self.ctx)
             self.job = self.proto.executor.open(self.ctx)  # evaluation keys go to the executor once
+        self.chain = self._chain()
         ch.send_json({"ready": True})
 
-    def query(self, ch: Channel, meta: dict) -> None:
+    def _chain(self) -> list:
+        """The one-segment plan: encrypt, HE segment (the whole graph), decrypt (`steps.py`)."""
+        if self.packing == "batch":
+            return [HEBatchUpload(self, False), HEBatchSegment(self, False), HEBatchDownload(self, False)]
+        p = self.proto
+        return [HEUpload(self.ctx, p.plan, 2.0 ** self.params.input_scale_bits, client=False,
+                         n_primes=len(self.params.coeff_mod_bit_sizes) - 1),  # data primes at the top level
+                HESegment(p.compiled, self.ctx, 0, len(p.graph.layers)),
+                HEDownload(self.ctx, client=False, flood_std=p.policy.flood_std)]
+
+    def prepare(self, ch: Channel, meta: dict) -> None:
         B = int(meta["batch"])
         if B > self.max_batch:
             raise ResourceLimitError(f"batch {B} exceeds this session's limit of {self.max_batch} "
@@ -216,31 +231,7 @@ class _HEServer(ServerSide):
                                   f"per key that the flood's statistical margin is sized for (open a new session: "
                                   f"a fresh key)")
         self.answered += B
-        if self.packing == "batch":
-            # the ciphertexts arrive in `chunks` frames and are loaded as they come (batch_stream.py)
-            n_in = int(np.prod(self.proto.graph.input_shape))
-            src = self.stream.ChunkReader(ch, meta.get("chunks", 1), hex_.n_groups(B, self.params.slots) * n_in)
-            # every slot past the images the client paid for is masked: a one-image query returns one answer
-            out = self.job.evaluate(self.proto.graph, src, B, self.params.slots, mask_unused=True)
-            src.finish()
-            ch.send_blobs([self._finish(b) for b in out])
-            return
-        blobs = ch.recv_blobs()
-        n_ct = self.proto.plan.input.n_ct
-        if len(blobs) != B * n_ct:
-            raise ShapeError(f"expected {B} x {n_ct} ciphertexts (batch x per-image), got {len(blobs)}")
-        expect_scale = 2.0 ** self.params.input_scale_bits
-        top = len(self.params.coeff_mod_bit_sizes) - 1  # data primes at the top level (the input's)
-        backend = SealBackend(self.ctx)
-        results = []
-        for i in range(B):
-            # seeded, fresh, at the top level and the plan's input scale (seeded.load checks all, typed errors)
-            cts = [seeded.load(self.ctx.seal, b, n_primes=top, scale=expect_scale, what="input ciphertext")
-                   for b in blobs[i * n_ct:(i + 1) * n_ct]]
-            out = self.proto.compiled.evaluate(cts, backend=backend)
-            rerandomize(self.ctx, out, self.proto.policy.flood_std)
-            results.append(self.ctx.ct_to_bytes(out))
-        ch.send_blobs(results)
+        self.chunks = meta.get("chunks", 1)  # batch packing: the ciphertexts arrive in this many frames
 
     def _finish(self, blob: bytes) -> bytes:
         ct = self.view.ct_from_bytes(blob, "batch result")
@@ -250,9 +241,10 @@ class _HEServer(ServerSide):
         if getattr(self, "job", None) is not None:
             self.job.close()
         self.ctx = self.job = None
+        self.chain = ()
 
 
-class _HEClient(ClientSide):
+class _HEClient(EngineClient):
     def __init__(self, welcome: dict, graph: Graph, packing: str):
         try:
             info_packing = welcome["packing"]
@@ -319,25 +311,10 @@ class _HEClient(ClientSide):
             raise ProtocolError(f"server did not accept the keys: {reply}")
         if self.packing == "latency":
             say(f"keys sent and loaded by the server in {time.perf_counter() - t1:.1f} s")
-
-    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
-        B = int(x.shape[0])
-        if self.packing == "batch":
-            if self.streamed:
-                self.stream.send_stream(ch, self.ctx, x, self.params.slots)
-            else:
-                ch.send_blobs(hex_.encrypt_groups(self.ctx, x, self.params.slots))
-            return np.asarray(hex_.decrypt_groups(self.ctx, ch.recv_blobs(), B, self.out_dim, self.params.slots))
-        scale = 2.0 ** self.params.input_scale_bits
-        if getattr(self, "_seeded", None) is None:  # secret-key (seeded, half-size) uploads: see seeded.py
-            self._seeded = seeded.SeededEncryptor(self.ctx.seal, self.ctx.secret_key, self.ctx.encoder)
-        blobs = [self._seeded.encrypt(v, scale) for xi in x for v in client_vectors(self.plan, xi)]
-        ch.send_blobs(blobs)
-        res = ch.recv_blobs()
-        if len(res) != B:
-            raise ProtocolError(f"expected {B} result ciphertexts, got {len(res)}")
-        pos = self.plan.output_slots()
-        return np.stack([self.ctx.decrypt(r)[pos] for r in res])
+            self.chain = [HEUpload(self.ctx, self.plan, 2.0 ** self.params.input_scale_bits, client=True),
+                          HESegment(), HEDownload(self.ctx, client=True, out_slots=self.plan.output_slots())]
+        else:
+            self.chain = [HEBatchUpload(self, True), HEBatchSegment(self, True), HEBatchDownload(self, True)]
 
     def privacy(self) -> dict:
         p = self.params
@@ -353,7 +330,8 @@ class _HEClient(ClientSide):
         return out
 
     def close(self) -> None:
-        self.ctx = self._seeded = None
+        self.ctx = None
+        self.chain = ()
 
 
 def _stage_printer(show: bool):

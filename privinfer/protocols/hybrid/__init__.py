@@ -4,6 +4,12 @@
 
 The plan (`privinfer.planner.plan`) assigns `he` or `ss` to every layer; the server validates it against the
 graph (a ReLU or MaxPool in an HE segment, or a layer without a protocol, is a typed error naming the layer).
+Plans may also hold `plain` segments (run at the client in the clear, on weights the server sends in the
+set-up: model privacy of those layers is given up) and a final `noisy` segment (the client releases the
+layer's input with epsilon-DP, the server runs the rest in the clear: `noisy`'s steps and options). An HE or ss
+segment followed by either ends with its result at the client in the clear (`privacy()` names the layers).
+The loop is the engine's (`protocols/engine.py`): the chain of steps below is built from the plan on each side.
+
 One TCP connection per session carries everything: WELCOME (plan, per-HE-segment parameters), the keys of
 every HE segment once, the `ss` set-up once (one CrypTen group and one dealer serve every ss segment), then
 per query: the ss offline phase for the whole plan (one dealer batch), then the segments in order:
@@ -25,42 +31,57 @@ with x² runs in CKKS with 19-20 bits of statistical hiding (`convert/__init__.p
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
-from ...errors import ParameterError, PrivinferError, ProtocolError, ResourceLimitError, ShapeError
-from ...model.ir import Graph
+from ...errors import ParameterError, PrivinferError, ProtocolError, ResourceLimitError
+from ...model.ir import Graph, graph_to_bytes, load_graph
 from ...planner.plan import PlanError, layer_protocols, parse_plan, plan_string
 from ...transport import Channel
 from .. import convert
 from ..base import ClientSide, Protocol, ServerSide, register
-from ..he import rerandomize
+from ..engine import EngineClient, EngineServer, Kind, Layers, check_chain
+from ..he.steps import HEDownload, HESegment, HEUpload
+from ..noisy import release_steps
 from ..ss import MAX_PRECISION_BITS
-from ..ss.worker import warm_up
 from ..ss.dealer import check_dealer_choice
+from ..ss.steps import SSSegment, SSShare
+from ..ss.worker import warm_up
 from ..convert import bfv as bfv_conv
 from ..he.bfv import FRAC_BITS, STAT_BITS
 from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
+from .steps import BFVSegmentStep, HEToShares, SharesToHE, SSRunner
+
+#: plan protocols whose segment ends with the value revealed to the client in the clear when another segment
+#: follows: a `plain` client segment or a `noisy` release needs its input there
+NEEDS_CLIENT_PLAINTEXT = ("plain", "noisy")
+
+
+def _next(segs, i: int) -> str | None:
+    return segs[i + 1].protocol if i + 1 < len(segs) else None
+
+
+def _reveals(segs, i: int) -> bool:
+    """Segment i ends at the client in the clear: the plan's last segment, or one before plain / noisy."""
+    return _next(segs, i) is None or _next(segs, i) in NEEDS_CLIENT_PLAINTEXT
 
 HIDING = ("best", "perfect", "statistical")
-
 
 def _bfv(h) -> bool:
     return getattr(h, "scheme", "ckks") == "bfv"
 
 
 def _ss_segments(segs, he: dict) -> list:
-    """The party's spec of every ss segment: masked unless it ends the plan; mod-t hand-overs next to BFV."""
+    """The party's spec of every ss segment: masked when an HE segment follows it; mod-t hand-overs next to BFV."""
     out = []
     for i, s in enumerate(segs):
         if s.protocol != "ss":
             continue
         prev, nxt = he.get(i - 1), he.get(i + 1)
-        spec = {"start": s.start, "stop": s.stop, "masked": i < len(segs) - 1, "in": {"kind": "float"},
+        spec = {"start": s.start, "stop": s.stop, "masked": _next(segs, i) == "he", "in": {"kind": "float"},
                 "out": {"kind": "float"}}
         if prev is not None and _bfv(prev):
             spec["in"] = {"kind": "modt", "t": int(prev.t), "D": 1 << int(prev.weight_bits)}
@@ -76,7 +97,20 @@ def _check_precision(he: dict, copts: dict) -> None:
                              "CrypTen's fixed point)")
 
 
-class _HybridServer(ServerSide):
+def _bfv_produces(segs, i: int) -> Kind:
+    """A BFV segment ends at the client in the clear (flooded) or as shares mod t (an ss segment follows)."""
+    return Kind.PLAIN_CLIENT if _reveals(segs, i) else Kind.SHARES
+
+
+def _ss_shapes(segs, graph: Graph) -> list:
+    return [(graph.shapes[s.start], graph.shapes[s.stop]) for s in segs if s.protocol == "ss"]
+
+
+def _noisy_start(segs) -> int | None:
+    return next((s.start for s in segs if s.protocol == "noisy"), None)
+
+
+class _HybridServer(EngineServer):
     def __init__(self, proto: "Hybrid", copts: dict):
         self.proto, self.segs = proto, proto.segments
         self.ctx: dict[int, Any] = {}
@@ -88,6 +122,8 @@ class _HybridServer(ServerSide):
                 "he": [h.info() for h in self.proto.he.values()]}
         if self.ss is not None:
             info["ss"] = self.ss.welcome()
+        if self.proto.noisy_clips is not None:
+            info["noisy"] = {"recommended": self.proto.noisy_clips}
         return info
 
     def setup(self, ch: Channel) -> None:
@@ -95,77 +131,65 @@ class _HybridServer(ServerSide):
             self.ctx[i] = h.keyed(ch.recv_blobs())
         if self.ss is not None:
             self.ss.setup(ch)
+        for seg in self.segs:  # a client segment runs on weights the server hands over
+            if seg.protocol == "plain":
+                ch.send_bytes(graph_to_bytes(self.proto.graph.slice(seg.start, seg.stop)))
+        self.chain = self._chain()
+        check_chain(self.chain)
         ch.send_json({"ready": True})
 
-    def query(self, ch: Channel, meta: dict) -> None:
+    def _chain(self) -> list:
+        g, segs, steps, kind, k_ss = self.proto.graph, self.segs, [], Kind.PLAIN_CLIENT, 0
+        runner = SSRunner(self.ss, _ss_shapes(segs, g)) if self.ss is not None else None
+        for i, seg in enumerate(segs):
+            if seg.protocol == "he" and _bfv(self.proto.he[i]):
+                steps.append(BFVSegmentStep(self.proto.he[i], False, kind, _bfv_produces(segs, i), ctx=self.ctx[i]))
+            elif seg.protocol == "he":
+                h, ctx = self.proto.he[i], self.ctx[i]
+                steps.append(HEUpload(ctx, h.he.plan, 2.0 ** h.he.latency_params.input_scale_bits, False,
+                                      len(h.he.latency_params.coeff_mod_bit_sizes) - 1)
+                             if kind == Kind.PLAIN_CLIENT else SharesToHE(h, False, ctx=ctx))
+                steps.append(HESegment(h.he.compiled, ctx, seg.start, seg.stop))
+                steps.append(HEDownload(ctx, False, h.he.policy.flood_std) if _reveals(segs, i)
+                             else HEToShares(h, False, out_shape=g.shapes[seg.stop], ctx=ctx))
+            elif seg.protocol == "ss":
+                if kind == Kind.PLAIN_CLIENT:
+                    steps.append(SSShare(False))
+                masked = _next(segs, i) == "he"
+                steps.append(SSSegment(runner, False, k_ss, seg.start, seg.stop,
+                                       Kind.SHARES if masked else Kind.PLAIN_CLIENT,
+                                       self._mask(i + 1, seg.stop) if masked else None))
+                k_ss += 1
+            elif seg.protocol == "plain":
+                steps.append(Layers(g, seg.start, seg.stop, Kind.PLAIN_CLIENT, holder=False))
+            else:  # noisy: the plan ends here (planner.plan checks it)
+                steps.extend(release_steps(g, seg.start, client=False))
+            kind = steps[-1].produces
+        return steps
+
+    def _mask(self, j: int, at: int):
+        nxt = self.proto.he[j]
+        shape = self.proto.graph.shapes[at]
+        if _bfv(nxt):  # uniform mod t: the 2PC opens (x + h + r) mod t to the client
+            return lambda batch: bfv_conv.input_mask(nxt.t, batch * int(np.prod(shape))).reshape(batch, *shape)
+        bits = convert.share_mask_bits(nxt.he.ctx, nxt.he.latency_params.input_scale_bits)
+        return lambda batch: convert.share_mask((batch, *shape), bits)
+
+    def prepare(self, ch: Channel, meta: dict) -> None:
         B = int(meta["batch"])
         if not 1 <= B <= int(self.proto.options["max_batch"]):
             raise ResourceLimitError(f"batch {B} outside 1..{self.proto.options['max_batch']} for this session")
-        g = self.proto.graph
         if self.ss is not None:
-            self.ss._offline(ch, B)
-        share, r, k_ss = None, None, 0
-        for i, seg in enumerate(self.segs):
-            last = i == len(self.segs) - 1
-            if seg.protocol == "he" and _bfv(self.proto.he[i]):
-                share = self._bfv_segment(ch, i, B, r)
-                r = None
-            elif seg.protocol == "he":
-                h, ctx = self.proto.he[i], self.ctx[i]
-                blobs = ch.recv_blobs()
-                n_ct = h.he.plan.input.n_ct
-                if len(blobs) != B * n_ct:
-                    raise ShapeError(f"HE segment {seg}: expected {B} x {n_ct} ciphertexts, got {len(blobs)}")
-                outs, shares = [], []
-                for b in range(B):
-                    cts = h.load_inputs(ctx, blobs[b * n_ct:(b + 1) * n_ct])
-                    if r is not None:
-                        convert.shares_to_he_server(ctx, h.he.plan, cts, r[b])
-                    out = h.evaluate(ctx, cts)
-                    if last:
-                        rerandomize(ctx, out, h.he.policy.flood_std)
-                    else:
-                        out, s, _ = convert.he_to_shares_server(ctx, out, h.he.plan.output_slots())
-                        shares.append(s)
-                    outs.append(ctx.ct_to_bytes(out))
-                ch.send_blobs(outs)
-                share = np.stack(shares).reshape(B, *g.shapes[seg.stop]) if not last else None
-                r = None
-            else:
-                own = share if share is not None else np.zeros((B, *g.shapes[seg.start]))
-                nxt = None if last else self.proto.he[i + 1]
-                if last:
-                    r = None
-                elif _bfv(nxt):
-                    r = bfv_conv.input_mask(nxt.t, B * int(np.prod(g.shapes[seg.stop]))).reshape(B, *g.shapes[seg.stop])
-                else:
-                    r = convert.share_mask((B, *g.shapes[seg.stop]),
-                                           convert.share_mask_bits(nxt.he.ctx, nxt.he.latency_params.input_scale_bits))
-                self.ss.segment(k_ss, own, r)
-                k_ss += 1
-                share = None
-
-    def _bfv_segment(self, ch: Channel, i: int, B: int, r):
-        """A BFV segment for a batch: the server's shares mod t of its result (None when it ends the plan)."""
-        h, ctx = self.proto.he[i], self.ctx[i]
-        blobs = ch.recv_blobs()
-        if len(blobs) != B * h.n_in:
-            raise ShapeError(f"HE segment {self.segs[i]}: expected {B} x {h.n_in} ciphertexts, got {len(blobs)}")
-        outs, shares = [], []
-        for b in range(B):
-            res, s = h.run(ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b])
-            outs += res
-            shares.append(s)
-        ch.send_blobs(outs)
-        return None if h.last else np.stack(shares).astype(np.float64).reshape(B, *h.out_shape)
+            self.ss._offline(ch, B)  # one dealer batch for every ss segment of the plan
 
     def close(self) -> None:
         self.ctx = {}
+        self.chain = ()
         if self.ss is not None:
             self.ss.close()
 
 
-class _HybridClient(ClientSide):
+class _HybridClient(EngineClient):
     def __init__(self, welcome: dict, graph: Graph, copts: dict):
         try:
             self.segs = parse_plan(welcome["plan"], graph)
@@ -188,11 +212,20 @@ class _HybridClient(ClientSide):
                 raise ProtocolError("the plan has ss segments but the server sent no 2PC parameters")
             _check_precision(self.he, copts)
             self.ss = SSSegmentsClient(welcome["ss"], graph, copts, _ss_segments(self.segs, self.he))
+        self.noisy = None
+        if _noisy_start(self.segs) is not None:
+            from ..noisy import NoisyRelease
+            rec = (welcome.get("noisy") or {}).get("recommended") or {}
+            self.noisy = NoisyRelease(copts, rec.get("l1" if (copts.get("mechanism") or "laplace") == "laplace" else "l2"))
+        self.client_layers: dict[int, Graph] = {}
         self.conversions: list[dict] = []
+        self._log: list[dict] = []
 
     def query_meta(self, x: np.ndarray) -> dict:
         if x.shape[0] > self.max_batch:
             raise ResourceLimitError(f"batch {x.shape[0]} exceeds this session's limit of {self.max_batch}")
+        if self.noisy is not None:
+            self.noisy.accountant.check(int(x.shape[0]))  # refuse before anything is sent
         return {"batch": int(x.shape[0])}
 
     def setup(self, ch: Channel) -> None:
@@ -200,71 +233,55 @@ class _HybridClient(ClientSide):
             ch.send_blobs(h.ctx.public_blobs())
         if self.ss is not None:
             self.ss.setup(ch)
+        for i, seg in enumerate(self.segs):
+            if seg.protocol == "plain":
+                part = load_graph(ch.recv_bytes())
+                if part.spec() != self.graph.slice(seg.start, seg.stop).spec():
+                    raise ProtocolError(f"the weights of client segment {seg} do not match the architecture")
+                self.client_layers[i] = part
         if not ch.recv_json().get("ready"):
             raise ProtocolError("server did not accept the hybrid set-up")
+        self.chain = self._chain()
+        check_chain(self.chain)
 
-    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
-        B = int(x.shape[0])
-        t0 = time.perf_counter()
-        timing = {"offline_s": 0.0, "online_s": 0.0, "side_bytes_client_to_server": 0,
-                  "side_bytes_server_to_client": 0, "side_rounds": 0, "dealer_bytes": 0}
-        if self.ss is not None:
-            off = self.ss._offline(ch, B)
-            timing["offline_s"] = off["offline_s"]
-            timing["dealer_bytes"] = off["bytes_server_to_dealer"] + off["bytes_dealer_to_server"]
-        value, share, out, k_ss, conv = x, None, None, 0, []
-        for i, seg in enumerate(self.segs):
-            last = i == len(self.segs) - 1
+    def _chain(self) -> list:
+        g, segs, steps, kind, k_ss, log = self.graph, self.segs, [], Kind.PLAIN_CLIENT, 0, self._log
+        runner = SSRunner(self.ss, _ss_shapes(segs, g)) if self.ss is not None else None
+        for i, seg in enumerate(segs):
             if seg.protocol == "he" and _bfv(self.he[i]):
-                h = self.he[i]
-                ch.send_blobs([c for b in range(B) for c in h.upload(value[b], plain=i == 0)])
-                res = ch.recv_blobs()
-                if len(res) != B * h.n_out_ct:
-                    raise ProtocolError(f"expected {B} x {h.n_out_ct} result ciphertexts, got {len(res)}")
-                parts = [res[b * h.n_out_ct:(b + 1) * h.n_out_ct] for b in range(B)]
-                if last:
-                    out = np.stack([h.result(p) for p in parts])
-                else:
-                    share = h.reshape(np.stack([h.share(p) for p in parts]).astype(np.float64))
-                    conv.append(h.conversion())
+                steps.append(BFVSegmentStep(self.he[i], True, kind, _bfv_produces(segs, i), log=log))
             elif seg.protocol == "he":
                 h = self.he[i]
-                ch.send_blobs([c for b in range(B) for c in convert.shares_to_he_client(h.ctx, h.plan, value[b], h.scale)])
-                res = h.outputs(ch.recv_blobs(), B)
-                pos = h.plan.output_slots()
-                if last:
-                    out = np.stack([h.ctx.decrypt(r)[pos] for r in res])
-                else:
-                    share = h.reshape(np.stack([convert.he_to_shares_client(h.ctx, r, pos) for r in res]))
-                    ct = h.ctx.ct_from_bytes(res[0])
-                    M = convert.he_mask_bound(h.ctx, ct)
-                    conv.append({"at": seg.stop, "kind": "he->ss", "mask": f"uniform [-2^{np.log2(M):.0f}, 2^"
-                                 f"{np.log2(M):.0f}] per slot (real and imaginary)",
-                                 "hiding": f"statistical, {convert.hiding_bits(M)} bits for |y| < 2^"
-                                           f"{convert.DEFAULT_VALUE_BITS}", "hiding_bits": convert.hiding_bits(M)})
-            else:
-                own = share if share is not None else value
-                value, msg = self.ss.segment(k_ss, own, self.graph.shapes[seg.stop])
+                steps.append(HEUpload(h.ctx, h.plan, h.scale, True) if kind == Kind.PLAIN_CLIENT
+                             else SharesToHE(h, True, log))
+                steps.append(HESegment(start=seg.start, stop=seg.stop))
+                steps.append(HEDownload(h.ctx, True, out_slots=h.plan.output_slots(), reshape=h.reshape)
+                             if _reveals(segs, i) else HEToShares(h, True, log))
+            elif seg.protocol == "ss":
+                if kind == Kind.PLAIN_CLIENT:
+                    steps.append(SSShare(True))
+                steps.append(SSSegment(runner, True, k_ss, seg.start, seg.stop,
+                                       Kind.SHARES if _next(segs, i) == "he" else Kind.PLAIN_CLIENT))
                 k_ss += 1
-                share = None
-                timing["ss_online_s"] = timing.get("ss_online_s", 0.0) + msg["s"]
-                timing["side_bytes_client_to_server"] += msg["comm"]["bytes_sent"]
-                timing["side_bytes_server_to_client"] += msg["comm"]["bytes_received"]
-                timing["side_rounds"] += msg["comm"]["rounds"]
-                if last:
-                    out = value
-                elif _bfv(self.he[i + 1]):
-                    conv.append(self.he[i + 1].conversion_in(seg.stop))
-                else:
-                    nxt = self.he[i + 1]
-                    bits = convert.share_mask_bits(nxt.ctx, nxt.params.input_scale_bits)
-                    conv.append({"at": seg.stop, "kind": "ss->he", "mask": f"uniform [-2^{bits}, 2^{bits}], "
-                                 f"2^-{convert.FIXED_BITS} grid", "hiding": f"statistical, "
-                                 f"{convert.hiding_bits(2.0 ** bits)} bits for |x| < 2^{convert.DEFAULT_VALUE_BITS}",
-                                 "hiding_bits": convert.hiding_bits(2.0 ** bits)})
-        self.conversions = conv
-        timing["online_s"] = time.perf_counter() - t0 - timing["offline_s"]
-        self.query_timing = timing
+            elif seg.protocol == "plain":
+                steps.append(Layers(self.client_layers[i], 0, seg.stop - seg.start, Kind.PLAIN_CLIENT, holder=True))
+            else:
+                steps.extend(release_steps(g, seg.start, client=True, privatize=self.noisy.release))
+            kind = steps[-1].produces
+        return steps
+
+    def prepare(self, ch: Channel, batch: int) -> dict:
+        self._log.clear()
+        if self.ss is None:
+            return {}
+        off = self.ss._offline(ch, batch)
+        return {"offline_s": off["offline_s"], "dealer_bytes": off["bytes_server_to_dealer"] + off["bytes_dealer_to_server"]}
+
+    def finish_timing(self, timing: dict, elapsed_s: float) -> dict:
+        out = {"offline_s": 0.0, "online_s": 0.0, "side_bytes_client_to_server": 0, "side_bytes_server_to_client": 0,
+               "side_rounds": 0, "dealer_bytes": 0, **timing}
+        out["online_s"] = elapsed_s - out["offline_s"]
+        self.conversions = list(self._log)
         return out
 
     def privacy(self) -> dict:
@@ -277,21 +294,39 @@ class _HybridClient(ClientSide):
         model_private = perfect and circuit >= STAT_BITS and (last is None or _bfv(last))
         if guarantee == "cryptographic-trusted-dealer" and not model_private:
             guarantee = "cryptographic-input-only"  # the weak CKKS masks do not hide intermediates formally
+        revealed = [self.segs[i].stop for i in range(len(self.segs) - 1)
+                    if self.segs[i].protocol in ("he", "ss") and _reveals(self.segs, i)]
         out = {"protocol": "hybrid", "guarantee": guarantee, "plan": plan_string(self.segs),
                "layer_protocols": layer_protocols(self.segs),
                "input_private": base["input_private"] if base is not None else True, "model_private": model_private,
-               "conversions": self.conversions,
-               "he": "BFV for linear-only segments (masks uniform mod t: perfect hiding; results re-randomized and "
-                     "noise-flooded, bits per conversion), CKKS for segments with x²; 128-bit security; "
-                     "keys of every HE segment sent once per session",
-               "not_protected": ["architecture and plan", "each BFV segment's plaintext modulus t (its bit size "
-                                 "follows the segment's value bound)"]}
-        if circuit < STAT_BITS:
-            out["not_protected"].append(f"the weights, against a client reading the decryption noise of BFV "
-                                        f"results: the flood gives {circuit} statistical bits (worst-case bound)")
+               "conversions": self.conversions, "not_protected": ["architecture and plan"]}
+        if any(_bfv(h) for h in self.he.values()):
+            out["he"] = ("BFV for linear-only segments (masks uniform mod t: perfect hiding; results re-randomized and "
+                         "noise-flooded, the bits per conversion), CKKS for segments with x²; 128-bit security; "
+                         "keys of every HE segment sent once per session")
+            out["not_protected"].append("each BFV segment's plaintext modulus t (its bit size follows the segment's "
+                                        "value bound)")
+            if circuit < STAT_BITS:
+                out["not_protected"].append(f"the weights, against a client reading the decryption noise of BFV "
+                                            f"results: the flood gives {circuit} statistical bits (worst-case bound)")
+        elif self.he:
+            out["he"] = "CKKS, 128-bit security, keys of every HE segment sent once per session"
         if not perfect:
             out["not_protected"].append("intermediate activations at CKKS conversions only as well as the stated "
                                         "mask bits hide them (19-20 bits, see protocols/convert)")
+        if revealed:
+            out["not_protected"].append(f"the activations entering layer(s) {revealed} reach the client in the clear "
+                                        "(a client or noisy segment follows)")
+        plain = [str(s) for s in self.segs if s.protocol == "plain"]
+        if plain:
+            out["model_private"] = False
+            out["client_segments"] = plain
+            out["not_protected"].append(f"the weights of client segment(s) {', '.join(plain)}: sent to the client")
+        if self.noisy is not None:
+            dp = self.noisy.report()
+            out.update(guarantee=dp["guarantee"], input_private=dp["input_private"], noisy=dp)
+            out["not_protected"].append(f"the input, beyond the DP release at layer {_noisy_start(self.segs)}: the "
+                                        "server sees the noisy features and runs the rest in the clear")
         if base is not None:
             out["ss"] = {k: base[k] for k in ("dealer", "statement", "threat_model", "fixed_point_bits", "transport")}
         return out
@@ -310,10 +345,15 @@ class Hybrid(Protocol):
                                       "threads": 1, "gloo_ifname": None, "max_batch": 16,
                                       # the `he` circuit-privacy policy of the segment that returns logits
                                       "circuit_privacy": "flood", "flood_std": None, "max_queries": None,
+                                      # a noisy segment: the public data set the recommended clip norm comes from
+                                      "dataset": "digits",
                                       # conversions: BFV (perfect) for linear HE segments, CKKS elsewhere ("best");
                                       # refuse CKKS conversions ("perfect"); CKKS everywhere ("statistical")
                                       "hiding": "best"}
-    client_options: dict[str, Any] = {"precision_bits": 16, "threads": 1, "gloo_ifname": None, "client_secret": None}
+    client_options: dict[str, Any] = {"precision_bits": 16, "threads": 1, "gloo_ifname": None, "client_secret": None,
+                                      # a noisy segment's DP release (as the `noisy` protocol's options)
+                                      "epsilon": 1.0, "mechanism": "laplace", "delta": None, "clip": None,
+                                      "nullify": 0.0, "budget": None}
     local_client_options = frozenset({"client_secret"})
     local_session_defaults = {"dealer": "local"}
 
@@ -331,27 +371,34 @@ class Hybrid(Protocol):
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
         he_opts = {k: self.options[k] for k in ("circuit_privacy", "flood_std", "max_queries")}
-        n = len(self.segments)
         hiding = self.options["hiding"]
         if hiding not in HIDING:
             raise ParameterError(f"hiding must be one of {HIDING}, got {hiding!r}")
+        multi = len(self.segments) > 1
         self.he = {}
         for i, s in enumerate(self.segments):
             if s.protocol != "he":
                 continue
+            # an HE segment whose result reaches the client in the clear takes the output policy (flood)
+            reveals = _reveals(self.segments, i)
             if is_linear(graph, s.start, s.stop) and hiding != "statistical":
                 try:
-                    self.he[i] = BFVSegmentServer(graph, s.start, s.stop, i == n - 1)  # perfect hand-overs
+                    self.he[i] = BFVSegmentServer(graph, s.start, s.stop, reveals)  # perfect hand-overs
                     continue
                 except ParameterError:
                     if hiding == "perfect":
                         raise
-            if hiding == "perfect" and n > 1:
+            if hiding == "perfect" and multi:
                 kinds = sorted({graph.layers[k].kind for k in range(s.start, s.stop)})
                 raise PlanError(f"HE segment {s} holds {kinds}: only linear segments (conv2d, linear, avgpool2d, "
                                 "flatten) run in BFV with perfectly hiding conversions; CKKS conversions hide 19-20 "
                                 "bits (hiding='best' allows them)")
-            self.he[i] = HESegmentServer(graph, s.start, s.stop, i == n - 1, he_opts)
+            self.he[i] = HESegmentServer(graph, s.start, s.stop, reveals, he_opts)
+        k = _noisy_start(self.segments)
+        self.noisy_clips = None
+        if k is not None:
+            from ..noisy.train import public_clips
+            self.noisy_clips = public_clips(graph, k, self.options["dataset"]) if self.options["dataset"] else {}
         if self.has_ss:
             warm_up()  # the CrypTen fork server loads while the HE segments are prepared
 
@@ -364,6 +411,8 @@ class Hybrid(Protocol):
         bits = opts["precision_bits"]
         if not isinstance(bits, int) or not 1 <= bits <= MAX_PRECISION_BITS:
             raise ParameterError(f"precision_bits must be an integer in 1..{MAX_PRECISION_BITS}, got {bits!r}")
+        from ..noisy import Noisy
+        Noisy.validate_client_options({k: opts[k] for k in Noisy.client_options})  # a noisy segment's options
         return opts
 
     @classmethod

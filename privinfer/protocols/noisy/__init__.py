@@ -13,6 +13,10 @@ layers [split, end) and returns the logits.
     QUERY {batch}; TENSOR noisy features   ─────▶
                                            ◀─────  TENSOR logits (B, classes)
 
+As a plan of the engine (`protocols/engine.py`): client layers [0, split) (plain@client -> plain@client),
+the DP release (plain@client -> noisy@server), server layers [split, end) on the noisy features (post-processing:
+still noisy@server), download of the logits (-> plain@client). `hybrid` plans use the same steps.
+
 What is protected (the client's `privacy()` states it per session):
 - Input: each sample's release is epsilon-DP (Laplace) or (epsilon, delta)-DP (Gaussian) with respect to
   *any* two inputs (local DP), whatever the prefix weights are (clipping follows the prefix, and epsilon,
@@ -41,13 +45,14 @@ import sys
 
 import numpy as np
 
-from ...errors import PrivinferError, ProtocolError, ShapeError
+from ...errors import PrivinferError, ProtocolError
 from ...model.ir import Graph, graph_to_bytes, load_graph
 from ...model.reference import run_reference
 from ...privacy.accountant import PrivacyAccountant
 from ...privacy.mechanisms import MECHANISMS, Privatizer, PrivatizerConfig, epsilon_json, parse_epsilon
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
+from ..engine import Download, EngineClient, EngineServer, Kind, Layers, Upload
 
 _PRIVACY = ("epsilon", "mechanism", "delta", "clip", "nullify")
 
@@ -68,9 +73,18 @@ def _privacy_config(opts: dict, recommended_clip=None) -> PrivatizerConfig:
     return PrivatizerConfig(eps, mech, clip, float(opts.get("nullify") or 0.0), delta)
 
 
-class _NoisyServer(ServerSide):
+def release_steps(graph: Graph, split: int, client: bool, privatize=None) -> list:
+    """The DP release of layer `split`'s input and the server's suffix on it: plain@client -> noisy@server ->
+    plain@client. The client's `privatize` runs the release (clip, nullify, noise; the accountant records it)."""
+    return [Upload(graph.shapes[split], client, Kind.NOISY_SERVER, privatize, what="noisy features"),
+            Layers(graph, split, len(graph.layers), Kind.NOISY_SERVER, holder=not client),
+            Download(graph.output_shape, client, Kind.NOISY_SERVER)]
+
+
+class _NoisyServer(EngineServer):
     def __init__(self, proto: "Noisy"):
         self.proto = proto
+        self.chain = release_steps(proto.graph, proto.split, client=False)
 
     def welcome(self) -> dict:
         p = self.proto
@@ -84,18 +98,37 @@ class _NoisyServer(ServerSide):
     def setup(self, ch: Channel) -> None:
         ch.send_bytes(self.proto.prefix_bytes)
 
-    def query(self, ch: Channel, meta: dict) -> None:
-        g, k = self.proto.graph, self.proto.split
-        x = ch.recv_tensor()
-        want = (meta["batch"], *g.shapes[k])
-        if x.shape != want:
-            raise ShapeError(f"noisy features of shape {x.shape}, expected {want}")
-        if x.dtype.kind != "f" or not np.all(np.isfinite(x)):
-            raise ShapeError("noisy features must be finite floats")
-        ch.send_tensor(run_reference(g, x.astype(np.float64), start=k).astype(np.float64))
 
 
-class _NoisyClient(ClientSide):
+class NoisyRelease:
+    """The client's DP release: its configuration, accountant and privatizer (a `noisy` session's, and a
+    hybrid plan's noisy segment's). `release(feats)` records the releases, then privatizes."""
+
+    def __init__(self, opts: dict, recommended_clip=None, rng: np.random.Generator | None = None):
+        self.config = _privacy_config(opts, recommended_clip)
+        self.accountant = PrivacyAccountant(self.config, opts.get("budget"))
+        self.privatizer = Privatizer(self.config, rng)
+
+    def release(self, feats: np.ndarray) -> np.ndarray:
+        self.accountant.record(int(feats.shape[0]))
+        return self.privatizer(feats).astype(np.float32)
+
+    def report(self) -> dict:
+        cfg = self.config
+        guarantee = (
+            f"each sample's released feature vector is {'epsilon' if cfg.mechanism == 'laplace' else '(epsilon, delta)'}"
+            f"-DP w.r.t. any two inputs (local DP), for any prefix weights; the session total composes over "
+            f"all released samples" if cfg.noisy else "none: features are sent without noise")
+        return {"input_private": cfg.noisy, "epsilon": epsilon_json(cfg.epsilon), **self.accountant.report(),
+                "guarantee": "differential-privacy" if cfg.noisy else "none", "statement": guarantee,
+                "neighbouring": "any two inputs (local DP)",
+                "norm": cfg.norm, "clip": cfg.clip, "sensitivity": cfg.sensitivity, "noise_scale": cfg.scale,
+                "nullify": cfg.nullify, "nullification_amplification": "none claimed",
+                "noise_source": self.privatizer.source.kind,
+                "caveat": "guarantee for real arithmetic; float sampling not hardened (Mironov 2012)"}
+
+
+class _NoisyClient(EngineClient):
     def __init__(self, welcome: dict, graph: Graph, rng: np.random.Generator | None = None, **opts):
         try:
             self.split = int(welcome["split"])
@@ -109,9 +142,8 @@ class _NoisyClient(ClientSide):
         rec = recommended.get("clip_l1" if mech == "laplace" else "clip_l2", recommended.get("clip"))
         self.server_trained_for = {k: recommended.get(k) for k in ("epsilon", "mechanism", "nullify")
                                    if recommended.get(k) is not None} or None
-        self.config = _privacy_config(opts, rec)
-        self.accountant = PrivacyAccountant(self.config, opts.get("budget"))
-        self.privatizer = Privatizer(self.config, rng)
+        self.dp = NoisyRelease(opts, rec, rng)
+        self.config, self.accountant, self.privatizer = self.dp.config, self.dp.accountant, self.dp.privatizer
         self.prefix: Graph | None = None
 
     def setup(self, ch: Channel) -> None:
@@ -120,6 +152,8 @@ class _NoisyClient(ClientSide):
         if prefix.spec() != want.spec():
             raise ProtocolError("noisy: the prefix weights do not match the announced architecture")
         self.prefix = prefix
+        self.chain = [Layers(prefix, 0, self.split, Kind.PLAIN_CLIENT, holder=True),
+                      *release_steps(self.deployed, self.split, client=True, privatize=self.release)]
 
     def query_meta(self, x: np.ndarray) -> dict:
         self.accountant.check(int(x.shape[0]))  # refuse before anything is sent
@@ -129,33 +163,16 @@ class _NoisyClient(ClientSide):
         """Run the prefix and privatize: what leaves the client. Records the releases first."""
         if self.prefix is None:
             raise PrivinferError("noisy: setup has not run")
-        feats = run_reference(self.prefix, x)
-        self.accountant.record(int(x.shape[0]))
-        return self.privatizer(feats).astype(np.float32)
+        return self.release(run_reference(self.prefix, x))
 
-    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
-        ch.send_tensor(self.privatize(x))
-        out = ch.recv_tensor()
-        want = (x.shape[0], *self.deployed.output_shape)
-        if out.shape != want:
-            raise ProtocolError(f"noisy: logits of shape {out.shape}, expected {want}")
-        return out
+    def release(self, feats: np.ndarray) -> np.ndarray:
+        """The DP release of the prefix's features (what leaves the client). Records the releases first."""
+        return self.dp.release(feats)
 
     def privacy(self) -> dict:
-        cfg, k = self.config, self.split
-        rep = self.accountant.report()
-        guarantee = (
-            f"each sample's released feature vector is {'epsilon' if cfg.mechanism == 'laplace' else '(epsilon, delta)'}"
-            f"-DP w.r.t. any two inputs (local DP), for any prefix weights; the session total composes over "
-            f"all released samples" if cfg.noisy else "none: features are sent without noise")
+        k = self.split
         return {
-            "protocol": "noisy", "input_private": cfg.noisy, "epsilon": epsilon_json(cfg.epsilon), **rep,
-            "guarantee": "differential-privacy" if cfg.noisy else "none", "statement": guarantee,
-            "neighbouring": "any two inputs (local DP)",
-            "norm": cfg.norm, "clip": cfg.clip, "sensitivity": cfg.sensitivity, "noise_scale": cfg.scale,
-            "nullify": cfg.nullify, "nullification_amplification": "none claimed",
-            "noise_source": self.privatizer.source.kind,
-            "caveat": "guarantee for real arithmetic; float sampling not hardened (Mironov 2012)",
+            "protocol": "noisy", **self.dp.report(),
             "server_finetuned_for": self.server_trained_for,
             "split": k, "client_layers": list(self.deployed.names[:k]),
             "model_private": "suffix only", "model_privacy": f"layers [0, {k}) weights are sent to the client",
@@ -232,4 +249,4 @@ def client_for_test(welcome: dict, graph: Graph, rng: np.random.Generator, **opt
 
 from .train import NoisyModel, train_noisy  # noqa: E402  (public API of the protocol module)
 
-__all__ = ["Noisy", "NoisyModel", "train_noisy", "client_for_test"]
+__all__ = ["Noisy", "NoisyModel", "NoisyRelease", "train_noisy", "client_for_test", "release_steps"]

@@ -61,6 +61,8 @@ from ...model.bounds import check_fixed_point
 from ...transport import Channel, frames
 from ...transport.ports import free_port, peer_pending
 from ..base import ClientSide, Protocol, ServerSide, register
+from ..engine import EngineClient, EngineServer
+from .steps import SSSegment, SSShare
 from .lowering import SUPPORTED, lower
 from .tuples import plan_digest, plan_elements, validate_plan
 from .auth import client_authenticate, key_id, load_secret
@@ -121,9 +123,10 @@ def _rendezvous(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
-class _SSServer(ServerSide):
+class _SSServer(EngineServer):
     def __init__(self, proto: "SecretSharing", copts: dict):
         self.graph = proto.graph
+        self.chain = [SSShare(False), SSSegment(self, False, 0, 0, len(self.graph.layers))]
         self.sopts, self.copts = proto.options, copts
         self.secret = proto.secret
         if copts.get("client_secret") is not None:
@@ -246,8 +249,12 @@ class _SSServer(ServerSide):
                                                         "dealer_requests": msg["dealer_requests"]}})
         self.prepared = None
 
-    def query(self, ch: Channel, meta: dict) -> None:
-        for n in _chunks(int(meta["batch"]), int(self.copts["max_chunk"])):
+    def run_segment(self, ch: Channel, k: int, batch: int, own, mask) -> None:
+        """The whole graph from the client's input (the server's share is zero: `own` is None), revealed to
+        the client, in chunks of `max_chunk` images, each with its offline phase before it."""
+        if k != 0 or own is not None or mask is not None:
+            raise ProtocolError("the ss session runs one segment from the client's input")
+        for n in _chunks(batch, int(self.copts["max_chunk"])):
             if self.prepared != n:
                 self._offline(ch, n)
             self._online(ch, n)
@@ -268,9 +275,10 @@ class _SSServer(ServerSide):
         self.worker = self.dealer = None
 
 
-class _SSClient(ClientSide):
+class _SSClient(EngineClient):
     def __init__(self, welcome: dict, graph: Graph, copts: dict):
         self.graph = graph
+        self.chain = [SSShare(True), SSSegment(self, True, 0, 0, len(graph.layers))]
         self.copts = copts
         self.info = welcome
         check_precision(graph, int(copts["precision_bits"]))  # before connecting any CrypTen process
@@ -343,7 +351,8 @@ class _SSClient(ClientSide):
         return y, {"online_s": online_s, "client_comm": msg["comm"], "client_cpu_s": msg["cpu_s"],
                    "server": done["server"]}
 
-    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
+    def run_segment(self, ch: Channel, k: int, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The whole graph on this client's input (its share; the server's is zero), revealed to it."""
         outs, acc = [], _Acc()
         pos = 0
         for n in _chunks(int(x.shape[0]), int(self.copts["max_chunk"])):
@@ -364,9 +373,8 @@ class _SSClient(ClientSide):
         out = np.concatenate(outs, axis=0)
         if out.shape != (x.shape[0], *self.graph.output_shape):
             raise ShapeError(f"2PC output shape {out.shape} != {(x.shape[0], *self.graph.output_shape)}")
-        self.query_timing = acc.result()
-        self.last = self.query_timing
-        return out
+        self.last = acc.result()
+        return out, self.last
 
     def privacy(self) -> dict:
         if self.dealer_verified:

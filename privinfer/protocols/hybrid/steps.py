@@ -1,0 +1,145 @@
+"""The steps only a hybrid plan needs: HE <-> shares conversions, and the ss runner of its segment party.
+
+Why here: `protocols/he` and `protocols/ss` never import each other, so a step that turns a ciphertext into
+shares (or back) lives above both; the arithmetic and the hiding of each hand-over stay in `convert.py`.
+The segments themselves are the protocols' own classes (`he.steps.HESegment`, `ss.steps.SSSegment`).
+
+    HEToShares   cipher -> shares   server: mask every slot, re-randomize, BLOBS [one per image]; keeps -m
+                                    client: decrypts its share y + m
+    SharesToHE   shares -> cipher   client: encrypts its share z = x + r, BLOBS [n_ct per image]
+                                    server: loads them, adds its share -r homomorphically
+    BFVSegmentStep  plain@client | shares -> shares | plain@client: a linear-only segment in BFV with its
+                    hand-overs fused (GAZELLE): client BLOBS [n_in per image: its plaintext, or the mod-t
+                    opening (x + h + r) mod t], server subtracts r, evaluates, and returns either the masked
+                    result (y + m) mod t, keeping -m, or the flooded result in the clear (`convert/bfv.py`)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ProtocolError, ShapeError
+from ...transport import Channel
+from .. import convert
+from ..engine import Kind, Step, Value
+
+
+class HEToShares(Step):
+    """cipher -> shares (GAZELLE's hand-over, CKKS masks: `convert.py` states the bits)."""
+    accepts, produces = Kind.CIPHER, Kind.SHARES
+
+    def __init__(self, seg, client: bool, log: list | None = None, out_shape=None, ctx=None):
+        self.seg, self.client, self.log, self.out_shape, self.ctx = seg, client, log, out_shape, ctx
+
+    def run(self, ch: Channel, value: Value) -> Value:
+        if not self.client:
+            outs, shares = [], []
+            for ct in value.data:
+                ct, s, _ = convert.he_to_shares_server(self.ctx, ct, self.seg.he.plan.output_slots())
+                outs.append(self.ctx.ct_to_bytes(ct))
+                shares.append(s)
+            ch.send_blobs(outs)
+            return value.to(Kind.SHARES, np.stack(shares).reshape(value.batch, *self.out_shape))
+        h = self.seg
+        res = h.outputs(ch.recv_blobs(), value.batch)
+        pos = h.plan.output_slots()
+        share = h.reshape(np.stack([convert.he_to_shares_client(h.ctx, r, pos) for r in res]))
+        M = convert.he_mask_bound(h.ctx, h.ctx.ct_from_bytes(res[0]))
+        self.log.append({"at": h.stop, "kind": "he->ss", "mask": f"uniform [-2^{np.log2(M):.0f}, 2^{np.log2(M):.0f}] "
+                         "per slot (real and imaginary)", "hiding": f"statistical, {convert.hiding_bits(M)} bits for "
+                         f"|y| < 2^{convert.DEFAULT_VALUE_BITS}", "hiding_bits": convert.hiding_bits(M)})
+        return value.to(Kind.SHARES, share)
+
+
+class SharesToHE(Step):
+    """shares -> cipher: the client encrypts its share, the server removes the mask it holds."""
+    accepts, produces = Kind.SHARES, Kind.CIPHER
+
+    def __init__(self, seg, client: bool, log: list | None = None, ctx=None):
+        self.seg, self.client, self.log, self.ctx = seg, client, log, ctx
+
+    def run(self, ch: Channel, value: Value) -> Value:
+        h = self.seg
+        if self.client:
+            ch.send_blobs([c for b in range(value.batch)
+                           for c in convert.shares_to_he_client(h.ctx, h.plan, value.data[b], h.scale)])
+            bits = convert.share_mask_bits(h.ctx, h.params.input_scale_bits)
+            self.log.append({"at": h.start, "kind": "ss->he", "mask": f"uniform [-2^{bits}, 2^{bits}], "
+                             f"2^-{convert.FIXED_BITS} grid", "hiding": f"statistical, "
+                             f"{convert.hiding_bits(2.0 ** bits)} bits for |x| < 2^{convert.DEFAULT_VALUE_BITS}",
+                             "hiding_bits": convert.hiding_bits(2.0 ** bits)})
+            return value.to(Kind.CIPHER)
+        blobs = ch.recv_blobs()
+        n_ct = h.he.plan.input.n_ct
+        if len(blobs) != value.batch * n_ct:
+            raise ShapeError(f"HE segment {h.start}-{h.stop - 1}: expected {value.batch} x {n_ct} ciphertexts, "
+                             f"got {len(blobs)}")
+        out = []
+        for b in range(value.batch):
+            cts = h.load_inputs(self.ctx, blobs[b * n_ct:(b + 1) * n_ct])
+            if value.data is not None:  # ct(x + r) + (-r): the server's share, gathered into the input layout
+                convert.shares_to_he_server(self.ctx, h.he.plan, cts, -value.data[b])
+            out.append(cts)
+        return value.to(Kind.CIPHER, out)
+
+
+class SSRunner:
+    """The hybrid session's ss party (`ss_seg.py`) as an `SSSegment` runner: segment k from this side's share
+    (the server's is zero when the plan starts under ss), its traffic as step timing (client)."""
+
+    def __init__(self, ss, shapes: list[tuple]):
+        self.ss, self.shapes = ss, shapes  # (start shape, stop shape) per ss segment
+
+    def run_segment(self, ch: Channel, k: int, *args):
+        if len(args) == 1:  # the client: (own,)
+            y, msg = self.ss.segment(k, args[0], self.shapes[k][1])
+            c = msg["comm"]
+            return y, {"ss_online_s": msg["s"], "side_bytes_client_to_server": c["bytes_sent"],
+                       "side_bytes_server_to_client": c["bytes_received"], "side_rounds": c["rounds"]}
+        batch, own, mask = args
+        if own is None:
+            own = np.zeros((batch, *self.shapes[k][0]))
+        if own.shape[0] != batch:
+            raise ProtocolError(f"ss segment {k}: a share of batch {own.shape[0]}, expected {batch}")
+        self.ss.segment(k, own, mask)
+        return None
+
+
+class BFVSegmentStep(Step):
+    """A BFV segment with its hand-overs (perfect hiding: masks uniform mod t). `seg` is the session's
+    `BFVSegmentClient` / `BFVSegmentServer` (`bfv_seg.py`); the server's incoming share is -r (the mask it
+    gave the 2PC, `SSSegment`), its outgoing one the negated output mask."""
+
+    def __init__(self, seg, client: bool, accepts: Kind, produces: Kind, ctx=None, log: list | None = None):
+        self.seg, self.client, self.accepts, self.produces, self.ctx, self.log = seg, client, accepts, produces, ctx, log
+
+    def run(self, ch: Channel, value: Value) -> Value:
+        h, B = self.seg, value.batch
+        if self.client:
+            plain = self.accepts == Kind.PLAIN_CLIENT
+            ch.send_blobs([c for b in range(B) for c in h.upload(value.data[b], plain=plain)])
+            if not plain:
+                self.log.append(h.conversion_in(h.start))
+            res = ch.recv_blobs()
+            if len(res) != B * h.n_out_ct:
+                raise ProtocolError(f"expected {B} x {h.n_out_ct} result ciphertexts, got {len(res)}")
+            parts = [res[b * h.n_out_ct:(b + 1) * h.n_out_ct] for b in range(B)]
+            if self.produces == Kind.PLAIN_CLIENT:
+                return value.to(Kind.PLAIN_CLIENT, h.reshape(np.stack([h.result(p) for p in parts])))
+            self.log.append(h.conversion())
+            return value.to(Kind.SHARES, h.reshape(np.stack([h.share(p) for p in parts]).astype(np.float64)))
+        blobs = ch.recv_blobs()
+        if len(blobs) != B * h.n_in:
+            raise ShapeError(f"HE segment {h.start}-{h.stop - 1}: expected {B} x {h.n_in} ciphertexts, got {len(blobs)}")
+        r = None if value.data is None else -np.asarray(value.data)
+        outs, shares = [], []
+        for b in range(B):
+            res, s = h.run(self.ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b])
+            outs += res
+            shares.append(s)
+        ch.send_blobs(outs)
+        if self.produces == Kind.PLAIN_CLIENT:
+            return value.to(Kind.PLAIN_CLIENT)
+        return value.to(Kind.SHARES, np.stack(shares).astype(np.float64).reshape(B, *h.out_shape))
+
+    def describe(self) -> str:
+        return f"BFVSegment[{self.seg.start}:{self.seg.stop}]({self.accepts} -> {self.produces})"
