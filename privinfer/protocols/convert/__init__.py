@@ -38,11 +38,12 @@ shares -> HE (the 2PC holds shares of x):
 from __future__ import annotations
 
 import math
-import secrets
+import os
 
 import numpy as np
 
 from ..he import rerandomize
+from ..he.bfv import uniform_mod
 from ..he.latency import LatencyPlan, client_vectors
 
 MARGIN_BITS = 1          # headroom for |e| and rounding inside q_L / 2
@@ -51,8 +52,21 @@ SHARE_MASK_BITS = 30     # R: the shares -> HE mask (float64 keeps |z|·2^-52 = 
 DEFAULT_VALUE_BITS = 10  # |values| < 2^10: the bound the HE parameter selection assumes
 
 
-def fresh_rng() -> np.random.Generator:
-    return np.random.default_rng(secrets.randbits(128))
+class _OSRandom:
+    """Mask draws from the OS CSPRNG: a statistical PRNG (numpy's PCG64) could have its state recovered from
+    enough of its outputs, and then every later mask with it. `uniform` and `integers` as numpy's."""
+
+    def uniform(self, lo: float, hi: float, n: int) -> np.ndarray:
+        u = (np.frombuffer(os.urandom(8 * int(n)), dtype=np.uint64) >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+        return lo + (hi - lo) * u
+
+    def integers(self, lo: int, hi: int, size, endpoint: bool = False) -> np.ndarray:
+        n = int(np.prod(size))
+        return int(lo) + uniform_mod(int(hi) - int(lo) + (1 if endpoint else 0), n).reshape(size)
+
+
+def fresh_rng() -> _OSRandom:
+    return _OSRandom()
 
 
 def level_modulus_bits(ctx, parms_id) -> float:
