@@ -52,3 +52,8 @@ class QueryLimitError(ResourceLimitError):
 
 class WorkerDied(ProtocolError):
     """The server worker process holding a session exited (or the server shut down); the session is lost."""
+
+
+class PrivacyChoiceError(ProtocolError):
+    """The server chose (protocol "auto", or a hybrid plan) to give the client less privacy than the client
+    accepted: no input privacy (`plain`), or a DP release the client did not opt into with an epsilon."""

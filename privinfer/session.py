@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from ._process import no_main_reimport
-from .errors import PeerError, PrivinferError, ProtocolError
+from .errors import PeerError, PrivacyChoiceError, PrivinferError, ProtocolError
 from .model import compile_model
 from .model.ir import Graph, graph_to_bytes, load_graph
 from .model.reference import check_input, check_input_range
 from .privacy.guarantees import check_guarantee
-from .protocols.base import get_protocol, resolve_protocol, split_options
+from .protocols.base import available_protocols, get_protocol, resolve_protocol, split_options
 from .transport import Channel, DEFAULT_TIMEOUT, FrameType, connect as tcp_connect
 
 
@@ -106,6 +106,19 @@ def warn_if_not_private(privacy: dict, protocol: str) -> None:
               f"clear", file=sys.stderr, flush=True)
 
 
+def _accept_auto_choice(protocol: str, info: dict, client_options: dict) -> None:
+    """A client that said "auto" lets the server's planner choose, but not below what it accepted: never
+    `plain` (no input privacy), and a DP release (`noisy`, or a hybrid plan with a noisy segment) only when
+    the client passed its own `epsilon`."""
+    if protocol == "plain":
+        raise PrivacyChoiceError("the server's planner chose 'plain' (the input in the clear); connect with "
+                                 "protocol='plain' explicitly if that is acceptable")
+    plan = str((info or {}).get("plan") or "")
+    if (protocol == "noisy" or "noisy" in plan) and "epsilon" not in client_options:
+        raise PrivacyChoiceError(f"the server's planner chose a differentially private release ({protocol} "
+                                 f"{plan}); pass epsilon=... to accept one")
+
+
 class RemoteSession:
     """A client connected to a privinfer server; `infer(x)` returns logits.
 
@@ -123,12 +136,16 @@ class RemoteSession:
         t0 = time.perf_counter()
         before = channel.stats.copy()
         try:
-            local = self.protocol_cls.local_client_options if self.protocol_cls else frozenset()
+            # secrets that never leave this machine: with "auto" the protocol is not known yet, so every
+            # protocol's local-only options stay here
+            local = (self.protocol_cls.local_client_options if self.protocol_cls else
+                     frozenset().union(*(get_protocol(p).local_client_options for p in available_protocols())))
             sent = {k: v for k, v in client_options.items() if k not in local}
             channel.send_json({"protocol": protocol, "options": sent}, FrameType.HELLO)
             welcome = channel.recv_json(FrameType.WELCOME)
             if auto:
                 protocol = str(welcome.get("protocol"))
+                _accept_auto_choice(protocol, welcome.get("info", {}), client_options)
                 self.protocol_cls = get_protocol(protocol)
                 opts = self.protocol_cls.validate_client_options(client_options)
                 self.stats.protocol = protocol

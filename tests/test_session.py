@@ -1,0 +1,56 @@
+"""`session.py` as a client that says protocol="auto": the server's planner chooses, within what the client
+accepted (issue 11; found by review: a server could have chosen `plain` or a DP release for the client)."""
+import pytest
+
+from privinfer.errors import PrivacyChoiceError
+from privinfer.session import _accept_auto_choice
+
+
+def test_auto_never_accepts_plain():
+    with pytest.raises(PrivacyChoiceError, match="plain"):
+        _accept_auto_choice("plain", {}, {})
+
+
+@pytest.mark.parametrize("protocol,info", [("noisy", {}), ("hybrid", {"plan": "he:0-2,noisy:3-"})])
+def test_auto_accepts_a_dp_release_only_with_the_clients_epsilon(protocol, info):
+    with pytest.raises(PrivacyChoiceError, match="epsilon"):
+        _accept_auto_choice(protocol, info, {})
+    _accept_auto_choice(protocol, info, {"epsilon": 2.0})
+
+
+@pytest.mark.parametrize("protocol,info", [("ss", {}), ("he", {}), ("hybrid", {"plan": "ss:0-1,he:2-4,ss:5"})])
+def test_auto_accepts_cryptographic_choices(protocol, info):
+    _accept_auto_choice(protocol, info, {})
+
+
+def test_auto_keeps_every_protocols_local_secrets():
+    """With "auto" the protocol is unknown when HELLO leaves: no protocol's local-only option may go out
+    (a fake server records the HELLO, then names `plain`, which the client refuses)."""
+    import socket
+    import threading
+
+    from privinfer.session import connect
+    from privinfer.transport import Channel, FrameType
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    seen = {}
+
+    def serve():
+        conn, _ = srv.accept()
+        ch = Channel(conn, timeout=10)
+        seen.update(ch.recv_json(FrameType.HELLO))
+        ch.send_json({"protocol": "plain", "graph": {}, "info": {}}, FrameType.WELCOME)
+        try:
+            ch.recv_json()
+        except Exception:
+            pass
+        ch.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with pytest.raises(PrivacyChoiceError):
+        connect("127.0.0.1", srv.getsockname()[1], "auto", client_secret="/home/me/client.psk", epsilon=1.0)
+    t.join(10)
+    srv.close()
+    assert seen["protocol"] == "auto" and "client_secret" not in seen["options"] and seen["options"]["epsilon"] == 1.0
