@@ -26,7 +26,8 @@ from .session import PrivateSession, connect
 RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s", "setup_s", "offline_s", "online_s",
                  "bytes_client_to_server", "bytes_server_to_client", "bytes_dealer", "setup_bytes", "rounds",
                  "accuracy_plain", "accuracy_plain_full", "accuracy_private", "argmax_agreement", "max_abs_err",
-                 "full_split_images", "peak_rss_mb", "cpu_s", "rtt_emulated_links", "rtt_missing_links", "privacy")
+                 "full_split_images", "peak_rss_mb", "cpu_s", "rtt_emulated_links", "rtt_missing_links", "network_profile",
+                 "privacy")
 
 
 def _quantiles(values: list[float]) -> dict:
@@ -61,6 +62,12 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     base_graph, X, y, name = load_model_and_data(model)
     base_y = y
     graph = graph or base_graph
+    auto = None
+    if protocol == "auto":  # the planner's choice for the network measured; the record carries its prediction
+        from .planner.auto import resolve_auto
+        protocol, options, auto = resolve_auto(graph, options or {}, network=network)
+        if progress:
+            print(auto.explain())
     need = (samples + warmup) * batch
     if need > len(X):  # large batches (HE batch packing) reuse the test images cyclically
         if progress:
@@ -131,6 +138,9 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         "network_profile": {"rate_mbit": profile.rate_mbit, "rtt_ms": profile.rtt_ms},
         "privacy": stats.privacy,
         **({"plan": stats.privacy["layer_protocols"]} if "layer_protocols" in stats.privacy else {}),
+        **({"auto": True, "plan": auto.layer_protocols, "plan_string": auto.plan_string,
+            "predicted_latency_s": round(auto.predicted_latency_s(), 6),
+            "best_single_protocol_predicted_s": auto.single, "calibration": auto.calibration} if auto else {}),
         **({"setup_timing": setup_timing} if setup_timing else {}),
     }
 

@@ -60,13 +60,37 @@ def _dealer_options(a) -> dict:
         out["dealer"] = a.dealer
     if a.dealer_secret is not None:
         out["server_secret"] = a.dealer_secret
-    if out and a.protocol not in ("ss", "hybrid"):
+    if out and a.protocol not in ("ss", "hybrid", "auto"):
         raise PrivinferError("--dealer and --dealer-secret apply to --protocol ss and hybrid only")
     if getattr(a, "plan", None) is not None:
         if a.protocol != "hybrid":
             raise PrivinferError("--plan applies to --protocol hybrid only")
         out["plan"] = a.plan
     return out
+
+
+def _policy_options(a) -> dict:
+    """The planner's flags (serve/plan/bench with --protocol auto) as `resolve_auto` options."""
+    out = {"network": a.network if isinstance(a.network, str) else a.network[0], "objective": a.objective,
+           "model_private": not a.no_model_private, "trusted_dealer": not a.no_dealer}
+    if getattr(a, "plan_epsilon", None) is not None:
+        out["epsilon"] = a.plan_epsilon
+    if getattr(a, "calibration", None):
+        out["calibration"] = a.calibration
+    return out
+
+
+def _add_policy_flags(p, network_default="wan", network=True) -> None:
+    if network:
+        p.add_argument("--network", default=network_default,
+                       help="auto: link to plan for: loopback, lan, wan, mobile or RATE:RTT like 50mbit:20ms")
+    p.add_argument("--objective", default="latency", choices=["latency", "bytes", "client_seconds"],
+                   help="auto: what the plan minimizes (default latency)")
+    p.add_argument("--no-model-private", action="store_true",
+                   help="auto: allow layers in plaintext on the client (noisy offloading; needs --plan-epsilon)")
+    p.add_argument("--plan-epsilon", type=float, default=None, help="auto: allow a DP release with this epsilon")
+    p.add_argument("--no-dealer", action="store_true", help="auto: no 2PC dealer (only he and dealer-free cheetah)")
+    p.add_argument("--calibration", default=None, help="auto: calibration JSON (default: privinfer profile's)")
 
 
 def cmd_serve(a) -> None:
@@ -76,6 +100,10 @@ def cmd_serve(a) -> None:
     if a.executor:
         opts["executor"] = a.executor
     graph = load_model_arg(a.model)
+    if a.protocol == "auto":  # plan once here; the server (and every worker) runs the concrete protocol
+        from .planner.auto import resolve_auto
+        a.protocol, opts, plan = resolve_auto(graph, {**opts, **_policy_options(a)})
+        print(plan.explain(), flush=True)
     name = resolve_protocol(a.protocol, opts)[0]
     from .protocols.base import get_protocol
     if "progress" in get_protocol(name).server_options:  # the protocol's own preparation steps (he)
@@ -209,6 +237,8 @@ def _bench(a, base: dict) -> None:
                 graph, opts = m.graph, {**m.session_options(), **base}
             elif eps is not None:
                 opts["epsilon"] = eps
+            if a.protocol == "auto":  # the planner plans for each --network measured (bench.run_bench)
+                opts.update({k: v for k, v in _policy_options(a).items() if k != "network"})
             for network in a.network:
                 for batch in a.batch:
                     records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=network,
@@ -217,6 +247,27 @@ def _bench(a, base: dict) -> None:
     if a.json:
         write_records(records, a.json)
         print(f"wrote {a.json}")
+
+
+def cmd_plan(a) -> None:
+    from .planner.auto import resolve_auto
+    graph = load_model_arg(a.model)
+    say = (lambda m: print(f"privinfer: {m}", file=sys.stderr, flush=True))
+    from .planner import table
+    if not table._cache_file(graph).exists():
+        say("first plan for this network: counting its 2PC pieces and HE segments (cached afterwards)")
+    _, _, plan = resolve_auto(graph, _policy_options(a))
+    print(json.dumps(plan.to_json(), indent=2) if a.json else plan.explain())
+
+
+def cmd_profile(a) -> None:
+    from .planner.calibrate import run_profile
+    path = run_profile(a.output, ss=not a.no_ss)
+    print(f"privinfer: wrote the calibration table {path}")
+    if a.model:
+        from .planner.table import counts
+        for m in a.model:
+            counts(load_model_arg(m), lambda msg: print(f"privinfer: {m}: {msg}", file=sys.stderr, flush=True))
 
 
 def cmd_dealer(a) -> None:
@@ -268,7 +319,7 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a model under one protocol", epilog=epilog, formatter_class=raw)
     s.add_argument("--model", required=True, help="zoo name or .npz graph file (see: privinfer compile)")
     s.add_argument("--protocol", required=True,
-                   help=f"one of {', '.join(PROTOCOLS)} (plain: no privacy, a baseline)")
+                   help=f"one of {', '.join(PROTOCOLS)} (plain: no privacy, a baseline), or auto (the planner chooses)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7700)
     s.add_argument("--timeout", type=float, default=120.0, help="per-read timeout, seconds")
@@ -285,7 +336,20 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
                    help="he batch packing: where batch groups run: local (default), ray (a running or new local "
                         "Ray), ray://HOST:PORT (Ray client) or HOST:PORT (a Ray cluster's GCS address)")
     s.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable; listed below)")
+    _add_policy_flags(s)
     s.set_defaults(func=cmd_serve)
+
+    pl = sub.add_parser("plan", help="choose a protocol per layer for a network, link and policy (--protocol auto)")
+    pl.add_argument("--model", required=True, help="zoo name or .npz graph file")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_policy_flags(pl)
+    pl.set_defaults(func=cmd_plan)
+
+    pr = sub.add_parser("profile", help="time this machine's HE and 2PC kernels; write the planner's cost table")
+    pr.add_argument("-o", "--output", default=None, help="path (default: <cache>/planner/calibration.json)")
+    pr.add_argument("--no-ss", action="store_true", help="HE kernels only (keep the 2PC constants of the defaults)")
+    pr.add_argument("--model", nargs="*", default=None, help="also count these networks' plans (cached)")
+    pr.set_defaults(func=cmd_profile)
 
     q = sub.add_parser("query", help="classify an input on a running server", epilog=epilog, formatter_class=raw)
     q.add_argument("--host", default="127.0.0.1")
@@ -328,7 +392,7 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dealer)
 
     b = sub.add_parser("bench", help="measure a protocol; writes records as JSON", epilog=epilog, formatter_class=raw)
-    b.add_argument("--protocol", default="plain", help=f"one of {', '.join(PROTOCOLS)}")
+    b.add_argument("--protocol", default="plain", help=f"one of {', '.join(PROTOCOLS)}, or auto (the planner)")
     b.add_argument("--model", nargs="+", default=None,
                    help="zoo names or .npz files (default minionn-mnist; with --matrix: restrict the zoo networks)")
     b.add_argument("--batch", type=int, nargs="+", default=[1], help="images per query")
@@ -353,6 +417,7 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     b.add_argument("--replot", action="store_true",
                    help="--matrix: redraw the plots and matrix.md from --out's JSON, measuring nothing")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
+    _add_policy_flags(b, network=False)
     b.set_defaults(func=cmd_bench)
     return p
 

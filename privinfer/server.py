@@ -32,6 +32,10 @@ class Server(ThreadedListener):
             import torch
             torch.set_num_threads(torch_threads)
         self.graph: Graph = compile_model(model, input_shape, input_range)
+        self.plan = None
+        if protocol == "auto":  # the planner picks a concrete protocol; clients may still say "auto"
+            from .planner.auto import resolve_auto
+            protocol, options, self.plan = resolve_auto(self.graph, options)
         protocol, options = resolve_protocol(protocol, options)
         self.protocol_cls = get_protocol(protocol)
         server_opts, _ = split_options(self.protocol_cls, options)
@@ -90,7 +94,7 @@ class Server(ThreadedListener):
     def _handshake(self, ch: Channel, sides: list):
         hello = ch.recv_json(FrameType.HELLO)
         name = hello.get("protocol")
-        if name != self.protocol_cls.name:
+        if name not in (self.protocol_cls.name, "auto"):
             raise ProtocolError(f"this server runs protocol {self.protocol_cls.name!r}, client asked for {name!r}")
         opts = hello.get("options", {})
         if not isinstance(opts, dict):
@@ -98,7 +102,7 @@ class Server(ThreadedListener):
         client_opts = self.protocol_cls.validate_client_options(opts)
         side = self.protocol.server_side(client_opts)
         sides.append(side)
-        ch.send_json({"protocol": name, "graph": self.protocol.graph.spec(), "info": side.welcome(),
+        ch.send_json({"protocol": self.protocol_cls.name, "graph": self.protocol.graph.spec(), "info": side.welcome(),
                       "limits": {"max_batch": self.max_batch, "max_frame": self.max_frame,
                                  "timeout": self.timeout}}, FrameType.WELCOME)
         side.setup(ch)

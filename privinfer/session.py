@@ -116,15 +116,22 @@ class RemoteSession:
     def __init__(self, channel: Channel, protocol: str, *, progress: bool = False, warn: bool = True,
                  **client_options):
         self.channel = channel
-        self.protocol_cls = get_protocol(protocol)
-        opts = self.protocol_cls.validate_client_options(client_options)
+        auto = protocol == "auto"  # the server's planner chose: its WELCOME names the protocol
+        self.protocol_cls = None if auto else get_protocol(protocol)
+        opts = client_options if auto else self.protocol_cls.validate_client_options(client_options)
         self.stats = SessionStats(protocol=protocol)
         t0 = time.perf_counter()
         before = channel.stats.copy()
         try:
-            sent = {k: v for k, v in client_options.items() if k not in self.protocol_cls.local_client_options}
+            local = self.protocol_cls.local_client_options if self.protocol_cls else frozenset()
+            sent = {k: v for k, v in client_options.items() if k not in local}
             channel.send_json({"protocol": protocol, "options": sent}, FrameType.HELLO)
             welcome = channel.recv_json(FrameType.WELCOME)
+            if auto:
+                protocol = str(welcome.get("protocol"))
+                self.protocol_cls = get_protocol(protocol)
+                opts = self.protocol_cls.validate_client_options(client_options)
+                self.stats.protocol = protocol
             self.graph = Graph.from_spec(welcome["graph"])  # public architecture, zero weights
             self.limits = welcome.get("limits", {})
             self.client = self.protocol_cls.client_side(welcome.get("info", {}), self.graph, **opts)
@@ -225,7 +232,8 @@ def connect(host: str, port: int, protocol: str = "plain", *, timeout: float = D
             progress: bool = False, warn: bool = True,
             **client_options) -> RemoteSession:
     """Connect to a running server and set up a session (keys, offline phase)."""
-    get_protocol(protocol).validate_client_options(client_options)  # fail before opening a socket
+    if protocol != "auto":  # with "auto" the server's WELCOME names the protocol
+        get_protocol(protocol).validate_client_options(client_options)  # fail before opening a socket
     return RemoteSession(tcp_connect(host, port, timeout=timeout), protocol,
                          progress=progress, warn=warn, **client_options)
 
@@ -260,6 +268,10 @@ class PrivateSession(RemoteSession):
         if spawn not in ("process", "thread"):
             raise PrivinferError(f"spawn must be 'process' or 'thread', got {spawn!r}")
         graph = compile_model(model, input_shape, input_range)
+        self.plan = None
+        if protocol == "auto":  # the planner picks a concrete protocol and its options (privinfer.planner.auto)
+            from .planner.auto import resolve_auto
+            protocol, options, self.plan = resolve_auto(graph, options)
         protocol, options = resolve_protocol(protocol, options)
         cls = get_protocol(protocol)
         server_opts, client_opts = split_options(cls, options)

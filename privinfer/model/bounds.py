@@ -56,15 +56,15 @@ def _affine(layer, lo: torch.Tensor, hi: torch.Tensor):
     return out_c - out_r, out_c + out_r, float(acc.max())
 
 
-def interval_bounds(graph: Graph, input_range=None) -> list[LayerBound]:
-    """One `LayerBound` per layer, for every input in `input_range` (default: the graph's published range)."""
+def _walk(graph: Graph, input_range=None):
+    """(layer, lo, hi, acc) per layer: the per-element output box of every layer (see the module docstring)."""
     rng = input_range if input_range is not None else graph.input_range
     if rng is None:
         raise ValueError("the graph publishes no input range; pass input_range=(lo, hi)")
     lo = torch.full((1, *graph.input_shape), float(rng[0]), dtype=torch.float64)
     hi = torch.full((1, *graph.input_shape), float(rng[1]), dtype=torch.float64)
-    out = []
-    for name, layer in zip(graph.names, graph.layers):
+    yield None, lo, hi, None
+    for layer in graph.layers:
         acc = None
         if isinstance(layer, (Conv2d, Linear)):
             lo, hi, acc = _affine(layer, lo, hi)
@@ -80,9 +80,26 @@ def interval_bounds(graph: Graph, input_range=None) -> list[LayerBound]:
             lo, hi = torch.from_numpy(a), torch.from_numpy(b)
         elif isinstance(layer, Flatten):
             lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
+        yield layer, lo, hi, acc
+
+
+def interval_bounds(graph: Graph, input_range=None) -> list[LayerBound]:
+    """One `LayerBound` per layer, for every input in `input_range` (default: the graph's published range)."""
+    out = []
+    walk = _walk(graph, input_range)
+    next(walk)
+    for name, (layer, lo, hi, acc) in zip(graph.names, walk):
         peak = float(torch.maximum(lo.abs(), hi.abs()).max())
         out.append(LayerBound(name, layer.kind, peak, peak if acc is None else max(acc, peak)))
     return out
+
+
+def input_box(graph: Graph, index: int, input_range=None) -> tuple[np.ndarray, np.ndarray]:
+    """The per-element (lo, hi) of the value entering layer `index` (flat), for inputs in the range."""
+    for i, (_, lo, hi, _) in enumerate(_walk(graph, input_range)):
+        if i == index:
+            return lo.reshape(-1).numpy(), hi.reshape(-1).numpy()
+    raise IndexError(f"layer {index} is not in the graph")
 
 
 def peak_bits(graph: Graph, input_range=None) -> int:

@@ -383,9 +383,10 @@ class _State:
     grid: Grid | None
 
 
-def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, first: bool) -> list:
+def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, first: bool,
+                multi_out: bool = False) -> list:
     """(step, next state) options for one segment."""
-    last = seg_i == len(segs) - 1
+    last = seg_i == len(segs) - 1 and not multi_out
     if st.layout is not None:
         return [(d, _State(None, d.out, None)) for d in _diag_candidates(op, st.layout, slots, last)]
     pattern, cols, merge, in_grid, x_idx = op.pattern, None, 1, st.grid, st.idx
@@ -416,16 +417,17 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
     return res
 
 
-def plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
+def plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
     """A channel-packed plan, or None when the network does not start with a convolution or cannot fit.
-    Greedy over segments with a one-segment lookahead on the cost model."""
+    Greedy over segments with a one-segment lookahead on the cost model. `multi_out`: the last segment may
+    leave its result over several ciphertexts (a hybrid segment whose result is masked into shares)."""
     cache = prog.__dict__.setdefault("_multi_cache", {})
-    if slots not in cache:
-        cache[slots] = _plan_multi(prog, slots)
-    return cache[slots]
+    if (slots, multi_out) not in cache:
+        cache[(slots, multi_out)] = _plan_multi(prog, slots, multi_out)
+    return cache[(slots, multi_out)]
 
 
-def _plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
+def _plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
     segs = prog.segments
     grid = input_grid(prog, slots)
     if grid is None:
@@ -438,12 +440,12 @@ def _plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
         if isinstance(op, Activation):
             plan.steps.append(ActStep(op.kind, float(op.const)))
             continue
-        cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0)
+        cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0, multi_out)
         if not cands:
             return None
         if len(cands) > 1 and seg_i + 1 < len(segs):
             def total(c):
-                nxt = _candidates(segs[seg_i + 1], c[1], segs, seg_i + 1, slots, False)
+                nxt = _candidates(segs[seg_i + 1], c[1], segs, seg_i + 1, slots, False, multi_out)
                 return c[0].cost + c[0].n_out * C_ROT * (getattr(c[0], "n_out", 1) > 1) \
                     + (min(n[0].cost for n in nxt) if nxt else 1e12)
             step, state = min(cands, key=total)
@@ -451,7 +453,8 @@ def _plan_multi(prog: Program, slots: int) -> LatencyPlan | None:
             step, state = min(cands, key=lambda c: c[0].cost)
         plan.steps.append(step)
         seg_i += 1
-    check_plan(plan)
+    if not multi_out:
+        check_plan(plan)
     return plan
 
 

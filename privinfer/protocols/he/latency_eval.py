@@ -196,10 +196,11 @@ class CompiledPlan:
                 s_cur *= q
         self.final_scale, self.final_level = s_cur, level
 
-    def evaluate(self, cts: list, trace: list | None = None, backend=None):
+    def evaluate(self, cts: list, trace: list | None = None, backend=None, all_outputs: bool = False):
         """Run the plan on the input ciphertexts (or vectors); `backend` overrides the compile-time one
         (the server compiles plaintexts once and evaluates with each connection's keys). A value is a list
-        of ciphertexts (one, except between channel-packed segments)."""
+        of ciphertexts (one, except between channel-packed segments); `all_outputs` returns the whole list
+        (a masked hybrid segment may end on several)."""
         be = backend or self.backend
         if self.plan.key_paths:
             from .rotkeys import ComposedRotations
@@ -248,7 +249,7 @@ class CompiledPlan:
                 xs = [self._finish(be, acc, st.fold, item.bias[0])]
         if trace is not None:
             trace.append(xs[0])
-        return xs[0]
+        return list(xs) if all_outputs else xs[0]
 
     @staticmethod
     def _cube(be, x, const):

@@ -1,4 +1,4 @@
-"""`hybrid`: one network, layers split between CKKS HE and 2PC secret sharing by a plan (GAZELLE-style).
+"""`hybrid`: one network, layers split between HE (BFV or CKKS) and 2PC secret sharing by a plan (GAZELLE-style).
 
     PrivateSession(model, protocol="hybrid", plan="he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9")
 
@@ -23,8 +23,11 @@ per query: the ss offline phase for the whole plan (one dealer batch), then the 
 
 Privacy: the input is never seen by the server in the clear: HE ciphertexts under the client's key, shares,
 and masked openings only (with a local dealer, as in `ss`, the server operator can unmask the 2PC shares:
-"cryptographic-server-dealer"). The client sees masked intermediates: how well the masks hide them (which
-depend on the weights) is stated per conversion in `privacy()`: 19-20 bits, statistical (see `convert.py`).
+"cryptographic-server-dealer"). The client sees masked intermediates: a linear-only HE segment runs in BFV
+and its hand-overs are masked uniformly mod t (perfect hiding, `convert/bfv.py`, `convert/ring.py`); a segment
+with x² runs in CKKS with 19-20 bits of statistical hiding (`convert/__init__.py`); server option `hiding`:
+"best" (default), "perfect" (refuse CKKS conversions) or "statistical" (CKKS everywhere, the old behaviour).
+`privacy()["conversions"]` states the hiding of every conversion.
 """
 from __future__ import annotations
 
@@ -45,9 +48,11 @@ from ..ss import MAX_PRECISION_BITS
 from ..ss.dealer import check_dealer_choice
 from ..ss.steps import SSSegment, SSShare
 from ..ss.worker import warm_up
+from ..convert import bfv as bfv_conv
+from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
-from .steps import HEToShares, SharesToHE, SSRunner
+from .steps import BFVSegmentStep, HEToShares, SharesToHE, SSRunner
 
 #: plan protocols whose segment ends with the value revealed to the client in the clear when another segment
 #: follows: a `plain` client segment or a `noisy` release needs its input there
@@ -62,10 +67,38 @@ def _reveals(segs, i: int) -> bool:
     """Segment i ends at the client in the clear: the plan's last segment, or one before plain / noisy."""
     return _next(segs, i) is None or _next(segs, i) in NEEDS_CLIENT_PLAINTEXT
 
+HIDING = ("best", "perfect", "statistical")
 
-def _ss_segments(segs) -> list:
-    """[[start, stop, masked]] for every ss segment; masked when an HE segment follows it."""
-    return [[s.start, s.stop, _next(segs, i) == "he"] for i, s in enumerate(segs) if s.protocol == "ss"]
+def _bfv(h) -> bool:
+    return getattr(h, "scheme", "ckks") == "bfv"
+
+
+def _ss_segments(segs, he: dict) -> list:
+    """The party's spec of every ss segment: masked when an HE segment follows it; mod-t hand-overs next to BFV."""
+    out = []
+    for i, s in enumerate(segs):
+        if s.protocol != "ss":
+            continue
+        prev, nxt = he.get(i - 1), he.get(i + 1)
+        spec = {"start": s.start, "stop": s.stop, "masked": _next(segs, i) == "he", "in": {"kind": "float"},
+                "out": {"kind": "float"}}
+        if prev is not None and _bfv(prev):
+            spec["in"] = {"kind": "modt", "t": int(prev.t), "D": 1 << int(prev.weight_bits)}
+        if nxt is not None and _bfv(nxt):
+            spec["out"] = {"kind": "modt", "t": int(nxt.t)}
+        out.append(spec)
+    return out
+
+
+def _check_precision(he: dict, copts: dict) -> None:
+    if any(_bfv(h) for h in he.values()) and int(copts.get("precision_bits", 16)) != convert.FIXED_BITS:
+        raise ParameterError(f"a plan with BFV segments needs precision_bits={convert.FIXED_BITS} (the BFV input "
+                             "scale is CrypTen's fixed point)")
+
+
+def _bfv_produces(segs, i: int) -> Kind:
+    """A BFV segment ends at the client in the clear (flooded) or as shares mod t (an ss segment follows)."""
+    return Kind.PLAIN_CLIENT if _reveals(segs, i) else Kind.SHARES
 
 
 def _ss_shapes(segs, graph: Graph) -> list:
@@ -80,7 +113,8 @@ class _HybridServer(EngineServer):
     def __init__(self, proto: "Hybrid", copts: dict):
         self.proto, self.segs = proto, proto.segments
         self.ctx: dict[int, Any] = {}
-        self.ss = SSSegmentsServer(proto, copts, _ss_segments(self.segs)) if proto.has_ss else None
+        _check_precision(proto.he, copts)
+        self.ss = SSSegmentsServer(proto, copts, _ss_segments(self.segs, proto.he)) if proto.has_ss else None
 
     def welcome(self) -> dict:
         info = {"plan": plan_string(self.segs), "max_batch": int(self.proto.options["max_batch"]),
@@ -107,7 +141,9 @@ class _HybridServer(EngineServer):
         g, segs, steps, kind, k_ss = self.proto.graph, self.segs, [], Kind.PLAIN_CLIENT, 0
         runner = SSRunner(self.ss, _ss_shapes(segs, g)) if self.ss is not None else None
         for i, seg in enumerate(segs):
-            if seg.protocol == "he":
+            if seg.protocol == "he" and _bfv(self.proto.he[i]):
+                steps.append(BFVSegmentStep(self.proto.he[i], False, kind, _bfv_produces(segs, i), ctx=self.ctx[i]))
+            elif seg.protocol == "he":
                 h, ctx = self.proto.he[i], self.ctx[i]
                 steps.append(HEUpload(ctx, h.he.plan, 2.0 ** h.he.latency_params.input_scale_bits, False,
                                       len(h.he.latency_params.coeff_mod_bit_sizes) - 1)
@@ -132,8 +168,10 @@ class _HybridServer(EngineServer):
 
     def _mask(self, j: int, at: int):
         nxt = self.proto.he[j]
-        bits = convert.share_mask_bits(nxt.he.ctx, nxt.he.latency_params.input_scale_bits)
         shape = self.proto.graph.shapes[at]
+        if _bfv(nxt):  # uniform mod t: the 2PC opens (x + h + r) mod t to the client
+            return lambda batch: bfv_conv.input_mask(nxt.t, batch * int(np.prod(shape))).reshape(batch, *shape)
+        bits = convert.share_mask_bits(nxt.he.ctx, nxt.he.latency_params.input_scale_bits)
         return lambda batch: convert.share_mask((batch, *shape), bits)
 
     def prepare(self, ch: Channel, meta: dict) -> None:
@@ -162,7 +200,8 @@ class _HybridClient(EngineClient):
         want = [i for i, s in enumerate(self.segs) if s.protocol == "he"]
         if len(he_infos) != len(want):
             raise ProtocolError(f"the server describes {len(he_infos)} HE segments, the plan has {len(want)}")
-        self.he = {i: HESegmentClient(graph, info) for i, info in zip(want, he_infos)}
+        self.he = {i: (BFVSegmentClient(graph, info) if isinstance(info, dict) and info.get("scheme") == "bfv"
+                       else HESegmentClient(graph, info)) for i, info in zip(want, he_infos)}
         for i, h in self.he.items():
             if (h.start, h.stop) != (self.segs[i].start, self.segs[i].stop):
                 raise ProtocolError(f"HE segment {self.segs[i]} does not match the server's {h.start}-{h.stop - 1}")
@@ -170,7 +209,8 @@ class _HybridClient(EngineClient):
         if any(s.protocol == "ss" for s in self.segs):
             if "ss" not in welcome:
                 raise ProtocolError("the plan has ss segments but the server sent no 2PC parameters")
-            self.ss = SSSegmentsClient(welcome["ss"], graph, copts, _ss_segments(self.segs))
+            _check_precision(self.he, copts)
+            self.ss = SSSegmentsClient(welcome["ss"], graph, copts, _ss_segments(self.segs, self.he))
         self.noisy = None
         if _noisy_start(self.segs) is not None:
             from ..noisy import NoisyRelease
@@ -207,7 +247,9 @@ class _HybridClient(EngineClient):
         g, segs, steps, kind, k_ss, log = self.graph, self.segs, [], Kind.PLAIN_CLIENT, 0, self._log
         runner = SSRunner(self.ss, _ss_shapes(segs, g)) if self.ss is not None else None
         for i, seg in enumerate(segs):
-            if seg.protocol == "he":
+            if seg.protocol == "he" and _bfv(self.he[i]):
+                steps.append(BFVSegmentStep(self.he[i], True, kind, _bfv_produces(segs, i), log=log))
+            elif seg.protocol == "he":
                 h = self.he[i]
                 steps.append(HEUpload(h.ctx, h.plan, h.scale, True) if kind == Kind.PLAIN_CLIENT
                              else SharesToHE(h, True, log))
@@ -244,24 +286,34 @@ class _HybridClient(EngineClient):
     def privacy(self) -> dict:
         base = self.ss.privacy() if self.ss is not None else None
         guarantee = base["guarantee"] if base is not None else "cryptographic-input-only"
-        if guarantee == "cryptographic-trusted-dealer":
+        perfect = all(c.get("hiding") == "perfect" for c in self.conversions)
+        last = self.he.get(len(self.segs) - 1)
+        model_private = perfect and (last is None or _bfv(last))  # BFV results: flooded, non-outputs masked
+        if guarantee == "cryptographic-trusted-dealer" and not model_private:
             guarantee = "cryptographic-input-only"  # the weak CKKS masks do not hide intermediates formally
         revealed = [self.segs[i].stop for i in range(len(self.segs) - 1)
                     if self.segs[i].protocol in ("he", "ss") and _reveals(self.segs, i)]
         out = {"protocol": "hybrid", "guarantee": guarantee, "plan": plan_string(self.segs),
                "layer_protocols": layer_protocols(self.segs),
-               "input_private": base["input_private"] if base is not None else True, "model_private": False,
+               "input_private": base["input_private"] if base is not None else True, "model_private": model_private,
                "conversions": self.conversions, "not_protected": ["architecture and plan"]}
-        if self.he:
+        if any(_bfv(h) for h in self.he.values()):
+            out["he"] = ("BFV for linear-only segments (masks uniform mod t: perfect hiding; results flooded with 40 "
+                         "statistical bits against a semi-honest client), CKKS for segments with x²; 128-bit security; "
+                         "keys of every HE segment sent once per session")
+            out["not_protected"].append("each BFV segment's plaintext modulus t (its bit size follows the segment's "
+                                        "value bound)")
+        elif self.he:
             out["he"] = "CKKS, 128-bit security, keys of every HE segment sent once per session"
-        if self.he and self.ss is not None:
-            out["not_protected"].append("intermediate activations only as well as the stated mask bits hide them "
-                                        "(19-20 bits, see protocols/convert.py)")
+        if not perfect:
+            out["not_protected"].append("intermediate activations at CKKS conversions only as well as the stated "
+                                        "mask bits hide them (19-20 bits, see protocols/convert)")
         if revealed:
             out["not_protected"].append(f"the activations entering layer(s) {revealed} reach the client in the clear "
                                         "(a client or noisy segment follows)")
         plain = [str(s) for s in self.segs if s.protocol == "plain"]
         if plain:
+            out["model_private"] = False
             out["client_segments"] = plain
             out["not_protected"].append(f"the weights of client segment(s) {', '.join(plain)}: sent to the client")
         if self.noisy is not None:
@@ -288,7 +340,10 @@ class Hybrid(Protocol):
                                       # the `he` circuit-privacy policy of the segment that returns logits
                                       "circuit_privacy": "flood", "flood_std": None, "max_queries": None,
                                       # a noisy segment: the public data set the recommended clip norm comes from
-                                      "dataset": "digits"}
+                                      "dataset": "digits",
+                                      # conversions: BFV (perfect) for linear HE segments, CKKS elsewhere ("best");
+                                      # refuse CKKS conversions ("perfect"); CKKS everywhere ("statistical")
+                                      "hiding": "best"}
     client_options: dict[str, Any] = {"precision_bits": 16, "threads": 1, "gloo_ifname": None, "client_secret": None,
                                       # a noisy segment's DP release (as the `noisy` protocol's options)
                                       "epsilon": 1.0, "mechanism": "laplace", "delta": None, "clip": None,
@@ -310,9 +365,29 @@ class Hybrid(Protocol):
         if float(self.options["mpc_timeout"]) <= 0:
             raise PrivinferError("mpc_timeout must be positive")
         he_opts = {k: self.options[k] for k in ("circuit_privacy", "flood_std", "max_queries")}
-        # an HE segment whose result reaches the client in the clear takes the `he` output policy (mask, flood)
-        self.he = {i: HESegmentServer(graph, s.start, s.stop, _reveals(self.segments, i), he_opts)
-                   for i, s in enumerate(self.segments) if s.protocol == "he"}
+        hiding = self.options["hiding"]
+        if hiding not in HIDING:
+            raise ParameterError(f"hiding must be one of {HIDING}, got {hiding!r}")
+        multi = len(self.segments) > 1
+        self.he = {}
+        for i, s in enumerate(self.segments):
+            if s.protocol != "he":
+                continue
+            # an HE segment whose result reaches the client in the clear takes the output policy (flood)
+            reveals = _reveals(self.segments, i)
+            if is_linear(graph, s.start, s.stop) and hiding != "statistical":
+                try:
+                    self.he[i] = BFVSegmentServer(graph, s.start, s.stop, reveals)  # perfect hand-overs
+                    continue
+                except ParameterError:
+                    if hiding == "perfect":
+                        raise
+            if hiding == "perfect" and multi:
+                kinds = sorted({graph.layers[k].kind for k in range(s.start, s.stop)})
+                raise PlanError(f"HE segment {s} holds {kinds}: only linear segments (conv2d, linear, avgpool2d, "
+                                "flatten) run in BFV with perfectly hiding conversions; CKKS conversions hide 19-20 "
+                                "bits (hiding='best' allows them)")
+            self.he[i] = HESegmentServer(graph, s.start, s.stop, reveals, he_opts)
         k = _noisy_start(self.segments)
         self.noisy_clips = None
         if k is not None:

@@ -4,7 +4,9 @@ Why not `ss.worker.party_main`: that loop runs one whole graph from the client's
 logits. Here each ss segment starts from additive shares (the client's share input by rank 1, the server's
 by rank 0; their sum is the value, nobody sees it) and ends either revealed to the client (the plan's last
 segment) or revealed to the client as x + r, where r is a fresh mask input by the server (a shares -> HE
-conversion, see `protocols/convert.py`). All segments share one CrypTen group, one dealer and one
+conversion, see `protocols/convert`). Next to a BFV segment the hand-over is mod t instead (`convert/ring.py`):
+a segment then starts by lifting the two mod-t shares into CrypTen's ring (`in: modt`) and/or ends by
+opening (x + h + r) mod t to the client (`out: modt`), one secure comparison each. All segments share one CrypTen group, one dealer and one
 preprocessing plan per batch size: the dry run walks every segment in order, so the online phase pops the
 tuples of segment 1, then 2, ... and set-up is paid once per session, not once per segment.
 """
@@ -26,32 +28,59 @@ def hybrid_party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict,
         from ..ss.lowering import Executor
         graph = load_graph(graph_blob)
         bits = int(opts["precision_bits"])
-        segs = [(int(a), int(b), bool(m)) for a, b, m in opts["segments"]]
-        exs = [Executor(crypten, graph.slice(a, b), rank, bits) for a, b, _ in segs]
+        segs = [_spec(s) for s in opts["segments"]]
+        exs = [Executor(crypten, graph.slice(s["start"], s["stop"]), rank, bits) for s in segs]
         send_msg(conn, {"ok": "ready", "init_s": time.perf_counter() - t0})
-        _HybridParty(crypten, comm, prov, exs, [m for _, _, m in segs], rank, conn).loop()
+        _HybridParty(crypten, comm, prov, exs, segs, rank, conn).loop()
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
         report_error(conn, e)
     finally:
         end_child(conn)
 
 
+def _spec(s) -> dict:
+    """A segment entry: {start, stop, masked, in: {kind: float | modt, t, D}, out: {kind: float | modt, t}}."""
+    if isinstance(s, dict):
+        return {"start": int(s["start"]), "stop": int(s["stop"]), "masked": bool(s["masked"]),
+                "in": dict(s.get("in") or {"kind": "float"}), "out": dict(s.get("out") or {"kind": "float"})}
+    a, b, m = s
+    return {"start": int(a), "stop": int(b), "masked": bool(m), "in": {"kind": "float"}, "out": {"kind": "float"}}
+
+
 class _HybridParty(_Party):
-    def __init__(self, crypten, comm, prov, exs, masked, rank, conn):
+    def __init__(self, crypten, comm, prov, exs, segs, rank, conn):
         super().__init__(crypten, comm, prov, exs[0], rank, conn)
-        self.exs, self.masked, self.next = exs, masked, 0
+        self.exs, self.segs, self.next = exs, segs, 0
+        self.masked = [s["masked"] for s in segs]
 
     def _run(self, k: int, batch: int, own, mask):
+        import numpy as np
         import torch
+        from ..convert import ring
         from ..ss.lowering import _fixed
         ex = self.exs[k]
         cr = self.crypten
-        zeros = torch.zeros((batch, *ex.graph.input_shape), dtype=torch.float64)
-        mine = zeros if own is None else _fixed(own, ex.bits)
-        if tuple(mine.shape) != tuple(zeros.shape):
-            raise ShapeError(f"segment {k}: share shape {tuple(mine.shape)} != {tuple(zeros.shape)}")
-        h = cr.cryptensor(mine if self.rank == 1 else zeros, src=1) + cr.cryptensor(mine if self.rank == 0 else zeros, src=0)
+        spec = self.segs[k]
+        shape = (batch, *ex.graph.input_shape)
+        zeros = torch.zeros(shape, dtype=torch.float64)
+        if spec["in"]["kind"] == "modt":  # a BFV segment's result: shares mod t, lifted by one comparison
+            local = np.zeros(shape, dtype=np.int64) if own is None else np.rint(own).astype(np.int64)
+            if local.shape != shape:
+                raise ShapeError(f"segment {k}: share shape {local.shape} != {shape}")
+            h = ring.lift(self.rank, local, spec["in"]["t"], spec["in"]["D"], ex.bits)
+        else:
+            mine = zeros if own is None else _fixed(own, ex.bits)
+            if tuple(mine.shape) != tuple(zeros.shape):
+                raise ShapeError(f"segment {k}: share shape {tuple(mine.shape)} != {tuple(zeros.shape)}")
+            h = cr.cryptensor(mine if self.rank == 1 else zeros, src=1) + cr.cryptensor(mine if self.rank == 0 else zeros, src=0)
         h = ex.forward(h)
+        if self.masked[k] and spec["out"]["kind"] == "modt":  # into a BFV segment: (x + h + r) mod t
+            out_shape = tuple(h.size())
+            r = np.zeros(out_shape, dtype=np.int64) if (self.rank != 0 or mask is None) else np.rint(mask).astype(np.int64)
+            if r.shape != out_shape:
+                raise ShapeError(f"segment {k}: mask shape {r.shape} != {out_shape}")
+            z = ring.reduce_reveal(self.rank, h, r if self.rank == 0 else None, spec["out"]["t"])
+            return None if z is None else z.to(torch.float64)
         if self.masked[k]:
             out_zeros = torch.zeros(tuple(h.size()), dtype=torch.float64)
             r = _fixed(mask, ex.bits) if (self.rank == 0 and mask is not None) else out_zeros

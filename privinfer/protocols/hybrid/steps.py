@@ -8,6 +8,10 @@ The segments themselves are the protocols' own classes (`he.steps.HESegment`, `s
                                     client: decrypts its share y + m
     SharesToHE   shares -> cipher   client: encrypts its share z = x + r, BLOBS [n_ct per image]
                                     server: loads them, adds its share -r homomorphically
+    BFVSegmentStep  plain@client | shares -> shares | plain@client: a linear-only segment in BFV with its
+                    hand-overs fused (GAZELLE): client BLOBS [n_in per image: its plaintext, or the mod-t
+                    opening (x + h + r) mod t], server subtracts r, evaluates, and returns either the masked
+                    result (y + m) mod t, keeping -m, or the flooded result in the clear (`convert/bfv.py`)
 """
 from __future__ import annotations
 
@@ -98,3 +102,44 @@ class SSRunner:
             raise ProtocolError(f"ss segment {k}: a share of batch {own.shape[0]}, expected {batch}")
         self.ss.segment(k, own, mask)
         return None
+
+
+class BFVSegmentStep(Step):
+    """A BFV segment with its hand-overs (perfect hiding: masks uniform mod t). `seg` is the session's
+    `BFVSegmentClient` / `BFVSegmentServer` (`bfv_seg.py`); the server's incoming share is -r (the mask it
+    gave the 2PC, `SSSegment`), its outgoing one the negated output mask."""
+
+    def __init__(self, seg, client: bool, accepts: Kind, produces: Kind, ctx=None, log: list | None = None):
+        self.seg, self.client, self.accepts, self.produces, self.ctx, self.log = seg, client, accepts, produces, ctx, log
+
+    def run(self, ch: Channel, value: Value) -> Value:
+        h, B = self.seg, value.batch
+        if self.client:
+            plain = self.accepts == Kind.PLAIN_CLIENT
+            ch.send_blobs([c for b in range(B) for c in h.upload(value.data[b], plain=plain)])
+            if not plain:
+                self.log.append(h.conversion_in(h.start))
+            res = ch.recv_blobs()
+            if len(res) != B * h.n_out_ct:
+                raise ProtocolError(f"expected {B} x {h.n_out_ct} result ciphertexts, got {len(res)}")
+            parts = [res[b * h.n_out_ct:(b + 1) * h.n_out_ct] for b in range(B)]
+            if self.produces == Kind.PLAIN_CLIENT:
+                return value.to(Kind.PLAIN_CLIENT, h.reshape(np.stack([h.result(p) for p in parts])))
+            self.log.append(h.conversion())
+            return value.to(Kind.SHARES, h.reshape(np.stack([h.share(p) for p in parts]).astype(np.float64)))
+        blobs = ch.recv_blobs()
+        if len(blobs) != B * h.n_in:
+            raise ShapeError(f"HE segment {h.start}-{h.stop - 1}: expected {B} x {h.n_in} ciphertexts, got {len(blobs)}")
+        r = None if value.data is None else -np.asarray(value.data)
+        outs, shares = [], []
+        for b in range(B):
+            res, s = h.run(self.ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b])
+            outs += res
+            shares.append(s)
+        ch.send_blobs(outs)
+        if self.produces == Kind.PLAIN_CLIENT:
+            return value.to(Kind.PLAIN_CLIENT)
+        return value.to(Kind.SHARES, np.stack(shares).astype(np.float64).reshape(B, *h.out_shape))
+
+    def describe(self) -> str:
+        return f"BFVSegment[{self.seg.start}:{self.seg.stop}]({self.accepts} -> {self.produces})"

@@ -26,13 +26,13 @@ def images(name, n):
     return np.asarray(X[:n], dtype=np.float64)
 
 
-def check(name, plan, n=2):
+def check(name, plan, n=2, tol=None, **opts):
     g = load_model(name)
     X = images(name, n)
-    with PrivateSession(g, "hybrid", plan=plan, **OPTS) as s:
+    with PrivateSession(g, "hybrid", plan=plan, **OPTS, **opts) as s:
         out = np.stack([s.infer(x) for x in X])
         ref = run_reference(g, X)
-        tol = HE_TOL if plan.split(",")[-1].startswith("he") else TOL
+        tol = tol or (HE_TOL if plan.split(",")[-1].startswith("he") else TOL)
         assert np.max(np.abs(out - ref)) < tol, (plan, np.max(np.abs(out - ref)))
         assert np.all(out.argmax(1) == ref.argmax(1)), plan
         return s.stats
@@ -43,9 +43,33 @@ def test_three_segments_both_conversions():
     p = stats.privacy
     assert p["plan"] == "he:0,ss:1,he:2-5" and p["layer_protocols"] == ["he", "ss", "he", "he", "he", "he"]
     assert [c["kind"] for c in p["conversions"]] == ["he->ss", "ss->he"]
-    assert p["conversions"][0]["hiding_bits"] >= 19 and p["conversions"][1]["hiding_bits"] == 20  # convert.py
+    # he:0 is a convolution alone: BFV, perfect; he:2- holds x²: CKKS, 20 bits (protocols/convert)
+    assert p["conversions"][0]["hiding"] == "perfect" and p["conversions"][1]["hiding_bits"] == 20
+    assert p["model_private"] is False
     assert p["guarantee"] == "cryptographic-server-dealer"  # local dealer: said plainly
     assert all(q.rounds > 0 and q.bytes_client_to_server > 0 for q in stats.queries)
+
+
+def test_bfv_segment_between_ss_segments_hides_perfectly():
+    """ss -> BFV -> ss: both conversions mod t (one comparison each in the party), nothing statistical left."""
+    stats = check("cryptonets-mnist", "ss:0-1,he:2-3,ss:4-", n=2, tol=TOL, hiding="perfect")
+    p = stats.privacy
+    assert [(c["kind"], c["hiding"]) for c in p["conversions"]] == [("ss->he", "perfect"), ("he->ss", "perfect")]
+    assert p["model_private"] is True
+    assert not any("19-20 bits" in x for x in p["not_protected"])
+
+
+def test_perfect_hiding_refuses_a_bfv_segment_without_accurate_weights():
+    """cryptonets' last linear layer after x²: its sound input bound (4.7e4) leaves no room for 2^-12 weights."""
+    with pytest.raises(PrivinferError, match="BFV segment 5-5"):
+        PrivateSession(load_model("cryptonets-mnist"), "hybrid", plan="ss:0-4,he:5", spawn="thread",
+                       hiding="perfect", **OPTS)
+
+
+def test_perfect_hiding_refuses_a_ckks_conversion():
+    with pytest.raises(PrivinferError, match=r"he:2-5.*poly.*hiding='best'"):
+        PrivateSession(load_model("cryptonets-mnist"), "hybrid", plan="he:0,ss:1,he:2-", spawn="thread",
+                       hiding="perfect", **OPTS)
 
 
 @pytest.mark.slow
@@ -101,7 +125,9 @@ def test_every_short_plan(name):
 
 @pytest.mark.slow
 def test_gazelle_split_of_minionn():
-    check("minionn-mnist", "he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9", n=2)
+    """GAZELLE's split: every HE segment linear, so BFV everywhere; six perfect conversions."""
+    stats = check("minionn-mnist", "he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9", n=3, tol=TOL, hiding="perfect")
+    assert [c["hiding"] for c in stats.privacy["conversions"]] == ["perfect"] * 6
 
 
 def test_concurrent_clients_no_cross_talk():

@@ -1,7 +1,14 @@
-"""Conversions between a CKKS ciphertext under the client's key and additive shares (client, server).
+"""Conversions between a ciphertext under the client's key and additive shares (client, server).
 
-Why one module: it is the only place that touches both a ciphertext and a share, so the hiding of every
+Why one package: it is the only place that touches both a ciphertext and a share, so the hiding of every
 hand-over is decided (and reported) here, and `protocols/he` and the ss modules never import each other.
+
+    convert/__init__.py  CKKS <-> float shares: statistical masks, 19-20 bits (this module, below)
+    convert/bfv.py       BFV <-> shares mod t: masks uniform mod t, perfect hiding (GAZELLE's conversion)
+    convert/ring.py      inside the CrypTen party: mod-t shares <-> CrypTen's Z_2^64 shares, one secure
+                         comparison each way
+
+CKKS conversions (segments with x² stay on CKKS; linear-only segments use BFV, see `hybrid/bfv_seg.py`):
 
 HE -> shares (server holds ct(y), y in the output slots):
     the server adds a mask m, uniform in [-M, M] for the real and the imaginary part of EVERY slot (so the
@@ -18,7 +25,8 @@ HE -> shares (server holds ct(y), y in the output slots):
     log2 q_L >= 28 + 10 + 40 + 2 = 80: two primes kept at the output level, which the chain builder does not
     do (with `he`'s own 0/1 output mask in q0 the result sits at scale 2^48 and M is only 2^9). The
     alternative with perfect hiding is GAZELLE's: BFV with a mask uniform mod t, then a secure comparison to
-    lift mod-t shares to Z_2^64. Neither is implemented; `privacy()` states the bits of every conversion.
+    lift mod-t shares to Z_2^64 (`convert/bfv.py`, `convert/ring.py`): used for every linear-only HE segment;
+    `privacy()` states the hiding of every conversion.
 
 shares -> HE (the 2PC holds shares of x):
     the server (rank 0) inputs a fresh mask r, uniform on the 2^-16 fixed-point grid in [-2^R, 2^R]; the 2PC
@@ -34,8 +42,8 @@ import secrets
 
 import numpy as np
 
-from .he import rerandomize
-from .he.latency import LatencyPlan, client_vectors
+from ..he import rerandomize
+from ..he.latency import LatencyPlan, client_vectors
 
 MARGIN_BITS = 1          # headroom for |e| and rounding inside q_L / 2
 FIXED_BITS = 16          # CrypTen's fractional bits: r lies on this grid so both sides agree exactly

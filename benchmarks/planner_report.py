@@ -1,0 +1,39 @@
+"""Predicted against measured latency for `privinfer bench --protocol auto` records, and the comparison of the
+chosen plan with single-protocol runs measured on the same (model, network).
+
+    python benchmarks/planner_report.py benchmarks/results/planner/*.json > benchmarks/results/planner/report.md
+
+Why a script: the planner's accuracy target (|predicted - measured| / measured <= 25 %) and its plan-quality
+target (never > 5 % slower than the best single protocol, >= 1.3x faster on some pair) are read off bench
+records; this prints both tables from whatever records exist, with the commands that made them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(paths: list[str]) -> None:
+    recs = [r for p in paths for r in json.loads(open(p).read())]
+    auto = [r for r in recs if r.get("auto")]
+    print("| model | network | chosen plan | predicted | measured (median, p25-p75) | error |")
+    print("|---|---|---|---|---|---|")
+    for r in auto:
+        m, lat = r["predicted_latency_s"], r["latency_s"]
+        err = (m - lat["median"]) / lat["median"]
+        print(f"| {r['model']} | {r['network']} | {r['protocol']} `{r['plan_string']}` | {m:.3f} s | "
+              f"{lat['median']:.3f} s ({lat['p25']:.3f}-{lat['p75']:.3f}) | {err:+.0%} |")
+    print()
+    print("| model | network | auto (measured) | single protocol (measured) | ratio single / auto |")
+    print("|---|---|---|---|---|")
+    for r in auto:
+        for s in recs:
+            if s.get("auto") or (s["model"], s["network"]) != (r["model"], r["network"]):
+                continue
+            ratio = s["latency_s"]["median"] / r["latency_s"]["median"]
+            print(f"| {r['model']} | {r['network']} | {r['latency_s']['median']:.3f} s ({r['protocol']}) | "
+                  f"{s['latency_s']['median']:.3f} s ({s['protocol']}) | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

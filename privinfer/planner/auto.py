@@ -1,0 +1,213 @@
+"""`protocol="auto"`: choose a plan for a network, a link and a policy; explain it; turn it into a session.
+
+Why one function for every front door: `PrivateSession(model, protocol="auto", network="wan")`, `privinfer
+serve --protocol auto`, `privinfer plan` and `privinfer bench --protocol auto` must all pick the same plan,
+so each calls `resolve_auto` (or `make_plan`) and then runs an ordinary, concrete protocol with options.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ParameterError
+from ..model.ir import Graph
+from .calibrate import load_calibration
+from .cost import Cost, NetworkProfile, PROFILES, parse_network
+from .plan import plan_string as _plan_string, Segment
+from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, shortest, total_cost
+from .table import build_rows, counts
+
+#: options `protocol="auto"` takes (the rest go to the chosen protocol)
+AUTO_OPTIONS = ("network", "objective", "model_private", "epsilon", "trusted_dealer", "calibration")
+DEFAULT_NETWORK = "wan"
+DEALER_PROTOCOLS = ("ss", "hybrid")
+DEALER_OPTIONS = ("dealer", "server_secret", "client_secret")
+PRIVACY = {"ss": "2PC additive shares (CrypTen); the dealer is the server's own unless a third-party dealer is "
+                 "configured (guarantee cryptographic-server-dealer / cryptographic-trusted-dealer)",
+           "he": "CKKS ciphertexts under the client's key; the logits are flooded (cryptographic-input-only)",
+           "hybrid": "HE and 2PC segments; conversions mask intermediates with statistical hiding (19-20 bits, "
+                     "see protocols/convert.py); the 2PC dealer is the server's own by default",
+           "cheetah": "dealer-free 2PC (SPU CHEETAH): input and weights hidden from a semi-honest peer",
+           "noisy": "the client runs the prefix in the clear and sends differentially private features; accuracy is "
+                    "not in the objective: without the noise-aware fine-tune (protocols/noisy/train.py) it drops "
+                    "(cryptonets-mnist at epsilon=5: 0.25 on 20 digits)"}
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    rows: list[Row]
+    network: NetworkProfile
+    policy: Policy
+    objective: str
+    value: float
+    calibration: str
+    single: dict = field(default_factory=dict)  # best single-protocol plan per protocol: {name: latency s}
+
+    @property
+    def cost(self) -> Cost:
+        return total_cost(self.rows)
+
+    @property
+    def work(self) -> list[Row]:
+        return [r for r in self.rows if r.protocol != "convert"]
+
+    @property
+    def protocol(self) -> str:
+        return protocol_of(self.rows, len(self.graph))
+
+    @property
+    def layer_protocols(self) -> list[str]:
+        return [r.protocol for r in self.work for _ in range(r.start, r.stop)]
+
+    @property
+    def plan_string(self) -> str:
+        segs: list[Segment] = []
+        for r in self.work:
+            if segs and segs[-1].protocol == r.protocol:
+                segs[-1] = Segment(r.protocol, segs[-1].start, r.stop)
+            else:
+                segs.append(Segment(r.protocol, r.start, r.stop))
+        return _plan_string(segs)
+
+    def session_options(self) -> tuple[str, dict]:
+        """(protocol, options) that run this plan."""
+        proto = self.protocol
+        if proto == "hybrid":
+            return "hybrid", {"plan": self.plan_string}
+        if proto == "noisy":
+            return "noisy", {"split": self.work[0].info["split"], "epsilon": self.policy.epsilon}
+        return proto, {}
+
+    def predicted_latency_s(self, network=None) -> float:
+        return parse_network(network or self.network).latency(self.cost)
+
+    def to_json(self) -> dict:
+        c = self.cost
+        proto, opts = self.session_options()
+        return {"protocol": proto, "options": opts, "plan": self.plan_string, "layer_protocols": self.layer_protocols,
+                "network": {"name": self.network.name, "rate_mbit": self.network.rate_mbit,
+                            "rtt_ms": self.network.rtt_ms},
+                "objective": self.objective, "policy": asdict(self.policy),
+                "predicted_latency_s": self.predicted_latency_s(), "cost": c.to_json(),
+                "rows": [{"label": r.label, "protocol": r.protocol, "start": r.start, "stop": r.stop,
+                          "kind_in": r.kind_in, "kind_out": r.kind_out, "cost": r.cost.to_json(),
+                          "latency_s": self.network.latency(r.cost), "info": r.info} for r in self.rows],
+                "best_single_protocol_latency_s": self.single, "calibration": self.calibration,
+                "privacy": PRIVACY.get(proto, "")}
+
+    def explain(self) -> str:
+        """A table: each segment's protocol, predicted client and server seconds, bytes, rounds; then the
+        conversions, the totals on the link, and the privacy the plan gives."""
+        net = self.network
+        proto, opts = self.session_options()
+        lines = [f"plan for {len(self.graph)} layers on {net.describe()}, objective {self.objective}, policy "
+                 f"model_private={self.policy.model_private} epsilon={self.policy.epsilon} "
+                 f"trusted_dealer={self.policy.trusted_dealer}",
+                 f"runs as: protocol={proto!r} {opts if opts else ''}".rstrip(), "",
+                 f"| {'layers':<8} | {'names':<24} | {'protocol':<13} | {'client s':>9} | {'server s':>9} | "
+                 f"{'up':>10} | {'down':>10} | {'rounds':>6} | {'on link s':>9} |",
+                 "|" + "|".join("-" * (w + 2) for w in (8, 24, 13, 9, 9, 10, 10, 6, 9)) + "|"]
+        for r in self.work:
+            span = f"{r.start}" if r.stop - r.start == 1 else f"{r.start}-{r.stop - 1}"
+            names = ",".join(self.graph.names[r.start:r.stop])
+            extra = f" N={r.info['N']}" if r.protocol == "he" else (f" k={r.info['split']}" if r.protocol == "noisy" else "")
+            lines.append(f"| {span:<8} | {names[:24]:<24} | {(r.protocol + extra)[:13]:<13} | {r.cost.client_s:9.4f} | "
+                         f"{r.cost.server_s:9.4f} | {_size(r.cost.bytes_up):>10} | {_size(r.cost.bytes_down):>10} | "
+                         f"{r.cost.rounds:>6} | {net.latency(r.cost):9.4f} |")
+        conv = [r for r in self.rows if r.protocol == "convert"]
+        if conv:
+            lines += ["", "conversions:"]
+            for r in conv:
+                hid = f"; hiding: {r.info['hiding']}" if "hiding" in r.info else ""
+                lines.append(f"  at layer {r.start}: {r.kind_in} -> {r.kind_out}: {r.info.get('what', '')}{hid} "
+                             f"({net.latency(r.cost) * 1e3:.1f} ms)")
+        c = self.cost
+        lines += ["", f"total: {self.predicted_latency_s():.3f} s predicted on {net.name} (compute {c.compute_s:.3f} s, "
+                      f"{c.rounds} rounds, {_size(c.bytes_up)} up, {_size(c.bytes_down)} down, dealer "
+                      f"{_size(c.dealer_bytes)})"]
+        if self.single:
+            lines.append("best single-protocol plans under the same policy: " + ", ".join(
+                f"{k} {v:.3f} s" for k, v in sorted(self.single.items(), key=lambda kv: kv[1])))
+        lines += [f"privacy: {PRIVACY.get(proto, '')}", f"costs: {self.calibration}"]
+        return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit, k in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def protocol_of(rows: list[Row], n: int) -> str:
+    work = [r for r in rows if r.protocol != "convert"]
+    kinds = {r.protocol for r in work}
+    if len(work) == 1 and work[0].protocol in ("cheetah", "noisy"):
+        return work[0].protocol
+    if kinds == {"ss"}:
+        return "ss"
+    if kinds == {"he"} and len(work) == 1:
+        return "he"
+    return "hybrid"
+
+
+def single_protocol_rows(rows: list[Row], name: str, n: int) -> list[Row]:
+    """The rows a whole-model run of `name` may use (for the best-single-protocol comparison)."""
+    if name == "ss":
+        return [r for r in rows if r.protocol == "ss" or (r.protocol == "convert" and
+                                                          {r.kind_in, r.kind_out} <= {"client", "shares"})]
+    if name == "he":
+        return [r for r in rows if (r.protocol == "he" and (r.start, r.stop) == (0, n)) or
+                (r.protocol == "convert" and {r.kind_in, r.kind_out} <= {"client", "he_in", "he_last"})]
+    return [r for r in rows if r.protocol == name]
+
+
+def make_plan(graph: Graph, network=DEFAULT_NETWORK, policy: Policy | None = None, objective: str = "latency",
+              calibration=None, progress=None) -> Plan:
+    """The best plan for `graph` (counts cached per network, costs from the calibration table)."""
+    if objective not in OBJECTIVES:
+        raise ParameterError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    policy = policy or Policy()
+    prof = parse_network(network)
+    cal = calibration if isinstance(calibration, dict) else load_calibration(calibration)
+    rows = build_rows(graph, cal, counts(graph, progress))
+    n = len(graph)
+    value, path = choose(rows, n, policy, objective, prof)
+    allowed = [r for r in rows if policy.allows(r)]
+    single = {}
+    for name in ("ss", "he", "cheetah", "noisy"):
+        try:
+            _, p = shortest(single_protocol_rows(allowed, name, n), n, prof.latency)
+            single[name] = round(prof.latency(total_cost(p)), 6)
+        except NoPlanError:
+            pass
+    return Plan(graph, path, prof, policy, objective, value, cal.get("source", "calibration"), single)
+
+
+def policy_from(options: dict) -> tuple[Policy, dict]:
+    """Pop the policy keys from `options`: (Policy, the rest)."""
+    rest = dict(options)
+    eps = rest.pop("epsilon", None)
+    pol = Policy(model_private=bool(rest.pop("model_private", True)),
+                 epsilon=None if eps is None else float(eps), trusted_dealer=bool(rest.pop("trusted_dealer", True)))
+    return pol, rest
+
+
+def resolve_auto(graph: Graph, options: dict, network=None) -> tuple[str, dict, Plan]:
+    """`protocol="auto"` + options -> (concrete protocol, its options, the plan). Planner options
+    (network, objective, model_private, epsilon, trusted_dealer, calibration) are consumed; others pass on."""
+    opts = dict(options)
+    net = opts.pop("network", None) or network or DEFAULT_NETWORK
+    objective = opts.pop("objective", "latency")
+    cal = opts.pop("calibration", None)
+    policy, opts = policy_from(opts)
+    if not policy.trusted_dealer and opts.get("dealer") not in (None, "none"):
+        raise ParameterError("trusted_dealer=False excludes a dealer, but dealer= was given")
+    plan = make_plan(graph, net, policy, objective, cal)
+    proto, popts = plan.session_options()
+    if proto not in DEALER_PROTOCOLS:  # a dealer given for the case the plan needs 2PC: unused here
+        opts = {k: v for k, v in opts.items() if k not in DEALER_OPTIONS}
+    return proto, {**popts, **opts}, plan
+
+
+__all__ = ["Plan", "make_plan", "resolve_auto", "policy_from", "AUTO_OPTIONS", "PROFILES", "Policy"]

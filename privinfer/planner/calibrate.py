@@ -1,0 +1,184 @@
+"""Calibration: time this machine's kernels once (`privinfer profile`), write a JSON cost table, read it back.
+
+Why: the cost model counts operations exactly (HE: per operation and level; 2PC: bytes, rounds, dealer
+elements) but seconds per operation depend on the machine. `privinfer profile` measures:
+
+* HE: SEAL's multiply_plain, add, add_plain, rotate (key switching), rescale, mod_switch, square and multiply
+  (with relinearization) and encode, at every ring size the planner may pick (N = 4096 ... 32768), as seconds
+  per data prime (SEAL's cost is linear in the primes of the operand's level);
+* 2PC: a real `ss` session (CrypTen, local dealer) on two zoo networks of different size: the per-query offline
+  phase (dealer batch) as fixed seconds + seconds per dealer element, and the per-call overhead of the parties.
+
+The table goes to `<cache root>/planner/calibration.json` (`zoo.store.cache_root()`). Without it the planner
+uses the shipped `defaults.json` (measured on the project's 2-core reference machine) and prints one warning
+line. Layer-level 2PC timings are not machine constants but per-shape measurements: `ss_cost.py` takes them.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ParameterError
+from ..zoo.store import cache_root
+
+VERSION = 1
+DEFAULTS = Path(__file__).with_name("defaults.json")
+#: ring size -> primes used for the timing (data primes, then the special prime), all within 128-bit bounds
+RINGS = {4096: (36, 36, 37), 8192: (60, 40, 40, 60), 16384: (60, 40, 40, 40, 40, 60), 32768: (60, 40, 40, 40, 40, 60)}
+REQUIRED = {"he", "ss"}
+_warned: set = set()
+
+
+def calibration_path() -> Path:
+    return cache_root() / "planner" / "calibration.json"
+
+
+def validate(table: dict, where: str) -> dict:
+    if not isinstance(table, dict) or table.get("version") != VERSION or not REQUIRED <= set(table):
+        raise ParameterError(f"{where} is not a privinfer calibration table (version {VERSION}); rerun "
+                             f"`privinfer profile`")
+    for N, ops in table["he"].items():
+        missing = {"mul_plain", "add", "add_plain", "rotate", "rescale", "mod_switch", "square", "multiply",
+                   "encode"} - set(ops)
+        if missing:
+            raise ParameterError(f"{where}: HE timings for N={N} lack {sorted(missing)}")
+    for k in ("offline_fixed_s", "offline_s_per_dealer_element", "segment_overhead_s"):
+        if not isinstance(table["ss"].get(k), (int, float)):
+            raise ParameterError(f"{where}: 2PC constant {k!r} missing")
+    return table
+
+
+def load_calibration(path: str | Path | None = None, warn: bool = True) -> dict:
+    """The table at `path` (default: the cache's); the shipped defaults, with a one-line warning, if absent."""
+    p = Path(path) if path is not None else calibration_path()
+    if p.exists():
+        try:
+            table = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ParameterError(f"{p}: not JSON ({e}); rerun `privinfer profile`") from None
+        return {**validate(table, str(p)), "source": str(p)}
+    if warn and str(p) not in _warned:
+        _warned.add(str(p))
+        print(f"privinfer: warning: no calibration at {p}; using shipped defaults (run `privinfer profile`)",
+              file=sys.stderr, flush=True)
+    return {**validate(json.loads(DEFAULTS.read_text()), str(DEFAULTS)), "source": "shipped defaults"}
+
+
+def save_calibration(table: dict, path: str | Path | None = None) -> Path:
+    p = Path(path) if path is not None else calibration_path()
+    validate(table, "calibration")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({k: v for k, v in table.items() if k != "source"}, indent=2) + "\n")
+    return p
+
+
+def _bar(done: int, total: int, what: str) -> None:
+    w = 30
+    k = int(w * done / total)
+    print(f"\r[{'#' * k}{'.' * (w - k)}] {done}/{total} {what:<40}", end="" if done < total else "\n",
+          file=sys.stderr, flush=True)
+
+
+def time_he(N: int, bits: tuple, reps: int = 5) -> dict:
+    """Seconds per data prime of each SEAL operation at ring size N (top level, median of `reps`)."""
+    import numpy as np
+    import tenseal.sealapi as seal
+    from ..protocols.he.context import CKKSContext, dump, galois_elt, load_into
+    from ..protocols.he.params import HEParams
+    p = HEParams(N=N, coeff_mod_bit_sizes=tuple(bits), scale_bits=bits[1], depth=len(bits) - 2, slots=N // 2,
+                 input_scale_bits=bits[1])
+    ctx = CKKSContext.create(p)
+    kg = ctx._kg
+    gk = load_into(seal.GaloisKeys(), ctx.seal, dump(kg.create_galois_keys([galois_elt(1, N)])), "galois keys")
+    rk = load_into(seal.RelinKeys(), ctx.seal, dump(kg.create_relin_keys()), "relin keys")
+    ev = ctx.evaluator
+    x = np.random.default_rng(0).uniform(-1, 1, ctx.slots)
+    ct = ctx.ct_from_bytes(ctx.encrypt(x, 2.0 ** 30))
+    pt = ctx.encode(x, 2.0 ** 30, 0)
+    primes = len(bits) - 1
+
+    def med(fn):
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts)) / primes
+
+    def fresh():
+        return ctx.ct_from_bytes(ctx.encrypt(x, 2.0 ** 30))
+
+    out = seal.Ciphertext()
+    res = {"mul_plain": med(lambda: ev.multiply_plain(ct, pt, out)),
+           "add": med(lambda: ev.add(ct, ct, out)),
+           "add_plain": med(lambda: ev.add_plain(ct, pt, out)),
+           "rotate": med(lambda: ev.rotate_vector(ct, 1, gk, out)),
+           "encode": med(lambda: ctx.encode(x, 2.0 ** 30, 0))}
+    cts = [fresh() for _ in range(reps)]
+    it = iter(cts)
+    res["rescale"] = med(lambda: ev.rescale_to_next_inplace(next(it)))
+    it = iter([fresh() for _ in range(reps)])
+    res["mod_switch"] = med(lambda: ev.mod_switch_to_next_inplace(next(it)))
+
+    def sq():
+        ev.square(ct, out)
+        ev.relinearize_inplace(out, rk)
+    res["square"] = med(sq)
+
+    def mul():
+        ev.multiply(ct, ct, out)
+        ev.relinearize_inplace(out, rk)
+    res["multiply"] = med(mul)
+    return res
+
+
+def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 4) -> dict:
+    """The 2PC engine's per-query constants from real `ss` sessions (local dealer) on two zoo networks:
+    offline = fixed + per dealer element (a line through the two), and the per-call overhead."""
+    import numpy as np
+    from .. import zoo
+    from ..session import PrivateSession
+    points = []
+    for name in models:
+        g = zoo.load_model(name)
+        X, _ = zoo.load_dataset(name, "test")
+        with PrivateSession(g, "ss", warn=False) as s:
+            offs, dealer = [], []
+            for i in range(samples + 1):
+                s.infer(X[i:i + 1])
+                if i:
+                    offs.append(s.stats.last.offline_s)
+                    dealer.append(s.stats.last.bytes_dealer)
+        points.append((float(np.median(dealer)) / 8, float(np.median(offs))))
+    (e0, t0), (e1, t1) = sorted(points)
+    slope = max(0.0, (t1 - t0) / (e1 - e0)) if e1 > e0 else 0.0
+    return {"offline_fixed_s": max(0.0, t0 - slope * e0), "offline_s_per_dealer_element": slope,
+            "points": [{"model": m, "dealer_elements": e, "offline_s": t} for m, (e, t) in zip(models, points)]}
+
+
+def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = True, progress: bool = True) -> Path:
+    """Measure everything (under 2 minutes on 2 cores) and write the table; returns its path."""
+    base = json.loads(DEFAULTS.read_text())
+    steps = len(rings) + (1 if ss else 0)
+    table = {"version": VERSION, "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                                             "processor": platform.processor()},
+             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "he": {}, "ss": dict(base["ss"]),
+             "cheetah": base.get("cheetah", {})}
+    t_start = time.perf_counter()
+    for i, N in enumerate(rings):
+        if progress:
+            _bar(i, steps, f"HE kernels at N={N}")
+        table["he"][str(N)] = time_he(N, RINGS[N])
+    if ss:
+        if progress:
+            _bar(len(rings), steps, "2PC sessions (cryptonets, minionn)")
+        table["ss"].update(time_ss())
+        table["ss"]["source"] = ("offline constants measured by privinfer profile; segment_overhead_s is the "
+                                 "shipped default (not measured)")
+    if progress:
+        _bar(steps, steps, f"done in {time.perf_counter() - t_start:.0f} s")
+    table["seconds"] = round(time.perf_counter() - t_start, 1)
+    return save_calibration(table, path)

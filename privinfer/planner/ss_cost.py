@@ -1,0 +1,119 @@
+"""What a 2PC (CrypTen) piece of a plan costs: counted on the real kernels, once per layer shape.
+
+Why a real run: CrypTen's bytes and rounds per layer are deterministic (MPC is data-oblivious) but not simple
+(a linear layer opens x - a AND W - b: its weights cost bytes every query; a ReLU is a bit-decomposition
+circuit; a ReLU followed by a MaxPool is lowered as MaxPool then ReLU inside one segment). So the planner
+runs every piece once, exactly as the `ss` engine lowers it (`ss.lowering.Executor`), between two real CrypTen
+parties on loopback, with the dealer's tuples replaced by zero tuples of the right shapes (the provider's
+`record` mode: same messages, no dealer) and counts, per piece: bytes each way and rounds (the counting
+communicator), dealer elements (the recorded tuple requests), and the online wall time (best of a few runs).
+
+Pieces: every single layer, plus every ReLU+MaxPool pair (cheaper as one segment). Results are cached on disk
+by the graph's architecture digest (`cache.py`), so a network is counted once per machine (~10-20 s).
+"""
+from __future__ import annotations
+
+import time
+
+from ..errors import ProtocolError
+from ..model.ir import Graph, graph_to_bytes
+from .cost import Cost
+
+REPS = 3
+PRECISION_BITS = 16
+
+
+def pieces(graph: Graph) -> list[tuple[int, int]]:
+    """Single layers and ReLU+MaxPool pairs: the 2PC pieces the search combines."""
+    out = [(i, i + 1) for i in range(len(graph))]
+    out += [(i, i + 2) for i in range(len(graph) - 1)
+            if graph.layers[i].kind == "relu" and graph.layers[i + 1].kind == "maxpool2d"]
+    return out
+
+
+def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) -> None:
+    from ..protocols.ss.worker import child_setup, end_child, party_init, recv_msg, report_error, send_msg
+    child_setup(f"count{rank}")
+    try:
+        import torch
+        crypten, comm, prov = party_init(rank, rendezvous, opts)
+        from ..model.ir import load_graph
+        from ..protocols.ss.lowering import Executor
+        from ..protocols.ss.tuples import plan_elements
+        graph = load_graph(graph_blob)
+        results = []
+        for a, b in opts["pieces"]:
+            ex = Executor(crypten, graph.slice(a, b), rank, int(opts["precision_bits"]))
+            zeros = torch.zeros((1, *ex.graph.input_shape), dtype=torch.float64)
+            best = None
+            for _ in range(int(opts["reps"])):
+                prov.mode, prov.recorded = "record", []
+                h = crypten.cryptensor(zeros, src=1) + crypten.cryptensor(zeros, src=0)
+                before = comm.counters.as_dict()
+                t0 = time.perf_counter()
+                ex.forward(h)
+                dt = time.perf_counter() - t0
+                after = comm.counters.as_dict()
+                best = dt if best is None else min(best, dt)
+                tuples = list(prov.recorded)
+            prov.mode, prov.recorded = "online", []
+            results.append({"piece": [a, b], "s": best, "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
+                            "bytes_received": after["bytes_received"] - before["bytes_received"],
+                            "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))})
+        send_msg(conn, {"ok": "counts", "pieces": results})
+        recv_msg(conn)  # wait for "exit": the peer may still be reading our last message
+    except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
+        report_error(conn, e)
+    finally:
+        end_child(conn)
+
+
+def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0) -> list[dict]:
+    """Run every piece between two real CrypTen parties (rank 0 = server, 1 = client) on loopback."""
+    from ..protocols.ss.dealer import LocalDealer
+    from ..protocols.ss.worker import ChildProcess, warm_up
+    from ..transport.ports import free_port
+    warm_up()
+    rdv = f"tcp://127.0.0.1:{free_port('127.0.0.1')}"
+    opts = {"precision_bits": PRECISION_BITS, "mpc_timeout": 60.0, "threads": 1, "gloo_ifname": "lo",
+            "pieces": pieces(graph), "reps": reps}
+    blob = graph_to_bytes(graph)
+    dealer = LocalDealer(rdv, opts)  # CrypTen's group has the dealer as third member; it gets no request
+    parties = [ChildProcess(_count_party, (r, rdv, blob, opts), f"count{r}") for r in (0, 1)]
+    try:
+        res = [p.recv(timeout, "the 2PC counting run")[0] for p in parties]
+    finally:
+        for p in parties:
+            p.close()
+        dealer.close()
+    out = []
+    for r0, r1 in zip(res[0]["pieces"], res[1]["pieces"]):
+        if r0["piece"] != r1["piece"]:
+            raise ProtocolError("the counting parties disagree on the pieces")
+        # rank 1 is the client: what it sends goes up
+        out.append({"piece": r1["piece"], "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
+                    "bytes_down": r1["bytes_received"], "rounds": max(r0["rounds"], r1["rounds"]),
+                    "dealer_elements": r0["dealer_elements"]})
+    return out
+
+
+def piece_cost(p: dict, cal: dict) -> Cost:
+    """A counted piece: online seconds (the pair's wall time), bytes, rounds, and its share of the offline
+    phase (dealer elements x seconds per element; the fixed part is the plan's `once` cost)."""
+    off = p["dealer_elements"] * cal["ss"]["offline_s_per_dealer_element"]
+    return Cost(client_s=p["s"] + off, server_s=p["s"] + off, bytes_up=p["bytes_up"], bytes_down=p["bytes_down"],
+                rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True)
+
+
+def reveal_cost(n_values: int, cal: dict) -> Cost:
+    """Shares -> the client (in the clear, or masked before an HE segment): party 0 sends its share of every
+    value, one round; plus the parties' per-call overhead (each ss segment is one call to both processes)."""
+    s = cal["ss"]["segment_overhead_s"]
+    return Cost(client_s=s, server_s=s, bytes_down=8 * n_values, rounds=1, overlap=True)
+
+
+def offline_once(cal: dict) -> Cost:
+    """The per-query offline phase's fixed part: one dealer batch for the whole plan, agreed over privinfer's
+    channel (one round: bench records of `ss` count 1 + the counted 2PC rounds)."""
+    s = cal["ss"]["offline_fixed_s"]
+    return Cost(client_s=s, server_s=s, rounds=1, overlap=True)

@@ -1,0 +1,158 @@
+"""The candidate table of one network: every row the search may use, with its cost, cached per network.
+
+Why here: the rows are where the engines meet the planner. Today they are what the code can execute:
+
+* `ss` pieces (shares -> shares): each layer, and each ReLU+MaxPool pair, counted on real CrypTen parties
+  (`ss_cost.py`); they need a dealer (policy `trusted_dealer`);
+* `he` segments (he_in -> he_out) over every range of layers HE can run, priced at the parameters the hybrid
+  engine would pick for them (`he_cost.py`): a segment that ends the plan floods and returns logits, any
+  other one leaves masked (HE -> shares);
+* conversions at layer boundaries (client -> shares and client -> he_in at layer 0, shares -> he_in and
+  he_out -> shares anywhere, shares -> client and he_out -> client at the end);
+* whole-model protocols (client -> client): `cheetah` (dealer-free 2PC; a measured cost from the calibration
+  table, when it has one for this network) and `noisy` with each split (the client runs layers [0, k) in the
+  clear: it needs `model_private=False` and an `epsilon`).
+A path that is all `ss` or one HE segment runs as the whole-model `ss` or `he` protocol (same engine, same
+cost); any other path runs as `hybrid` with the plan string.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ParameterError, UnsupportedLayerError
+from ..model.ir import Graph, graph_to_bytes
+from ..zoo.store import cache_root
+from . import he_cost, ss_cost
+from .cost import Cost
+from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
+from .search import Row
+
+CACHE_VERSION = 1
+NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
+
+
+def graph_digest(graph: Graph) -> str:
+    return hashlib.sha256(graph_to_bytes(graph)).hexdigest()[:24]
+
+
+def _he_ok(layer) -> bool:
+    return layer.kind in PLAN_PROTOCOLS["he"] and not (layer.kind == "poly" and layer.degree > HE_MAX_POLY_DEGREE)
+
+
+def he_ranges(graph: Graph) -> list[tuple[int, int]]:
+    n = len(graph)
+    return [(a, b) for a in range(n) for b in range(a + 1, n + 1) if all(_he_ok(l) for l in graph.layers[a:b])]
+
+
+def _cache_file(graph: Graph) -> Path:
+    return cache_root() / "planner" / "counts" / f"{graph_digest(graph)}.json"
+
+
+def counts(graph: Graph, progress=None) -> dict:
+    """The data-free counts of a network: 2PC pieces and HE segment structures (cached on disk)."""
+    path = _cache_file(graph)
+    say = progress or (lambda msg: None)
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("version") == CACHE_VERSION:
+            if _add_io(data, say):
+                path.write_text(json.dumps(data) + "\n")
+            return data
+    say("2PC pieces: counting bytes, rounds and dealer tuples on CrypTen parties")
+    data = {"version": CACHE_VERSION, "ss": ss_cost.count_pieces(graph), "he": {}}
+    n = len(graph)
+    for a, b in he_ranges(graph):
+        for last in (b == n,):
+            say(f"HE segment {a}-{b - 1}{' (returns logits)' if last else ' (masked)'}: parameters and operations")
+            try:
+                data["he"][f"{a}-{b}-{int(last)}"] = he_cost.segment_structure(graph, a, b, last)
+            except (ParameterError, UnsupportedLayerError) as e:
+                data["he"][f"{a}-{b}-{int(last)}"] = {"error": f"{type(e).__name__}: {e}"}
+    _add_io(data, say)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) + "\n")
+    return data
+
+
+def io_key(params: dict) -> str:
+    return f"{params['N']}:{','.join(str(b) for b in params['coeff_mod_bit_sizes'])}"
+
+
+def _add_io(data: dict, say) -> bool:
+    """Wire sizes and per-ciphertext client/server timings of every HE parameter set the segments use, measured
+    once and kept with the counts (so that a network's plan is the same every time it is asked for)."""
+    io = data.setdefault("he_io", {})
+    added = False
+    for st in data["he"].values():
+        if "params" in st and io_key(st["params"]) not in io:
+            say(f"HE parameters N={st['params']['N']}: ciphertext sizes and encrypt/decrypt times")
+            io[io_key(st["params"])] = he_cost.params_io(st["params"])
+            added = True
+    return added
+
+
+def _size(graph: Graph, i: int) -> int:
+    return int(np.prod(graph.shapes[i]))
+
+
+def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[Row]:
+    """Every candidate row of `graph` (before the policy filter)."""
+    n = len(graph)
+    rows: list[Row] = []
+    once = ("ss-offline", ss_cost.offline_once(cal))
+    dealer = frozenset({"dealer"})
+    for p in data["ss"]:
+        a, b = p["piece"]
+        rows.append(Row("ss", a, b, "shares", "shares", ss_cost.piece_cost(p, cal), dealer, once,
+                        {"layers": list(graph.names[a:b])}))
+    for i in range(n + 1):
+        if i == 0:
+            rows.append(Row("convert", 0, 0, "client", "shares", Cost(overlap=True), dealer, once,
+                            {"what": "the client inputs its share (no message: CrypTen's zero shares are seeded)"}))
+            rows.append(Row("convert", 0, 0, "client", "he_in", Cost(), info={"what": "the client encrypts"}))
+        if 0 < i < n:
+            rows.append(Row("convert", i, i, "shares", "he_in", ss_cost.reveal_cost(_size(graph, i), cal), dealer,
+                            once, {"what": "2PC reveals x + r to the client (r: the server's mask); the client "
+                                           "encrypts it, the server subtracts r", "hiding": "statistical (mask bits)"}))
+            rows.append(Row("convert", i, i, "he_out", "shares", Cost(), dealer, once,
+                            {"what": "the server masks every slot; the client decrypts its share",
+                             "hiding": "statistical (mask bits)"}))
+        if i == n:
+            rows.append(Row("convert", n, n, "shares", "client", ss_cost.reveal_cost(_size(graph, n), cal), dealer,
+                            once, {"what": "2PC reveals the logits to the client"}))
+            rows.append(Row("convert", n, n, "he_last", "client", Cost(),
+                            info={"what": "the server floods the result; the client decrypts the logits"}))
+    if he:
+        for key, st in data["he"].items():
+            if "error" in st:
+                continue
+            a, b, last = (int(v) for v in key.split("-"))
+            c = he_cost.segment_cost(st, cal, from_shares=a > 0, to_shares=not last,
+                                     io=data.get("he_io", {}).get(io_key(st["params"])))
+            p = st["params"]
+            rows.append(Row("he", a, b, "he_in", "he_last" if last else "he_out", c, info={
+                "layers": list(graph.names[a:b]), "N": p["N"], "depth": st["depth"], "out_level": st["out_level"],
+                "primes": list(p["coeff_mod_bit_sizes"]), "input_ciphertexts": st["n_ct"], "last": bool(last)}))
+    rows += whole_model_rows(graph, cal)
+    return rows
+
+
+def whole_model_rows(graph: Graph, cal: dict) -> list[Row]:
+    n = len(graph)
+    rows = []
+    ch = (cal.get("cheetah") or {}).get(graph_digest(graph))
+    if ch:  # measured on loopback: the latency is compute (and loopback transfer), plus the network's share
+        rows.append(Row("cheetah", 0, n, "client", "client",
+                        Cost(server_s=ch["latency_s"], bytes_up=ch["bytes_up"], bytes_down=ch["bytes_down"],
+                             rounds=ch["rounds"]), info={"source": ch.get("source", "calibration table")}))
+    for k in range(1, n):
+        t = cal.get("plain_layer_s", 2e-4)
+        rows.append(Row("noisy", 0, n, "client", "client",
+                        Cost(client_s=k * t, server_s=(n - k) * t, bytes_up=8 * _size(graph, k) + NOISY_FEATURE_OVERHEAD,
+                             bytes_down=8 * _size(graph, n) + NOISY_FEATURE_OVERHEAD, rounds=1),
+                        frozenset({"client_plaintext", "epsilon"}), info={"split": k}))
+    return rows

@@ -1,0 +1,104 @@
+"""HE side of the perfect-hiding conversions: BFV ciphertexts <-> additive shares mod t (GAZELLE).
+
+HE -> shares (server holds ct(y), |y| <= h = (t - 1) / 2 by the segment's sound bound):
+    the server adds m, uniform mod t in EVERY slot (both rows; output or not), re-randomizes, floods and
+    switches the ciphertext down (`BFVContext.finish`), and sends it. The client decrypts
+    a = (y + m) mod t at the output slots; the server keeps b = (h - m) mod t, so a + b = y + h (mod t) with
+    y + h in [0, t). The client's view, every slot of a fresh-looking ciphertext, is uniform mod t whatever y
+    (and so the weights) are: perfect hiding. `ring.lift` then makes CrypTen shares of y inside the 2PC.
+shares -> HE (the 2PC holds shares of x):
+    the server inputs r, uniform mod t; the 2PC reveals z = (x + h + r) mod t to the client only
+    (`ring.reduce_reveal`, one secure comparison); the client encrypts z in the segment's input layout; the
+    server subtracts the same gather of (h + r) mod t as a plaintext, leaving ct(x) (mod t). z is uniform mod
+    t whatever x is: perfect.
+Plaintext at the client -> HE: the client encodes round(x 2^16) mod t. HE -> the client's logits (the plan's
+last segment): every slot except the first copy of each output gets a uniform mask, then `finish`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ProtocolError, ShapeError
+from ..he.bfv import FRAC_BITS, BFVContext, uniform_mod
+from ..he.latency import client_vectors
+
+
+def half(t: int) -> int:
+    return (int(t) - 1) // 2
+
+
+def encode_input(x: np.ndarray, t: int) -> np.ndarray:
+    """The client's own plaintext as slot integers: round(x 2^FRAC_BITS) mod t (flat)."""
+    return np.mod(np.rint(np.asarray(x, dtype=np.float64).reshape(-1) * 2.0 ** FRAC_BITS).astype(np.int64), int(t))
+
+
+def upload(ctx: BFVContext, plan, z: np.ndarray) -> list[bytes]:
+    """Client: encrypt z (integers mod t, one image, flat) in the segment's input layout."""
+    return [ctx.encrypt(v) for v in client_vectors(plan, np.asarray(z, dtype=np.float64))]
+
+
+def input_mask(t: int, n: int) -> np.ndarray:
+    """Server: r, uniform mod t, for the shares -> HE conversion of n values."""
+    return uniform_mod(t, n)
+
+
+def unmask_input(ctx: BFVContext, plan, cts: list, r: np.ndarray) -> list:
+    """Server: ct(x + h + r) - gather((h + r) mod t) = ct(x) (mod t), in place."""
+    R = np.mod(np.asarray(r, dtype=np.int64).reshape(-1) + half(ctx.t), ctx.t).astype(np.float64)
+    for ct, v in zip(cts, client_vectors(plan, R)):
+        if np.any(v):
+            ctx.evaluator.sub_plain_inplace(ct, ctx.encode(v))
+    return cts
+
+
+def mask_to_shares(ctx: BFVContext, seg, outs: list) -> tuple[list[bytes], np.ndarray]:
+    """Server: mask every slot of every result ciphertext, finish them; (blobs, own share b at the outputs)."""
+    ci, si = seg.positions
+    masks, blobs = [], []
+    for ct in outs:
+        m = uniform_mod(ctx.t, ctx.N)
+        ctx.evaluator.add_plain_inplace(ct, ctx.encode(m))
+        blobs.append(ctx.ct_to_bytes(ctx.finish(ct, seg.noise_bits, seg.out_level)))
+        masks.append(m)
+    m_out = np.stack(masks)[ci, si]
+    return blobs, np.mod(half(ctx.t) - m_out, ctx.t)
+
+
+def reveal_final(ctx: BFVContext, seg, outs: list) -> list[bytes]:
+    """Server, last segment: uniform masks on every slot but the first copy of each output, then finish."""
+    ci, si = seg.positions
+    blobs = []
+    for k, ct in enumerate(outs):
+        m = uniform_mod(ctx.t, ctx.N)
+        m[si[ci == k]] = 0
+        ctx.evaluator.add_plain_inplace(ct, ctx.encode(m))
+        blobs.append(ctx.ct_to_bytes(ctx.finish(ct, seg.noise_bits, seg.out_level)))
+    return blobs
+
+
+def _at_outputs(ctx: BFVContext, blobs: list[bytes], positions, n_ct: int) -> np.ndarray:
+    if len(blobs) != n_ct:
+        raise ProtocolError(f"expected {n_ct} result ciphertexts, got {len(blobs)}")
+    ci, si = positions
+    dec = np.stack([ctx.decrypt(b, "masked intermediate") for b in blobs])
+    return dec[ci, si]
+
+
+def client_share(ctx: BFVContext, blobs: list[bytes], positions, n_ct: int) -> np.ndarray:
+    """Client: its share a = (y + m) mod t at the output positions."""
+    return _at_outputs(ctx, blobs, positions, n_ct)
+
+
+def client_result(ctx: BFVContext, blobs: list[bytes], positions, n_ct: int, scale_bits: int) -> np.ndarray:
+    """Client, last segment: y = centered(decryption) / 2^(FRAC_BITS + w)."""
+    y = ctx.centered(_at_outputs(ctx, blobs, positions, n_ct))
+    return y.astype(np.float64) / 2.0 ** scale_bits
+
+
+def check_share(a: np.ndarray, t: int, n: int) -> np.ndarray:
+    a = np.asarray(a)
+    if a.size != n:
+        raise ShapeError(f"share of {a.size} values, expected {n}")
+    if np.any(a < 0) or np.any(a >= t) or np.any(a != np.rint(a)):
+        raise ProtocolError("a share mod t must hold integers in [0, t)")
+    return a.astype(np.int64).reshape(-1)

@@ -1,0 +1,54 @@
+"""Inside the CrypTen party: additive shares mod t <-> CrypTen's shares in Z_2^64 (one comparison each way).
+
+Why here and not in `ss`: these two steps exist only to join a BFV segment (`convert/bfv.py`); they use
+CrypTen tensors only (no HE), and keep the ss package free of anything mod t.
+
+lift (HE -> shares): the client holds a, the server b, both in [0, t), a + b = y + h (mod t), h = (t - 1)/2,
+    y + h in [0, t). So y = a + b - h - t w with w = [a + b >= t]: one secure comparison (CrypTen's `_ltz` on
+    a + b - t, exact: A2B and the sign bit; no truncation is involved). The result must be y / D on CrypTen's
+    2^16 grid (D = 2^w, the segment's weight scale): each party divides its OWN integer locally
+    (A' = round(a / D), B' = round((b - h) / D)) and the public T' = round(t / D) multiplies the shared bit,
+    so y / D = A' + B' - T' + T' [a + b < t] up to 1.5 units of 2^-16, deterministically. CrypTen's
+    probabilistic local truncation (which fails with probability ~|x| / 2^63 per element) is never used.
+reduce_reveal (shares -> HE): S = X + h + r (X the ring value, |X| <= h; r the server's mask in [0, t)) lies
+    in [0, 2t); Z = S - t [S >= t] = (x + h + r) mod t: one comparison, then Z is opened to the client only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _ltz(share):
+    """An arithmetic share of [value < 0] (scale 1) of the integer whose local share is `share`."""
+    from crypten.mpc import MPCTensor
+    return MPCTensor.from_shares(share.clone(), precision=0)._ltz().share
+
+
+def lift(rank: int, local: np.ndarray, t: int, D: int, bits: int):
+    """CrypTen MPCTensor (scale 2^bits) of y / D from shares a (client, rank 1) and b (server, rank 0) mod t."""
+    import torch
+    from crypten.mpc import MPCTensor
+    t, D = int(t), int(D)
+    h = (t - 1) // 2
+    a = torch.as_tensor(np.asarray(local), dtype=torch.int64)
+    lt = _ltz(a - t if rank == 0 else a)  # [a + b < t]
+    T = int(round(t / D))
+    if rank == 0:
+        base = torch.round((a.double() - h) / D).long() - T
+    else:
+        base = torch.round(a.double() / D).long()
+    return MPCTensor.from_shares(base + T * lt, precision=bits)
+
+
+def reduce_reveal(rank: int, x, r: np.ndarray | None, t: int):
+    """Open (X + h + r) mod t to the client (rank 1; None elsewhere), X = the ring value of MPCTensor x."""
+    import torch
+    from crypten.mpc import MPCTensor
+    t = int(t)
+    h = (t - 1) // 2
+    s = x.share.clone()
+    if rank == 0:
+        s = s + torch.as_tensor(np.asarray(r), dtype=torch.int64).reshape(s.shape) + (h - t)
+    lt = _ltz(s)  # [S < t]
+    z = MPCTensor.from_shares(s + t * lt, precision=0)
+    return z._tensor.reveal(dst=1)

@@ -1,0 +1,314 @@
+"""BFV through TenSEAL's `sealapi`: integer slots mod a batching prime t, for masks that hide perfectly.
+
+Why BFV next to CKKS: a hybrid plan hands an HE result to the 2PC as additive shares. GAZELLE masks the
+result with m uniform mod the plaintext modulus t: (y + m) mod t is then uniform whatever y is (perfect
+hiding), which CKKS cannot offer at these parameters (see `protocols/convert`). BFV computes exactly mod t,
+so linear layers run on integers: inputs at 2^FRAC_BITS (CrypTen's fixed point), weights at 2^w.
+
+Parameters (`BFVParams`): N = 8192 (slots: 2 rows of 4096; `rotate_rows` rotates both rows alike, so the
+latency/convpack plans run with 4096 slots and the value is duplicated in both rows), coefficient modulus
+60+60+60 bits and a 30-bit special prime (210 <= 218 bits: SEAL's 128-bit bound for N = 8192, enforced by
+SEALContext at TC128), t a batching prime (t = 1 mod 2N) sized per segment from the sound value bound.
+
+Circuit privacy (what the client's secret key could otherwise read off a result): the server
+  1. adds a fresh public-key encryption of zero (c1 becomes pseudorandom under RLWE, so it no longer is a
+     weight-dependent combination of the client's own c1's);
+  2. floods the noise: adds to c0 an integer polynomial E, every coefficient uniform in [-2^beta, 2^beta],
+     beta = (worst-case bound on the evaluation noise) + 40 + log2 N bits: the statistical distance between
+     the decryption errors for any two weight sets is at most N * noise / 2^beta = 2^-40. The bound
+     (`noise_bits`) is the worst case of the fresh error (6 sigma (2N + 1)), times N t per plaintext
+     product, times the number of products summed (honest-but-curious client: a client that sends
+     ciphertexts with larger noise is outside this analysis, as in GAZELLE);
+  3. switches to the lowest level at which the flooded result still decrypts (`out_level`), which shrinks
+     the reply (one 60-bit prime: 128 KB per ciphertext).
+Masks and flooding noise come from the OS CSPRNG (`os.urandom`), rejection-sampled: exactly uniform.
+"""
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from ...errors import ParameterError, ProtocolError
+from .context import _seeded_or_full, _tmp_file, dump, galois_elt, load_into
+
+N_DEFAULT = 8192
+COEFF_BITS = (60, 60, 60, 30)  # data primes, then the special (key-switching) prime
+FRAC_BITS = 16                 # input scale: CrypTen's fixed point, so ring values are slot integers as they are
+STAT_BITS = 40                 # statistical hiding of the flooded noise
+FRESH_BITS = math.log2(6 * 3.2 * (2 * N_DEFAULT + 1))  # |e u + e1 + e2 s| <= 6 sigma (2N + 1): 18.3 bits
+MAX_T_BITS = 41
+SLACK_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class BFVParams:
+    N: int
+    coeff_bits: tuple
+    t: int
+
+    @property
+    def t_bits(self) -> int:
+        return int(self.t).bit_length()
+
+    @property
+    def slots(self) -> int:
+        """Slots per row: the cyclic length `rotate_rows` acts on (plans are built for this many)."""
+        return self.N // 2
+
+    def to_json(self) -> dict:
+        return {"scheme": "bfv", "N": self.N, "coeff_bits": list(self.coeff_bits), "t": int(self.t)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BFVParams":
+        if d.get("scheme") != "bfv":
+            raise ProtocolError("not BFV parameters")
+        p = cls(int(d["N"]), tuple(int(b) for b in d["coeff_bits"]), int(d["t"]))
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        if self.N != N_DEFAULT or tuple(self.coeff_bits) != COEFF_BITS:
+            raise ParameterError(f"BFV parameters N={self.N}, {self.coeff_bits} are not the audited set "
+                                 f"N={N_DEFAULT}, {COEFF_BITS} (128-bit security)")
+        if not 2 <= self.t < 2 ** MAX_T_BITS or (self.t - 1) % (2 * self.N):
+            raise ParameterError(f"plaintext modulus {self.t} is not a batching prime below 2^{MAX_T_BITS}")
+
+
+def choose_params(value_bound: float) -> BFVParams:
+    """The smallest batching prime t with |values| <= value_bound inside (-t/2, t/2), at the audited N, q."""
+    need = max(20, int(math.ceil(math.log2(2.0 * value_bound + 3.0))) + 1)
+    if need > MAX_T_BITS:
+        raise ParameterError(f"values up to {value_bound:.3g} need a {need}-bit plaintext modulus; BFV here "
+                             f"allows {MAX_T_BITS} bits (noise flooding must fit the modulus): lower the weight scale")
+    mods = {m.value() for m in seal.CoeffModulus.Create(N_DEFAULT, list(COEFF_BITS))}
+    for bits in range(need, MAX_T_BITS + 1):
+        for t in (m.value() for m in seal.PlainModulus.Batching(N_DEFAULT, [bits] * 2)):
+            if t not in mods:
+                return BFVParams(N_DEFAULT, COEFF_BITS, int(t))
+    raise ParameterError("no batching prime found")  # pragma: no cover
+
+
+def uniform_mod(t: int, n: int) -> np.ndarray:
+    """n integers exactly uniform in [0, t): OS randomness, rejection sampling (no modulo bias)."""
+    bits = int(t - 1).bit_length()
+    out = np.empty(0, dtype=np.uint64)
+    while len(out) < n:
+        raw = np.frombuffer(os.urandom(8 * 2 * max(n, 16)), dtype=np.uint64) >> np.uint64(64 - bits)
+        out = np.concatenate([out, raw[raw < np.uint64(t)]])
+    return out[:n].astype(np.int64)
+
+
+def _uniform_big(bits: int, n: int) -> np.ndarray:
+    """n integers uniform in [-2^bits, 2^bits) (OS randomness), as a numpy object array of Python ints."""
+    limbs = -(-(bits + 1) // 64)
+    raw = np.frombuffer(os.urandom(8 * limbs * n), dtype=np.uint64).reshape(limbs, n)
+    top = (bits + 1) - 64 * (limbs - 1)  # bits used of the highest limb
+    out = (raw[-1] >> np.uint64(64 - top)).astype(object) if top < 64 else raw[-1].astype(object)
+    for k in range(limbs - 2, -1, -1):
+        out = (out << 64) + raw[k].astype(object)
+    return out - (1 << bits)
+
+
+class BFVContext:
+    """Keys, encoder and evaluator of one BFV parameter set. The client's (`create`) owns the secret key; the
+    server's (`for_params` + `load_public`) holds the public key and the Galois keys of its plan's steps."""
+
+    def __init__(self, params: BFVParams):
+        params.validate()
+        self.params, self.t, self.N, self.slots = params, int(params.t), params.N, params.slots
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
+        parms.set_poly_modulus_degree(params.N)
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(params.N, list(params.coeff_bits)))
+        parms.set_plain_modulus(seal.Modulus(params.t))
+        self.seal = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+        if not self.seal.parameters_set():
+            raise ParameterError(f"SEAL refused the BFV parameters: {self.seal.parameters_error_message()}")
+        self.encoder = seal.BatchEncoder(self.seal)
+        self.evaluator = seal.Evaluator(self.seal)
+        self.parms_ids, self.level_primes = [], []
+        cd = self.seal.first_context_data()
+        while cd is not None:
+            self.parms_ids.append(cd.parms_id())
+            self.level_primes.append([m.value() for m in cd.parms().coeff_modulus()])
+            cd = cd.next_context_data()
+        self.secret_key = self.public_key = self.galois_keys = None
+        self.encryptor = self.decryptor = self._sym = None
+        self.rotation_steps: tuple = ()
+
+    @classmethod
+    def for_params(cls, params: BFVParams) -> "BFVContext":
+        return cls(params)
+
+    @classmethod
+    def create(cls, params: BFVParams, rotation_steps=()) -> "BFVContext":
+        ctx = cls(params)
+        kg = seal.KeyGenerator(ctx.seal)
+        ctx._kg, ctx.secret_key = kg, kg.secret_key()
+        ctx.public_key = seal.PublicKey()
+        kg.create_public_key(ctx.public_key)
+        ctx.rotation_steps = tuple(sorted({int(s) % ctx.slots for s in rotation_steps} - {0}))
+        ctx.encryptor = seal.Encryptor(ctx.seal, ctx.public_key)
+        ctx._sym = seal.Encryptor(ctx.seal, ctx.secret_key)
+        ctx.decryptor = seal.Decryptor(ctx.seal, ctx.secret_key)
+        return ctx
+
+    def keyed(self) -> "BFVContext":
+        """A per-connection view sharing this context's SEAL objects, without keys."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.secret_key = view.public_key = view.galois_keys = None
+        view.encryptor = view.decryptor = view._sym = None
+        return view
+
+    def public_blobs(self) -> list[bytes]:
+        """[public key, Galois keys of the plan's steps only (seeded)]."""
+        if self.secret_key is None:
+            raise ParameterError("only the key owner can export public keys")
+        elts = [galois_elt(s, self.N) for s in self.rotation_steps]
+        gk = dump(_seeded_or_full(lambda *a: self._kg.create_galois_keys(elts, *a), seal.GaloisKeys)) if elts else b""
+        return [dump(self.public_key), gk]
+
+    def load_public(self, blobs: list[bytes], rotation_steps) -> None:
+        if not isinstance(blobs, list) or len(blobs) != 2:
+            raise ProtocolError("expected 2 BFV key blobs (public, galois)")
+        self.public_key = load_into(seal.PublicKey(), self.seal, blobs[0], "BFV public key")
+        steps = sorted({int(s) % self.slots for s in rotation_steps} - {0})
+        if steps:
+            self.galois_keys = load_into(seal.GaloisKeys(), self.seal, blobs[1], "BFV Galois keys")
+            missing = [s for s in steps if not self.galois_keys.has_key(galois_elt(s, self.N))]
+            if missing:
+                raise ProtocolError(f"BFV Galois keys lack rotation steps {missing}")
+        elif blobs[1]:
+            raise ProtocolError("unexpected Galois keys: this plan uses no rotation")
+        self.rotation_steps = tuple(steps)
+        self.encryptor = seal.Encryptor(self.seal, self.public_key)
+
+    # --- plaintexts ---------------------------------------------------------------------------------
+    def encode(self, values) -> "seal.Plaintext":
+        """Integers (any sign) mod t into the slots: a row-length vector is duplicated in both rows."""
+        v = np.asarray(values)
+        if v.shape[-1] == self.slots:
+            v = np.concatenate([v, v])
+        if v.shape != (self.N,):
+            raise ParameterError(f"{v.shape} values for {self.N} BFV slots")
+        r = np.mod(np.rint(v).astype(np.int64), self.t) if v.dtype.kind == "f" else np.mod(v.astype(np.int64), self.t)
+        pt = seal.Plaintext()
+        self.encoder.encode(r.astype(np.uint64).tolist(), pt)
+        return pt
+
+    def decode(self, pt) -> np.ndarray:
+        return np.asarray(self.encoder.decode_uint64(pt), dtype=np.int64)
+
+    # --- ciphertexts --------------------------------------------------------------------------------
+    def max_ct_bytes(self, seeded: bool = False) -> int:
+        return (1 if seeded else 2) * self.N * (len(COEFF_BITS) - 1) * 8 + SLACK_BYTES
+
+    def ct_to_bytes(self, ct) -> bytes:
+        return dump(ct)
+
+    def ct_from_bytes(self, data: bytes, what: str = "BFV ciphertext", level: int | None = None):
+        if not isinstance(data, (bytes, bytearray)) or len(data) > self.max_ct_bytes():
+            raise ProtocolError(f"{what}: not a ciphertext of these parameters (size)")
+        ct = load_into(seal.Ciphertext(), self.seal, bytes(data), what)
+        if ct.size() != 2 or ct.is_ntt_form():
+            raise ProtocolError(f"{what}: expected a fresh 2-polynomial BFV ciphertext")
+        if level is not None and ct.parms_id() != self.parms_ids[level]:
+            raise ProtocolError(f"{what} is at the wrong level")
+        return ct
+
+    def encrypt(self, values) -> bytes:
+        """Client: seeded symmetric encryption (half the upload) of integer slot values."""
+        if self._sym is None:
+            raise ParameterError("only the key owner encrypts symmetrically")
+        return dump(self._sym.encrypt_symmetric(self.encode(values)))
+
+    def decrypt(self, blob: bytes, what: str = "BFV result") -> np.ndarray:
+        """All N slot values in [0, t)."""
+        if self.decryptor is None:
+            raise ParameterError("only the key owner decrypts")
+        pt = seal.Plaintext()
+        self.decryptor.decrypt(self.ct_from_bytes(blob, what), pt)
+        return self.decode(pt)
+
+    def centered(self, v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.int64) % self.t
+        return np.where(v > self.t // 2, v - self.t, v)
+
+    # --- circuit privacy ----------------------------------------------------------------------------
+    def flood_bits(self, noise_bits: float) -> int:
+        return int(math.ceil(noise_bits + STAT_BITS + math.log2(self.N)))
+
+    def out_level(self, noise_bits: float) -> int:
+        """The lowest level at which a result flooded for `noise_bits` still decrypts (2 bits of margin)."""
+        beta = self.flood_bits(noise_bits)
+        top = sum(math.log2(q) for q in self.level_primes[0])
+        best = None
+        for lvl, primes in enumerate(self.level_primes):
+            lq = sum(math.log2(q) for q in primes)
+            # invariant noise after switching: flood (scaled) + rounding (t/q') (N + 1) / 2
+            v = 2.0 ** (beta + math.log2(self.t) - top) + 2.0 ** (math.log2(self.t) - lq + math.log2(self.N + 1) - 1)
+            if v < 2.0 ** -3:
+                best = lvl
+        if best is None:
+            raise ParameterError(f"noise of 2^{noise_bits:.0f} cannot be flooded with {STAT_BITS} bits under "
+                                 f"t = 2^{math.log2(self.t):.1f}")
+        return best
+
+    def finish(self, ct, noise_bits: float, level: int):
+        """Re-randomize (fresh encryption of zero), flood c0, switch to `level`. In place; returns ct.
+
+        The flood is added as a ciphertext (E, 0): a zero-filled ciphertext of the right shape whose coefficient
+        array is overwritten with E mod each prime (sealapi binds no writable view of a ciphertext's data,
+        but `DynArray.load` fills one from an uncompressed SEAL serialization)."""
+        zero = seal.Ciphertext()
+        self.encryptor.encrypt_zero(ct.parms_id(), zero)
+        self.evaluator.add_inplace(ct, zero)
+        primes = self.level_primes[self.parms_ids.index(ct.parms_id())]
+        E = _uniform_big(self.flood_bits(noise_bits), self.N)
+        rns = [((E % q).astype(np.uint64)) for q in primes]
+        flood = seal.Ciphertext(self.seal, ct.parms_id(), 2)
+        flood.resize(self.seal, ct.parms_id(), 2)  # zero-filled, coefficient form
+        _overwrite(flood.dyn_array(), np.concatenate(rns + [np.zeros(len(primes) * self.N, dtype=np.uint64)]))
+        self.evaluator.add_inplace(ct, flood)
+        self.evaluator.mod_switch_to_inplace(ct, self.parms_ids[level])
+        return ct
+
+
+def _header_prefix() -> bytes:
+    """magic, header size and SEAL version of this SEAL build's serializations (from a real one)."""
+    global _PREFIX
+    if _PREFIX is None:
+        _PREFIX = dump(seal.Plaintext())[:5]
+    return _PREFIX
+
+
+_PREFIX = None
+
+
+def _overwrite(arr, values: np.ndarray) -> None:
+    """Fill a SEAL DynArray<uint64> (same length) from `values`: an uncompressed serialization, loaded."""
+    if arr.size() != len(values):
+        raise ParameterError(f"{len(values)} coefficients for an array of {arr.size()}")
+    body = struct.pack("<Q", len(values)) + np.ascontiguousarray(values, dtype="<u8").tobytes()
+    blob = _header_prefix() + bytes([0]) + struct.pack("<HQ", 0, 16 + len(body)) + body
+    path = _tmp_file()
+    try:
+        with open(path, "wb") as f:
+            f.write(blob)
+        arr.load(path)
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def noise_bits(t: int, n_terms: int, N: int = N_DEFAULT) -> float:
+    """log2 of a worst-case bound on the absolute decryption error after `n_terms` plaintext products summed:
+    fresh error (FRESH_BITS) x N t per product x n_terms, plus a bit for key-switching and rounding."""
+    return FRESH_BITS + math.log2(N) + math.log2(t) + math.log2(max(1, n_terms)) + 1.0

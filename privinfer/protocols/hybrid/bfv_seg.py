@@ -1,0 +1,109 @@
+"""The BFV segments of a hybrid plan: linear-only HE segments whose hand-overs hide perfectly (GAZELLE).
+
+Why beside `he_seg.py`: an HE segment made only of conv2d / linear / avgpool2d / flatten needs no CKKS
+(no x², no rescaling), and in BFV its result can be masked uniformly mod t (`convert/bfv.py`). Each segment
+has its own parameters (t sized from its sound value bound, `he/bfv_eval.py`) and its own keys, sent once
+per session. The client derives the packing plan from the public architecture and checks its digest.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ProtocolError, ShapeError
+from ...model.ir import Graph
+from ..convert import bfv as conv
+from ..he.bfv import FRAC_BITS, BFVContext, BFVParams
+from ..he.bfv_eval import BFVSegment, linear_program, n_output_cts, output_positions, plan_bfv
+
+LINEAR_KINDS = frozenset({"conv2d", "linear", "avgpool2d", "flatten"})
+
+
+def is_linear(graph: Graph, start: int, stop: int) -> bool:
+    return all(layer.kind in LINEAR_KINDS for layer in graph.layers[start:stop])
+
+
+class BFVSegmentServer:
+    scheme = "bfv"
+
+    def __init__(self, graph: Graph, start: int, stop: int, last: bool):
+        self.start, self.stop, self.last = start, stop, last
+        self.seg = BFVSegment(graph, start, stop)
+        self.t, self.weight_bits = self.seg.params.t, self.seg.weight_bits
+        self.out_shape = graph.shapes[stop]
+
+    def info(self) -> dict:
+        s = self.seg
+        return {"scheme": "bfv", "start": self.start, "stop": self.stop, "params": s.params.to_json(),
+                "weight_bits": s.weight_bits, "rotation_steps": list(s.plan.rotation_steps),
+                "plan_digest": s.plan.digest(), "input_cts": s.plan.input.n_ct, "output_cts": s.n_out_ct}
+
+    def keyed(self, blobs: list[bytes]) -> BFVContext:
+        ctx = self.seg.ctx.keyed()
+        ctx.load_public(blobs, self.seg.plan.rotation_steps)
+        return ctx
+
+    @property
+    def n_in(self) -> int:
+        return self.seg.plan.input.n_ct
+
+    def run(self, ctx: BFVContext, blobs: list[bytes], r: np.ndarray | None):
+        """One image: (result blobs, the server's share mod t at the outputs, or None for the last segment)."""
+        cts = [ctx.ct_from_bytes(b, "input ciphertext", level=0) for b in blobs]
+        if r is not None:
+            conv.unmask_input(ctx, self.seg.plan, cts, r)
+        outs = self.seg.evaluate(ctx, cts)
+        if self.last:
+            return conv.reveal_final(ctx, self.seg, outs), None
+        return conv.mask_to_shares(ctx, self.seg, outs)
+
+
+class BFVSegmentClient:
+    scheme = "bfv"
+
+    def __init__(self, graph: Graph, info: dict):
+        try:
+            self.start, self.stop = int(info["start"]), int(info["stop"])
+            self.params = BFVParams.from_json(info["params"])
+            self.weight_bits = int(info["weight_bits"])
+            steps = [int(s) for s in info["rotation_steps"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed BFV segment in WELCOME: {e!r}") from None
+        if not 0 <= self.weight_bits <= 30:
+            raise ProtocolError(f"weight scale 2^{self.weight_bits} out of range")
+        self.graph = graph.slice(self.start, self.stop)
+        self.plan = plan_bfv(linear_program(self.graph), self.params.slots)
+        if self.plan.digest() != info.get("plan_digest") or steps != self.plan.rotation_steps:
+            raise ProtocolError(f"BFV segment {self.start}-{self.stop - 1}: the server's packing plan differs from "
+                                "the one derived from the public architecture")
+        self.ctx = BFVContext.create(self.params, steps)
+        self.t = self.params.t
+        self.positions = output_positions(self.plan)
+        self.n_out_ct = n_output_cts(self.plan)
+        self.n_in = self.plan.input.n_ct
+        self.n_values = int(np.prod(graph.shapes[self.start]))
+
+    def upload(self, value: np.ndarray, plain: bool) -> list[bytes]:
+        """One image: the client's plaintext (first segment) or z = (x + h + r) mod t revealed by the 2PC."""
+        z = conv.encode_input(value, self.t) if plain else conv.check_share(value, self.t, self.n_values)
+        return conv.upload(self.ctx, self.plan, z)
+
+    def share(self, blobs: list[bytes]) -> np.ndarray:
+        return conv.client_share(self.ctx, blobs, self.positions, self.n_out_ct)
+
+    def result(self, blobs: list[bytes]) -> np.ndarray:
+        return conv.client_result(self.ctx, blobs, self.positions, self.n_out_ct, FRAC_BITS + self.weight_bits)
+
+    def reshape(self, flat: np.ndarray) -> np.ndarray:
+        shape = self.graph.output_shape
+        if flat.shape[1] != int(np.prod(shape)):
+            raise ShapeError(f"BFV segment output has {flat.shape[1]} values, expected {shape}")
+        return flat.reshape(flat.shape[0], *shape)
+
+    def conversion(self) -> dict:
+        return {"at": self.stop, "kind": "he->ss", "scheme": "bfv", "mask": f"uniform mod t (t = {self.t}, "
+                f"{self.params.t_bits} bits) in every slot", "hiding": "perfect", "hiding_bits": None,
+                "circuit_privacy": "fresh encryption of zero + noise flooded with 40 statistical bits"}
+
+    def conversion_in(self, at: int) -> dict:
+        return {"at": at, "kind": "ss->he", "scheme": "bfv", "mask": f"uniform mod t (t = {self.t})",
+                "hiding": "perfect", "hiding_bits": None}

@@ -1,0 +1,116 @@
+"""`protocol="auto"` end to end on a small network (privinfer/planner/auto.py, table.py, ss_cost.py, he_cost.py):
+counts come from real CrypTen parties and the HE engine's own parameter choice, the chosen plan only uses what
+can run, and its logits match the plaintext reference executor."""
+import numpy as np
+import pytest
+import torch
+
+from privinfer import PrivateSession
+from privinfer.model import compile_model
+from privinfer.model.reference import run_reference
+from privinfer.planner.auto import make_plan, protocol_of, resolve_auto
+from privinfer.planner.plan import parse_plan
+from privinfer.planner.search import Policy
+from privinfer.planner.table import counts
+
+
+@pytest.fixture(scope="module")
+def graph():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    return compile_model(net, (1, 4, 4), (0.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRIVINFER_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def test_counts_are_the_real_kernels(graph, cache):
+    data = counts(graph)
+    lin = next(p for p in data["ss"] if p["piece"] == [1, 2])
+    # a 2PC matmul opens x - a (16 values) AND W - b (16 x 8 weights): each party sends its share of both
+    assert lin["bytes_up"] == lin["bytes_down"] == 8 * (16 + 16 * 8) and lin["rounds"] == 1
+    relu = next(p for p in data["ss"] if p["piece"] == [2, 3])
+    assert relu["rounds"] > 3 and relu["dealer_elements"] > 0  # a comparison circuit
+    assert next(p for p in data["ss"] if p["piece"] == [0, 1])["bytes_up"] == 0  # flatten is free
+    assert "2-3-0" not in data["he"] and "1-2-0" in data["he"]  # HE never runs the ReLU
+    assert counts(graph) == data  # cached
+
+
+@pytest.mark.parametrize("network", ["loopback", "mobile", "1mbit:100ms"])
+def test_plans_are_executable_and_explained(graph, cache, network):
+    plan = make_plan(graph, network, calibration=None)
+    assert len(plan.layer_protocols) == len(graph)
+    proto, opts = plan.session_options()
+    if proto == "hybrid":
+        parse_plan(opts["plan"], graph)  # the engine accepts it
+    text = plan.explain()
+    assert "predicted" in text and "privacy:" in text and plan.network.name in text
+    assert plan.to_json()["predicted_latency_s"] == pytest.approx(plan.predicted_latency_s())
+    assert plan.predicted_latency_s() <= min(plan.single.values()) + 1e-5  # never worse than a single protocol
+    again = make_plan(graph, network, calibration=None)  # timings are cached with the counts: the same plan
+    assert (again.plan_string, again.predicted_latency_s()) == (plan.plan_string, plan.predicted_latency_s())
+
+
+def test_policy_without_dealer_has_no_2pc_dealer(graph, cache):
+    from privinfer.planner.search import NoPlanError
+    # ReLU needs 2PC; without a dealer only cheetah could run it, and this network has no cheetah measurement
+    with pytest.raises(NoPlanError):
+        make_plan(graph, "wan", Policy(trusted_dealer=False))
+    plan = make_plan(graph, "wan", Policy(model_private=False, epsilon=2.0, trusted_dealer=False))
+    assert plan.protocol == "noisy" and plan.session_options()[1]["epsilon"] == 2.0
+
+
+def test_auto_session_matches_the_reference(graph, cache):
+    x = np.random.default_rng(1).uniform(0, 1, (3, 1, 4, 4))
+    with PrivateSession(graph, "auto", network="mobile", spawn="thread", warn=False) as s:
+        out = s.infer(x)
+        assert s.stats.protocol == protocol_of(s.plan.rows, len(graph))
+    ref = run_reference(graph, x)
+    assert np.max(np.abs(out - ref)) < 1e-2
+    assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+def test_resolve_auto_consumes_planner_options(graph, cache):
+    proto, opts, plan = resolve_auto(graph, {"network": "lan", "objective": "bytes", "model_private": True})
+    assert not {"network", "objective", "model_private"} & set(opts)
+    assert plan.objective == "bytes" and plan.network.name == "lan"
+
+
+def test_cli_plan_text_and_json(graph, cache, tmp_path, capsys):
+    import json
+    from privinfer.cli import main
+    from privinfer.model.ir import save_graph
+    path = str(tmp_path / "tiny.npz")
+    save_graph(graph, path)
+    assert main(["plan", "--model", path, "--network", "50mbit:20ms"]) == 0
+    out = capsys.readouterr().out
+    assert "50mbit:20ms" in out and "total:" in out
+    assert main(["plan", "--model", path, "--network", "wan", "--objective", "bytes", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["objective"] == "bytes" and len(d["layer_protocols"]) == len(graph)
+    assert main(["plan", "--model", path, "--network", "nowhere"]) == 2  # a typed, one-line error
+
+
+def test_server_plans_and_a_client_may_say_auto(graph, cache):
+    """`privinfer serve --protocol auto`: the server runs the planner's concrete protocol; a client that says
+    "auto" learns it from WELCOME, one that names another protocol is refused."""
+    from privinfer.errors import PrivinferError
+    from privinfer.server import Server
+    from privinfer.session import connect
+    srv = Server(graph, "auto", network="loopback", dealer="local", torch_threads=None).start()
+    try:
+        assert srv.plan is not None and srv.protocol_cls.name == srv.plan.protocol
+        x = np.random.default_rng(2).uniform(0, 1, (2, 1, 4, 4))
+        with connect("127.0.0.1", srv.port, "auto", warn=False) as s:
+            assert s.stats.protocol == srv.plan.protocol
+            assert np.max(np.abs(s.infer(x) - run_reference(graph, x))) < 1e-2
+        other = "he" if srv.plan.protocol != "he" else "ss"
+        with pytest.raises(PrivinferError):
+            connect("127.0.0.1", srv.port, other, warn=False)
+    finally:
+        srv.shutdown()

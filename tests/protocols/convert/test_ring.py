@@ -1,0 +1,57 @@
+"""convert/ring.py in two real CrypTen parties: the wrap-bit lift of mod-t shares and the mod-t reduction
+before a BFV segment, against exact integer arithmetic (edge cases included: a + b = t - 1, t, 2t - 2,
+y = +-h, and the largest ring values the next segment accepts)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from privinfer.protocols.he.bfv import choose_params, uniform_mod
+
+PARTY = Path(__file__).with_name("ring_party.py")
+
+
+def run_parties(tmp_path, data: dict) -> dict:
+    infile, outfile = tmp_path / "in.npz", tmp_path / "out.npz"
+    np.savez(infile, **data)
+    rdv = f"file://{tmp_path / 'rdv'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, str(PARTY), str(r), rdv, str(infile), str(outfile)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [o[1].decode()[-2000:] for o in outs]
+    return dict(np.load(outfile))
+
+
+def test_lift_and_reduce_against_exact_integers(tmp_path):
+    t = choose_params(2.0 ** 36).t
+    h = (t - 1) // 2
+    D = 1 << 16
+    rng = np.random.default_rng(7)
+    y = np.concatenate([[h, -h, 0, 1, -1], rng.integers(-h, h, size=395, endpoint=True)])
+    m = uniform_mod(t, len(y))
+    a = np.mod(y + m, t)                      # the client's share (decrypted y + m)
+    b = np.mod(h - m, t)                      # the server's share
+    # edge cases of the wrap bit w = [a + b >= t] (b = (y + h - a) mod t)
+    a[0], b[0] = t - 1, 0            # y = h, a + b = t - 1: no wrap, the largest sum without one
+    a[1], b[1] = 1, t - 1            # y = -h, a + b = t exactly: wrap
+    a[2], b[2] = h + 1, t - 1        # y = 0, a + b = t + h: wrap
+    a[3], b[3] = t - 1, t - 1        # a + b = 2t - 2, the largest sum: wrap, y = h - 1
+    y[3] = a[3] + b[3] - h - t
+    X = np.concatenate([[h, -h, 0, h - 1], rng.integers(-h, h, size=396, endpoint=True)]).astype(np.int64)
+    r = uniform_mod(t, len(X))
+    r[:4] = [t - 1, 0, t - 1 - h, t - h]
+    out = run_parties(tmp_path, {"t": t, "D": D, "a": a, "b": b, "X": X, "r": r})
+    assert np.array_equal(a + b - h - t * (a + b >= t), y)  # the shares do encode y
+    # lift: y / D on CrypTen's grid, within 1.5 units (deterministic, no probabilistic truncation)
+    assert np.max(np.abs(out["lifted"] - y / D)) <= 1.5
+    # reduce: exactly (X + h + r) mod t, in [0, t)
+    assert np.array_equal(out["z"], np.mod(X + h + r, t))
+    assert out["z"].min() >= 0 and out["z"].max() < t

@@ -1,0 +1,88 @@
+"""BFV (privinfer/protocols/he/bfv.py, bfv_eval.py): parameters, masks, flooding, and packed evaluation
+against plain integer arithmetic."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from privinfer.errors import ParameterError, ProtocolError
+from privinfer.model.ir import Conv2d, Flatten, Graph, Linear
+from privinfer.protocols.he.bfv import COEFF_BITS, N_DEFAULT, BFVContext, BFVParams, choose_params, uniform_mod
+from privinfer.protocols.he.bfv_eval import BFVSegment
+
+
+def test_params_are_the_audited_set_and_t_is_a_batching_prime():
+    p = choose_params(2.0 ** 35)
+    assert p.N == N_DEFAULT and tuple(p.coeff_bits) == COEFF_BITS and (p.t - 1) % (2 * p.N) == 0
+    assert p.t > 2 * 2.0 ** 35
+    assert BFVParams.from_json(p.to_json()) == p
+    with pytest.raises(ParameterError):
+        BFVParams(4096, COEFF_BITS, p.t).validate()
+    with pytest.raises(ParameterError, match="plaintext modulus"):
+        choose_params(2.0 ** 45)
+    with pytest.raises(ProtocolError):
+        BFVParams.from_json({"scheme": "ckks"})
+
+
+def test_uniform_mod_is_uniform_and_in_range():
+    t = 1_000_003
+    r = uniform_mod(t, 200_000)
+    assert r.min() >= 0 and r.max() < t
+    counts = np.bincount(r % 97, minlength=97)
+    assert stats.chisquare(counts).pvalue > 1e-4
+    hi = np.bincount((r * 64) // t, minlength=64)  # coarse position in [0, t): no modulo bias at the top
+    assert stats.chisquare(hi).pvalue > 1e-4
+
+
+def _conv_graph(seed=0):
+    rng = np.random.default_rng(seed)
+    conv = Conv2d(rng.normal(size=(3, 2, 3, 3)) * 0.3, rng.normal(size=3) * 0.1, stride=(1, 1), padding=(1, 1, 1, 1))
+    lin = Linear(rng.normal(size=(4, 3 * 6 * 6)) * 0.1, rng.normal(size=4) * 0.1)
+    return Graph((2, 6, 6), [conv, Flatten(), lin], input_range=(0.0, 1.0))
+
+
+def _keys(seg):
+    cli = BFVContext.create(seg.params, seg.plan.rotation_steps)
+    srv = seg.ctx.keyed()
+    srv.load_public(cli.public_blobs(), seg.plan.rotation_steps)
+    return cli, srv
+
+
+@pytest.mark.parametrize("stop", [1, 3])
+def test_segment_matches_integer_arithmetic_exactly(stop):
+    g = _conv_graph()
+    seg = BFVSegment(g, 0, stop)
+    cli, srv = _keys(seg)
+    x = np.random.default_rng(1).uniform(0, 1, size=(2, 6, 6))
+    xi = np.rint(x.reshape(-1) * 2 ** 16)
+    cts = [srv.ct_from_bytes(cli.encrypt(v), level=0) for v in seg.input_vectors(xi)]
+    outs = seg.evaluate(srv, cts)
+    blobs = [srv.ct_to_bytes(srv.finish(o, seg.noise_bits, seg.out_level)) for o in outs]
+    dec = np.stack([cli.decrypt(b) for b in blobs])
+    ci, si = seg.positions
+    y = cli.centered(dec[ci, si])
+    A, b = seg.program.ops[0].A, seg.program.ops[0].b
+    np.testing.assert_array_equal(y, (A @ xi + b).astype(np.int64))  # exact: BFV computes mod t
+    ref = g.slice(0, stop)
+    from privinfer.model.reference import run_reference
+    np.testing.assert_allclose(y / 2.0 ** (16 + seg.weight_bits), run_reference(ref, x[None])[0].reshape(-1), atol=2e-3)
+    # the reply was switched down to the lowest level that decrypts: one prime, a quarter of a fresh ciphertext
+    assert len(blobs[0]) < srv.max_ct_bytes() / 2
+
+
+def test_refuses_nonlinear_segments_and_unknown_ranges():
+    from privinfer.errors import UnsupportedLayerError
+    from privinfer.model.ir import ReLU
+    g = Graph((4,), [Linear(np.eye(4), np.zeros(4)), ReLU()], input_range=(0.0, 1.0))
+    with pytest.raises(UnsupportedLayerError):
+        BFVSegment(g, 0, 2)
+    with pytest.raises(ParameterError, match="input_range"):
+        BFVSegment(g.with_input_range(None), 0, 1)
+
+
+def test_received_ciphertexts_are_checked():
+    seg = BFVSegment(_conv_graph(), 0, 1)
+    cli, srv = _keys(seg)
+    with pytest.raises(ProtocolError):
+        srv.ct_from_bytes(b"\x00" * 64)
+    with pytest.raises(ProtocolError):
+        srv.ct_from_bytes(b"\x00" * (srv.max_ct_bytes() + 1))
