@@ -32,6 +32,7 @@ up once and may `prepare` them per query (the 2PC offline phase) before the loop
 from __future__ import annotations
 
 import numbers
+import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Sequence
@@ -39,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ProtocolError, ShapeError
+from ..model.reference import run_reference
 from ..transport import Channel
 from .base import ClientSide, ServerSide
 
@@ -159,7 +161,6 @@ class EngineClient(ClientSide):
         return timing or None
 
     def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
-        import time
         t0 = time.perf_counter()
         pre = self.prepare(ch, int(x.shape[0]))
         out, timing = run_steps(ch, self.chain, Value.plain(x))
@@ -224,7 +225,6 @@ class Layers(Step):
     def run(self, ch: Channel, value: Value) -> Value:
         if not self.holder:
             return value
-        from ..model.reference import run_reference
         return value.to(self.produces, run_reference(self.graph, value.data, start=self.start, stop=self.stop))
 
     def describe(self) -> str:

@@ -109,8 +109,8 @@ def test_server_refuses_a_wrong_shape_or_non_finite_upload(graph):
         Upload(graph.input_shape, False).run(b, Value.expected(1))
 
 
-@pytest.mark.parametrize("name", ["plain", "he", "ss", "noisy"])
-def test_the_four_protocols_are_engine_plans(name):
+@pytest.mark.parametrize("name", ["plain", "he", "ss", "noisy", "cheetah", "hybrid"])
+def test_every_protocol_is_an_engine_plan(name):
     """No protocol keeps a query loop of its own: each client side is an EngineClient."""
     mod = __import__(get_protocol(name).__module__, fromlist=["_"])
     clients = [v for k, v in vars(mod).items() if isinstance(v, type) and k.endswith("Client") and k.startswith("_")]

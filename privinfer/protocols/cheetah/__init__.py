@@ -19,6 +19,10 @@ Who learns what
     the server's party gives its output share to the server, which forwards it: only the client learns the
     logits. Public: the architecture, batch size, timing, and (as in `ss`) fixed-point precision.
 
+Engine
+    A query is `ss`'s plan: share (the client's input is its share, no traffic), then one `SSSegment` over the
+    whole graph whose runner is this session's SPU party, revealed to the client (`protocols/engine.py`).
+
 Threat model
     Semi-honest client and server; no third party. The brpc link is plain TCP: use a trusted network or a
     tunnel. Costs: a one-time set-up (base OTs, silent-OT seeds, HE keys) in the first run, then per query.
@@ -37,6 +41,8 @@ from ...model.ir import Graph
 from ...transport import Channel
 from ...transport.ports import free_port, host_port, parse_host_port, peer_pending, plain_ip
 from ..base import ClientSide, Protocol, ServerSide, register
+from ..engine import EngineClient, EngineServer
+from ..ss.steps import SSSegment, SSShare
 from .spawn import SPU_VERSION, PartyProcess
 
 THREAT_MODEL = "semi-honest server and client; only these two parties take part (no dealer)"
@@ -80,8 +86,9 @@ def _npz(**arrays) -> bytes:
     return buf.getvalue()
 
 
-class _Server(ServerSide):
+class _Server(EngineServer):
     def __init__(self, proto: "Cheetah"):
+        self.chain = [SSShare(False), SSSegment(self, False, 0, 0, len(proto.graph.layers))]
         self.graph = proto.graph
         self.opts = proto.options
         self.timeout = float(self.opts["mpc_timeout"])
@@ -109,9 +116,12 @@ class _Server(ServerSide):
             self.close()
             raise
 
-    def query(self, ch: Channel, meta: dict) -> None:
+    def run_segment(self, ch: Channel, k: int, batch: int, own, mask) -> None:
+        """The whole graph under CHEETAH from the client's input (the server's share is zero), to the client."""
+        if k != 0 or own is not None or mask is not None:
+            raise ProtocolError("a cheetah session runs one segment from the client's input")
         try:
-            self.party.send({"cmd": "run", "batch": int(meta["batch"])})
+            self.party.send({"cmd": "run", "batch": int(batch)})
             out, blobs = _wait(self.party, ch, self.timeout + SPAWN_ALLOWANCE, "run", "client")
         except BaseException:
             self.close()  # the link is out of step now: the session ends
@@ -125,8 +135,9 @@ class _Server(ServerSide):
             self.party = None
 
 
-class _Client(ClientSide):
+class _Client(EngineClient):
     def __init__(self, welcome: dict, graph: Graph, copts: dict):
+        self.chain = [SSShare(True), SSSegment(self, True, 0, 0, len(graph.layers))]
         self.graph = graph
         self.info = welcome
         self.timeout = float(welcome.get("mpc_timeout", 60.0))
@@ -159,7 +170,8 @@ class _Client(ClientSide):
             self.close()
             raise
 
-    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
+    def run_segment(self, ch: Channel, k: int, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The whole graph under CHEETAH on this client's input, revealed to it; (logits, query timing)."""
         t0 = time.perf_counter()
         batch = int(x.shape[0])
         self.party.send({"cmd": "run", "batch": batch}, _npz(x=np.ascontiguousarray(x, dtype=np.float64)))
@@ -174,7 +186,7 @@ class _Client(ClientSide):
         if y.shape != (batch, *self.graph.output_shape):
             raise ShapeError(f"CHEETAH output shape {y.shape} != {(batch, *self.graph.output_shape)}")
         c = mine["comm"]
-        self.query_timing = {
+        return y, {
             "offline_s": 0.0, "online_s": time.perf_counter() - t0, "compile_s": float(mine["compile_s"]),
             "side_bytes_client_to_server": int(c["bytes_sent"]),
             "side_bytes_server_to_client": int(c["bytes_received"]),
@@ -182,7 +194,6 @@ class _Client(ClientSide):
             "side_rounds": int(c["messages_sent"]),
             "link_messages": int(c["messages_sent"]) + int(c["messages_received"]),
             "dealer_bytes": 0}
-        return y
 
     def privacy(self) -> dict:
         return {"guarantee": "cryptographic", "threat_model": THREAT_MODEL, "dealer": "none",

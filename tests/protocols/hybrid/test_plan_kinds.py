@@ -120,3 +120,15 @@ def test_ss_segment_then_noisy_release(g):
                         **OPTS) as s:
         out = s.infer(X)
     assert np.max(np.abs(out - run_reference(g, X))) < 1e-2  # ss fixed point, then exact
+
+
+@pytest.mark.slow
+def test_client_segment_then_ss_then_he(g):
+    """plain@client -> shares (no traffic) -> masked reveal -> cipher -> logits: every kind but noisy."""
+    X = images(2)
+    with PrivateSession(g, "hybrid", plan="plain:0,ss:1,he:2-", dealer="local", **OPTS) as s:
+        out = s.infer(X)
+        p = s.stats.privacy
+    ref = run_reference(g, X)
+    assert np.max(np.abs(out - ref)) < HE_TOL and np.all(out.argmax(1) == ref.argmax(1))
+    assert [c["kind"] for c in p["conversions"]] == ["ss->he"]
