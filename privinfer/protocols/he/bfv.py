@@ -78,8 +78,9 @@ class BFVParams:
         if self.N != N_DEFAULT or tuple(self.coeff_bits) != COEFF_BITS:
             raise ParameterError(f"BFV parameters N={self.N}, {self.coeff_bits} are not the audited set "
                                  f"N={N_DEFAULT}, {COEFF_BITS} (128-bit security)")
-        if not 2 <= self.t < 2 ** MAX_T_BITS or (self.t - 1) % (2 * self.N):
-            raise ParameterError(f"plaintext modulus {self.t} is not a batching prime below 2^{MAX_T_BITS}")
+        if (not 2 ** 20 <= self.t < 2 ** MAX_T_BITS or (self.t - 1) % (2 * self.N)
+                or not seal.Modulus(int(self.t)).is_prime()):
+            raise ParameterError(f"plaintext modulus {self.t} is not a batching prime in [2^20, 2^{MAX_T_BITS})")
 
 
 def choose_params(value_bound: float) -> BFVParams:

@@ -64,6 +64,10 @@ def _next(segs, i: int) -> str | None:
     return segs[i + 1].protocol if i + 1 < len(segs) else None
 
 
+def _prev(segs, i: int) -> str | None:
+    return segs[i - 1].protocol if i > 0 else None
+
+
 def _reveals(segs, i: int) -> bool:
     """Segment i ends at the client in the clear: the plan's last segment, or one before plain / noisy."""
     return _next(segs, i) is None or _next(segs, i) in NEEDS_CLIENT_PLAINTEXT
@@ -287,7 +291,9 @@ class _HybridClient(EngineClient):
     def privacy(self) -> dict:
         base = self.ss.privacy() if self.ss is not None else None
         guarantee = base["guarantee"] if base is not None else "cryptographic-input-only"
-        perfect = all(c.get("hiding") == "perfect" for c in self.conversions)
+        # from the plan, not from the conversions logged so far (set-up runs this before any query): a hand-over
+        # hides perfectly only when the HE segment next to the ss segment is BFV
+        perfect = all(_bfv(h) for i, h in self.he.items() if "ss" in (_prev(self.segs, i), _next(self.segs, i)))
         last = self.he.get(len(self.segs) - 1)
         circuit = min([h.circuit_bits for h in self.he.values() if _bfv(h)] + [float("inf")])
         # weights hidden from the client: perfect masks, every BFV result flooded for >= 40 bits, no CKKS logits
@@ -314,7 +320,8 @@ class _HybridClient(EngineClient):
         if not perfect:
             out["not_protected"].append("intermediate activations at CKKS conversions only as well as the stated "
                                         "mask bits hide them (19-20 bits, see protocols/convert)")
-        if revealed:
+        if revealed:  # exact intermediate values at the client: enough chosen inputs solve for the weights
+            out["model_private"] = False
             out["not_protected"].append(f"the activations entering layer(s) {revealed} reach the client in the clear "
                                         "(a client or noisy segment follows)")
         plain = [str(s) for s in self.segs if s.protocol == "plain"]

@@ -19,7 +19,8 @@ from ..he.program import build_program
 #: extra q0 bits asked for a masked segment's output, tried from the largest: the HE -> shares mask must fit in
 #: q0 next to the value (see convert.py); q0 is one prime of at most 60 bits and the scale stays >= 2^28 (at
 #: 2^22 the logits of cryptonets-mnist drift by 2e-2), so 60 - 2 - 28 - 10 = 20 bits is what fits
-HIDING_TRY_BITS = (40, 30, 26, 20, 16, 10, 0)
+#: below 16 bits the segment is refused rather than run with a mask that hides (almost) nothing
+HIDING_TRY_BITS = (40, 30, 26, 20, 16)
 MIN_SCALE_BITS = 28
 
 
@@ -38,7 +39,8 @@ class _MaskedSegment:
             except ParameterError as e:
                 err = e
         else:
-            raise err
+            raise ParameterError(f"no CKKS parameters carry a {HIDING_TRY_BITS[-1]}-bit mask next to this segment's "
+                                 f"values ({err}); run it under ss, or end the plan with it") from None
         self.latency_params, self.value_bits = params, DEFAULT_VALUE_BITS
         self.plan = plan_latency(self.program, params.slots)
         self.ctx = CKKSContext.for_params(params)
