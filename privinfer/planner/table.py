@@ -37,6 +37,7 @@ from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
 
 CACHE_VERSION = 1
+BFV_VERSION = 2  # the BFV part of the cached counts (added to a cache of CACHE_VERSION when missing)
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
 
 
@@ -93,10 +94,10 @@ def bfv_ranges(graph: Graph) -> list[tuple[int, int]]:
 
 def _add_bfv(graph: Graph, data: dict, say) -> bool:
     """The BFV segments (`bfv_cost.py`) and the 2PC hand-overs next to them, added once to the cached counts."""
-    if "bfv" in data:
+    if data.get("bfv_version") == BFV_VERSION:
         return False
     n = len(graph)
-    data["bfv"] = {}
+    data["bfv"], data["bfv_version"] = {}, BFV_VERSION
     for a, b in bfv_ranges(graph):
         key = f"{a}-{b}-{int(b == n)}"
         say(f"BFV segment {a}-{b - 1}: the engine's segment, counted operations, real bytes")
