@@ -99,7 +99,7 @@ class Plan:
         if proto != "hybrid":
             return PRIVACY.get(proto, "")
         stat = any("statistical" in r.info.get("hiding", "") for r in self.rows if r.protocol == "convert")
-        bfv = any(r.info.get("hiding", "").startswith("perfect") for r in self.rows if r.protocol == "convert")
+        bfv = any("mod t" in r.info.get("hiding", "") for r in self.rows if r.protocol == "convert")
         if stat:
             h = ("conversions with CKKS segments mask intermediates with statistical hiding (19-20 bits, see "
                  "protocols/convert)" + ("; those with BFV segments hide perfectly (uniform mod t)" if bfv else ""))

@@ -159,9 +159,12 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
     for i in range(n + 1):
         if i == 0:
             rows.append(Row("convert", 0, 0, "client", "shares", Cost(overlap=True), dealer, once,
-                            {"what": "the client inputs its share (no message: CrypTen's zero shares are seeded)"}))
-            rows.append(Row("convert", 0, 0, "client", "he_in", Cost(), info={"what": "the client encrypts (CKKS)"}))
-            rows.append(Row("convert", 0, 0, "client", "bfv_in", Cost(), info={"what": "the client encrypts (BFV)"}))
+                            {"what": "the client inputs its share (no message: CrypTen's zero shares are seeded)",
+                             "hiding": "perfect (additive shares)"}))
+            rows.append(Row("convert", 0, 0, "client", "he_in", Cost(), info={"what": "the client encrypts (CKKS)",
+                                                                            "hiding": "computational (RLWE)"}))
+            rows.append(Row("convert", 0, 0, "client", "bfv_in", Cost(), info={"what": "the client encrypts (BFV)",
+                                                                             "hiding": "computational (RLWE)"}))
         if 0 < i < n:
             ckks = dealer | {"statistical_hiding"}
             rows.append(Row("convert", i, i, "shares", "he_in", ss_cost.reveal_cost(_size(graph, i), cal), ckks,
@@ -186,9 +189,10 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
                                                "secure comparison)", "hiding": "perfect (uniform mod t)"}))
         if i == n:
             rows.append(Row("convert", n, n, "shares", "client", ss_cost.reveal_cost(_size(graph, n), cal), dealer,
-                            once, {"what": "2PC reveals the logits to the client"}))
+                            once, {"what": "2PC reveals the logits to the client", "hiding": "n/a (the logits are the output)"}))
             rows.append(Row("convert", n, n, "he_last", "client", Cost(),
-                            info={"what": "the server floods the result; the client decrypts the logits"}))
+                            info={"what": "the server floods the result; the client decrypts the logits",
+                                  "hiding": "n/a (the logits are the output)"}))
     if he:
         bfv = data.get("bfv", {})
         for key, st in bfv.items():

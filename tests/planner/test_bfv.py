@@ -92,7 +92,10 @@ def test_hiding_policy(mixed, cache):
             assert plan.session_options()[1]["hiding"] == "perfect"
     # the explanation names every conversion's hiding
     plan = make_plan(mixed, "mobile", Policy(hiding="statistical"), calibration=cal)
-    assert "hiding=statistical" in plan.explain()
+    text = plan.explain()
+    assert "hiding=statistical" in text
+    conv = [r for r in plan.rows if r.protocol == "convert"]
+    assert conv and all(f"hiding: {r.info['hiding']}" in text for r in conv)
 
 
 def test_auto_plan_with_a_bfv_segment_matches_the_reference(wide, cache):
