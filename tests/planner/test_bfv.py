@@ -112,3 +112,19 @@ def test_auto_plan_with_a_bfv_segment_matches_the_reference(wide, cache):
     assert np.max(np.abs(out - ref)) < 1e-2
     assert (out.argmax(1) == ref.argmax(1)).all()
     assert conv and all(c["hiding"] == "perfect" for c in conv)  # what ran is what was priced: BFV hand-overs
+
+
+def test_cli_plan_hiding_flag(mixed, cache, tmp_path, capsys):
+    import json
+    from privinfer.cli import main
+    from privinfer.model.ir import save_graph
+    path = str(tmp_path / "mixed.npz")
+    save_graph(mixed, path)
+    for hiding in ("perfect", "statistical"):
+        assert main(["plan", "--model", path, "--network", "mobile", "--plan-hiding", hiding, "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["policy"]["hiding"] == hiding
+        if hiding == "perfect":
+            assert not any("statistical" in r["info"].get("hiding", "") for r in d["rows"])
+    with pytest.raises(SystemExit):  # argparse refuses an unknown choice
+        main(["plan", "--model", path, "--plan-hiding", "sometimes"])
