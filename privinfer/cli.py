@@ -72,7 +72,8 @@ def _dealer_options(a) -> dict:
 def _policy_options(a) -> dict:
     """The planner's flags (serve/plan/bench with --protocol auto) as `resolve_auto` options."""
     out = {"network": a.network if isinstance(a.network, str) else a.network[0], "objective": a.objective,
-           "model_private": not a.no_model_private, "trusted_dealer": not a.no_dealer}
+           "model_private": not a.no_model_private, "trusted_dealer": not a.no_dealer,
+           "hiding": getattr(a, "plan_hiding", "perfect")}
     if getattr(a, "plan_epsilon", None) is not None:
         out["epsilon"] = a.plan_epsilon
     if getattr(a, "calibration", None):
@@ -90,6 +91,9 @@ def _add_policy_flags(p, network_default="wan", network=True) -> None:
                    help="auto: allow layers in plaintext on the client (noisy offloading; needs --plan-epsilon)")
     p.add_argument("--plan-epsilon", type=float, default=None, help="auto: allow a DP release with this epsilon")
     p.add_argument("--no-dealer", action="store_true", help="auto: no 2PC dealer (only he and dealer-free cheetah)")
+    p.add_argument("--plan-hiding", default="perfect", choices=["perfect", "statistical"],
+                   help="auto: conversions between ciphertexts and shares must hide perfectly (BFV, the default) "
+                        "or may hide statistically (CKKS, 19-20 bits)")
     p.add_argument("--calibration", default=None, help="auto: calibration JSON (default: privinfer profile's)")
 
 

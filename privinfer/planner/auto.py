@@ -17,15 +17,14 @@ from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, shortest, tota
 from .table import build_rows, counts
 
 #: options `protocol="auto"` takes (the rest go to the chosen protocol)
-AUTO_OPTIONS = ("network", "objective", "model_private", "epsilon", "trusted_dealer", "calibration")
+AUTO_OPTIONS = ("network", "objective", "model_private", "epsilon", "trusted_dealer", "hiding", "calibration")
 DEFAULT_NETWORK = "wan"
 DEALER_PROTOCOLS = ("ss", "hybrid")
 DEALER_OPTIONS = ("dealer", "server_secret", "client_secret")
 PRIVACY = {"ss": "2PC additive shares (CrypTen); the dealer is the server's own unless a third-party dealer is "
                  "configured (guarantee cryptographic-server-dealer / cryptographic-trusted-dealer)",
            "he": "CKKS ciphertexts under the client's key; the logits are flooded (cryptographic-input-only)",
-           "hybrid": "HE and 2PC segments; conversions mask intermediates with statistical hiding (19-20 bits, "
-                     "see protocols/convert.py); the 2PC dealer is the server's own by default",
+           "hybrid": "HE and 2PC segments; {hiding}; the 2PC dealer is the server's own by default",
            "cheetah": "dealer-free 2PC (SPU CHEETAH): input and weights hidden from a semi-honest peer",
            "noisy": "the client runs the prefix in the clear and sends differentially private features; accuracy is "
                     "not in the objective: without the noise-aware fine-tune (protocols/noisy/train.py) it drops "
@@ -72,8 +71,8 @@ class Plan:
     def session_options(self) -> tuple[str, dict]:
         """(protocol, options) that run this plan."""
         proto = self.protocol
-        if proto == "hybrid":
-            return "hybrid", {"plan": self.plan_string}
+        if proto == "hybrid":  # hiding: what hybrid runs is what was priced (BFV for every linear HE segment)
+            return "hybrid", {"plan": self.plan_string, "hiding": "perfect" if self.policy.hiding == "perfect" else "best"}
         if proto == "noisy":
             return "noisy", {"split": self.work[0].info["split"], "epsilon": self.policy.epsilon}
         return proto, {}
@@ -93,7 +92,22 @@ class Plan:
                           "kind_in": r.kind_in, "kind_out": r.kind_out, "cost": r.cost.to_json(),
                           "latency_s": self.network.latency(r.cost), "info": r.info} for r in self.rows],
                 "best_single_protocol_latency_s": self.single, "calibration": self.calibration,
-                "privacy": PRIVACY.get(proto, "")}
+                "privacy": self.privacy()}
+
+    def privacy(self) -> str:
+        proto = self.protocol
+        if proto != "hybrid":
+            return PRIVACY.get(proto, "")
+        stat = any("statistical" in r.info.get("hiding", "") for r in self.rows if r.protocol == "convert")
+        bfv = any("mod t" in r.info.get("hiding", "") for r in self.rows if r.protocol == "convert")
+        if stat:
+            h = ("conversions with CKKS segments mask intermediates with statistical hiding (19-20 bits, see "
+                 "protocols/convert)" + ("; those with BFV segments hide perfectly (uniform mod t)" if bfv else ""))
+        elif bfv:
+            h = "every conversion between ciphertexts and shares hides perfectly (BFV, masks uniform mod t)"
+        else:
+            h = "no conversion between ciphertexts and shares"
+        return PRIVACY["hybrid"].format(hiding=h)
 
     def explain(self) -> str:
         """A table: each segment's protocol, predicted client and server seconds, bytes, rounds; then the
@@ -102,16 +116,17 @@ class Plan:
         proto, opts = self.session_options()
         lines = [f"plan for {len(self.graph)} layers on {net.describe()}, objective {self.objective}, policy "
                  f"model_private={self.policy.model_private} epsilon={self.policy.epsilon} "
-                 f"trusted_dealer={self.policy.trusted_dealer}",
+                 f"trusted_dealer={self.policy.trusted_dealer} hiding={self.policy.hiding}",
                  f"runs as: protocol={proto!r} {opts if opts else ''}".rstrip(), "",
-                 f"| {'layers':<8} | {'names':<24} | {'protocol':<13} | {'client s':>9} | {'server s':>9} | "
+                 f"| {'layers':<8} | {'names':<24} | {'protocol':<15} | {'client s':>9} | {'server s':>9} | "
                  f"{'up':>10} | {'down':>10} | {'rounds':>6} | {'on link s':>9} |",
-                 "|" + "|".join("-" * (w + 2) for w in (8, 24, 13, 9, 9, 10, 10, 6, 9)) + "|"]
+                 "|" + "|".join("-" * (w + 2) for w in (8, 24, 15, 9, 9, 10, 10, 6, 9)) + "|"]
         for r in self.work:
             span = f"{r.start}" if r.stop - r.start == 1 else f"{r.start}-{r.stop - 1}"
             names = ",".join(self.graph.names[r.start:r.stop])
-            extra = f" N={r.info['N']}" if r.protocol == "he" else (f" k={r.info['split']}" if r.protocol == "noisy" else "")
-            lines.append(f"| {span:<8} | {names[:24]:<24} | {(r.protocol + extra)[:13]:<13} | {r.cost.client_s:9.4f} | "
+            extra = (f" {r.info.get('scheme', 'ckks')} N={r.info['N']}" if r.protocol == "he" else
+                     (f" k={r.info['split']}" if r.protocol == "noisy" else ""))
+            lines.append(f"| {span:<8} | {names[:24]:<24} | {(r.protocol + extra)[:15]:<15} | {r.cost.client_s:9.4f} | "
                          f"{r.cost.server_s:9.4f} | {_size(r.cost.bytes_up):>10} | {_size(r.cost.bytes_down):>10} | "
                          f"{r.cost.rounds:>6} | {net.latency(r.cost):9.4f} |")
         conv = [r for r in self.rows if r.protocol == "convert"]
@@ -128,7 +143,7 @@ class Plan:
         if self.single:
             lines.append("best single-protocol plans under the same policy: " + ", ".join(
                 f"{k} {v:.3f} s" for k, v in sorted(self.single.items(), key=lambda kv: kv[1])))
-        lines += [f"privacy: {PRIVACY.get(proto, '')}", f"costs: {self.calibration}"]
+        lines += [f"privacy: {self.privacy()}", f"costs: {self.calibration}"]
         return "\n".join(lines)
 
 
@@ -189,7 +204,8 @@ def policy_from(options: dict) -> tuple[Policy, dict]:
     rest = dict(options)
     eps = rest.pop("epsilon", None)
     pol = Policy(model_private=bool(rest.pop("model_private", True)),
-                 epsilon=None if eps is None else float(eps), trusted_dealer=bool(rest.pop("trusted_dealer", True)))
+                 epsilon=None if eps is None else float(eps), trusted_dealer=bool(rest.pop("trusted_dealer", True)),
+                 hiding=str(rest.pop("hiding", "perfect")))
     return pol, rest
 
 

@@ -6,6 +6,9 @@ elements) but seconds per operation depend on the machine. `privinfer profile` m
 * HE: SEAL's multiply_plain, add, add_plain, rotate (key switching), rescale, mod_switch, square and multiply
   (with relinearization) and encode, at every ring size the planner may pick (N = 4096 ... 32768), as seconds
   per data prime (SEAL's cost is linear in the primes of the operand's level);
+* BFV (N = 8192, the only audited BFV ring, `protocols/he/bfv.py`): seconds per operation as
+  `bfv_eval.BFVBackend` runs them (products of NTT-form ciphertexts and plaintexts, NTT-form and
+  coefficient-form additions, plaintext additions, row rotations, and the NTT transforms between forms);
 * 2PC: a real `ss` session (CrypTen, local dealer) on two zoo networks of different size: the per-query offline
   phase (dealer batch) as fixed seconds + seconds per dealer element, and the per-call overhead of the parties.
 
@@ -59,12 +62,19 @@ def load_calibration(path: str | Path | None = None, warn: bool = True) -> dict:
             table = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ParameterError(f"{p}: not JSON ({e}); rerun `privinfer profile`") from None
-        return {**validate(table, str(p)), "source": str(p)}
+        return {**_with_bfv(validate(table, str(p))), "source": str(p)}
     if warn and str(p) not in _warned:
         _warned.add(str(p))
         print(f"privinfer: warning: no calibration at {p}; using shipped defaults (run `privinfer profile`)",
               file=sys.stderr, flush=True)
     return {**validate(json.loads(DEFAULTS.read_text()), str(DEFAULTS)), "source": "shipped defaults"}
+
+
+def _with_bfv(table: dict) -> dict:
+    """A table from before BFV was priced takes the shipped BFV kernel times."""
+    if "bfv" not in table:
+        table = {**table, "bfv": json.loads(DEFAULTS.read_text())["bfv"]}
+    return table
 
 
 def save_calibration(table: dict, path: str | Path | None = None) -> Path:
@@ -135,6 +145,42 @@ def time_he(N: int, bits: tuple, reps: int = 5) -> dict:
     return res
 
 
+def time_bfv(reps: int = 5) -> dict:
+    """Seconds per BFV operation at N = 8192 (median of `reps`), as `bfv_eval.BFVBackend` performs them."""
+    import numpy as np
+    import tenseal.sealapi as seal
+    from ..protocols.he.bfv import BFVContext, choose_params
+    params = choose_params(2.0 ** 38)
+    ctx = BFVContext.create(params, [1])
+    server = ctx.keyed()
+    server.load_public(ctx.public_blobs(), [1])
+    ev = server.evaluator
+    v = np.arange(ctx.N, dtype=np.float64) % 1000
+    ct = server.ct_from_bytes(ctx.encrypt(v), level=0)
+    pt = server.encode(v)
+    pt_ntt = seal.Plaintext()
+    ev.transform_to_ntt(pt, server.parms_ids[0], pt_ntt)
+    ct_ntt = seal.Ciphertext()
+    ev.transform_to_ntt(ct, ct_ntt)
+    out = seal.Ciphertext()
+
+    def med(fn):
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    return {"mul_plain": med(lambda: ev.multiply_plain(ct_ntt, pt_ntt, out)),
+            "add": med(lambda: ev.add(ct, ct, out)),
+            "add_plain": med(lambda: ev.add_plain(ct, pt, out)),
+            "rotate": med(lambda: ev.rotate_rows(ct, 1, server.galois_keys, out)),
+            "to_ntt": med(lambda: ev.transform_to_ntt(ct, out)),
+            "from_ntt": med(lambda: ev.transform_from_ntt(ct_ntt, out)),
+            "N": ctx.N}
+
+
 def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 4) -> dict:
     """The 2PC engine's per-query constants from real `ss` sessions (local dealer) on two zoo networks:
     offline = fixed + per dealer element (a line through the two), and the per-call overhead."""
@@ -162,7 +208,7 @@ def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 4) -> d
 def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = True, progress: bool = True) -> Path:
     """Measure everything (under 2 minutes on 2 cores) and write the table; returns its path."""
     base = json.loads(DEFAULTS.read_text())
-    steps = len(rings) + (1 if ss else 0)
+    steps = len(rings) + 1 + (1 if ss else 0)
     table = {"version": VERSION, "machine": {"python": platform.python_version(), "platform": platform.platform(),
                                              "processor": platform.processor()},
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "he": {}, "ss": dict(base["ss"]),
@@ -172,9 +218,12 @@ def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = T
         if progress:
             _bar(i, steps, f"HE kernels at N={N}")
         table["he"][str(N)] = time_he(N, RINGS[N])
+    if progress:
+        _bar(len(rings), steps, "BFV kernels at N=8192")
+    table["bfv"] = time_bfv()
     if ss:
         if progress:
-            _bar(len(rings), steps, "2PC sessions (cryptonets, minionn)")
+            _bar(len(rings) + 1, steps, "2PC sessions (cryptonets, minionn)")
         table["ss"].update(time_ss())
         table["ss"]["source"] = ("offline constants measured by privinfer profile; segment_overhead_s is the "
                                  "shipped default (not measured)")

@@ -24,7 +24,9 @@ from typing import Callable, Iterable, Sequence
 from ..errors import ParameterError, PrivinferError
 from .cost import Cost, NetworkProfile, parse_network
 
-KINDS = ("client", "shares", "he_in", "he_out", "he_last")  # he_last: an HE result that may leave only as logits
+# he_last: an HE result that may leave only as logits; bfv_in / bfv_out: a BFV segment's input / masked result
+KINDS = ("client", "shares", "he_in", "he_out", "he_last", "bfv_in", "bfv_out")
+HIDING = ("perfect", "statistical")
 OBJECTIVES = ("latency", "bytes", "client_seconds")
 
 
@@ -55,10 +57,17 @@ class Row:
 @dataclass(frozen=True)
 class Policy:
     """What the user accepts to give up. Defaults are the strict end: weights stay with the server, no DP
-    release, and a dealer (CrypTen's trusted third party, by default run by the server) is allowed."""
+    release, and a dealer (CrypTen's trusted third party, by default run by the server) is allowed.
+    `hiding`: "perfect" (default) allows only conversions between ciphertexts and shares that hide perfectly
+    (BFV, masks uniform mod t); "statistical" also allows CKKS ones (19-20 bits of statistical hiding)."""
     model_private: bool = True
     epsilon: float | None = None
     trusted_dealer: bool = True
+    hiding: str = "perfect"
+
+    def __post_init__(self):
+        if self.hiding not in HIDING:
+            raise ParameterError(f"hiding must be one of {HIDING}, got {self.hiding!r}")
 
     def allows(self, row: Row) -> bool:
         if "client_plaintext" in row.needs and self.model_private:
@@ -66,6 +75,8 @@ class Policy:
         if "epsilon" in row.needs and self.epsilon is None:
             return False
         if "dealer" in row.needs and not self.trusted_dealer:
+            return False
+        if "statistical_hiding" in row.needs and self.hiding == "perfect":
             return False
         return True
 
@@ -172,5 +183,5 @@ def choose(rows: Sequence[Row], n: int, policy: Policy, objective: str, network)
     return shortest(allowed, n, objective_fn(objective, network))
 
 
-__all__ = ["Row", "Policy", "NoPlanError", "OBJECTIVES", "KINDS", "shortest", "brute_force", "choose",
+__all__ = ["Row", "Policy", "HIDING", "NoPlanError", "OBJECTIVES", "KINDS", "shortest", "brute_force", "choose",
            "total_cost", "objective_fn", "NetworkProfile"]

@@ -42,7 +42,7 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
         from ..protocols.ss.tuples import plan_elements
         graph = load_graph(graph_blob)
         results = []
-        for a, b in opts["pieces"]:
+        for a, b in opts.get("pieces", ()):
             ex = Executor(crypten, graph.slice(a, b), rank, int(opts["precision_bits"]))
             zeros = torch.zeros((1, *ex.graph.input_shape), dtype=torch.float64)
             best = None
@@ -60,7 +60,10 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
             results.append({"piece": [a, b], "s": best, "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
                             "bytes_received": after["bytes_received"] - before["bytes_received"],
                             "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))})
-        send_msg(conn, {"ok": "counts", "pieces": results})
+        hand = []
+        for kind, shape, t in opts.get("handovers", ()):  # BFV hand-overs: one secure comparison each
+            hand.append(_count_handover(crypten, comm, prov, rank, kind, tuple(shape), int(t), int(opts["reps"])))
+        send_msg(conn, {"ok": "counts", "pieces": results, "handovers": hand})
         recv_msg(conn)  # wait for "exit": the peer may still be reading our last message
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
         report_error(conn, e)
@@ -68,15 +71,46 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
         end_child(conn)
 
 
-def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0) -> list[dict]:
-    """Run every piece between two real CrypTen parties (rank 0 = server, 1 = client) on loopback."""
+def _count_handover(crypten, comm, prov, rank: int, kind: str, shape: tuple, t: int, reps: int) -> dict:
+    """Count one mod-t hand-over as the hybrid party runs it (`convert/ring.py`): `lift` (shares mod t ->
+    CrypTen's ring, after a BFV segment) or `reduce` ((x + h + r) mod t opened to the client, before one)."""
+    import numpy as np
+    import torch
+    from ..protocols.convert import ring
+    from ..protocols.ss.tuples import plan_elements
+    best = None
+    for _ in range(reps):
+        prov.mode, prov.recorded = "record", []
+        before = comm.counters.as_dict()
+        t0 = time.perf_counter()
+        if kind == "lift":
+            ring.lift(rank, np.zeros(shape, dtype=np.int64), t, 1 << 16, PRECISION_BITS)
+        else:
+            z = torch.zeros(shape, dtype=torch.float64)
+            x = crypten.cryptensor(z, src=1) + crypten.cryptensor(z, src=0)
+            before = comm.counters.as_dict()
+            t0 = time.perf_counter()
+            ring.reduce_reveal(rank, x, np.zeros(shape, dtype=np.int64) if rank == 0 else None, t)
+        dt = time.perf_counter() - t0
+        after = comm.counters.as_dict()
+        best = dt if best is None else min(best, dt)
+        tuples = list(prov.recorded)
+    prov.mode, prov.recorded = "online", []
+    return {"kind": kind, "shape": list(shape), "s": best, "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
+            "bytes_received": after["bytes_received"] - before["bytes_received"],
+            "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))}
+
+
+def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handovers=None) -> list[dict]:
+    """Run every piece between two real CrypTen parties (rank 0 = server, 1 = client) on loopback.
+    With `handovers` ([(kind, shape, t)]): count those mod-t hand-overs instead (no pieces)."""
     from ..protocols.ss.dealer import LocalDealer
     from ..protocols.ss.worker import ChildProcess, warm_up
     from ..transport.ports import free_port
     warm_up()
     rdv = f"tcp://127.0.0.1:{free_port('127.0.0.1')}"
     opts = {"precision_bits": PRECISION_BITS, "mpc_timeout": 60.0, "threads": 1, "gloo_ifname": "lo",
-            "pieces": pieces(graph), "reps": reps}
+            "pieces": [] if handovers else pieces(graph), "reps": reps, "handovers": list(handovers or ())}
     blob = graph_to_bytes(graph)
     dealer = LocalDealer(rdv, opts)  # CrypTen's group has the dealer as third member; it gets no request
     parties = [ChildProcess(_count_party, (r, rdv, blob, opts), f"count{r}") for r in (0, 1)]
@@ -86,6 +120,10 @@ def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0) -> list
         for p in parties:
             p.close()
         dealer.close()
+    if handovers:
+        return [{"kind": r1["kind"], "shape": r1["shape"], "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
+                 "bytes_down": r1["bytes_received"], "rounds": max(r0["rounds"], r1["rounds"]),
+                 "dealer_elements": r0["dealer_elements"]} for r0, r1 in zip(res[0]["handovers"], res[1]["handovers"])]
     out = []
     for r0, r1 in zip(res[0]["pieces"], res[1]["pieces"]):
         if r0["piece"] != r1["piece"]:

@@ -7,6 +7,11 @@ Why here: the rows are where the engines meet the planner. Today they are what t
 * `he` segments (he_in -> he_out) over every range of layers HE can run, priced at the parameters the hybrid
   engine would pick for them (`he_cost.py`): a segment that ends the plan floods and returns logits, any
   other one leaves masked (HE -> shares);
+* `he` segments in BFV (bfv_in -> bfv_out, or the logits) for every LINEAR-ONLY range inside a hybrid plan:
+  `hybrid` (hiding="best") runs such a segment in BFV with perfectly hiding hand-overs, so its CKKS row is
+  replaced by the BFV one (`bfv_cost.py`); only where BFV cannot hold the values (the engine falls back to
+  CKKS) does the CKKS row stay. The 2PC side of the BFV hand-overs (the mod-t reduce before, the lift after:
+  one secure comparison each) is counted on CrypTen parties (`ss_cost.count_pieces(handovers=...)`);
 * conversions at layer boundaries (client -> shares and client -> he_in at layer 0, shares -> he_in and
   he_out -> shares anywhere, shares -> client and he_out -> client at the end);
 * whole-model protocols (client -> client): `cheetah` (dealer-free 2PC; a measured cost from the calibration
@@ -26,12 +31,13 @@ import numpy as np
 from ..errors import ParameterError, UnsupportedLayerError
 from ..model.ir import Graph, graph_to_bytes
 from ..zoo.store import cache_root
-from . import he_cost, ss_cost
+from . import bfv_cost, he_cost, ss_cost
 from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
 
 CACHE_VERSION = 1
+BFV_VERSION = 2  # the BFV part of the cached counts (added to a cache of CACHE_VERSION when missing)
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
 
 
@@ -59,7 +65,7 @@ def counts(graph: Graph, progress=None) -> dict:
     if path.exists():
         data = json.loads(path.read_text())
         if data.get("version") == CACHE_VERSION:
-            if _add_io(data, say):
+            if _add_io(data, say) | _add_bfv(graph, data, say):
                 path.write_text(json.dumps(data) + "\n")
             return data
     say("2PC pieces: counting bytes, rounds and dealer tuples on CrypTen parties")
@@ -73,9 +79,50 @@ def counts(graph: Graph, progress=None) -> dict:
             except (ParameterError, UnsupportedLayerError) as e:
                 data["he"][f"{a}-{b}-{int(last)}"] = {"error": f"{type(e).__name__}: {e}"}
     _add_io(data, say)
+    _add_bfv(graph, data, say)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data) + "\n")
     return data
+
+
+def bfv_ranges(graph: Graph) -> list[tuple[int, int]]:
+    """Linear-only ranges that a hybrid plan runs in BFV (the whole model as one segment is the `he` protocol)."""
+    from ..protocols.hybrid.bfv_seg import is_linear
+    n = len(graph)
+    return [(a, b) for a, b in he_ranges(graph) if is_linear(graph, a, b) and (a, b) != (0, n)]
+
+
+def _add_bfv(graph: Graph, data: dict, say) -> bool:
+    """The BFV segments (`bfv_cost.py`) and the 2PC hand-overs next to them, added once to the cached counts."""
+    if data.get("bfv_version") == BFV_VERSION:
+        return False
+    n = len(graph)
+    data["bfv"], data["bfv_version"] = {}, BFV_VERSION
+    for a, b in bfv_ranges(graph):
+        key = f"{a}-{b}-{int(b == n)}"
+        say(f"BFV segment {a}-{b - 1}: the engine's segment, counted operations, real bytes")
+        try:
+            data["bfv"][key] = bfv_cost.segment_structure(graph, a, b, b == n)
+        except (ParameterError, UnsupportedLayerError) as e:
+            data["bfv"][key] = {"error": f"{type(e).__name__}: {e}"}
+    hand = set()
+    for key, st in data["bfv"].items():
+        if "error" in st:
+            continue
+        a, b, _ = (int(v) for v in key.split("-"))
+        if a > 0:
+            hand.add(("reduce", a, st["params"]["t"]))
+        if b < n:
+            hand.add(("lift", b, st["params"]["t"]))
+    # the comparison's cost does not depend on t: one count per (kind, boundary)
+    todo = sorted({(k, i): t for k, i, t in hand}.items())
+    data["bfv_handovers"] = {}
+    if todo:
+        say(f"BFV hand-overs: {len(todo)} mod-t lifts / reduces counted on CrypTen parties")
+        res = ss_cost.count_pieces(graph, handovers=[(k, [1, *graph.shapes[i]], t) for (k, i), t in todo])
+        for ((k, i), _), r in zip(todo, res):
+            data["bfv_handovers"][f"{k}-{i}"] = r
+    return True
 
 
 def io_key(params: dict) -> str:
@@ -112,24 +159,55 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
     for i in range(n + 1):
         if i == 0:
             rows.append(Row("convert", 0, 0, "client", "shares", Cost(overlap=True), dealer, once,
-                            {"what": "the client inputs its share (no message: CrypTen's zero shares are seeded)"}))
-            rows.append(Row("convert", 0, 0, "client", "he_in", Cost(), info={"what": "the client encrypts"}))
+                            {"what": "the client inputs its share (no message: CrypTen's zero shares are seeded)",
+                             "hiding": "perfect (additive shares)"}))
+            rows.append(Row("convert", 0, 0, "client", "he_in", Cost(), info={"what": "the client encrypts (CKKS)",
+                                                                            "hiding": "computational (RLWE)"}))
+            rows.append(Row("convert", 0, 0, "client", "bfv_in", Cost(), info={"what": "the client encrypts (BFV)",
+                                                                             "hiding": "computational (RLWE)"}))
         if 0 < i < n:
-            rows.append(Row("convert", i, i, "shares", "he_in", ss_cost.reveal_cost(_size(graph, i), cal), dealer,
+            ckks = dealer | {"statistical_hiding"}
+            rows.append(Row("convert", i, i, "shares", "he_in", ss_cost.reveal_cost(_size(graph, i), cal), ckks,
                             once, {"what": "2PC reveals x + r to the client (r: the server's mask); the client "
-                                           "encrypts it, the server subtracts r", "hiding": "statistical (mask bits)"}))
-            rows.append(Row("convert", i, i, "he_out", "shares", Cost(), dealer, once,
-                            {"what": "the server masks every slot; the client decrypts its share",
-                             "hiding": "statistical (mask bits)"}))
+                                           "encrypts it (CKKS), the server subtracts r",
+                                   "hiding": "statistical (19-20 mask bits)"}))
+            rows.append(Row("convert", i, i, "he_out", "shares", Cost(), ckks, once,
+                            {"what": "the server masks every CKKS slot; the client decrypts its share",
+                             "hiding": "statistical (19-20 mask bits)"}))
+            hand = data.get("bfv_handovers", {})
+            if f"reduce-{i}" in hand:
+                c = ss_cost.piece_cost(hand[f"reduce-{i}"], cal)
+                c = c + Cost(client_s=cal["ss"]["segment_overhead_s"], server_s=cal["ss"]["segment_overhead_s"],
+                             overlap=True)
+                rows.append(Row("convert", i, i, "shares", "bfv_in", c, dealer, once, {
+                    "what": "2PC reduces x + h + r mod t (one secure comparison) and opens it to the client; the "
+                            "client encrypts it (BFV), the server subtracts h + r", "hiding": "perfect (uniform mod t)"}))
+            if f"lift-{i}" in hand:
+                rows.append(Row("convert", i, i, "bfv_out", "shares", ss_cost.piece_cost(hand[f"lift-{i}"], cal),
+                                dealer, once, {"what": "the server masks every BFV slot uniformly mod t; the client "
+                                               "decrypts its share; 2PC lifts the mod-t shares into its ring (one "
+                                               "secure comparison)", "hiding": "perfect (uniform mod t)"}))
         if i == n:
             rows.append(Row("convert", n, n, "shares", "client", ss_cost.reveal_cost(_size(graph, n), cal), dealer,
-                            once, {"what": "2PC reveals the logits to the client"}))
+                            once, {"what": "2PC reveals the logits to the client", "hiding": "n/a (the logits are the output)"}))
             rows.append(Row("convert", n, n, "he_last", "client", Cost(),
-                            info={"what": "the server floods the result; the client decrypts the logits"}))
+                            info={"what": "the server floods the result; the client decrypts the logits",
+                                  "hiding": "n/a (the logits are the output)"}))
     if he:
-        for key, st in data["he"].items():
+        bfv = data.get("bfv", {})
+        for key, st in bfv.items():
             if "error" in st:
                 continue
+            a, b, last = (int(v) for v in key.split("-"))
+            p = st["params"]
+            rows.append(Row("he", a, b, "bfv_in", "he_last" if last else "bfv_out", bfv_cost.segment_cost(st, cal),
+                            info={"layers": list(graph.names[a:b]), "scheme": "bfv", "N": p["N"], "t_bits":
+                                  int(p["t"]).bit_length(), "weight_bits": st["weight_bits"], "depth": 0,
+                                  "input_ciphertexts": st["n_ct"], "output_ciphertexts": st["n_out_ct"],
+                                  "last": bool(last)}))
+        for key, st in data["he"].items():
+            if "error" in st or ("error" not in bfv.get(key, {"error": 1})):
+                continue  # a range that BFV runs is never CKKS in a hybrid plan
             a, b, last = (int(v) for v in key.split("-"))
             c = he_cost.segment_cost(st, cal, from_shares=a > 0, to_shares=not last,
                                      io=data.get("he_io", {}).get(io_key(st["params"])))

@@ -90,6 +90,18 @@ def mixed_mnist() -> nn.Sequential:
                 nn.Linear(250, 10))
 
 
+def wide_mlp_mnist() -> nn.Sequential:
+    """A wide one-hidden-layer MLP, 784-1024-ReLU-10 (privinfer's, for the planner): SecureML-style MLPs open
+    every weight of their first FC under 2PC on every query (8 x 784 x 1024 bytes each way), which BFV packs
+    into one input ciphertext; the ReLU needs 2PC. Its weights are over the shipped-size limit: the zoo
+    trains it deterministically on first use (`privinfer zoo train wide-mlp-mnist`)."""
+    return _seq((1, 28, 28),
+                nn.Flatten(),
+                nn.Linear(784, 1024),
+                nn.ReLU(),
+                nn.Linear(1024, 10))
+
+
 def tenseal_mnist() -> nn.Sequential:
     """TenSEAL tutorial 4 (encrypted convolution on MNIST): conv 7x7/3 with 4 maps (256), x², 64, x², 10."""
     return _seq((1, 28, 28),
@@ -134,6 +146,7 @@ class NetworkInfo:
     lr: float = 1e-3
     batch_size: int = 32
     clip: float | None = None  # gradient-norm clipping; x² nets can blow up without it
+    shipped: bool = True  # weights ship in zoo/weights (under store.MAX_SHIPPED_BYTES); else trained on first use
     base: str | None = None  # trained from this zoo network's weights (make_he_friendly + finetune `epochs`)
 
 
@@ -155,6 +168,9 @@ NETWORKS: dict[str, NetworkInfo] = {n.name: n for n in (
     NetworkInfo("minionn-mnist-he", minionn_mnist_he, "digits",
                 "MiniONN's MNIST net (CCS 2017), make_he_friendly: x² for ReLU, AvgPool for MaxPool; fine-tuned",
                 polynomial=True, epochs=8, clip=1.0, base="minionn-mnist"),
+    NetworkInfo("wide-mlp-mnist", wide_mlp_mnist, "digits",
+                "privinfer (planner: a wide first FC, cheap in BFV, expensive to open in 2PC on slow links)",
+                polynomial=False, epochs=20, shipped=False),
     NetworkInfo("minionn-cifar", minionn_cifar, "digits-rgb32",
                 "Liu et al., MiniONN, CCS 2017 (Fig. 13, CIFAR-10 net)", polynomial=False, epochs=8),
 )}

@@ -36,6 +36,7 @@ EXPECTED = {
     "minionn-mnist-he": ([C, P, A, C, P, A, F, L, P, L],
                          [(16, 24, 24), (16, 24, 24), (16, 12, 12), (16, 8, 8), (16, 8, 8), (16, 4, 4), (256,),
                           (100,), (100,), (10,)]),
+    "wide-mlp-mnist": ([F, L, R, L], [(784,), (1024,), (1024,), (10,)]),
     "minionn-cifar": ([C, R, C, R, A, C, R, C, R, A, C, R, C, R, C, R, F, L],
                       [(64, 32, 32)] * 4 + [(64, 16, 16)] * 5 + [(64, 8, 8)] * 5 + [(16, 8, 8)] * 2
                       + [(1024,), (10,)]),
@@ -44,7 +45,7 @@ EXPECTED = {
 
 def test_registry():
     assert list_networks() == list(EXPECTED)
-    assert set(SHIPPED) == set(EXPECTED) - {"minionn-cifar"}
+    assert set(SHIPPED) == set(EXPECTED) - {"minionn-cifar", "wide-mlp-mnist"}
     with pytest.raises(UnknownNetworkError):
         build_network("lenet-9000")
 
