@@ -203,10 +203,20 @@ def policy_from(options: dict) -> tuple[Policy, dict]:
     """Pop the policy keys from `options`: (Policy, the rest)."""
     rest = dict(options)
     eps = rest.pop("epsilon", None)
-    pol = Policy(model_private=bool(rest.pop("model_private", True)),
-                 epsilon=None if eps is None else float(eps), trusted_dealer=bool(rest.pop("trusted_dealer", True)),
+    pol = Policy(model_private=_flag(rest.pop("model_private", True), "model_private"),
+                 epsilon=None if eps is None else float(eps),
+                 trusted_dealer=_flag(rest.pop("trusted_dealer", True), "trusted_dealer"),
                  hiding=str(rest.pop("hiding", "perfect")))
     return pol, rest
+
+
+def _flag(v, name: str) -> bool:
+    """A policy switch: a bool, or its usual spellings from a CLI or a config ("false" must not mean True)."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return v.strip().lower() in ("true", "1", "yes")
+    raise ParameterError(f"{name} must be true or false, got {v!r}")
 
 
 def resolve_auto(graph: Graph, options: dict, network=None) -> tuple[str, dict, Plan]:
@@ -221,6 +231,9 @@ def resolve_auto(graph: Graph, options: dict, network=None) -> tuple[str, dict, 
         raise ParameterError("trusted_dealer=False excludes a dealer, but dealer= was given")
     plan = make_plan(graph, net, policy, objective, cal)
     proto, popts = plan.session_options()
+    clash = sorted(set(popts) & set(opts))
+    if clash:  # the plan owns these: a user value would run something other than what was planned and reported
+        raise ParameterError(f"protocol='auto' chooses {clash} itself; drop them, or name the protocol instead")
     if proto not in DEALER_PROTOCOLS:  # a dealer given for the case the plan needs 2PC: unused here
         opts = {k: v for k, v in opts.items() if k not in DEALER_OPTIONS}
     return proto, {**popts, **opts}, plan

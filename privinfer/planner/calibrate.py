@@ -19,6 +19,7 @@ line. Layer-level 2PC timings are not machine constants but per-shape measuremen
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -32,6 +33,8 @@ DEFAULTS = Path(__file__).with_name("defaults.json")
 #: ring size -> primes used for the timing (data primes, then the special prime), all within 128-bit bounds
 RINGS = {4096: (36, 36, 37), 8192: (60, 40, 40, 60), 16384: (60, 40, 40, 40, 40, 60), 32768: (60, 40, 40, 40, 40, 60)}
 REQUIRED = {"he", "ss"}
+HE_OPS = frozenset({"mul_plain", "add", "add_plain", "rotate", "rescale", "mod_switch", "square", "multiply", "encode"})
+BFV_OPS = frozenset({"mul_plain", "add", "add_plain", "rotate", "to_ntt", "from_ntt"})
 _warned: set = set()
 
 
@@ -39,24 +42,41 @@ def calibration_path() -> Path:
     return cache_root() / "planner" / "calibration.json"
 
 
+def _seconds(v) -> bool:
+    """A timing: a finite, non-negative number (NaN would never relax in the search; a bool is not a time)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
 def validate(table: dict, where: str) -> dict:
-    if not isinstance(table, dict) or table.get("version") != VERSION or not REQUIRED <= set(table):
+    """Typed errors for anything but a well-formed table: every timing the planner reads is checked here."""
+    if (not isinstance(table, dict) or table.get("version") != VERSION or not REQUIRED <= set(table)
+            or not isinstance(table["he"], dict) or not isinstance(table["ss"], dict)
+            or not isinstance(table.get("bfv", {}), dict)):
         raise ParameterError(f"{where} is not a privinfer calibration table (version {VERSION}); rerun "
                              f"`privinfer profile`")
     for N, ops in table["he"].items():
-        missing = {"mul_plain", "add", "add_plain", "rotate", "rescale", "mod_switch", "square", "multiply",
-                   "encode"} - set(ops)
+        if not isinstance(ops, dict):
+            raise ParameterError(f"{where}: HE timings for N={N} are not a table")
+        missing = HE_OPS - set(ops)
         if missing:
             raise ParameterError(f"{where}: HE timings for N={N} lack {sorted(missing)}")
+        bad = sorted(k for k in HE_OPS if not _seconds(ops[k]))
+        if bad:
+            raise ParameterError(f"{where}: HE timings for N={N}: {bad} are not finite non-negative seconds")
     for k in ("offline_fixed_s", "offline_s_per_dealer_element", "segment_overhead_s"):
-        if not isinstance(table["ss"].get(k), (int, float)):
-            raise ParameterError(f"{where}: 2PC constant {k!r} missing")
+        if not _seconds(table["ss"].get(k)):
+            raise ParameterError(f"{where}: 2PC constant {k!r} missing or not finite non-negative seconds")
+    bad = sorted(k for k, v in table.get("bfv", {}).items() if k in BFV_OPS and not _seconds(v))
+    if bad:
+        raise ParameterError(f"{where}: BFV timings {bad} are not finite non-negative seconds")
     return table
 
 
 def load_calibration(path: str | Path | None = None, warn: bool = True) -> dict:
     """The table at `path` (default: the cache's); the shipped defaults, with a one-line warning, if absent."""
     p = Path(path) if path is not None else calibration_path()
+    if path is not None and not p.exists():  # a path the user named: a typo must not fall back silently
+        raise ParameterError(f"calibration file {p} not found (run `privinfer profile -o {p}`)")
     if p.exists():
         try:
             table = json.loads(p.read_text())
