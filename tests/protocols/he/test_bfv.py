@@ -89,3 +89,22 @@ def test_received_ciphertexts_are_checked():
         srv.ct_from_bytes(b"\x00" * 64)
     with pytest.raises(ProtocolError):
         srv.ct_from_bytes(b"\x00" * (srv.max_ct_bytes() + 1))
+
+
+def test_the_flood_lands_in_the_ciphertext():
+    """Circuit privacy rests on `finish` adding ~2^beta of noise: check it through the decryption noise budget
+    (review finding: every other test only looks at decrypted slots, which a no-op flood would also pass)."""
+    import math
+    params = choose_params(2.0 ** 20)
+    ctx = BFVContext.create(params)
+    v = uniform_mod(params.t, params.N)
+    ct = ctx.ct_from_bytes(ctx.encrypt(v.astype(np.float64)), level=0)
+    top = ctx.parms_ids[0]
+    before = ctx.decryptor.invariant_noise_budget(ct)
+    ctx.finish(ct, noise_bits=0.0, level=0)  # stay at the top level: the budget compares like for like
+    after = ctx.decryptor.invariant_noise_budget(ct)
+    qbits = sum(math.log2(q) for q in ctx.level_primes[0])
+    noise = qbits - math.log2(params.t) - after - 1  # log2 |e| after the flood
+    assert ct.parms_id() == top and before - after >= ctx.flood_bits() - 25
+    assert noise >= ctx.flood_bits() - 2
+    assert np.array_equal(ctx.decrypt(ctx.ct_to_bytes(ct)) % params.t, v % params.t)  # and still decrypts
