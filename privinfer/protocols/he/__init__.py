@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import importlib
 import math
-import secrets
+import os
 import sys
 import threading
 import time
@@ -88,17 +88,29 @@ def _batch_module():
         raise
 
 
+def os_normal(n: int, std: float) -> np.ndarray:
+    """n Gaussian samples of `std` from the OS CSPRNG (Box-Muller on 53-bit uniforms): the flood must not come
+    from a PRNG whose state its outputs could reveal (numpy's PCG64 state can be recovered from outputs)."""
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint64).reshape(2, n) >> np.uint64(11)
+    u1 = (raw[0].astype(np.float64) + 1.0) * 2.0 ** -53  # (0, 1]: log is finite
+    u2 = raw[1].astype(np.float64) * 2.0 ** -53
+    return std * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
 def rerandomize(ctx: CKKSContext, ct, flood_std: float, rng: np.random.Generator | None = None):
-    """Add a fresh encryption of zero and complex Gaussian noise of `flood_std` (value units) to every slot."""
+    """Add a fresh encryption of zero and complex Gaussian noise of `flood_std` (value units) to every slot
+    (from the OS CSPRNG; `rng` only for reproducible tests)."""
     import tenseal.sealapi as seal
-    rng = rng or np.random.default_rng(secrets.randbits(128))
     zero = seal.Ciphertext()
     ctx.encryptor.encrypt_zero(ct.parms_id(), zero)
     zero.scale = ct.scale
     ctx.evaluator.add_inplace(ct, zero)
     if flood_std > 0:
         level = ctx.parms_ids.index(ct.parms_id())
-        noise = rng.normal(0.0, flood_std, ctx.slots) + 1j * rng.normal(0.0, flood_std, ctx.slots)
+        if rng is not None:
+            noise = rng.normal(0.0, flood_std, ctx.slots) + 1j * rng.normal(0.0, flood_std, ctx.slots)
+        else:
+            noise = os_normal(ctx.slots, flood_std) + 1j * os_normal(ctx.slots, flood_std)
         ctx.evaluator.add_plain_inplace(ct, ctx.encode(noise, ct.scale, level))
     return ct
 

@@ -303,3 +303,14 @@ def test_circuit_private_parameters_reach_the_target_where_the_chain_allows(mode
     assert rep["model_private"] == reached
     fast = FloodPolicy.make("fast").report(select_params(g, "latency", value_bits=params.value_bits, mask=True))
     assert fast["guarantee"] == "cryptographic-input-only" and not fast["model_private"]
+
+
+def test_the_flood_is_gaussian_from_the_os():
+    """`rerandomize`'s flood comes from the OS CSPRNG (review finding: a seeded PCG64 stream before); its
+    samples have the stated standard deviation and a normal shape."""
+    from scipy import stats as st
+
+    from privinfer.protocols.he import os_normal
+    z = os_normal(20000, 0.5)
+    assert abs(z.std() - 0.5) < 0.02 and abs(z.mean()) < 0.02
+    assert st.kstest(z / 0.5, "norm").pvalue > 1e-4
