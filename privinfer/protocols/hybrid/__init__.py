@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ParameterError, PrivinferError, ProtocolError, ResourceLimitError
+from ...errors import ParameterError, PrivacyChoiceError, PrivinferError, ProtocolError, ResourceLimitError
 from ...model.ir import Graph, graph_to_bytes, load_graph
 from ...planner.plan import PlanError, layer_protocols, parse_plan, plan_string
 from ...transport import Channel
@@ -218,6 +218,10 @@ class _HybridClient(EngineClient):
             self.ss = SSSegmentsClient(welcome["ss"], graph, copts, _ss_segments(self.segs, self.he))
         self.noisy = None
         if _noisy_start(self.segs) is not None:
+            if copts.get("epsilon") is None:  # a DP release of the client's data is the client's choice
+                raise PrivacyChoiceError(f"the server's plan {plan_string(self.segs)} releases layer "
+                                         f"{_noisy_start(self.segs)}'s input with differential privacy; pass "
+                                         "epsilon=... to accept it")
             from ..noisy import NoisyRelease
             rec = (welcome.get("noisy") or {}).get("recommended") or {}
             self.noisy = NoisyRelease(copts, rec.get("l1" if (copts.get("mechanism") or "laplace") == "laplace" else "l2"))
@@ -359,7 +363,7 @@ class Hybrid(Protocol):
                                       "hiding": "best"}
     client_options: dict[str, Any] = {"precision_bits": 16, "threads": 1, "gloo_ifname": None, "client_secret": None,
                                       # a noisy segment's DP release (as the `noisy` protocol's options)
-                                      "epsilon": 1.0, "mechanism": "laplace", "delta": None, "clip": None,
+                                      "epsilon": None, "mechanism": "laplace", "delta": None, "clip": None,
                                       "nullify": 0.0, "budget": None}
     local_client_options = frozenset({"client_secret"})
     local_session_defaults = {"dealer": "local"}

@@ -72,7 +72,7 @@ def test_noisy_segment_must_end_the_plan(g):
 
 def test_noisy_options_are_checked_for_hybrid(g):
     with pytest.raises(PrivinferError, match="mechanism"):
-        PrivateSession(g, "hybrid", plan="plain:0,noisy:1-", spawn="thread", mechanism="uniform", **OPTS)
+        PrivateSession(g, "hybrid", plan="plain:0,noisy:1-", spawn="thread", mechanism="uniform", epsilon=1.0, **OPTS)
 
 
 def test_the_release_in_a_plan_carries_its_noise(g):
@@ -132,3 +132,10 @@ def test_client_segment_then_ss_then_he(g):
     ref = run_reference(g, X)
     assert np.max(np.abs(out - ref)) < HE_TOL and np.all(out.argmax(1) == ref.argmax(1))
     assert [c["kind"] for c in p["conversions"]] == ["ss->he"]
+
+
+def test_a_noisy_segment_needs_the_clients_own_epsilon(g):
+    """The server's plan cannot make the client release its data with DP unless the client chose an epsilon."""
+    from privinfer.errors import PrivacyChoiceError
+    with pytest.raises(PrivacyChoiceError, match="epsilon"):
+        PrivateSession(g, "hybrid", plan="plain:0,noisy:1-", spawn="thread", warn=False, **OPTS)
