@@ -37,7 +37,7 @@ import numpy as np
 
 from ...errors import ParameterError, PrivacyChoiceError, PrivinferError, ProtocolError, ResourceLimitError
 from ...model.ir import Graph, graph_to_bytes, load_graph
-from ...planner.plan import PlanError, layer_protocols, parse_plan, plan_string
+from ...planner.plan import PlanError, parse_plan, plan_string
 from ...transport import Channel
 from .. import convert
 from ..base import ClientSide, Protocol, ServerSide, register
@@ -49,33 +49,12 @@ from ..ss.dealer import check_dealer_choice
 from ..ss.steps import SSSegment, SSShare
 from ..ss.worker import warm_up
 from ..convert import bfv as bfv_conv
-from ..he.bfv import FRAC_BITS, STAT_BITS
+from ..he.bfv import FRAC_BITS
 from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
+from .privacy import _bfv, _next, _noisy_start, _reveals, hybrid_privacy
 from .steps import BFVSegmentStep, HEToShares, SharesToHE, SSRunner
-
-#: plan protocols whose segment ends with the value revealed to the client in the clear when another segment
-#: follows: a `plain` client segment or a `noisy` release needs its input there
-NEEDS_CLIENT_PLAINTEXT = ("plain", "noisy")
-
-
-def _next(segs, i: int) -> str | None:
-    return segs[i + 1].protocol if i + 1 < len(segs) else None
-
-
-def _prev(segs, i: int) -> str | None:
-    return segs[i - 1].protocol if i > 0 else None
-
-
-def _reveals(segs, i: int) -> bool:
-    """Segment i ends at the client in the clear: the plan's last segment, or one before plain / noisy."""
-    return _next(segs, i) is None or _next(segs, i) in NEEDS_CLIENT_PLAINTEXT
-
-HIDING = ("best", "perfect", "statistical")
-
-def _bfv(h) -> bool:
-    return getattr(h, "scheme", "ckks") == "bfv"
 
 
 def _ss_segments(segs, he: dict) -> list:
@@ -108,10 +87,6 @@ def _bfv_produces(segs, i: int) -> Kind:
 
 def _ss_shapes(segs, graph: Graph) -> list:
     return [(graph.shapes[s.start], graph.shapes[s.stop]) for s in segs if s.protocol == "ss"]
-
-
-def _noisy_start(segs) -> int | None:
-    return next((s.start for s in segs if s.protocol == "noisy"), None)
 
 
 class _HybridServer(EngineServer):
@@ -293,54 +268,7 @@ class _HybridClient(EngineClient):
         return out
 
     def privacy(self) -> dict:
-        base = self.ss.privacy() if self.ss is not None else None
-        guarantee = base["guarantee"] if base is not None else "cryptographic-input-only"
-        # from the plan, not from the conversions logged so far (set-up runs this before any query): a hand-over
-        # hides perfectly only when the HE segment next to the ss segment is BFV
-        perfect = all(_bfv(h) for i, h in self.he.items() if "ss" in (_prev(self.segs, i), _next(self.segs, i)))
-        last = self.he.get(len(self.segs) - 1)
-        circuit = min([h.circuit_bits for h in self.he.values() if _bfv(h)] + [float("inf")])
-        # weights hidden from the client: perfect masks, every BFV result flooded for >= 40 bits, no CKKS logits
-        model_private = perfect and circuit >= STAT_BITS and (last is None or _bfv(last))
-        if guarantee == "cryptographic-trusted-dealer" and not model_private:
-            guarantee = "cryptographic-input-only"  # the weak CKKS masks do not hide intermediates formally
-        revealed = [self.segs[i].stop for i in range(len(self.segs) - 1)
-                    if self.segs[i].protocol in ("he", "ss") and _reveals(self.segs, i)]
-        out = {"protocol": "hybrid", "guarantee": guarantee, "plan": plan_string(self.segs),
-               "layer_protocols": layer_protocols(self.segs),
-               "input_private": base["input_private"] if base is not None else True, "model_private": model_private,
-               "conversions": self.conversions, "not_protected": ["architecture and plan"]}
-        if any(_bfv(h) for h in self.he.values()):
-            out["he"] = ("BFV for linear-only segments (masks uniform mod t: perfect hiding; results re-randomized and "
-                         "noise-flooded, the bits per conversion), CKKS for segments with x²; 128-bit security; "
-                         "keys of every HE segment sent once per session")
-            out["not_protected"].append("each BFV segment's plaintext modulus t (its bit size follows the segment's "
-                                        "value bound)")
-            if circuit < STAT_BITS:
-                out["not_protected"].append(f"the weights, against a client reading the decryption noise of BFV "
-                                            f"results: the flood gives {circuit} statistical bits (worst-case bound)")
-        elif self.he:
-            out["he"] = "CKKS, 128-bit security, keys of every HE segment sent once per session"
-        if not perfect:
-            out["not_protected"].append("intermediate activations at CKKS conversions only as well as the stated "
-                                        "mask bits hide them (19-20 bits, see protocols/convert)")
-        if revealed:  # exact intermediate values at the client: enough chosen inputs solve for the weights
-            out["model_private"] = False
-            out["not_protected"].append(f"the activations entering layer(s) {revealed} reach the client in the clear "
-                                        "(a client or noisy segment follows)")
-        plain = [str(s) for s in self.segs if s.protocol == "plain"]
-        if plain:
-            out["model_private"] = False
-            out["client_segments"] = plain
-            out["not_protected"].append(f"the weights of client segment(s) {', '.join(plain)}: sent to the client")
-        if self.noisy is not None:
-            dp = self.noisy.report()
-            out.update(guarantee=dp["guarantee"], input_private=dp["input_private"], noisy=dp)
-            out["not_protected"].append(f"the input, beyond the DP release at layer {_noisy_start(self.segs)}: the "
-                                        "server sees the noisy features and runs the rest in the clear")
-        if base is not None:
-            out["ss"] = {k: base[k] for k in ("dealer", "statement", "threat_model", "fixed_point_bits", "transport")}
-        return out
+        return hybrid_privacy(self)
 
     def close(self) -> None:
         if self.ss is not None:
