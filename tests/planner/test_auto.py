@@ -21,14 +21,6 @@ def graph():
     return compile_model(net, (1, 4, 4), (0.0, 1.0))
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PRIVINFER_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
 def test_counts_are_the_real_kernels(graph, cache):
     data = counts(graph)
     lin = next(p for p in data["ss"] if p["piece"] == [1, 2])

@@ -18,14 +18,6 @@ from privinfer.planner.table import build_rows, counts
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PRIVINFER_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def mixed():
     """flatten, linear, x², linear, relu, linear: linear-only ranges and ranges with x²."""
     torch.manual_seed(0)

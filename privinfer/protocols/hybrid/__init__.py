@@ -57,6 +57,9 @@ from .privacy import _bfv, _next, _noisy_start, _reveals, hybrid_privacy
 from .steps import BFVSegmentStep, HEToShares, SharesToHE, SSRunner
 
 
+HIDING = ("best", "perfect", "statistical")
+
+
 def _ss_segments(segs, he: dict) -> list:
     """The party's spec of every ss segment: masked when an HE segment follows it; mod-t hand-overs next to BFV."""
     out = []
