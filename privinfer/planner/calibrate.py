@@ -112,6 +112,16 @@ def _bar(done: int, total: int, what: str) -> None:
           file=sys.stderr, flush=True)
 
 
+def _median_s(fn, reps: int) -> float:
+    """Median wall seconds of `reps` calls of fn (the calibration's one timing rule)."""
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(sorted(ts)[len(ts) // 2])
+
+
 def time_he(N: int, bits: tuple, reps: int = 5) -> dict:
     """Seconds per data prime of each SEAL operation at ring size N (top level, median of `reps`)."""
     import numpy as np
@@ -131,12 +141,7 @@ def time_he(N: int, bits: tuple, reps: int = 5) -> dict:
     primes = len(bits) - 1
 
     def med(fn):
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts)) / primes
+        return _median_s(fn, reps) / primes
 
     def fresh():
         return ctx.ct_from_bytes(ctx.encrypt(x, 2.0 ** 30))
@@ -185,12 +190,7 @@ def time_bfv(reps: int = 5) -> dict:
     out = seal.Ciphertext()
 
     def med(fn):
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
+        return _median_s(fn, reps)
 
     return {"mul_plain": med(lambda: ev.multiply_plain(ct_ntt, pt_ntt, out)),
             "add": med(lambda: ev.add(ct, ct, out)),
