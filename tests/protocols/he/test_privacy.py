@@ -203,7 +203,7 @@ def test_averaging_attack_on_the_weights_evaluation_error(mode, options):
         # the attack works: the average of 64 replies carries d (measured 0.64 and 0.72 in two runs; a single
         # reply gave 0.11 and 0.73: without the mask the non-logit slots' d can exceed the 2^-11 flood in one
         # reply already). The ceiling is the judge's own 8-reply estimate of d.
-        assert avg > 0.5, (one, avg)
+        assert avg > 0.5 and avg >= one - tol, (one, avg)
 
 
 def test_circuit_private_is_the_default_caps_queries_per_key_and_reports_its_margin():
