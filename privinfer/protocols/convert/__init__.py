@@ -38,10 +38,10 @@ shares -> HE (the 2PC holds shares of x):
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
+from ...privacy.mechanisms import NoiseSource
 from ..he import rerandomize
 from ..he.bfv import uniform_mod
 from ..he.latency import LatencyPlan, client_vectors
@@ -57,8 +57,7 @@ class _OSRandom:
     enough of its outputs, and then every later mask with it. `uniform` and `integers` as numpy's."""
 
     def uniform(self, lo: float, hi: float, n: int) -> np.ndarray:
-        u = (np.frombuffer(os.urandom(8 * int(n)), dtype=np.uint64) >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
-        return lo + (hi - lo) * u
+        return lo + (hi - lo) * NoiseSource().uniform(int(n))
 
     def integers(self, lo: int, hi: int, size, endpoint: bool = False) -> np.ndarray:
         n = int(np.prod(size))

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import sys
 import threading
 import time
@@ -62,6 +61,7 @@ import numpy as np
 
 from ...errors import ParameterError, PrivinferError, ProtocolError, QueryLimitError, ResourceLimitError
 from ...model.ir import Graph
+from ...privacy.mechanisms import NoiseSource
 from ...transport import Channel
 from ..base import ClientSide, Protocol, ServerSide, register
 from ..engine import EngineClient, EngineServer
@@ -89,12 +89,9 @@ def _batch_module():
 
 
 def os_normal(n: int, std: float) -> np.ndarray:
-    """n Gaussian samples of `std` from the OS CSPRNG (Box-Muller on 53-bit uniforms): the flood must not come
-    from a PRNG whose state its outputs could reveal (numpy's PCG64 state can be recovered from outputs)."""
-    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint64).reshape(2, n) >> np.uint64(11)
-    u1 = (raw[0].astype(np.float64) + 1.0) * 2.0 ** -53  # (0, 1]: log is finite
-    u2 = raw[1].astype(np.float64) * 2.0 ** -53
-    return std * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    """n Gaussian samples of `std` from the OS CSPRNG (the DP mechanisms' `NoiseSource`): the flood must not
+    come from a PRNG whose state its outputs could reveal (numpy's PCG64 state can be recovered from outputs)."""
+    return NoiseSource().normal(std, n)
 
 
 def rerandomize(ctx: CKKSContext, ct, flood_std: float, rng: np.random.Generator | None = None):
