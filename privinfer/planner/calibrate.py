@@ -212,7 +212,7 @@ def time_bfv(reps: int = 5) -> dict:
             "N": ctx.N}
 
 
-def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 4) -> dict:
+def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 8) -> dict:
     """The 2PC engine's per-query constants from real `ss` sessions (local dealer) on two zoo networks:
     offline = fixed + per dealer element (a line through the two), and the per-call overhead."""
     import numpy as np
