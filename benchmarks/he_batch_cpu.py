@@ -1,6 +1,6 @@
 """Where the CPU of an end-to-end batch query goes: client, client SEAL helper, server, server SEAL helper.
 
-    .venv/bin/python benchmarks/he_batch_cpu.py [--batch 4096] [--queries 3] [--out PATH]
+    .venv/bin/python benchmarks/he_batch_cpu.py [--batch 4096] [--queries 3] [--out PATH] [--floor-only]
 
 Why: the end-to-end target of issue 13 (cryptonets-mnist, batch 4096, >= 2000 images/s on 2 cores) is
 bounded by CPU, not by the link: client and server share the machine's cores, so a query can never take
@@ -11,6 +11,13 @@ reports per query: wall time, CPU seconds per process role, the CPU-bound ceilin
 (batch / (total CPU / cores)) and the overlap efficiency ((total CPU / cores) / wall; 1.0 = no core ever
 idle). The load average is recorded: other processes on a shared machine take cores away (the overlap
 figure then reads low) and inflate CPU seconds (shared caches). Linux only (/proc).
+
+It also measures the SEAL floor: the per-ciphertext cost of every SEAL call the query cannot avoid
+(client: encode + seeded encrypt_symmetric + serialize per input position; server: seeded load per input
+position, one square per unit of the first Poly layer, relinearize + rescale + square per unit of the
+second), times the counts of the session's plan, in this process on one core. That many CPU seconds go to
+SEAL alone whatever the engine around it does; with `cores` cores the query cannot beat
+batch / (floor / cores) images per second.
 """
 from __future__ import annotations
 
@@ -100,12 +107,62 @@ class TreeSampler:
         self.thread.join()
 
 
+def seal_floor(context, n_in: int, units1: int, units2: int, reps: int = 40) -> dict:
+    """Median per-call CPU seconds of the unavoidable SEAL calls (one core, this process) and their total
+    for one query of n_in input ciphertexts, units1 squares, units2 relinearize+rescale+square."""
+    import tenseal.sealapi as seal
+    from privinfer.protocols.he import batch_rns as rns
+    from privinfer.protocols.he.seeded import SeededEncryptor, save_bytes
+    kit = rns.get_kit(context)
+    pid = kit.parms_ids[kit.top_level]
+    scale = float(context.global_scale)
+    enc = SeededEncryptor(kit.sc, context.secret_key().data, kit.encoder)
+    vals = np.random.default_rng(0).uniform(0, 1, kit.slots).tolist()
+    pt = seal.Plaintext()
+    ev = kit.evaluator
+
+    def timed(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(reps):
+            t = time.process_time()
+            fn()
+            ts.append(time.process_time() - t)
+        return statistics.median(ts)
+
+    kit.encoder.encode(vals, pid, scale, pt)
+    ser = enc.encryptor.encrypt_symmetric(pt)
+    blob = save_bytes(ser)
+    ct = rns.load_ciphertext(kit, blob, "floor")
+    out3, out2 = seal.Ciphertext(kit.sc), seal.Ciphertext(kit.sc)
+    ev.square(ct, out3)
+    per = {
+        "encode": timed(lambda: kit.encoder.encode(vals, pid, scale, pt)),
+        "encrypt_symmetric": timed(lambda: enc.encryptor.encrypt_symmetric(pt)),
+        "serialize_seeded": timed(lambda: save_bytes(ser)),
+        "load_seeded": timed(lambda: rns.load_ciphertext(kit, blob, "floor")),
+        "square": timed(lambda: ev.square(ct, out3)),
+        "relinearize": timed(lambda: ev.relinearize(out3, kit.relin_keys, out2)),
+        "rescale": timed(lambda: ev.rescale_to_next(out2, seal.Ciphertext(kit.sc))),
+    }
+    client = n_in * (per["encode"] + per["encrypt_symmetric"] + per["serialize_seeded"])
+    server = n_in * per["load_seeded"] + units1 * per["square"] + \
+        units2 * (per["relinearize"] + per["rescale"] + per["square"])
+    return {"per_call_ms": {k: round(v * 1e3, 3) for k, v in per.items()},
+            "counts": {"input_ciphertexts": n_in, "poly1_units": units1, "poly2_units": units2},
+            "client_cpu_s": round(client, 3), "server_cpu_s": round(server, 3),
+            "total_cpu_s": round(client + server, 3),
+            "note": "per-call costs at the top level (3 data primes here); relinearize/rescale/square of the "
+                    "second Poly layer run one level lower in the engine, so this slightly overstates them"}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--queries", type=int, default=3, help="measured queries (after one warm-up)")
     ap.add_argument("--model", default="cryptonets-mnist")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "he_batch_cpu.json")
+    ap.add_argument("--floor-only", action="store_true", help="only the SEAL floor (no session)")
     args = ap.parse_args(argv)
     if not os.path.isdir("/proc/self/task"):
         raise SystemExit("this benchmark reads /proc (Linux only)")
@@ -120,6 +177,18 @@ def main(argv=None) -> dict:
     need = B * (nq + 1)
     X = np.concatenate([X] * (-(-need // len(X))))[:need]
     cores = os.cpu_count() or 1
+    floor = _floor(graph, B)
+    print(f"SEAL floor per query: {floor['total_cpu_s']} CPU-s (client {floor['client_cpu_s']}, server "
+          f"{floor['server_cpu_s']}) -> at most {B / (floor['total_cpu_s'] / cores):.0f} images/s on {cores} cores; "
+          f"per call (ms): {floor['per_call_ms']}", flush=True)
+    floor["images_per_s_bound"] = round(B / (floor["total_cpu_s"] / cores), 1)
+    if args.floor_only:
+        res = {"command": "python benchmarks/he_batch_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "cores": cores, "batch": B, "seal_floor": floor,
+               "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        return res
     rows = []
     t_setup = time.perf_counter()
     with PrivateSession(graph, "he", packing="batch", batch_size=B) as sess:
@@ -161,6 +230,7 @@ def main(argv=None) -> dict:
         "cpu_total_s_median": med([r["cpu_total_s"] for r in meas]),
         "cpu_bound_images_per_s_median": med([r["cpu_bound_images_per_s"] for r in meas]),
         "overlap_median": med([r["overlap"] for r in meas]),
+        "seal_floor": floor,
         "queries": rows,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
@@ -168,6 +238,18 @@ def main(argv=None) -> dict:
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "queries"}, indent=2))
     return res
+
+
+def _floor(graph, batch: int) -> dict:
+    """The SEAL floor for `graph` under the parameters the protocol picks for `batch` (params.py)."""
+    from privinfer.protocols.he import _tenseal_context
+    from privinfer.protocols.he.batch_stages import normalize
+    from privinfer.protocols.he.params import select_params
+    p = select_params(graph, "batch", batch=batch)
+    ctx = _tenseal_context(p)  # what the session's client creates
+    polys = [st.n_in for st in normalize(graph) if st.kind == "poly"]
+    n_in = int(np.prod(graph.input_shape))
+    return seal_floor(ctx, n_in, polys[0] if polys else 0, sum(polys[1:]))
 
 
 if __name__ == "__main__":
