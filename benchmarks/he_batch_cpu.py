@@ -48,6 +48,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _cpu(pid: int) -> float | None:
     """utime + stime of a process (all its threads), seconds."""
     try:
@@ -60,7 +68,8 @@ def _cpu(pid: int) -> float | None:
 
 class TreeSampler:
     """CPU seconds per process role, sampled every `period` s: roles are 'client' (this process),
-    'server' (the session's server process), 'client_helper' / 'server_helper' (their other children)."""
+    'server' (the session's server process), 'client_helper' / 'server_helper' (their SEAL helper
+    processes), 'client_other' / 'server_other' (any other child, e.g. a multiprocessing forkserver)."""
 
     def __init__(self, server_pid: int, period: float = 0.05):
         self.server_pid, self.period = server_pid, period
@@ -73,11 +82,10 @@ class TreeSampler:
     def _roles(self) -> dict[int, str]:
         me = os.getpid()
         roles = {me: "client", self.server_pid: "server"}
-        for c in _children(me):
-            if c != self.server_pid:
-                roles[c] = "client_helper"
-        for c in _children(self.server_pid):
-            roles[c] = "server_helper"
+        for side, parent in (("client", me), ("server", self.server_pid)):
+            for c in _children(parent):
+                if c != self.server_pid:  # the SEAL helper (batch_helper._BOOT), else e.g. a forkserver
+                    roles[c] = f"{side}_helper" if "_helper_main" in _cmdline(c) else f"{side}_other"
         return roles
 
     def _run(self):
