@@ -10,6 +10,11 @@ lift (HE -> shares): the client holds a, the server b, both in [0, t), a + b = y
     (A' = round(a / D), B' = round((b - h) / D)) and the public T' = round(t / D) multiplies the shared bit,
     so y / D = A' + B' - T' + T' [a + b < t] up to 1.5 units of 2^-16, deterministically. CrypTen's
     probabilistic local truncation (which fails with probability ~|x| / 2^63 per element) is never used.
+lift_relu (HE -> shares, then a ReLU: every BFV segment of GAZELLE's split is followed by one): ReLU(y) / D in
+    ONE batched comparison instead of two in sequence. With s = a + b in [0, 2t): y + h = s mod t, so
+    [y < 0] = [s < h] + [s < t + h] - [s < t] (the three thresholds compared side by side, one `_ltz` on a
+    stacked tensor: the rounds of one comparison), w = 1 - [s < t] as in `lift`, and ReLU(y) / D =
+    (y / D) * (1 - [y < 0]): one product with a 0/1 share (scale 1, so no truncation).
 reduce_reveal (shares -> HE): S = X + h + r (X the ring value, |X| <= h; r the server's mask in [0, t)) lies
     in [0, 2t); Z = S - t [S >= t] = (x + h + r) mod t: one comparison, then Z is opened to the client only.
 """
@@ -38,6 +43,23 @@ def lift(rank: int, local: np.ndarray, t: int, D: int, bits: int):
     else:
         base = torch.round(a.double() / D).long()
     return MPCTensor.from_shares(base + T * lt, precision=bits)
+
+
+def lift_relu(rank: int, local: np.ndarray, t: int, D: int, bits: int):
+    """CrypTen MPCTensor (scale 2^bits) of ReLU(y) / D from shares a, b mod t (see the module docstring)."""
+    import torch
+    from crypten.mpc import MPCTensor
+    t, D = int(t), int(D)
+    h = (t - 1) // 2
+    a = torch.as_tensor(np.asarray(local), dtype=torch.int64)
+    lt = _ltz(torch.stack([a - c if rank == 0 else a for c in (h, t, t + h)]))  # [s < h], [s < t], [s < t + h]
+    T = int(round(t / D))
+    base = torch.round((a.double() - h) / D).long() - T if rank == 0 else torch.round(a.double() / D).long()
+    y = MPCTensor.from_shares(base + T * lt[1], precision=bits)
+    keep = -(lt[0] + lt[2] - lt[1])  # shares of 1 - [y < 0]: rank 0 adds the public 1
+    if rank == 0:
+        keep = keep + 1
+    return y * MPCTensor.from_shares(keep, precision=0)
 
 
 def reduce_reveal(rank: int, x, r: np.ndarray | None, t: int):

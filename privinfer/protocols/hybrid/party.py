@@ -6,7 +6,8 @@ by rank 0; their sum is the value, nobody sees it) and ends either revealed to t
 segment) or revealed to the client as x + r, where r is a fresh mask input by the server (a shares -> HE
 conversion, see `protocols/convert`). Next to a BFV segment the hand-over is mod t instead (`convert/ring.py`):
 a segment then starts by lifting the two mod-t shares into CrypTen's ring (`in: modt`) and/or ends by
-opening (x + h + r) mod t to the client (`out: modt`), one secure comparison each. All segments share one CrypTen group, one dealer and one
+opening (x + h + r) mod t to the client (`out: modt`), one secure comparison each; a ReLU right after the lift
+runs inside it (`ring.lift_relu`: one batched comparison for both). All segments share one CrypTen group, one dealer and one
 preprocessing plan per batch size: the dry run walks every segment in order, so the online phase pops the
 tuples of segment 1, then 2, ... and set-up is paid once per session, not once per segment.
 """
@@ -29,9 +30,13 @@ def hybrid_party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict,
         graph = load_graph(graph_blob)
         bits = int(opts["precision_bits"])
         segs = [_spec(s) for s in opts["segments"]]
-        exs = [Executor(crypten, graph.slice(s["start"], s["stop"]), rank, bits) for s in segs]
+        for s in segs:  # a ReLU right after a BFV segment runs inside the lift (`ring.lift_relu`)
+            s["fused"] = int(s["in"]["kind"] == "modt" and graph.layers[s["start"]].kind == "relu")
+            s["shape"] = tuple(graph.shapes[s["start"]])
+        exs = [Executor(crypten, graph.slice(s["start"] + s["fused"], s["stop"]), rank, bits)
+               if s["stop"] > s["start"] + s["fused"] else None for s in segs]
         send_msg(conn, {"ok": "ready", "init_s": time.perf_counter() - t0})
-        _HybridParty(crypten, comm, prov, exs, segs, rank, conn).loop()
+        _HybridParty(crypten, comm, prov, exs, segs, rank, conn, bits).loop()
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
         report_error(conn, e)
     finally:
@@ -48,32 +53,36 @@ def _spec(s) -> dict:
 
 
 class _HybridParty(_Party):
-    def __init__(self, crypten, comm, prov, exs, segs, rank, conn):
-        super().__init__(crypten, comm, prov, exs[0], rank, conn)
+    def __init__(self, crypten, comm, prov, exs, segs, rank, conn, bits):
+        super().__init__(crypten, comm, prov, next((e for e in exs if e is not None), None), rank, conn)
         self.exs, self.segs, self.next = exs, segs, 0
         self.masked = [s["masked"] for s in segs]
+        self.bits = int(bits)
 
     def _run(self, k: int, batch: int, own, mask):
         import numpy as np
         import torch
         from ..convert import ring
-        from ..ss.lowering import _fixed
+        from ..ss.lowering import Executor, _fixed
         ex = self.exs[k]
         cr = self.crypten
         spec = self.segs[k]
-        shape = (batch, *ex.graph.input_shape)
+        bits = self.bits
+        shape = (batch, *spec["shape"])
         zeros = torch.zeros(shape, dtype=torch.float64)
         if spec["in"]["kind"] == "modt":  # a BFV segment's result: shares mod t, lifted by one comparison
             local = np.zeros(shape, dtype=np.int64) if own is None else np.rint(own).astype(np.int64)
             if local.shape != shape:
                 raise ShapeError(f"segment {k}: share shape {local.shape} != {shape}")
-            h = ring.lift(self.rank, local, spec["in"]["t"], spec["in"]["D"], ex.bits)
+            lift = ring.lift_relu if spec["fused"] else ring.lift
+            h = lift(self.rank, local, spec["in"]["t"], spec["in"]["D"], bits)
         else:
-            mine = zeros if own is None else _fixed(own, ex.bits)
+            mine = zeros if own is None else _fixed(own, bits)
             if tuple(mine.shape) != tuple(zeros.shape):
                 raise ShapeError(f"segment {k}: share shape {tuple(mine.shape)} != {tuple(zeros.shape)}")
             h = cr.cryptensor(mine if self.rank == 1 else zeros, src=1) + cr.cryptensor(mine if self.rank == 0 else zeros, src=0)
-        h = ex.forward(h)
+        if ex is not None:
+            h = ex.forward(h)
         if self.masked[k] and spec["out"]["kind"] == "modt":  # into a BFV segment: (x + h + r) mod t
             out_shape = tuple(h.size())
             r = np.zeros(out_shape, dtype=np.int64) if (self.rank != 0 or mask is None) else np.rint(mask).astype(np.int64)
@@ -83,11 +92,11 @@ class _HybridParty(_Party):
             return None if z is None else z.to(torch.float64)
         if self.masked[k]:
             out_zeros = torch.zeros(tuple(h.size()), dtype=torch.float64)
-            r = _fixed(mask, ex.bits) if (self.rank == 0 and mask is not None) else out_zeros
+            r = _fixed(mask, bits) if (self.rank == 0 and mask is not None) else out_zeros
             if tuple(r.shape) != tuple(out_zeros.shape):
                 raise ShapeError(f"segment {k}: mask shape {tuple(r.shape)} != {tuple(out_zeros.shape)}")
             h = h + cr.cryptensor(r, src=0)
-        return ex.reveal_to_client(h)
+        return Executor.reveal_to_client(h)
 
     def _dry_run(self, batch: int) -> list:
         def forward():

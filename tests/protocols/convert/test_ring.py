@@ -1,5 +1,5 @@
 """convert/ring.py in two real CrypTen parties: the wrap-bit lift of mod-t shares and the mod-t reduction
-before a BFV segment, against exact integer arithmetic (edge cases included: a + b = t - 1, t, 2t - 2,
+before a BFV segment, and the lift fused with a ReLU, against exact integer arithmetic (edge cases included: a + b = t - 1, t, 2t - 2,
 y = +-h, and the largest ring values the next segment accepts)."""
 import os
 import subprocess
@@ -52,6 +52,9 @@ def test_lift_and_reduce_against_exact_integers(tmp_path):
     assert np.array_equal(a + b - h - t * (a + b >= t), y)  # the shares do encode y
     # lift: y / D on CrypTen's grid, within 1.5 units (deterministic, no probabilistic truncation)
     assert np.max(np.abs(out["lifted"] - y / D)) <= 1.5
+    # lift_relu: ReLU(y) / D from the same shares in one batched comparison (exactly 0 where y < 0)
+    assert np.max(np.abs(out["relu"] - np.maximum(y, 0) / D)) <= 1.5
+    assert np.all(out["relu"][y < 0] == 0) and np.all(out["relu"][y > 2 * D] > 0)
     # reduce: exactly (X + h + r) mod t, in [0, t)
     assert np.array_equal(out["z"], np.mod(X + h + r, t))
     assert out["z"].min() >= 0 and out["z"].max() < t
