@@ -15,6 +15,10 @@ lift_relu (HE -> shares, then a ReLU: every BFV segment of GAZELLE's split is fo
     [y < 0] = [s < h] + [s < t + h] - [s < t] (the three thresholds compared side by side, one `_ltz` on a
     stacked tensor: the rounds of one comparison), w = 1 - [s < t] as in `lift`, and ReLU(y) / D =
     (y / D) * (1 - [y < 0]): one product with a 0/1 share (scale 1, so no truncation).
+relu_reduce_reveal (a ReLU, then shares -> HE: every ss segment of GAZELLE's split ends so): the opening of
+    (ReLU(X) + h + r) mod t in ONE batched comparison instead of two in sequence: [X < 0] and [S >= t] side by
+    side (S = X + h + r), Z_X = S - t [S >= t], Z_0 = (h + r) mod t (the server's own), and
+    Z = Z_0 + [X >= 0] (Z_X - Z_0): one product of two integer shares (scale 1, no truncation).
 reduce_reveal (shares -> HE): S = X + h + r (X the ring value, |X| <= h; r the server's mask in [0, t)) lies
     in [0, 2t); Z = S - t [S >= t] = (x + h + r) mod t: one comparison, then Z is opened to the client only.
 """
@@ -74,3 +78,21 @@ def reduce_reveal(rank: int, x, r: np.ndarray | None, t: int):
     lt = _ltz(s)  # [S < t]
     z = MPCTensor.from_shares(s + t * lt, precision=0)
     return z._tensor.reveal(dst=1)
+
+
+def relu_reduce_reveal(rank: int, x, r: np.ndarray | None, t: int):
+    """Open (ReLU(X) + h + r) mod t to the client (rank 1; None elsewhere), X = the ring value of x."""
+    import torch
+    from crypten.mpc import MPCTensor
+    t = int(t)
+    h = (t - 1) // 2
+    s = x.share.clone()
+    R = torch.as_tensor(np.asarray(r), dtype=torch.int64).reshape(s.shape) if rank == 0 else None
+    st = s + R + (h - t) if rank == 0 else s.clone()  # shares of S - t
+    lt = _ltz(torch.stack([s, st]))  # [X < 0], [S < t]
+    zx = st + t * lt[1]  # shares of S mod t
+    z0 = torch.remainder(R + h, t) if rank == 0 else torch.zeros_like(s)
+    keep = 1 - lt[0] if rank == 0 else -lt[0]  # shares of [X >= 0]
+    z = MPCTensor.from_shares(keep, precision=0) * MPCTensor.from_shares(zx - z0, precision=0)
+    out = z.share + z0
+    return MPCTensor.from_shares(out, precision=0)._tensor.reveal(dst=1)

@@ -6,8 +6,8 @@ by rank 0; their sum is the value, nobody sees it) and ends either revealed to t
 segment) or revealed to the client as x + r, where r is a fresh mask input by the server (a shares -> HE
 conversion, see `protocols/convert`). Next to a BFV segment the hand-over is mod t instead (`convert/ring.py`):
 a segment then starts by lifting the two mod-t shares into CrypTen's ring (`in: modt`) and/or ends by
-opening (x + h + r) mod t to the client (`out: modt`), one secure comparison each; a ReLU right after the lift
-runs inside it (`ring.lift_relu`: one batched comparison for both). All segments share one CrypTen group, one dealer and one
+opening (x + h + r) mod t to the client (`out: modt`), one secure comparison each; a ReLU next to either runs
+inside it (one batched comparison for both, `_fuse`). All segments share one CrypTen group, one dealer and one
 preprocessing plan per batch size: the dry run walks every segment in order, so the online phase pops the
 tuples of segment 1, then 2, ... and set-up is paid once per session, not once per segment.
 """
@@ -25,22 +25,38 @@ def hybrid_party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict,
     try:
         t0 = time.perf_counter()
         crypten, comm, prov = party_init(rank, rendezvous, opts)
-        from ...model.ir import load_graph
+        from ...model.ir import Graph, load_graph
         from ..ss.lowering import Executor
         graph = load_graph(graph_blob)
         bits = int(opts["precision_bits"])
         segs = [_spec(s) for s in opts["segments"]]
-        for s in segs:  # a ReLU right after a BFV segment runs inside the lift (`ring.lift_relu`)
-            s["fused"] = int(s["in"]["kind"] == "modt" and graph.layers[s["start"]].kind == "relu")
-            s["shape"] = tuple(graph.shapes[s["start"]])
-        exs = [Executor(crypten, graph.slice(s["start"] + s["fused"], s["stop"]), rank, bits)
-               if s["stop"] > s["start"] + s["fused"] else None for s in segs]
+        exs = []
+        for s in segs:
+            layers = _fuse(graph, s)
+            exs.append(Executor(crypten, Graph(s["shape"], tuple(layers)), rank, bits) if layers else None)
         send_msg(conn, {"ok": "ready", "init_s": time.perf_counter() - t0})
         _HybridParty(crypten, comm, prov, exs, segs, rank, conn, bits).loop()
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
         report_error(conn, e)
     finally:
         end_child(conn)
+
+
+def _fuse(graph, s: dict) -> list:
+    """The layers the executor runs between the segment's hand-overs, fusing comparisons where it can:
+    ReLU, MaxPool -> MaxPool, ReLU (they commute: the ReLU then compares 4x fewer values); a ReLU right before
+    a mod-t opening runs inside it (`ring.relu_reduce_reveal`); one right after a mod-t lift inside the lift
+    (`ring.lift_relu`). Sets s["shape"], s["head"] and s["tail"]."""
+    layers = list(graph.layers[s["start"]:s["stop"]])
+    s["shape"] = tuple(graph.shapes[s["start"]])
+    if len(layers) >= 2 and layers[0].kind == "relu" and layers[1].kind == "maxpool2d":
+        layers[0], layers[1] = layers[1], layers[0]
+    s["tail"] = s["head"] = None
+    if s["masked"] and s["out"]["kind"] == "modt" and layers and layers[-1].kind == "relu":
+        s["tail"], layers = "relu", layers[:-1]
+    if s["in"]["kind"] == "modt" and layers and layers[0].kind == "relu":
+        s["head"], layers = "relu", layers[1:]
+    return layers
 
 
 def _spec(s) -> dict:
@@ -74,7 +90,7 @@ class _HybridParty(_Party):
             local = np.zeros(shape, dtype=np.int64) if own is None else np.rint(own).astype(np.int64)
             if local.shape != shape:
                 raise ShapeError(f"segment {k}: share shape {local.shape} != {shape}")
-            lift = ring.lift_relu if spec["fused"] else ring.lift
+            lift = ring.lift_relu if spec["head"] == "relu" else ring.lift
             h = lift(self.rank, local, spec["in"]["t"], spec["in"]["D"], bits)
         else:
             mine = zeros if own is None else _fixed(own, bits)
@@ -88,7 +104,8 @@ class _HybridParty(_Party):
             r = np.zeros(out_shape, dtype=np.int64) if (self.rank != 0 or mask is None) else np.rint(mask).astype(np.int64)
             if r.shape != out_shape:
                 raise ShapeError(f"segment {k}: mask shape {r.shape} != {out_shape}")
-            z = ring.reduce_reveal(self.rank, h, r if self.rank == 0 else None, spec["out"]["t"])
+            reduce = ring.relu_reduce_reveal if spec["tail"] == "relu" else ring.reduce_reveal
+            z = reduce(self.rank, h, r if self.rank == 0 else None, spec["out"]["t"])
             return None if z is None else z.to(torch.float64)
         if self.masked[k]:
             out_zeros = torch.zeros(tuple(h.size()), dtype=torch.float64)

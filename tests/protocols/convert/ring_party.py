@@ -27,8 +27,9 @@ def main(rank: int, rdv: str, infile: str, outfile: str) -> None:
     X = torch.as_tensor(d["X"], dtype=torch.int64)
     x = MPCTensor.from_shares(X if rank == 1 else torch.zeros_like(X), precision=16)
     z = ring.reduce_reveal(rank, x, d["r"] if rank == 0 else None, t)
+    zr = ring.relu_reduce_reveal(rank, x, d["r"] if rank == 0 else None, t)
     if rank == 1:
-        np.savez(outfile, lifted=lifted.numpy(), relu=relu.numpy(), z=z.numpy())
+        np.savez(outfile, lifted=lifted.numpy(), relu=relu.numpy(), z=z.numpy(), zr=zr.numpy())
     crypten.uninit()
 
 

@@ -1,5 +1,5 @@
 """convert/ring.py in two real CrypTen parties: the wrap-bit lift of mod-t shares and the mod-t reduction
-before a BFV segment, and the lift fused with a ReLU, against exact integer arithmetic (edge cases included: a + b = t - 1, t, 2t - 2,
+before a BFV segment, the lift fused with a ReLU and a ReLU fused with the reduction, against exact integer arithmetic (edge cases included: a + b = t - 1, t, 2t - 2,
 y = +-h, and the largest ring values the next segment accepts)."""
 import os
 import subprocess
@@ -58,3 +58,5 @@ def test_lift_and_reduce_against_exact_integers(tmp_path):
     # reduce: exactly (X + h + r) mod t, in [0, t)
     assert np.array_equal(out["z"], np.mod(X + h + r, t))
     assert out["z"].min() >= 0 and out["z"].max() < t
+    # relu + reduce in one batched comparison: exactly (ReLU(X) + h + r) mod t
+    assert np.array_equal(out["zr"], np.mod(np.maximum(X, 0) + h + r, t))
