@@ -19,6 +19,11 @@ relu_reduce_reveal (a ReLU, then shares -> HE: every ss segment of GAZELLE's spl
     (ReLU(X) + h + r) mod t in ONE batched comparison instead of two in sequence: [X < 0] and [S >= t] side by
     side (S = X + h + r), Z_X = S - t [S >= t], Z_0 = (h + r) mod t (the server's own), and
     Z = Z_0 + [X >= 0] (Z_X - Z_0): one product of two integer shares (scale 1, no truncation).
+lift_relu_reduce_reveal (a segment that is one ReLU between two BFV segments, GAZELLE's layer 8): all three in
+    ONE batched comparison of five thresholds: [s < h], [s < t], [s < t + h] (sign and wrap bit of y) and the
+    next modulus t2's wrap bit of both candidates c_w = y / D for w = 0, 1 (`lift`'s A' + B' - T' w). The
+    three cases are indicator bits linear in those: y < 0 -> (h2 + r) mod t2 (the server's own), h <= s < t ->
+    (c_0 + h2 + r) mod t2, s >= t + h -> (c_1 + h2 + r) mod t2: one round of three products, summed, opened.
 reduce_reveal (shares -> HE): S = X + h + r (X the ring value, |X| <= h; r the server's mask in [0, t)) lies
     in [0, 2t); Z = S - t [S >= t] = (x + h + r) mod t: one comparison, then Z is opened to the client only.
 """
@@ -96,3 +101,28 @@ def relu_reduce_reveal(rank: int, x, r: np.ndarray | None, t: int):
     z = MPCTensor.from_shares(keep, precision=0) * MPCTensor.from_shares(zx - z0, precision=0)
     out = z.share + z0
     return MPCTensor.from_shares(out, precision=0)._tensor.reveal(dst=1)
+
+
+def lift_relu_reduce_reveal(rank: int, local: np.ndarray, t: int, D: int, r: np.ndarray | None, t2: int):
+    """Open (ReLU(y / D) + h2 + r) mod t2 to the client from shares mod t of y (see the module docstring)."""
+    import torch
+    from crypten.mpc import MPCTensor
+    t, D, t2 = int(t), int(D), int(t2)
+    h, h2 = (t - 1) // 2, (t2 - 1) // 2
+    a = torch.as_tensor(np.asarray(local), dtype=torch.int64)
+    T = int(round(t / D))
+    base = torch.round((a.double() - h) / D).long() - T if rank == 0 else torch.round(a.double() / D).long()
+    cands = [base + (T if rank == 0 else 0), base]  # shares of c_0 (no wrap) and c_1 (wrap)
+    if rank == 0:
+        R = torch.as_tensor(np.asarray(r), dtype=torch.int64).reshape(a.shape)
+        u = [c + R + (h2 - t2) for c in cands]  # shares of c_w + h2 + r - t2
+        z0 = torch.remainder(R + h2, t2)
+    else:
+        u, z0 = cands, torch.zeros_like(a)
+    lt = _ltz(torch.stack([a - h if rank == 0 else a, a - t if rank == 0 else a, a - t - h if rank == 0 else a]
+                          + u))  # [s < h], [s < t], [s < t + h], [u_0 < 0], [u_1 < 0]
+    one = 1 if rank == 0 else 0
+    bits = torch.stack([lt[0] + lt[2] - lt[1], lt[1] - lt[0], one - lt[2]])  # y < 0 | no wrap, y >= 0 | wrap, y >= 0
+    vals = torch.stack([z0, u[0] + t2 * lt[3], u[1] + t2 * lt[4]])
+    z = (MPCTensor.from_shares(bits, precision=0) * MPCTensor.from_shares(vals, precision=0)).share.sum(0)
+    return MPCTensor.from_shares(z, precision=0)._tensor.reveal(dst=1)

@@ -46,7 +46,8 @@ def _fuse(graph, s: dict) -> list:
     """The layers the executor runs between the segment's hand-overs, fusing comparisons where it can:
     ReLU, MaxPool -> MaxPool, ReLU (they commute: the ReLU then compares 4x fewer values); a ReLU right before
     a mod-t opening runs inside it (`ring.relu_reduce_reveal`); one right after a mod-t lift inside the lift
-    (`ring.lift_relu`). Sets s["shape"], s["head"] and s["tail"]."""
+    (`ring.lift_relu`); a lone ReLU between two BFV segments is one comparison in all (`ring.
+    lift_relu_reduce_reveal`, head = tail = "whole"). Sets s["shape"], s["head"] and s["tail"]."""
     layers = list(graph.layers[s["start"]:s["stop"]])
     s["shape"] = tuple(graph.shapes[s["start"]])
     if len(layers) >= 2 and layers[0].kind == "relu" and layers[1].kind == "maxpool2d":
@@ -56,6 +57,8 @@ def _fuse(graph, s: dict) -> list:
         s["tail"], layers = "relu", layers[:-1]
     if s["in"]["kind"] == "modt" and layers and layers[0].kind == "relu":
         s["head"], layers = "relu", layers[1:]
+    if s["in"]["kind"] == "modt" and s["tail"] == "relu" and not layers:  # lift, ReLU, opening: all in one
+        s["head"] = s["tail"] = "whole"
     return layers
 
 
@@ -90,6 +93,13 @@ class _HybridParty(_Party):
             local = np.zeros(shape, dtype=np.int64) if own is None else np.rint(own).astype(np.int64)
             if local.shape != shape:
                 raise ShapeError(f"segment {k}: share shape {local.shape} != {shape}")
+            if spec["head"] == "whole":
+                r = np.zeros(shape, dtype=np.int64) if mask is None else np.rint(mask).astype(np.int64)
+                if self.rank == 0 and r.shape != shape:
+                    raise ShapeError(f"segment {k}: mask shape {r.shape} != {shape}")
+                z = ring.lift_relu_reduce_reveal(self.rank, local, spec["in"]["t"], spec["in"]["D"],
+                                                 r if self.rank == 0 else None, spec["out"]["t"])
+                return None if z is None else z.to(torch.float64)
             lift = ring.lift_relu if spec["head"] == "relu" else ring.lift
             h = lift(self.rank, local, spec["in"]["t"], spec["in"]["D"], bits)
         else:

@@ -28,8 +28,10 @@ def main(rank: int, rdv: str, infile: str, outfile: str) -> None:
     x = MPCTensor.from_shares(X if rank == 1 else torch.zeros_like(X), precision=16)
     z = ring.reduce_reveal(rank, x, d["r"] if rank == 0 else None, t)
     zr = ring.relu_reduce_reveal(rank, x, d["r"] if rank == 0 else None, t)
+    t2 = int(d["t2"])
+    zw = ring.lift_relu_reduce_reveal(rank, d["b"] if rank == 0 else d["a"], t, D, d["r2"] if rank == 0 else None, t2)
     if rank == 1:
-        np.savez(outfile, lifted=lifted.numpy(), relu=relu.numpy(), z=z.numpy(), zr=zr.numpy())
+        np.savez(outfile, lifted=lifted.numpy(), relu=relu.numpy(), z=z.numpy(), zr=zr.numpy(), zw=zw.numpy())
     crypten.uninit()
 
 

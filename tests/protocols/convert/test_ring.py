@@ -48,7 +48,9 @@ def test_lift_and_reduce_against_exact_integers(tmp_path):
     X = np.concatenate([[h, -h, 0, h - 1], rng.integers(-h, h, size=396, endpoint=True)]).astype(np.int64)
     r = uniform_mod(t, len(X))
     r[:4] = [t - 1, 0, t - 1 - h, t - h]
-    out = run_parties(tmp_path, {"t": t, "D": D, "a": a, "b": b, "X": X, "r": r})
+    t2 = choose_params(2.0 ** 30).t
+    r2 = uniform_mod(t2, len(y))
+    out = run_parties(tmp_path, {"t": t, "D": D, "a": a, "b": b, "X": X, "r": r, "t2": t2, "r2": r2})
     assert np.array_equal(a + b - h - t * (a + b >= t), y)  # the shares do encode y
     # lift: y / D on CrypTen's grid, within 1.5 units (deterministic, no probabilistic truncation)
     assert np.max(np.abs(out["lifted"] - y / D)) <= 1.5
@@ -60,3 +62,10 @@ def test_lift_and_reduce_against_exact_integers(tmp_path):
     assert out["z"].min() >= 0 and out["z"].max() < t
     # relu + reduce in one batched comparison: exactly (ReLU(X) + h + r) mod t
     assert np.array_equal(out["zr"], np.mod(np.maximum(X, 0) + h + r, t))
+    # lift + relu + reduce into the next modulus t2, one batched comparison: (ReLU(y') + h2 + r2) mod t2 for the
+    # lifted y' (within 1.5 units of y / D; exactly h2 + r2 where y < 0)
+    h2 = (t2 - 1) // 2
+    got = np.mod(out["zw"] - h2 - r2, t2)
+    got = np.where(got > h2, got - t2, got)  # ReLU(y') back from the opening
+    assert np.all(got[y < 0] == 0) and np.max(np.abs(got - np.maximum(y, 0) / D)) <= 1.5
+    assert out["zw"].min() >= 0 and out["zw"].max() < t2
