@@ -24,6 +24,11 @@ lift_relu_reduce_reveal (a segment that is one ReLU between two BFV segments, GA
     next modulus t2's wrap bit of both candidates c_w = y / D for w = 0, 1 (`lift`'s A' + B' - T' w). The
     three cases are indicator bits linear in those: y < 0 -> (h2 + r) mod t2 (the server's own), h <= s < t ->
     (c_0 + h2 + r) mod t2, s >= t + h -> (c_1 + h2 + r) mod t2: one round of three products, summed, opened.
+pool_relu_reduce_reveal (MaxPool, ReLU, then shares -> HE: GAZELLE's layers 1-2 and 4-5, run as MaxPool, ReLU):
+    the pool's tournament down to two halves m1, m2 (`ss.lowering`), then its last comparison, both signs and
+    both candidates' wrap bits in ONE batched comparison: p1 = [m1 >= m2][m1 >= 0], p2 = [m1 < m2][m2 >= 0]
+    (one round of products), Z = Z_0 + p1 (Z_1 - Z_0) + p2 (Z_2 - Z_0) (another): one comparison fewer in
+    sequence than the tournament's last level followed by `relu_reduce_reveal`.
 reduce_reveal (shares -> HE): S = X + h + r (X the ring value, |X| <= h; r the server's mask in [0, t)) lies
     in [0, 2t); Z = S - t [S >= t] = (x + h + r) mod t: one comparison, then Z is opened to the client only.
 """
@@ -125,4 +130,31 @@ def lift_relu_reduce_reveal(rank: int, local: np.ndarray, t: int, D: int, r: np.
     bits = torch.stack([lt[0] + lt[2] - lt[1], lt[1] - lt[0], one - lt[2]])  # y < 0 | no wrap, y >= 0 | wrap, y >= 0
     vals = torch.stack([z0, u[0] + t2 * lt[3], u[1] + t2 * lt[4]])
     z = (MPCTensor.from_shares(bits, precision=0) * MPCTensor.from_shares(vals, precision=0)).share.sum(0)
+    return MPCTensor.from_shares(z, precision=0)._tensor.reveal(dst=1)
+
+
+def pool_relu_reduce_reveal(rank: int, x, kernel, stride, r: np.ndarray | None, t: int):
+    """Open (ReLU(MaxPool(X)) + h + r) mod t to the client (rank 1; None elsewhere): see the module docstring.
+    The windows must have an even size (the two halves are reduced side by side)."""
+    import crypten
+    import torch
+    from crypten.mpc import MPCTensor
+    from ..ss.lowering import _pairwise_max, pool_windows
+    t = int(t)
+    h = (t - 1) // 2
+    w = pool_windows(x, kernel, stride)
+    k = w.size(-1)
+    m = _pairwise_max(crypten.stack([w[..., :k // 2], w[..., k // 2:]]))  # both halves' maxima, side by side
+    s1, s2 = m.share[0], m.share[1]
+    if rank == 0:
+        R = torch.as_tensor(np.asarray(r), dtype=torch.int64).reshape(s1.shape)
+        u1, u2, z0 = s1 + R + (h - t), s2 + R + (h - t), torch.remainder(R + h, t)
+    else:
+        u1, u2, z0 = s1, s2, torch.zeros_like(s1)
+    lt = _ltz(torch.stack([s1 - s2, s1, s2, u1, u2]))  # [m1 < m2], [m1 < 0], [m2 < 0], [S1 < t], [S2 < t]
+    one = 1 if rank == 0 else 0
+    p = MPCTensor.from_shares(torch.stack([one - lt[0], lt[0]]), precision=0) * \
+        MPCTensor.from_shares(torch.stack([one - lt[1], one - lt[2]]), precision=0)
+    vals = torch.stack([u1 + t * lt[3] - z0, u2 + t * lt[4] - z0])
+    z = (MPCTensor.from_shares(p.share, precision=0) * MPCTensor.from_shares(vals, precision=0)).share.sum(0) + z0
     return MPCTensor.from_shares(z, precision=0)._tensor.reveal(dst=1)

@@ -49,7 +49,7 @@ def _fuse(graph, s: dict) -> list:
     (`ring.lift_relu`); a lone ReLU between two BFV segments is one comparison in all (`ring.
     lift_relu_reduce_reveal`, head = tail = "whole"). Sets s["shape"], s["head"] and s["tail"]."""
     layers = list(graph.layers[s["start"]:s["stop"]])
-    s["shape"] = tuple(graph.shapes[s["start"]])
+    s["shape"], s["out_shape"] = tuple(graph.shapes[s["start"]]), tuple(graph.shapes[s["stop"]])
     if len(layers) >= 2 and layers[0].kind == "relu" and layers[1].kind == "maxpool2d":
         layers[0], layers[1] = layers[1], layers[0]
     s["tail"] = s["head"] = None
@@ -59,6 +59,9 @@ def _fuse(graph, s: dict) -> list:
         s["head"], layers = "relu", layers[1:]
     if s["in"]["kind"] == "modt" and s["tail"] == "relu" and not layers:  # lift, ReLU, opening: all in one
         s["head"] = s["tail"] = "whole"
+    if s["tail"] == "relu" and layers and layers[-1].kind == "maxpool2d" \
+            and (layers[-1].kernel[0] * layers[-1].kernel[1]) % 2 == 0:  # the pool's last level joins the opening
+        s["tail"], s["pool"], layers = "pool_relu", (tuple(layers[-1].kernel), tuple(layers[-1].stride)), layers[:-1]
     return layers
 
 
@@ -110,12 +113,17 @@ class _HybridParty(_Party):
         if ex is not None:
             h = ex.forward(h)
         if self.masked[k] and spec["out"]["kind"] == "modt":  # into a BFV segment: (x + h + r) mod t
-            out_shape = tuple(h.size())
+            out_shape = (batch, *spec["out_shape"])
             r = np.zeros(out_shape, dtype=np.int64) if (self.rank != 0 or mask is None) else np.rint(mask).astype(np.int64)
             if r.shape != out_shape:
                 raise ShapeError(f"segment {k}: mask shape {r.shape} != {out_shape}")
-            reduce = ring.relu_reduce_reveal if spec["tail"] == "relu" else ring.reduce_reveal
-            z = reduce(self.rank, h, r if self.rank == 0 else None, spec["out"]["t"])
+            mine = r if self.rank == 0 else None
+            if spec["tail"] == "pool_relu":
+                z = ring.pool_relu_reduce_reveal(self.rank, h, *spec["pool"], mine, spec["out"]["t"])
+            elif spec["tail"] == "relu":
+                z = ring.relu_reduce_reveal(self.rank, h, mine, spec["out"]["t"])
+            else:
+                z = ring.reduce_reveal(self.rank, h, mine, spec["out"]["t"])
             return None if z is None else z.to(torch.float64)
         if self.masked[k]:
             out_zeros = torch.zeros(tuple(h.size()), dtype=torch.float64)

@@ -30,8 +30,11 @@ def main(rank: int, rdv: str, infile: str, outfile: str) -> None:
     zr = ring.relu_reduce_reveal(rank, x, d["r"] if rank == 0 else None, t)
     t2 = int(d["t2"])
     zw = ring.lift_relu_reduce_reveal(rank, d["b"] if rank == 0 else d["a"], t, D, d["r2"] if rank == 0 else None, t2)
+    P = torch.as_tensor(d["P"], dtype=torch.int64)
+    xp = MPCTensor.from_shares(P if rank == 1 else torch.zeros_like(P), precision=16)
+    zp = ring.pool_relu_reduce_reveal(rank, xp, (2, 2), (2, 2), d["rp"] if rank == 0 else None, t)
     if rank == 1:
-        np.savez(outfile, lifted=lifted.numpy(), relu=relu.numpy(), z=z.numpy(), zr=zr.numpy(), zw=zw.numpy())
+        np.savez(outfile, lifted=lifted.numpy(), relu=relu.numpy(), z=z.numpy(), zr=zr.numpy(), zw=zw.numpy(), zp=zp.numpy())
     crypten.uninit()
 
 

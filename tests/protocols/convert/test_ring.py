@@ -50,7 +50,12 @@ def test_lift_and_reduce_against_exact_integers(tmp_path):
     r[:4] = [t - 1, 0, t - 1 - h, t - h]
     t2 = choose_params(2.0 ** 30).t
     r2 = uniform_mod(t2, len(y))
-    out = run_parties(tmp_path, {"t": t, "D": D, "a": a, "b": b, "X": X, "r": r, "t2": t2, "r2": r2})
+    # a (1, 3, 4, 6) tensor for MaxPool 2x2 -> ReLU -> reduce: window 0 all negative, window 1 a tie
+    P = rng.integers(-h // 2, h // 2, size=(1, 3, 4, 6))
+    P[0, 0, :2, :2] = [[-5, -3], [-9, -1]]
+    P[0, 0, :2, 2:4] = [[7, 7], [-2, 7]]
+    rp = uniform_mod(t, 18).reshape(1, 3, 2, 3)
+    out = run_parties(tmp_path, {"t": t, "D": D, "a": a, "b": b, "X": X, "r": r, "t2": t2, "r2": r2, "P": P, "rp": rp})
     assert np.array_equal(a + b - h - t * (a + b >= t), y)  # the shares do encode y
     # lift: y / D on CrypTen's grid, within 1.5 units (deterministic, no probabilistic truncation)
     assert np.max(np.abs(out["lifted"] - y / D)) <= 1.5
@@ -69,3 +74,6 @@ def test_lift_and_reduce_against_exact_integers(tmp_path):
     got = np.where(got > h2, got - t2, got)  # ReLU(y') back from the opening
     assert np.all(got[y < 0] == 0) and np.max(np.abs(got - np.maximum(y, 0) / D)) <= 1.5
     assert out["zw"].min() >= 0 and out["zw"].max() < t2
+    # MaxPool's last level, ReLU and the reduction in one batched comparison: exact
+    pooled = P.reshape(1, 3, 2, 2, 3, 2).max(axis=(3, 5))
+    assert np.array_equal(out["zp"], np.mod(np.maximum(pooled, 0) + h + rp, t))
