@@ -1,9 +1,11 @@
 """A linear-only HE segment in BFV: integer weights, the `latency`/`convpack` packing plans, SEAL evaluation.
 
-Why a second evaluator is not written: the CKKS packing code (`latency.py`, `convpack.py`) is written against a
-small backend interface (encode, mul_plain, add, rotate, ...). `BFVBackend` implements it on BFV ciphertexts,
-and `CompiledPlan` runs unchanged on a program whose matrix and bias are the quantized integers
-A_int = round(A 2^w), b_int = round(b 2^(FRAC_BITS + w)) (scales and rescales are then no-ops).
+Plans: a segment of one conv2d or linear layer normally runs the lane packing of `bfv_pack.py` (BFV only:
+both rows, lanes summed by the client as shares); any other linear segment runs the CKKS packing code
+(`latency.py`, `convpack.py`), which is written against a small backend interface (encode, mul_plain, add,
+rotate, ...). `BFVBackend` implements it on BFV ciphertexts, for both: `CompiledPlan` runs unchanged on a
+program whose matrix and bias are the quantized integers A_int = round(A 2^w), b_int = round(b 2^(FRAC_BITS + w))
+(scales and rescales are then no-ops). `choose_plan` picks by the cost model, from public information only.
 
 Speed: SEAL's BFV `multiply_plain` on a coefficient-form ciphertext transforms both operands to NTT form on
 every call. Here weight plaintexts are kept in NTT form (transformed once, at compile time), each ciphertext
