@@ -50,8 +50,9 @@ def _fuse(graph, s: dict) -> list:
     lift_relu_reduce_reveal`, head = tail = "whole"). Sets s["shape"], s["head"] and s["tail"]."""
     layers = list(graph.layers[s["start"]:s["stop"]])
     s["shape"], s["out_shape"] = tuple(graph.shapes[s["start"]]), tuple(graph.shapes[s["stop"]])
-    if len(layers) >= 2 and layers[0].kind == "relu" and layers[1].kind == "maxpool2d":
-        layers[0], layers[1] = layers[1], layers[0]
+    for i in range(len(layers) - 1):  # every ReLU right before a MaxPool (they commute)
+        if layers[i].kind == "relu" and layers[i + 1].kind == "maxpool2d":
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
     s["tail"] = s["head"] = None
     if s["masked"] and s["out"]["kind"] == "modt" and layers and layers[-1].kind == "relu":
         s["tail"], layers = "relu", layers[:-1]
