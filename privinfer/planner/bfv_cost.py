@@ -92,12 +92,12 @@ def segment_structure(graph: Graph, start: int, stop: int, last: bool) -> dict:
     """The engine's BFV segment [start, stop): parameters, counted evaluation, and measured I/O (once).
     Raises ParameterError exactly when `hybrid` would fall back to CKKS for this range."""
     from ..protocols.convert import bfv as conv
-    from ..protocols.he.latency import CompiledPlan
+    from ..protocols.he.bfv_eval import compile_plan
     from ..protocols.hybrid.bfv_seg import BFVSegmentClient, BFVSegmentServer
     server = BFVSegmentServer(graph, start, stop, last)
     seg = server.seg
     be = BFVCounter()
-    outs = CompiledPlan(seg.plan, seg.program, be).evaluate([_V(True, False) for _ in range(seg.plan.input.n_ct)],
+    outs = compile_plan(seg.plan, seg.program, be).evaluate([_V(True, False) for _ in range(seg.plan.input.n_ct)],
                                                             backend=be, all_outputs=True)
     for o in outs:
         be.result(o)

@@ -38,7 +38,7 @@ from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
 
 CACHE_VERSION = 2  # 2: 2PC piece seconds are the median of ss_cost.REPS runs (1: the minimum of 3)
-BFV_VERSION = 2  # the BFV part of the cached counts (added to a cache of CACHE_VERSION when missing)
+BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
 
 

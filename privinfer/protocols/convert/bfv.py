@@ -12,7 +12,8 @@ shares -> HE (the 2PC holds shares of x):
     server subtracts the same gather of (h + r) mod t as a plaintext, leaving ct(x) (mod t). z is uniform mod
     t whatever x is: perfect.
 Plaintext at the client -> HE: the client encodes round(x 2^16) mod t. HE -> the client's logits (the plan's
-last segment): every slot except the first copy of each output gets a uniform mask, then `finish`.
+last segment): every slot gets a uniform mask, except that the lanes of each output (`he/bfv_pack.py`: an output
+may be the sum of L slots of partial sums) get masks summing to zero (L = 1: no mask there), then `finish`.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def unmask_input(ctx: BFVContext, plan, cts: list, r: np.ndarray) -> list:
 
 
 def mask_to_shares(ctx: BFVContext, seg, outs: list) -> tuple[list[bytes], np.ndarray]:
-    """Server: mask every slot of every result ciphertext, finish them; (blobs, own share b at the outputs)."""
+    """Server: mask every slot of every result ciphertext, finish them; (blobs, own share b at the outputs).
+    An output held in L lanes of partial sums is the sum of its lanes: so is each share (mod t)."""
     ci, si = seg.positions
     masks, blobs = [], []
     for ct in outs:
@@ -60,17 +62,26 @@ def mask_to_shares(ctx: BFVContext, seg, outs: list) -> tuple[list[bytes], np.nd
         ctx.evaluator.add_plain_inplace(ct, ctx.encode(m))
         blobs.append(ctx.ct_to_bytes(ctx.finish(ct, seg.noise_bits, seg.out_level)))
         masks.append(m)
-    m_out = np.stack(masks)[ci, si]
+    m_out = np.stack(masks)[ci, si].sum(axis=1) % ctx.t
     return blobs, np.mod(half(ctx.t) - m_out, ctx.t)
 
 
+def final_masks(t: int, N: int, positions, n_ct: int) -> np.ndarray:
+    """(n_ct, N) masks for a result the client may read: uniform mod t in every slot, except that the L lanes
+    of each output sum to 0 mod t (L = 1: the output's slot is unmasked). The client's view of the lanes is
+    then uniform subject to their sum being the output: it learns the output, not the partial sums."""
+    ci, si = positions
+    m = uniform_mod(t, n_ct * N).reshape(n_ct, N)
+    rest = m[ci[:, 1:], si[:, 1:]].sum(axis=1) % t if ci.shape[1] > 1 else 0
+    m[ci[:, 0], si[:, 0]] = np.mod(-rest, t)
+    return m
+
+
 def reveal_final(ctx: BFVContext, seg, outs: list) -> list[bytes]:
-    """Server, last segment: uniform masks on every slot but the first copy of each output, then finish."""
-    ci, si = seg.positions
+    """Server, last segment: masks that hide everything but each output (`final_masks`), then finish."""
+    masks = final_masks(ctx.t, ctx.N, seg.positions, len(outs))
     blobs = []
-    for k, ct in enumerate(outs):
-        m = uniform_mod(ctx.t, ctx.N)
-        m[si[ci == k]] = 0
+    for ct, m in zip(outs, masks):
         ctx.evaluator.add_plain_inplace(ct, ctx.encode(m))
         blobs.append(ctx.ct_to_bytes(ctx.finish(ct, seg.noise_bits, seg.out_level)))
     return blobs
@@ -81,11 +92,11 @@ def _at_outputs(ctx: BFVContext, blobs: list[bytes], positions, n_ct: int) -> np
         raise ProtocolError(f"expected {n_ct} result ciphertexts, got {len(blobs)}")
     ci, si = positions
     dec = np.stack([ctx.decrypt(b, "masked intermediate") for b in blobs])
-    return dec[ci, si]
+    return dec[ci, si].sum(axis=1) % ctx.t
 
 
 def client_share(ctx: BFVContext, blobs: list[bytes], positions, n_ct: int) -> np.ndarray:
-    """Client: its share a = (y + m) mod t at the output positions."""
+    """Client: its share a = (y + m) mod t at the output positions (the sum of each output's lanes)."""
     return _at_outputs(ctx, blobs, positions, n_ct)
 
 

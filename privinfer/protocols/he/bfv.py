@@ -18,9 +18,10 @@ Circuit privacy (what the client's secret key could otherwise read off a result)
      error (`noise_bits`: the fresh error, plus the key-switching error of the baby-step rotations before the
      products, times N t per product, times the products summed) the statistical distance between the
      decryption errors for any two weight sets is at most N 2^noise / 2^beta: `stat_bits` states it per
-     segment, and the session reports it (STAT_BITS = 40 is what a formal claim wants; on GAZELLE's split of
-     minionn-mnist the two convolutions get 17 and 8.5 bits, the dense layers 40.7 and 41.7: the 30-bit
-     special prime makes each rotation's error ~2^49, and the products multiply it). The client is assumed
+     segment, and the session reports it (STAT_BITS = 40 is what a formal claim wants: with the CKKS packing
+     plans' baby steps before the products, GAZELLE's split of minionn-mnist got 17 and 8.5 bits on its
+     convolutions, since the 30-bit special prime makes each rotation's error ~2^49 and the products multiply
+     it; the lane packing, `bfv_pack.py`, rotates only after the products: 44.9-51.9 bits). The client is assumed
      semi-honest: a ciphertext with larger noise than an honest encryption is outside this analysis;
   3. switches to the lowest level at which the flooded result still decrypts (`out_level`), which shrinks
      the reply (one 60-bit prime: 128 KB per ciphertext).

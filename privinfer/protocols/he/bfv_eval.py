@@ -1,9 +1,11 @@
 """A linear-only HE segment in BFV: integer weights, the `latency`/`convpack` packing plans, SEAL evaluation.
 
-Why a second evaluator is not written: the CKKS packing code (`latency.py`, `convpack.py`) is written against a
-small backend interface (encode, mul_plain, add, rotate, ...). `BFVBackend` implements it on BFV ciphertexts,
-and `CompiledPlan` runs unchanged on a program whose matrix and bias are the quantized integers
-A_int = round(A 2^w), b_int = round(b 2^(FRAC_BITS + w)) (scales and rescales are then no-ops).
+Plans: a segment of one conv2d or linear layer normally runs the lane packing of `bfv_pack.py` (BFV only:
+both rows, lanes summed by the client as shares); any other linear segment runs the CKKS packing code
+(`latency.py`, `convpack.py`), which is written against a small backend interface (encode, mul_plain, add,
+rotate, ...). `BFVBackend` implements it on BFV ciphertexts, for both: `CompiledPlan` runs unchanged on a
+program whose matrix and bias are the quantized integers A_int = round(A 2^w), b_int = round(b 2^(FRAC_BITS + w))
+(scales and rescales are then no-ops). `choose_plan` picks by the cost model, from public information only.
 
 Speed: SEAL's BFV `multiply_plain` on a coefficient-form ciphertext transforms both operands to NTT form on
 every call. Here weight plaintexts are kept in NTT form (transformed once, at compile time), each ciphertext
@@ -26,8 +28,10 @@ from ...errors import ParameterError, UnsupportedLayerError
 from ...model.bounds import input_box
 from ...model.ir import Graph
 from .bfv import FRAC_BITS, N_DEFAULT, BFVContext, BFVParams, choose_params, noise_bits
+from .bfv_pack import PackCompiled, PackPlan, plan_pack, weights
 from .convpack import RotStep, plan_cost, plan_multi
 from .latency import ActStep, CompiledPlan, DiagStep, GatherStep, LatencyPlan, client_vectors, plan_latency
+from .latency_plan import C_ROT
 from .program import Affine, Program, build_program
 
 #: weights at 2^-w: from CrypTen's 16 bits down to 12 (coarser grids cost more than 1e-2 on the logits of the
@@ -136,8 +140,41 @@ def plan_bfv(prog: Program, slots: int) -> LatencyPlan:
     return min(cands, key=lambda p: plan_cost(p) + UPLOAD_COST * p.input.n_ct)
 
 
-def output_positions(plan: LatencyPlan) -> tuple[np.ndarray, np.ndarray]:
-    """(ciphertext, slot) of the first copy of every output element."""
+def choose_plan(graph: Graph) -> LatencyPlan | PackPlan:
+    """The segment's plan, a function of the public architecture only (client and server derive the same):
+    the lane packing (`bfv_pack.py`) for one conv2d / linear layer, else the CKKS packing plans on BFV; the
+    cheaper by the cost model (in rotations)."""
+    prog = linear_program(graph)
+    pack = plan_pack(graph, N_DEFAULT)
+    try:
+        legacy = plan_bfv(prog, N_DEFAULT // 2)
+    except ParameterError:
+        if pack is None:
+            raise
+        return pack
+    if pack is not None and pack.cost < (plan_cost(legacy) + UPLOAD_COST * legacy.input.n_ct) / C_ROT:
+        return pack
+    return legacy
+
+
+def compile_plan(plan, program: Program, backend):
+    """The plan with its weight plaintexts encoded by `backend` (a `BFVBackend`, or the planner's counter)."""
+    if isinstance(plan, PackPlan):
+        op = program.ops[0]
+        return PackCompiled(plan, weights(plan.st, op.A), op.b, backend)
+    return CompiledPlan(plan, program, backend)
+
+
+def output_positions(plan) -> tuple[np.ndarray, np.ndarray]:
+    """(ciphertext, slot) arrays of shape (n_out, L): every output element is the sum (mod t) of its L slots
+    (L lanes of partial sums in a lane-packed plan; L = 1, the first copy, otherwise)."""
+    if isinstance(plan, PackPlan):
+        return plan.positions()
+    ci, si = _first_copies(plan)
+    return ci[:, None], si[:, None]
+
+
+def _first_copies(plan: LatencyPlan) -> tuple[np.ndarray, np.ndarray]:
     last = [s for s in plan.steps if not isinstance(s, ActStep)][-1]
     if isinstance(last, RotStep):
         idx = last.out_idx
@@ -149,14 +186,18 @@ def output_positions(plan: LatencyPlan) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(plan.n_out, dtype=np.int64), plan.output_slots()
 
 
-def n_output_cts(plan: LatencyPlan) -> int:
+def n_output_cts(plan) -> int:
+    if isinstance(plan, PackPlan):
+        return plan.n_oc
     last = [s for s in plan.steps if not isinstance(s, ActStep)][-1]
     return last.n_out if isinstance(last, RotStep) else 1
 
 
-def product_terms(plan: LatencyPlan) -> int:
+def product_terms(plan) -> int:
     """How many plaintext products (counting fold doublings and merged inputs) sum into one result slot, at
     most: the factor of the noise bound."""
+    if isinstance(plan, PackPlan):
+        return plan.product_terms()
     n = 0
     for st in plan.steps:
         if isinstance(st, RotStep):
@@ -168,9 +209,11 @@ def product_terms(plan: LatencyPlan) -> int:
     return n
 
 
-def baby_depth(plan: LatencyPlan) -> int:
+def baby_depth(plan) -> int:
     """The most key switches on a path from an input ciphertext to a plaintext product (baby-step chains,
     times the longest composition of a rotation from keyed steps): their errors get multiplied."""
+    if isinstance(plan, PackPlan):
+        return 0  # every rotation comes after the products
     depth = 0
     for st in plan.steps:
         if isinstance(st, RotStep):
@@ -211,7 +254,7 @@ class BFVSegment:
         unit = 2.0 ** FRAC_BITS
         xlo, xhi = np.floor(lo * unit) - SLACK_UNITS, np.ceil(hi * unit) + SLACK_UNITS
         in_bound = float(max(np.abs(xlo).max(), np.abs(xhi).max()))
-        self.plan = plan_bfv(Program([seg], prog.input_dim, prog.output_dim, prog.conv_packing), N_DEFAULT // 2)
+        self.plan = choose_plan(self.graph)
         terms, depth = product_terms(self.plan), baby_depth(self.plan)
         err = None
         for w in range(weight_bits or MAX_WEIGHT_BITS, MIN_WEIGHT_BITS - 1, -1):
@@ -236,10 +279,11 @@ class BFVSegment:
         self.circuit_bits = max(0.0, ctx.stat_bits(nb))  # what the flood buys against the worst-case noise bound
         self.program = Program([replace(seg, A=A, b=b)], prog.input_dim, prog.output_dim, prog.conv_packing)
         be = BFVBackend(self.ctx)
-        self.compiled = CompiledPlan(self.plan, self.program, be)
-        for item in self.compiled.items:
-            for p in item.pts.values():
-                be.prepare(p)
+        self.compiled = compile_plan(self.plan, self.program, be)
+        pts = (self.compiled.weight_plaintexts() if isinstance(self.plan, PackPlan)
+               else [p for item in self.compiled.items for p in item.pts.values()])
+        for p in pts:
+            be.prepare(p)
         self.positions = output_positions(self.plan)
         self.n_out_ct = n_output_cts(self.plan)
 

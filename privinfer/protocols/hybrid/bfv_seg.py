@@ -13,7 +13,7 @@ from ...errors import ProtocolError, ShapeError
 from ...model.ir import Graph
 from ..convert import bfv as conv
 from ..he.bfv import FRAC_BITS, STAT_BITS, BFVContext, BFVParams
-from ..he.bfv_eval import BFVSegment, linear_program, n_output_cts, output_positions, plan_bfv
+from ..he.bfv_eval import BFVSegment, choose_plan, n_output_cts, output_positions
 
 LINEAR_KINDS = frozenset({"conv2d", "linear", "avgpool2d", "flatten"})
 
@@ -73,7 +73,7 @@ class BFVSegmentClient:
         if not 0 <= self.weight_bits <= 30:
             raise ProtocolError(f"weight scale 2^{self.weight_bits} out of range")
         self.graph = graph.slice(self.start, self.stop)
-        self.plan = plan_bfv(linear_program(self.graph), self.params.slots)
+        self.plan = choose_plan(self.graph)
         if self.plan.digest() != info.get("plan_digest") or steps != self.plan.rotation_steps:
             raise ProtocolError(f"BFV segment {self.start}-{self.stop - 1}: the server's packing plan differs from "
                                 "the one derived from the public architecture")

@@ -6,7 +6,8 @@ by rank 0; their sum is the value, nobody sees it) and ends either revealed to t
 segment) or revealed to the client as x + r, where r is a fresh mask input by the server (a shares -> HE
 conversion, see `protocols/convert`). Next to a BFV segment the hand-over is mod t instead (`convert/ring.py`):
 a segment then starts by lifting the two mod-t shares into CrypTen's ring (`in: modt`) and/or ends by
-opening (x + h + r) mod t to the client (`out: modt`), one secure comparison each. All segments share one CrypTen group, one dealer and one
+opening (x + h + r) mod t to the client (`out: modt`), one secure comparison each; a ReLU next to either runs
+inside it (one batched comparison for both, `_fuse`). All segments share one CrypTen group, one dealer and one
 preprocessing plan per batch size: the dry run walks every segment in order, so the online phase pops the
 tuples of segment 1, then 2, ... and set-up is paid once per session, not once per segment.
 """
@@ -24,18 +25,45 @@ def hybrid_party_main(rank: int, rendezvous: str, graph_blob: bytes, opts: dict,
     try:
         t0 = time.perf_counter()
         crypten, comm, prov = party_init(rank, rendezvous, opts)
-        from ...model.ir import load_graph
+        from ...model.ir import Graph, load_graph
         from ..ss.lowering import Executor
         graph = load_graph(graph_blob)
         bits = int(opts["precision_bits"])
         segs = [_spec(s) for s in opts["segments"]]
-        exs = [Executor(crypten, graph.slice(s["start"], s["stop"]), rank, bits) for s in segs]
+        exs = []
+        for s in segs:
+            layers = _fuse(graph, s)
+            exs.append(Executor(crypten, Graph(s["shape"], tuple(layers)), rank, bits) if layers else None)
         send_msg(conn, {"ok": "ready", "init_s": time.perf_counter() - t0})
-        _HybridParty(crypten, comm, prov, exs, segs, rank, conn).loop()
+        _HybridParty(crypten, comm, prov, exs, segs, rank, conn, bits).loop()
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
         report_error(conn, e)
     finally:
         end_child(conn)
+
+
+def _fuse(graph, s: dict) -> list:
+    """The layers the executor runs between the segment's hand-overs, fusing comparisons where it can:
+    ReLU, MaxPool -> MaxPool, ReLU (they commute: the ReLU then compares 4x fewer values); a ReLU right before
+    a mod-t opening runs inside it (`ring.relu_reduce_reveal`); one right after a mod-t lift inside the lift
+    (`ring.lift_relu`); a lone ReLU between two BFV segments is one comparison in all (`ring.
+    lift_relu_reduce_reveal`, head = tail = "whole"). Sets s["shape"], s["head"] and s["tail"]."""
+    layers = list(graph.layers[s["start"]:s["stop"]])
+    s["shape"], s["out_shape"] = tuple(graph.shapes[s["start"]]), tuple(graph.shapes[s["stop"]])
+    for i in range(len(layers) - 1):  # every ReLU right before a MaxPool (they commute)
+        if layers[i].kind == "relu" and layers[i + 1].kind == "maxpool2d":
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    s["tail"] = s["head"] = None
+    if s["masked"] and s["out"]["kind"] == "modt" and layers and layers[-1].kind == "relu":
+        s["tail"], layers = "relu", layers[:-1]
+    if s["in"]["kind"] == "modt" and layers and layers[0].kind == "relu":
+        s["head"], layers = "relu", layers[1:]
+    if s["in"]["kind"] == "modt" and s["tail"] == "relu" and not layers:  # lift, ReLU, opening: all in one
+        s["head"] = s["tail"] = "whole"
+    if s["tail"] == "relu" and layers and layers[-1].kind == "maxpool2d" \
+            and (layers[-1].kernel[0] * layers[-1].kernel[1]) % 2 == 0:  # the pool's last level joins the opening
+        s["tail"], s["pool"], layers = "pool_relu", (tuple(layers[-1].kernel), tuple(layers[-1].stride)), layers[:-1]
+    return layers
 
 
 def _spec(s) -> dict:
@@ -48,46 +76,63 @@ def _spec(s) -> dict:
 
 
 class _HybridParty(_Party):
-    def __init__(self, crypten, comm, prov, exs, segs, rank, conn):
-        super().__init__(crypten, comm, prov, exs[0], rank, conn)
+    def __init__(self, crypten, comm, prov, exs, segs, rank, conn, bits):
+        super().__init__(crypten, comm, prov, next((e for e in exs if e is not None), None), rank, conn)
         self.exs, self.segs, self.next = exs, segs, 0
         self.masked = [s["masked"] for s in segs]
+        self.bits = int(bits)
 
     def _run(self, k: int, batch: int, own, mask):
         import numpy as np
         import torch
         from ..convert import ring
-        from ..ss.lowering import _fixed
+        from ..ss.lowering import Executor, _fixed
         ex = self.exs[k]
         cr = self.crypten
         spec = self.segs[k]
-        shape = (batch, *ex.graph.input_shape)
+        bits = self.bits
+        shape = (batch, *spec["shape"])
         zeros = torch.zeros(shape, dtype=torch.float64)
         if spec["in"]["kind"] == "modt":  # a BFV segment's result: shares mod t, lifted by one comparison
             local = np.zeros(shape, dtype=np.int64) if own is None else np.rint(own).astype(np.int64)
             if local.shape != shape:
                 raise ShapeError(f"segment {k}: share shape {local.shape} != {shape}")
-            h = ring.lift(self.rank, local, spec["in"]["t"], spec["in"]["D"], ex.bits)
+            if spec["head"] == "whole":
+                r = np.zeros(shape, dtype=np.int64) if mask is None else np.rint(mask).astype(np.int64)
+                if self.rank == 0 and r.shape != shape:
+                    raise ShapeError(f"segment {k}: mask shape {r.shape} != {shape}")
+                z = ring.lift_relu_reduce_reveal(self.rank, local, spec["in"]["t"], spec["in"]["D"],
+                                                 r if self.rank == 0 else None, spec["out"]["t"])
+                return None if z is None else z.to(torch.float64)
+            lift = ring.lift_relu if spec["head"] == "relu" else ring.lift
+            h = lift(self.rank, local, spec["in"]["t"], spec["in"]["D"], bits)
         else:
-            mine = zeros if own is None else _fixed(own, ex.bits)
+            mine = zeros if own is None else _fixed(own, bits)
             if tuple(mine.shape) != tuple(zeros.shape):
                 raise ShapeError(f"segment {k}: share shape {tuple(mine.shape)} != {tuple(zeros.shape)}")
             h = cr.cryptensor(mine if self.rank == 1 else zeros, src=1) + cr.cryptensor(mine if self.rank == 0 else zeros, src=0)
-        h = ex.forward(h)
+        if ex is not None:
+            h = ex.forward(h)
         if self.masked[k] and spec["out"]["kind"] == "modt":  # into a BFV segment: (x + h + r) mod t
-            out_shape = tuple(h.size())
+            out_shape = (batch, *spec["out_shape"])
             r = np.zeros(out_shape, dtype=np.int64) if (self.rank != 0 or mask is None) else np.rint(mask).astype(np.int64)
             if r.shape != out_shape:
                 raise ShapeError(f"segment {k}: mask shape {r.shape} != {out_shape}")
-            z = ring.reduce_reveal(self.rank, h, r if self.rank == 0 else None, spec["out"]["t"])
+            mine = r if self.rank == 0 else None
+            if spec["tail"] == "pool_relu":
+                z = ring.pool_relu_reduce_reveal(self.rank, h, *spec["pool"], mine, spec["out"]["t"])
+            elif spec["tail"] == "relu":
+                z = ring.relu_reduce_reveal(self.rank, h, mine, spec["out"]["t"])
+            else:
+                z = ring.reduce_reveal(self.rank, h, mine, spec["out"]["t"])
             return None if z is None else z.to(torch.float64)
         if self.masked[k]:
             out_zeros = torch.zeros(tuple(h.size()), dtype=torch.float64)
-            r = _fixed(mask, ex.bits) if (self.rank == 0 and mask is not None) else out_zeros
+            r = _fixed(mask, bits) if (self.rank == 0 and mask is not None) else out_zeros
             if tuple(r.shape) != tuple(out_zeros.shape):
                 raise ShapeError(f"segment {k}: mask shape {tuple(r.shape)} != {tuple(out_zeros.shape)}")
             h = h + cr.cryptensor(r, src=0)
-        return ex.reveal_to_client(h)
+        return Executor.reveal_to_client(h)
 
     def _dry_run(self, batch: int) -> list:
         def forward():

@@ -119,6 +119,11 @@ def _pairwise_max(x):
 
 def max_pool(h, kernel, stride):
     """Max pooling without padding; windows gathered into the last dimension, then a tournament."""
+    return _pairwise_max(pool_windows(h, kernel, stride))
+
+
+def pool_windows(h, kernel, stride):
+    """(B, C, oh, ow, kh * kw): every pooling window (no padding) along the last dimension."""
     kh, kw = kernel
     sh, sw = stride
     B, C, H, W = h.size()
@@ -129,7 +134,7 @@ def max_pool(h, kernel, stride):
         parts = [h[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw].unsqueeze(-1)
                  for i in range(kh) for j in range(kw)]
         x = _cat_many(parts)
-    return _pairwise_max(x)
+    return x
 
 
 def _cat_many(parts):

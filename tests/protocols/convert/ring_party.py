@@ -23,11 +23,18 @@ def main(rank: int, rdv: str, infile: str, outfile: str) -> None:
     t, D = int(d["t"]), int(d["D"])
     y = ring.lift(rank, d["b"] if rank == 0 else d["a"], t, D, 16)
     lifted = y._tensor.reveal(dst=1)
+    relu = ring.lift_relu(rank, d["b"] if rank == 0 else d["a"], t, D, 16)._tensor.reveal(dst=1)
     X = torch.as_tensor(d["X"], dtype=torch.int64)
     x = MPCTensor.from_shares(X if rank == 1 else torch.zeros_like(X), precision=16)
     z = ring.reduce_reveal(rank, x, d["r"] if rank == 0 else None, t)
+    zr = ring.relu_reduce_reveal(rank, x, d["r"] if rank == 0 else None, t)
+    t2 = int(d["t2"])
+    zw = ring.lift_relu_reduce_reveal(rank, d["b"] if rank == 0 else d["a"], t, D, d["r2"] if rank == 0 else None, t2)
+    P = torch.as_tensor(d["P"], dtype=torch.int64)
+    xp = MPCTensor.from_shares(P if rank == 1 else torch.zeros_like(P), precision=16)
+    zp = ring.pool_relu_reduce_reveal(rank, xp, (2, 2), (2, 2), d["rp"] if rank == 0 else None, t)
     if rank == 1:
-        np.savez(outfile, lifted=lifted.numpy(), z=z.numpy())
+        np.savez(outfile, lifted=lifted.numpy(), relu=relu.numpy(), z=z.numpy(), zr=zr.numpy(), zw=zw.numpy(), zp=zp.numpy())
     crypten.uninit()
 
 

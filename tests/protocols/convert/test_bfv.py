@@ -94,9 +94,10 @@ def test_final_reveal_masks_every_non_output_slot():
     z = conv.encode_input(x, cli.t)
     cts = [srv.ct_from_bytes(b, level=0) for b in conv.upload(cli, seg.plan, z)]
     dec = cli.decrypt(conv.reveal_final(srv, seg, seg.evaluate(srv, cts))[0])
-    ci, si = seg.positions
-    np.testing.assert_array_equal(cli.centered(dec[si]), exact(seg, np.rint(x * 2 ** 16)))
-    rest = np.delete(dec, si)
+    ci, si = seg.positions  # (n_out, L): an output is the sum of its L lanes of partial sums
+    assert si.shape[1] > 1 and np.all(ci == 0)  # the lane packing: the lane masks sum to zero
+    np.testing.assert_array_equal(cli.centered(dec[si].sum(axis=1) % cli.t), exact(seg, np.rint(x * 2 ** 16)))
+    rest = np.delete(dec, si[:, 0])  # every slot but one lane of each output: uniform (partial sums hidden)
     assert stats.chisquare(_bins(rest, cli.t, 32)).pvalue > 1e-4
 
 
