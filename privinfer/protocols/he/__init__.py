@@ -68,7 +68,7 @@ from ..engine import EngineClient, EngineServer
 from . import executor as hex_
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, plan_latency
-from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
+from .params import DEFAULT_VALUE_BITS, HEParams, mask_options, select_params, value_bits_from_data
 from .privacy import CIRCUIT_PRIVACY_MODES, FloodPolicy
 from .program import build_program, check_he_graph
 from .steps import HEBatchDownload, HEBatchSegment, HEBatchUpload, HEDownload, HESegment, HEUpload
@@ -422,9 +422,7 @@ class HE(Protocol):
                 compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
                                         scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits,
-                                        mask=True, mask_bits=params.notes.get("mask_bits")
-                                        if params.notes.get("structure", [""])[-1] == "mask0" else None,
-                                        rescale_squares="sqr" in params.notes.get("structure", []))
+                                        **mask_options(params))
                 self._say(f"weights encoded as {_n_plaintexts(compiled)} plaintexts")
                 self._latency = (params, plan, ctx, compiled)
         return self._latency

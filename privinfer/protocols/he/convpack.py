@@ -387,6 +387,8 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
                 multi_out: bool = False) -> list:
     """(step, next state) options for one segment."""
     last = seg_i == len(segs) - 1 and not multi_out
+    if st.layout is not None and last:  # one compact copy of the result, nothing else: the mask folds in
+        return [(r, _State(r.out_idx, r.out, None)) for r in [_final_rot(op, st.layout.tiled(slots)[None, :], slots)]]
     if st.layout is not None:
         return [(d, _State(None, d.out, None)) for d in _diag_candidates(op, st.layout, slots, last)]
     pattern, cols, merge, in_grid, x_idx = op.pattern, None, 1, st.grid, st.idx
@@ -404,6 +406,8 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
         idx = np.full((1, slots), ZERO, dtype=np.int64)
         idx[0, :op.n_out] = np.arange(op.n_out)
         outs.append((None, idx))
+    if last:  # see `clean_output`
+        outs = [(g, o) for g, o in outs if g is None]
     res = []
     for g, out_idx in outs:
         step = rot_step(pattern, x_idx, out_idx, merge=merge, cols=cols, grid=g)
@@ -411,10 +415,27 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
             step.cost += x_idx.shape[0] * C_CT
         one = step.n_out == 1 and g is None
         res.append((step, _State(step.out_idx, step.out if one else None, g)))
-    if x_idx.shape[0] == 1 and merge == 1 and not first and (len(op.out_shape) != 3 or last):
+    if x_idx.shape[0] == 1 and merge == 1 and not first and len(op.out_shape) != 3 and not last:
         lay = Layout(slots, x_idx[0].copy()).compressed()
         res += [(d, _State(None, d.out, None)) for d in _diag_candidates(op, lay, slots, last)]
     return res
+
+
+def _final_rot(op: Affine, in_idx: np.ndarray, slots: int) -> RotStep:
+    """The last segment as a `RotStep` writing each result exactly once, at slots 0..n_out-1."""
+    idx = np.full((1, slots), ZERO, dtype=np.int64)
+    idx[0, :op.n_out] = np.arange(op.n_out)
+    return rot_step(op.pattern, in_idx, idx)
+
+
+def clean_output(plan: LatencyPlan) -> bool:
+    """True when the plan's result is one ciphertext holding each output in exactly one slot, and every other
+    slot receives only products by plaintext slots that encode 0 (a channel-packed plan's last `RotStep`): the
+    server's 0/1 output mask is then already in the last segment's plaintexts (`params`: fast mode gives it no
+    bits of its own)."""
+    last = [s for s in plan.steps if not isinstance(s, ActStep)][-1]
+    return isinstance(last, RotStep) and last.n_out == 1 and last.merge == 1 \
+        and int((last.out_idx >= 0).sum()) == plan.n_out
 
 
 def plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
@@ -436,16 +457,20 @@ def _plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPl
     plan = LatencyPlan(slots, InputSpec(in_idx.copy()), [], prog.output_dim)
     state = _State(in_idx, None, grid)
     seg_i = 0
+    ahead: dict = {}  # id(state) -> its candidates for the next segment (the lookahead computes them once)
     for op in prog.ops:
         if isinstance(op, Activation):
             plan.steps.append(ActStep(op.kind, float(op.const)))
             continue
-        cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0, multi_out)
+        cands = ahead.get(id(state))
+        if cands is None:
+            cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0, multi_out)
+        ahead = {}
         if not cands:
             return None
         if len(cands) > 1 and seg_i + 1 < len(segs):
             def total(c):
-                nxt = _candidates(segs[seg_i + 1], c[1], segs, seg_i + 1, slots, False, multi_out)
+                nxt = ahead[id(c[1])] = _candidates(segs[seg_i + 1], c[1], segs, seg_i + 1, slots, False, multi_out)
                 return c[0].cost + c[0].n_out * C_ROT * (getattr(c[0], "n_out", 1) > 1) \
                     + (min(n[0].cost for n in nxt) if nxt else 1e12)
             step, state = min(cands, key=total)
@@ -484,4 +509,4 @@ def check_plan(plan: LatencyPlan) -> None:
         raise ParameterError("the last segment must produce one ciphertext")
 
 
-__all__ = ["Grid", "RotStep", "rot_step", "plan_multi", "plan_cost", "input_grid", "evaluate_rot", "compile_rot"]
+__all__ = ["Grid", "RotStep", "rot_step", "plan_multi", "clean_output", "plan_cost", "input_grid", "evaluate_rot", "compile_rot"]

@@ -143,3 +143,80 @@ def test_seal_end_to_end_channel_packed(capsys):
     ref = run_reference(g, x)
     assert np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def _dense_pattern(g, seg_layers):
+    """The structural pattern the slow way: compose the all-ones layers densely (unit vectors through torch)."""
+    from privinfer.model.ir import Conv2d, Linear
+    from privinfer.protocols.he.program import _compose
+    chain = []
+    for layer, sh in seg_layers:
+        if isinstance(layer, Conv2d):
+            layer = Conv2d(np.ones_like(layer.weight), np.zeros_like(layer.bias), layer.stride, layer.padding)
+        elif isinstance(layer, Linear):
+            layer = Linear(np.ones_like(layer.weight), np.zeros_like(layer.bias))
+        chain.append((layer, sh))
+    n_in = int(np.prod(seg_layers[0][1]))
+    return chain, n_in
+
+
+@SETTINGS
+@given(conv_stacks())
+def test_sparse_patterns_equal_the_composed_all_ones_maps(g):
+    """`build_program` builds every segment's pattern by sparse boolean products (the client's set-up): it must
+    be exactly the non-zero pattern of the composed all-ones layers (strides, padding, pools, flatten, linear)."""
+    from privinfer.protocols.he.program import _compose
+    prog = build_program(g, structure_only=True)
+    layers = [(l, sh) for l, sh in zip(g.layers, g.shapes[:-1]) if l.kind in ("conv2d", "linear", "avgpool2d",
+                                                                                "flatten")]
+    # segments are the runs between squares: split the linear layers the same way
+    runs, cur = [], []
+    for l, sh in zip(g.layers, g.shapes[:-1]):
+        if l.kind == "poly":
+            runs.append(cur)
+            cur = []
+        else:
+            cur.append((l, sh))
+    runs.append(cur)
+    assert len(runs) == len(prog.segments) and layers
+    for seg, run in zip(prog.segments, runs):
+        chain, n_in = _dense_pattern(g, run)
+        want = _compose(chain, n_in, seg.n_out) > 0
+        assert np.array_equal(seg.pattern, want)
+
+
+def test_fast_mode_folds_the_output_mask_into_the_last_segment():
+    """A channel-packed plan ends on a `RotStep` that writes each logit once and multiplies every other slot by
+    plaintext zeros: fast mode then spends no prime (or q0 bits) on a separate 0/1 mask. Attack: decrypt the
+    whole reply (before the flood) and look for anything but the logits in the other slots."""
+    from privinfer.protocols.he import HE, CKKSContext
+    from privinfer.protocols.he import seeded
+    from privinfer.protocols.he.__init__ import _KeyedContext
+    from privinfer.protocols.he.convpack import clean_output
+    from privinfer.protocols.he.latency import SealBackend
+    from privinfer.protocols.he.params import mask_options
+    g = _graph((1, 16, 16), [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3),
+                             Square(), nn.Flatten(), nn.Linear(200, 6)], 5)
+    proto = HE(g, circuit_privacy="fast", conv_packing="on")
+    params, plan = proto.latency_params, proto.plan
+    assert clean_output(plan) and params.notes["mask"] == "folded"
+    assert "mask" not in params.notes["structure"] and "mask0" not in params.notes["structure"]
+    assert not mask_options(params)["mask"] and all(it.kind not in ("mask", "mask0") for it in proto.compiled.items)
+    flood = HE(g, circuit_privacy="flood", conv_packing="on").latency_params  # the flood keeps its mask level
+    assert flood.notes["structure"][-1] == "mask"
+    client = CKKSContext.create(params, plan.rotation_steps)
+    server = _KeyedContext(proto.ctx)
+    server.load_public(client.public_blobs(), plan.rotation_steps)
+    x = np.random.default_rng(3).random((1, 16, 16))
+    scale = 2.0 ** params.input_scale_bits
+    enc = seeded.SeededEncryptor(client.seal, client.secret_key, client.encoder)
+    cts = [seeded.load(server.seal, enc.encrypt(v, scale), n_primes=len(params.coeff_mod_bit_sizes) - 1, scale=scale)
+           for v in client_vectors(plan, x)]
+    out = client.decrypt_ct(proto.compiled.evaluate(cts, backend=SealBackend(server)))
+    ref = run_reference(g, x[None])[0]
+    slots = plan.output_slots()
+    assert np.abs(out[slots] - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
+    rest = np.delete(out, slots)
+    # what the other slots keep: CKKS noise and the plaintext zeros' encoding error times the values, far
+    # below the 2^-11 flood that is added next (an unmasked partial sum would be of the logits' size)
+    assert np.abs(rest).max() < 2.0 ** -14, np.abs(rest).max()
