@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .latency_plan import ActStep, GatherStep, LatencyPlan, _baby_order
+from .latency_plan import ActStep, GatherStep, LatencyPlan
 from .program import Program
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -233,9 +233,8 @@ class CompiledPlan:
             else:
                 src = xs[0] if xs is not None else cts[0]
                 babies = {0: src}
-                for b in _baby_order(st.babies()):
-                    hb = 1 << (b.bit_length() - 1)
-                    babies[b] = be.rotate(babies[b - hb], hb)
+                for b, prev, step in st.baby_chain():
+                    babies[b] = be.rotate(babies[prev], step)
                 inners: dict[int, object] = {}
                 for (a, b), pt in item.pts.items():
                     t = be.mul_plain(babies[b], pt)

@@ -57,7 +57,11 @@ def limit_keys(plan: LatencyPlan, prog: Program) -> LatencyPlan:
     """Drop the Galois keys whose rotations are cheap to compose from the others (greedy: the key whose
     removal adds the fewest rotations per image first, while that is <= MAX_EXTRA_ROTATIONS_PER_KEY).
     The plan's `rotation_steps` then lists exactly the keys the evaluation uses."""
-    from .latency import CompiledPlan
+    from .latency import CompiledPlan, DiagStep
+    for st in plan.steps:  # babies 1..n1-1 as a chain of single steps: as many rotations, keys {1} only
+        nz = [b for b in st.babies() if b] if isinstance(st, DiagStep) else []
+        if nz and nz == list(range(1, max(nz) + 1)):
+            st.baby_step = 1
     be = _CountingBackend(plan.slots)
     CompiledPlan(plan, prog, be).evaluate([0] * plan.input.n_ct)
     uses = be.count

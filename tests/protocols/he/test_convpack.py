@@ -220,3 +220,42 @@ def test_fast_mode_folds_the_output_mask_into_the_last_segment():
     # what the other slots keep: CKKS noise and the plaintext zeros' encoding error times the values, far
     # below the 2^-11 flood that is added next (an unmasked partial sum would be of the logits' size)
     assert np.abs(rest).max() < 2.0 ** -14, np.abs(rest).max()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_stacks())
+def test_limited_keys_are_exactly_the_rotations_performed(g):
+    """After `limit_keys` (composed rotations, babies chained by single steps) the evaluation still matches the
+    reference and performs rotations by exactly the plan's Galois steps: the keys the client generates."""
+    from privinfer.protocols.he.rotkeys import limit_keys
+    prog = build_program(g)
+    plan = plan_multi(prog, 1024)
+    assume(plan is not None)
+    plan = limit_keys(plan, prog)
+    x = np.random.default_rng(4).random(g.input_shape)
+    got, used = _run(plan, prog, x)
+    ref = run_reference(g, x[None])[0]
+    assert np.allclose(got, ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert used == set(plan.rotation_steps)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(64, 100), st.integers(2, 12), st.integers(0, 1000))
+def test_dense_middle_segment_babies_chain_by_one(hidden, n_out, seed):
+    """minionn-shaped tail (conv, pool, dense, x², dense): the dense middle segment runs by the diagonal method;
+    `limit_keys` chains its babies by single steps (no keys 2, 4, ...): same logits, keys == rotations."""
+    from privinfer.protocols.he.latency_plan import DiagStep
+    from privinfer.protocols.he.rotkeys import limit_keys
+    g = _graph((2, 12, 12), [nn.Conv2d(2, 8, 3), Square(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(200, hidden),
+                             Square(), nn.Linear(hidden, n_out)], seed)
+    prog = build_program(g)
+    plan = limit_keys(plan_multi(prog, 2048), prog)
+    diags = [s for s in plan.steps if isinstance(s, DiagStep)]
+    x = np.random.default_rng(seed).random(g.input_shape)
+    got, used = _run(plan, prog, x)
+    ref = run_reference(g, x[None])[0]
+    assert np.allclose(got, ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert used == set(plan.rotation_steps)
+    assert diags
+    if diags[0].baby_step:
+        assert not {2, 4} & set(plan.rotation_steps) - {p for path in plan.key_paths.values() for p in path}
