@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ParameterError, ShapeError
-from .latency import (C_CT, C_MUL, C_ROT, ZERO, ActStep, InputSpec, Layout, LatencyPlan, _baby_order,
+from .latency import (C_CT, C_MUL, C_ROT, GARBAGE, ZERO, ActStep, InputSpec, Layout, LatencyPlan, _baby_order,
                       _diag_candidates, next_pow2)
 from .program import Activation, Affine, Program
 
@@ -59,13 +59,18 @@ class Grid:
     rx: int
     Bk: int
     packed: bool = False
+    #: 2: every channel twice per ciphertext (LoLa-style), the second copy rotated by half the channels:
+    #: block b < C2 holds channel b, block C2 + b channel (b + C2/2) % C2 (C2 = next_pow2(C), 2 C2 blocks exactly)
+    dup: int = 1
 
     def fits(self, slots: int) -> bool:
         row = ((self.W - 1) // self.pw) * self.rx
         last = ((self.H - 1) // self.ph) * self.ry + row
         if last >= self.Bk or self.Bk > slots or (self.H > self.ph and row >= self.ry) or self.rx < 1:
             return False  # (rows must not overlap)
-        return not self.packed or self.ph * self.pw * self.C <= slots // self.Bk
+        if self.dup == 2:
+            return not self.packed and self.C > 1 and 2 * next_pow2(self.C) * self.Bk == slots
+        return self.dup == 1 and (not self.packed or self.ph * self.pw * self.C <= slots // self.Bk)
 
     def idx(self, slots: int) -> np.ndarray:
         """(n_ct, slots): the element index each slot holds, ZERO elsewhere."""
@@ -83,6 +88,12 @@ class Grid:
             unit = phase * self.C + c
             for rep in range(nb // period):
                 out[0, (rep * period + unit) * self.Bk + pos] = e
+            return out
+        if self.dup == 2:
+            C2 = next_pow2(self.C)
+            out = np.full((self.ph * self.pw, slots), ZERO, dtype=np.int64)
+            out[phase, c * self.Bk + pos] = e
+            out[phase, (C2 + (c - C2 // 2) % C2) * self.Bk + pos] = e
             return out
         cpp = -(-self.C // nb)
         out = np.full((self.ph * self.pw * cpp, slots), ZERO, dtype=np.int64)
@@ -106,6 +117,9 @@ class RotStep:
     col_mult: float = 1.0
     grid: Grid | None = None
     cost: float = 0.0
+    #: rotate-and-add steps after the products (before the rescale): a result may be summed from two slots
+    #: (`rot_step(fold=F)`): out[s] = acc[s] + acc[s + F]
+    fold: tuple = ()
     kind = "rot"
 
     @property
@@ -143,11 +157,11 @@ class RotStep:
         return (int(min(g.min(), 0)), int(max(g.max(), 0))) if len(g) else (0, 0)
 
     def n_rotations(self) -> int:
-        n = sum(len(self.babies(c)) for c in range(self.n_in))
+        n = sum(len(self.babies(c)) for c in range(self.n_in)) + len(self.fold) * self.n_out
         return n + sum(hi - lo for lo, hi in (self.giants(o) for o in range(self.n_out)))
 
     def key_steps(self, slots: int) -> set[int]:
-        steps = {step for c in range(self.n_in) for _, _, step in self.baby_chain(c)}
+        steps = {step for c in range(self.n_in) for _, _, step in self.baby_chain(c)} | set(self.fold)
         for o in range(self.n_out):
             lo, hi = self.giants(o)
             if hi > 0:
@@ -161,19 +175,28 @@ class RotStep:
         if self.cols is not None:
             parts.append(self.cols)
         head = f"rot:{self.merge}:{self.n_in}:{self.n1}:{self.col_mult!r}".encode()
+        if self.fold:
+            head += f":fold{list(self.fold)}".encode()
         return head + b"".join(np.ascontiguousarray(p, dtype=np.int64).tobytes() for p in parts)
 
 
-def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray):
-    """Every structural weight (R, k): output (o, s), input ciphertext c and signed shift j (nearest copy)."""
+def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, fold: int = 0):
+    """Every structural weight (R, k), once per slot that holds output R: output (o, s), input ciphertext c and
+    signed shift j (the nearest input copy ahead). With `fold` F the term may instead sit at s + F (summed in
+    by the fold afterwards), whichever is nearer: a channel copy rotated by half the channels then serves the
+    other half of the channel differences with the same shifts (LoLa-style)."""
     S = in_idx.shape[1]
     n_out, n_el = pattern.shape
     flat_out = out_idx.reshape(-1)
     w = np.flatnonzero(flat_out >= 0)
-    if len(w) != n_out or len(np.unique(flat_out[w])) != n_out:
-        raise ShapeError("output layout must hold every output exactly once")
-    pos_out = np.empty(n_out, dtype=np.int64)
-    pos_out[flat_out[w]] = w
+    cnt = np.bincount(flat_out[w], minlength=n_out)
+    if len(cnt) != n_out or (cnt == 0).any():
+        raise ShapeError("output layout must hold every output")
+    if fold and (cnt != 1).any():
+        raise ShapeError("a folded step writes each output once")
+    order = np.argsort(flat_out[w], kind="stable")
+    pos_sorted = w[order]
+    starts_o = np.concatenate([[0], np.cumsum(cnt)[:-1]])
     flat_in = in_idx.reshape(-1)
     wi = np.flatnonzero(flat_in >= 0)
     order = np.argsort(flat_in[wi], kind="stable")
@@ -183,22 +206,37 @@ def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray):
     R, K = np.nonzero(pattern)
     if len(R) and (counts[K] == 0).any():
         raise ShapeError("input layout lacks an element the segment reads")
-    po = pos_out[R]
-    o, s = po // S, po % S
+    if (cnt > 1).any():  # an output held in several slots: one term per slot
+        reps = cnt[R]
+        first = np.cumsum(reps) - reps
+        R, K = np.repeat(R, reps), np.repeat(K, reps)
+        copy = np.arange(len(R)) - np.repeat(first, reps)
+    else:
+        copy = np.zeros(len(R), dtype=np.int64)
+    po = pos_sorted[starts_o[R] + copy]
+    o, s0 = po // S, po % S
+    if fold:
+        taken = np.zeros(out_idx.shape, dtype=bool)
+        taken.reshape(-1)[w] = True
+        if taken[o, (s0 + fold) % S].any():
+            raise ShapeError("fold: an output's partner slot holds another output")
     best = np.full(len(R), np.iinfo(np.int64).max)
     c_sel = np.zeros(len(R), dtype=np.int64)
     j_sel = np.zeros(len(R), dtype=np.int64)
-    for m in range(int(counts.max()) if len(counts) else 0):
-        has = counts[K] > m
-        pi = pos_s[np.minimum(starts[K] + m, len(pos_s) - 1)]
-        j = (pi % S - s) % S  # of several copies, the nearest one ahead (giants then need only the key n1)
-        score = np.where(has, j, np.iinfo(np.int64).max)
-        j = np.where(j > S // 2, j - S, j)
-        better = score < best
-        best = np.where(better, score, best)
-        c_sel = np.where(better, pi // S, c_sel)
-        j_sel = np.where(better, j, j_sel)
-    return R, K, o, s, c_sel, j_sel
+    s_sel = s0.copy()
+    for s in ([s0, (s0 + fold) % S] if fold else [s0]):
+        for m in range(int(counts.max()) if len(counts) else 0):
+            has = counts[K] > m
+            pi = pos_s[np.minimum(starts[K] + m, len(pos_s) - 1)]
+            j = (pi % S - s) % S  # of several copies, the nearest one ahead (giants then need only the key n1)
+            score = np.where(has, j, np.iinfo(np.int64).max)
+            j = np.where(j > S // 2, j - S, j)
+            better = score < best
+            best = np.where(better, score, best)
+            c_sel = np.where(better, pi // S, c_sel)
+            j_sel = np.where(better, j, j_sel)
+            s_sel = np.where(better, s, s_sel)
+    return R, K, o, s_sel, c_sel, j_sel
 
 
 def _bsgs_cost(o, c, j, n1):
@@ -214,9 +252,13 @@ def _bsgs_cost(o, c, j, n1):
 
 
 def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, merge: int = 1, cols=None,
-             col_mult: float = 1.0, grid: Grid | None = None) -> RotStep:
+             col_mult: float = 1.0, grid: Grid | None = None, fold: int = 0) -> RotStep:
     S = in_idx.shape[1]
-    R, K, o, s, c, j = _choose_terms(pattern, in_idx, out_idx)
+    R, K, o, s, c, j = _choose_terms(pattern, in_idx, out_idx, fold)
+    if fold:  # after out[t] = acc[t] + acc[t + F] the partner slots hold partial sums: garbage, never read
+        out_idx = out_idx.copy()
+        own = out_idx >= 0
+        out_idx[(np.roll(own, -fold, axis=1) | np.roll(own, fold, axis=1)) & ~own] = GARBAGE
     n_in = int(in_idx.shape[0])
     tc = np.unique((o * n_in + c) * (2 * S) + (j + S))
     trip = np.stack([tc // (2 * S) // n_in, tc // (2 * S) % n_in, tc % (2 * S) - S], axis=1)
@@ -244,7 +286,7 @@ def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, me
     keys = np.zeros((len(uniq), 4), dtype=np.int64)
     keys[inv, 0], keys[inv, 1], keys[inv, 2], keys[inv, 3] = o, c, g, b
     st = RotStep(merge, int(in_idx.shape[0]), out_idx, n1, keys, inv.astype(np.int64), s, R, K, cols,
-                 float(col_mult), grid)
+                 float(col_mult), grid, fold=(int(fold),) if fold else ())
     st.cost = st.n_rotations() * C_ROT + len(keys) * C_MUL + st.n_out * C_ROT \
         + len(st.key_steps(S)) * C_KEY
     return st
@@ -328,7 +370,7 @@ def _merge(seg: Affine, grid: Grid, slots: int):
     C, Hp, Wp = grid.C, grid.H // k, grid.W // k
     c, Y, X = np.meshgrid(np.arange(C), np.arange(Hp), np.arange(Wp), indexing="ij")
     cols = ((c * grid.H + k * Y) * grid.W + k * X).ravel()
-    pooled = Grid(C, Hp, Wp, 1, 1, grid.ry, grid.rx, grid.Bk)
+    pooled = Grid(C, Hp, Wp, 1, 1, grid.ry, grid.rx, grid.Bk, dup=grid.dup)
     n_ct = grid.idx(slots).shape[0] // (k * k)
     return seg.pattern[:, cols], cols, 1.0, pooled, n_ct  # merged = k² x pooled, A[:, cols] = A_pool / k²
 
@@ -341,15 +383,17 @@ def _next_pool(segs: list[Affine], i: int, shape) -> int:
     return kh if ok else 1
 
 
-def _out_grid(seg: Affine, grid: Grid | None, p_o: int, slots: int) -> Grid | None:
+def _out_grid(seg: Affine, grid: Grid | None, p_o: int, slots: int, dup: int = 1) -> Grid | None:
     C, H, W = seg.out_shape
     if grid is not None and len(seg.convs) == 1:
         (sy, sx) = seg.convs[0][1]
         num_y, num_x = sy * p_o * grid.ry, sx * p_o * grid.rx
         if num_y % grid.ph == 0 and num_x % grid.pw == 0:
-            g = Grid(C, H, W, p_o, p_o, num_y // grid.ph, num_x // grid.pw, grid.Bk)
+            g = Grid(C, H, W, p_o, p_o, num_y // grid.ph, num_x // grid.pw, grid.Bk, dup=dup)
             if g.fits(slots):
                 return g
+    if dup != 1:
+        return None
     gw = next_pow2(-(-W // p_o))
     g = Grid(C, H, W, p_o, p_o, gw, 1, next_pow2(-(-H // p_o) * gw))
     return g if g.fits(slots) else None
@@ -357,23 +401,34 @@ def _out_grid(seg: Affine, grid: Grid | None, p_o: int, slots: int) -> Grid | No
 
 def input_grid(prog: Program, slots: int) -> Grid | None:
     """The client's layout of the image: phases stride x (next pool), packed and replicated if it fits."""
+    grids = input_grids(prog, slots)
+    return grids[0] if grids else None
+
+
+def input_grids(prog: Program, slots: int) -> list[Grid]:
+    """The client's candidate layouts of the image: phases stride x (next pool), packed and replicated if it
+    fits, in blocks no smaller than needed to fill the slots with the widest layer's channels (channel shifts
+    then wrap exactly: fewer distinct rotations); and, where they fit, blocks half that size, so that later
+    layers can hold each channel twice (`Grid.dup`)."""
     segs = prog.segments
     first = segs[0]
     if len(first.in_shape) != 3 or len(first.convs) != 1:
-        return None
+        return []
     C, H, W = first.in_shape
     s = first.convs[0][1][0] if first.convs[0][1][0] == first.convs[0][1][1] else 1
     p = s * _next_pool(segs, 0, first.out_shape)
     gw = next_pow2(-(-W // p))
-    # blocks no smaller than needed to fill the slots with the widest layer's channels (channel shifts then
-    # wrap exactly: fewer distinct rotations)
     widest = max([s_.out_shape[0] for s_ in segs if len(s_.out_shape) == 3] + [C])
-    Bk = max(next_pow2(-(-H // p) * gw), slots // next_pow2(widest))
-    for packed in (True, False):
-        g = Grid(C, H, W, p, p, gw, 1, Bk, packed)
-        if g.fits(slots):
-            return g
-    return None
+    need = next_pow2(-(-H // p) * gw)
+    out = []
+    for Bk in sorted({max(need, slots // next_pow2(widest)), max(need, slots // (2 * next_pow2(widest)))},
+                     reverse=True):
+        for packed in (True, False):
+            g = Grid(C, H, W, p, p, gw, 1, Bk, packed)
+            if g.fits(slots):
+                out.append(g)
+                break
+    return out
 
 
 @dataclass
@@ -398,19 +453,30 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
         merge, x_idx = k * k, in_grid.idx(slots)
     outs = []
     if len(op.out_shape) == 3 and not last:
+        # every channel twice (`Grid.dup`) when a convolution follows: it can then fold (below)
+        nxt_conv = seg_i + 1 < len(segs) and len(segs[seg_i + 1].convs) == 1 and in_grid is not None
         for p_o in sorted({1, _next_pool(segs, seg_i, op.out_shape)}):
-            g = _out_grid(op, in_grid, p_o, slots)
-            if g is not None:
-                outs.append((g, g.idx(slots)))
+            for dup in ((1, 2) if nxt_conv else (1,)):
+                g = _out_grid(op, in_grid, p_o, slots, dup)
+                if g is None:
+                    continue
+                outs.append((g, g.idx(slots), 0))
+                if dup == 1 and in_grid is not None and in_grid.dup == 2 and g.Bk == in_grid.Bk:
+                    # LoLa: the input's second copy is rotated by half the channels, so an output summed from two
+                    # slots half the ring apart needs half the channel shifts (giants) and half the plaintexts
+                    outs.append((g, g.idx(slots), slots // 2))
     elif op.n_out <= slots:
         idx = np.full((1, slots), ZERO, dtype=np.int64)
         idx[0, :op.n_out] = np.arange(op.n_out)
-        outs.append((None, idx))
+        outs.append((None, idx, 0))
     if last:  # see `clean_output`
-        outs = [(g, o) for g, o in outs if g is None]
+        outs = [o for o in outs if o[0] is None]
     res = []
-    for g, out_idx in outs:
-        step = rot_step(pattern, x_idx, out_idx, merge=merge, cols=cols, grid=g)
+    for g, out_idx, fold in outs:
+        try:
+            step = rot_step(pattern, x_idx, out_idx, merge=merge, cols=cols, grid=g, fold=fold)
+        except ShapeError:
+            continue  # (a fold whose partner slots collide)
         if first:
             step.cost += x_idx.shape[0] * C_CT
         one = step.n_out == 1 and g is None
@@ -449,10 +515,12 @@ def plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPla
 
 
 def _plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
+    plans = [p for p in (_plan_grid(prog, slots, g, multi_out) for g in input_grids(prog, slots)) if p is not None]
+    return min(plans, key=plan_cost) if plans else None
+
+
+def _plan_grid(prog: Program, slots: int, grid: Grid, multi_out: bool) -> LatencyPlan | None:
     segs = prog.segments
-    grid = input_grid(prog, slots)
-    if grid is None:
-        return None
     in_idx = grid.idx(slots)
     plan = LatencyPlan(slots, InputSpec(in_idx.copy()), [], prog.output_dim)
     state = _State(in_idx, None, grid)

@@ -222,7 +222,7 @@ class CompiledPlan:
                 xs = [self._cube(be, x, item.const) for x in xs]
             elif item.kind == "rot":
                 from .convpack import evaluate_rot
-                xs = [self._finish(be, acc, [], bias)
+                xs = [self._finish(be, acc, st.fold, bias)
                       for acc, bias in zip(evaluate_rot(be, st, item.pts, xs if xs is not None else cts), item.bias)]
             elif item.kind == "gather":
                 acc = None

@@ -7,7 +7,8 @@ its control flow on a backend that does no arithmetic), then greedily drops the 
 cheapest to compose from the others (shortest paths in Z_slots), while that costs at most
 MAX_EXTRA_ROTATIONS_PER_KEY more rotations per image. The plan records `key_paths` (step -> keyed steps); its
 `rotation_steps` -- the keys the client generates -- are then exactly those the evaluation uses, and
-`ComposedRotations` performs each composed rotation as its path.
+`ComposedRotations` performs each composed rotation as its path. Beyond that threshold, keys are still dropped
+(cheapest first) while the plan needs more than MAX_GALOIS_KEYS: the key upload is part of every session's set-up.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from .program import Program
 #: a Galois key is dropped (its rotations composed from other keys) when that adds at most this many
 #: rotations per image: a key at N=16384 is ~4.8 MB and ~0.3 s of key generation, a rotation ~15-40 ms here
 MAX_EXTRA_ROTATIONS_PER_KEY = 3
+#: and keys are dropped, cheapest first whatever they cost, down to this many: 6 Galois keys at N=16384 with 6
+#: primes (3.6 MB each, + 3.6 MB relinearization + 1.4 MB public key) keep a client's key upload under 30 MB
+MAX_GALOIS_KEYS = 6
 
 
 class _CountingBackend:
@@ -78,7 +82,7 @@ def limit_keys(plan: LatencyPlan, prog: Program) -> LatencyPlan:
             extra = sum(uses.get(r, 0) * (len(paths[r]) - len(removed.get(r, [r]))) for r in mine)
             if best is None or extra < best[0]:
                 best = (extra, k, {r: paths[r] for r in mine})
-        if best is None or best[0] > MAX_EXTRA_ROTATIONS_PER_KEY:
+        if best is None or (best[0] > MAX_EXTRA_ROTATIONS_PER_KEY and len(keys) <= MAX_GALOIS_KEYS):
             break
         keys.discard(best[1])
         removed.update(best[2])

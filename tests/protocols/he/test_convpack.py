@@ -256,6 +256,19 @@ def test_dense_middle_segment_babies_chain_by_one(hidden, n_out, seed):
     ref = run_reference(g, x[None])[0]
     assert np.allclose(got, ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
     assert used == set(plan.rotation_steps)
-    assert diags
-    if diags[0].baby_step:
-        assert not {2, 4} & set(plan.rotation_steps) - {p for path in plan.key_paths.values() for p in path}
+    if diags and diags[0].baby_step:
+        assert not {2, 4} & set(plan.rotation_steps)
+
+
+def test_minionn_mnist_he_plan_keys_and_lola_fold():
+    """The zoo's minionn-mnist-he (public structure only, as the client plans it): conv2 reads every channel
+    twice and folds (200 plaintexts, not 400), the dense layer's babies chain by one, and the client makes at
+    most `MAX_GALOIS_KEYS` Galois keys, none of them 2 or 4."""
+    from privinfer.protocols.he.latency_plan import DiagStep
+    from privinfer.protocols.he.rotkeys import MAX_GALOIS_KEYS
+    from privinfer.zoo import load_model
+    plan = plan_latency(build_program(load_model("minionn-mnist-he"), structure_only=True), 8192)
+    rots = [s for s in plan.steps if isinstance(s, RotStep)]
+    assert rots[0].grid.dup == 2 and rots[1].fold == (4096,) and len(rots[1].keys) == 200
+    assert [s.baby_step for s in plan.steps if isinstance(s, DiagStep)] == [1]
+    assert len(plan.rotation_steps) <= MAX_GALOIS_KEYS and not {2, 4} & set(plan.rotation_steps)
