@@ -220,22 +220,27 @@ def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, 
         taken.reshape(-1)[w] = True
         if taken[o, (s0 + fold) % S].any():
             raise ShapeError("fold: an output's partner slot holds another output")
+    # of several copies, the nearest one ahead (giants then need only the key n1); ties: the lower ciphertext.
+    # Copies sorted by (element, slot, ciphertext): the first one at a slot >= s, else (wrapping) the first
+    slot_s, ct_s = pos_s % S, pos_s // S
+    order = np.lexsort((ct_s, slot_s, el_s))
+    key = el_s[order] * S + slot_s[order]
+    pos_s = pos_s[order]
     best = np.full(len(R), np.iinfo(np.int64).max)
     c_sel = np.zeros(len(R), dtype=np.int64)
     j_sel = np.zeros(len(R), dtype=np.int64)
     s_sel = s0.copy()
     for s in ([s0, (s0 + fold) % S] if fold else [s0]):
-        for m in range(int(counts.max()) if len(counts) else 0):
-            has = counts[K] > m
-            pi = pos_s[np.minimum(starts[K] + m, len(pos_s) - 1)]
-            j = (pi % S - s) % S  # of several copies, the nearest one ahead (giants then need only the key n1)
-            score = np.where(has, j, np.iinfo(np.int64).max)
-            j = np.where(j > S // 2, j - S, j)
-            better = score < best
-            best = np.where(better, score, best)
-            c_sel = np.where(better, pi // S, c_sel)
-            j_sel = np.where(better, j, j_sel)
-            s_sel = np.where(better, s, s_sel)
+        i = np.searchsorted(key, K * S + s)
+        i = np.where((i < starts[K] + counts[K]), i, starts[K])
+        pi = pos_s[i]
+        score = (pi % S - s) % S
+        j = np.where(score > S // 2, score - S, score)
+        better = score < best
+        best = np.where(better, score, best)
+        c_sel = np.where(better, pi // S, c_sel)
+        j_sel = np.where(better, j, j_sel)
+        s_sel = np.where(better, s, s_sel)
     return R, K, o, s_sel, c_sel, j_sel
 
 
