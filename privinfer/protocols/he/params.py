@@ -20,7 +20,11 @@ what that step adds:
 
 Channel-packed plans (`convpack.py`) rotate the fresh input (kernel offsets as baby steps): in fast mode they
 get no special-prime margin but an input scale INPUT_HEADROOM_BITS above the chain's scale instead, so the
-key-switching noise (~2^19) stays ~2^-(t_in - 19) of a pixel, no more than one rescale's rounding.
+key-switching noise (~2^19) stays ~2^-(t_in - 19) of a pixel, no more than one rescale's rounding. When such
+a plan's last segment writes each logit exactly once and multiplies every other slot by encoded zeros
+(`convpack.clean_output`), the output mask is already in its plaintexts: fast mode then spends nothing on a
+mask ("folded": one prime fewer where the mask would need a level, e.g. minionn-mnist-he, whose sound 31-bit
+value bound leaves q0 no room for FAST_MASK_BITS); circuit-private mode keeps its MASK_BITS level.
 
 `select_params` picks the smallest ring degree N whose bound fits the chain at the largest scale (<= 30
 bits, >= `min_scale_bits`) and whose slots hold every vector; then it spends leftover bits on the client's
