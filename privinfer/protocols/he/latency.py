@@ -237,7 +237,7 @@ def plan_latency(prog: Program, slots: int) -> LatencyPlan:
 
 
 def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
-    from .convpack import plan_cost, plan_multi
+    from .convpack_plan import plan_cost, plan_multi
     single = err = None
     try:
         single = _plan_single(prog, slots)

@@ -302,7 +302,7 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
 
 def _clean_output(prog: Program, slots: int) -> bool:
     """Whether the latency plan at `slots` ends on a clean one-copy result (`convpack.clean_output`)."""
-    from .convpack import clean_output
+    from .convpack_plan import clean_output
     from .latency import plan_latency
     try:
         return clean_output(plan_latency(prog, slots))
@@ -332,7 +332,7 @@ def _plannable(prog: Program, slots: int) -> bool:
     """Whether some latency plan fits `slots`: one ciphertext per vector, or the channel packing."""
     if _next_pow2(prog.max_dim()) <= slots:
         return True
-    from .convpack import plan_multi
+    from .convpack_plan import plan_multi
     if getattr(prog, "conv_packing", "auto") == "off":
         return False
     try:

@@ -16,7 +16,8 @@ from torch import nn
 import privinfer
 from privinfer.model import compile_model, run_reference
 from privinfer.model.torch_layers import Square
-from privinfer.protocols.he.convpack import Grid, RotStep, plan_multi
+from privinfer.protocols.he.convpack import Grid, RotStep
+from privinfer.protocols.he.convpack_plan import plan_multi
 from privinfer.protocols.he.latency import CompiledPlan, NumpyBackend, client_vectors, plan_latency
 from privinfer.protocols.he.program import build_program
 
@@ -192,7 +193,7 @@ def test_fast_mode_folds_the_output_mask_into_the_last_segment():
     from privinfer.protocols.he import HE, CKKSContext
     from privinfer.protocols.he import seeded
     from privinfer.protocols.he.__init__ import _KeyedContext
-    from privinfer.protocols.he.convpack import clean_output
+    from privinfer.protocols.he.convpack_plan import clean_output
     from privinfer.protocols.he.latency import SealBackend
     from privinfer.protocols.he.params import mask_options
     g = _graph((1, 16, 16), [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3),
