@@ -198,6 +198,8 @@ class _HEServer(EngineServer):
         if self.packing == "latency":
             info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct,
                         conv_packing=self.proto.program.conv_packing)
+            if self.proto.plan.choices is not None:  # the client replays them instead of searching (set-up)
+                info["plan_choices"] = self.proto.plan.choices
         else:
             info["batch_stream"] = True  # accepts the ciphertexts in several frames (batch_stream.py)
         return info
@@ -277,7 +279,14 @@ class _HEClient(EngineClient):
         if packing == "latency":
             self.prog = build_program(graph, structure_only=True)  # the client needs the public structure only
             self.prog.conv_packing = str(welcome.get("conv_packing", "auto"))
-            self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
+            choices = welcome.get("plan_choices")
+            if choices is not None and not isinstance(choices, dict):
+                raise ProtocolError("malformed HE WELCOME: plan_choices must be an object")
+            self.prog.plan_choices = choices
+            try:
+                self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
+            except ParameterError as e:
+                raise ProtocolError(f"the server's packing plan cannot be derived here: {e}") from None
             if self.plan.digest() != welcome.get("plan_digest") or self.steps != self.plan.rotation_steps:
                 raise ProtocolError("the server's packing plan differs from the one derived from the public "
                                     "architecture (different privinfer versions?)")

@@ -103,13 +103,16 @@ class _State:
 
 
 def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, first: bool,
-                multi_out: bool = False) -> list:
-    """(step, next state) options for one segment."""
+                multi_out: bool = False, pick: int | None = None) -> list:
+    """(step, next state, option index) options for one segment; `pick`: build only that option (the index is
+    stable: a plan's `choices` replay it without the cost of building the others)."""
     last = seg_i == len(segs) - 1 and not multi_out
     if st.layout is not None and last:  # one compact copy of the result, nothing else: the mask folds in
-        return [(r, _State(r.out_idx, r.out, None)) for r in [_final_rot(op, st.layout.tiled(slots)[None, :], slots)]]
+        r = _final_rot(op, st.layout.tiled(slots)[None, :], slots)
+        return [(r, _State(r.out_idx, r.out, None), 0)]
     if st.layout is not None:
-        return [(d, _State(None, d.out, None)) for d in _diag_candidates(op, st.layout, slots, last)]
+        return [(d, _State(None, d.out, None), i) for i, d in enumerate(_diag_candidates(op, st.layout, slots, last))
+                if pick is None or i == pick]
     pattern, cols, merge, in_grid, x_idx = op.pattern, None, 1, st.grid, st.idx
     k = _mergeable(op, st.grid)
     if k:
@@ -136,7 +139,9 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
     if last:  # see `clean_output`
         outs = [o for o in outs if o[0] is None]
     res = []
-    for g, out_idx, fold in outs:
+    for i, (g, out_idx, fold) in enumerate(outs):
+        if pick is not None and i != pick:
+            continue
         try:
             step = rot_step(pattern, x_idx, out_idx, merge=merge, cols=cols, grid=g, fold=fold)
         except ShapeError:
@@ -144,10 +149,12 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
         if first:
             step.cost += x_idx.shape[0] * C_CT
         one = step.n_out == 1 and g is None
-        res.append((step, _State(step.out_idx, step.out if one else None, g)))
-    if x_idx.shape[0] == 1 and merge == 1 and not first and len(op.out_shape) != 3 and not last:
+        res.append((step, _State(step.out_idx, step.out if one else None, g), i))
+    if x_idx.shape[0] == 1 and merge == 1 and not first and len(op.out_shape) != 3 and not last \
+            and (pick is None or pick >= len(outs)):
         lay = Layout(slots, x_idx[0].copy()).compressed()
-        res += [(d, _State(None, d.out, None)) for d in _diag_candidates(op, lay, slots, last)]
+        res += [(d, _State(None, d.out, None), len(outs) + i) for i, d in enumerate(_diag_candidates(op, lay, slots, last))
+                if pick is None or len(outs) + i == pick]
     return res
 
 
@@ -168,25 +175,39 @@ def clean_output(plan: LatencyPlan) -> bool:
         and int((last.out_idx >= 0).sum()) == plan.n_out
 
 
-def plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
+def plan_multi(prog: Program, slots: int, multi_out: bool = False, choices: dict | None = None) -> LatencyPlan | None:
     """A channel-packed plan, or None when the network does not start with a convolution or cannot fit.
-    Greedy over segments with a one-segment lookahead on the cost model. `multi_out`: the last segment may
-    leave its result over several ciphertexts (a hybrid segment whose result is masked into shares)."""
+    Greedy over segments with a one-segment lookahead on the cost model, for each candidate input grid.
+    `multi_out`: the last segment may leave its result over several ciphertexts (a hybrid segment whose result
+    is masked into shares). `choices` (a plan's `choices`, sent in WELCOME): replay those decisions, building
+    one option per segment (the client's set-up: a fraction of the search; the plan digest still checks it)."""
     cache = prog.__dict__.setdefault("_multi_cache", {})
-    if (slots, multi_out) not in cache:
-        cache[(slots, multi_out)] = _plan_multi(prog, slots, multi_out)
-    return cache[(slots, multi_out)]
+    key = (slots, multi_out, repr(choices))
+    if key not in cache:
+        cache[key] = _plan_multi(prog, slots, multi_out, choices)
+    return cache[key]
 
 
-def _plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
-    plans = [p for p in (_plan_grid(prog, slots, g, multi_out) for g in input_grids(prog, slots)) if p is not None]
+def _plan_multi(prog: Program, slots: int, multi_out: bool = False, choices: dict | None = None):
+    grids = input_grids(prog, slots)
+    if choices is not None:
+        try:
+            gi, picks = int(choices["grid"]), [int(c) for c in choices["segments"]]
+        except (KeyError, TypeError, ValueError):
+            raise ParameterError(f"malformed packing choices {choices!r}") from None
+        if not 0 <= gi < len(grids) or len(picks) != len(prog.segments):
+            raise ParameterError("the packing choices do not fit this network")
+        return _plan_grid(prog, slots, grids[gi], multi_out, picks, gi)
+    plans = [p for p in (_plan_grid(prog, slots, g, multi_out, None, i) for i, g in enumerate(grids)) if p is not None]
     return min(plans, key=plan_cost) if plans else None
 
 
-def _plan_grid(prog: Program, slots: int, grid: Grid, multi_out: bool) -> LatencyPlan | None:
+def _plan_grid(prog: Program, slots: int, grid: Grid, multi_out: bool, picks: list | None,
+               grid_i: int) -> LatencyPlan | None:
     segs = prog.segments
     in_idx = grid.idx(slots)
     plan = LatencyPlan(slots, InputSpec(in_idx.copy()), [], prog.output_dim)
+    plan.choices = {"grid": grid_i, "segments": []}
     state = _State(in_idx, None, grid)
     seg_i = 0
     ahead: dict = {}  # id(state) -> its candidates for the next segment (the lookahead computes them once)
@@ -194,9 +215,14 @@ def _plan_grid(prog: Program, slots: int, grid: Grid, multi_out: bool) -> Latenc
         if isinstance(op, Activation):
             plan.steps.append(ActStep(op.kind, float(op.const)))
             continue
-        cands = ahead.get(id(state))
-        if cands is None:
-            cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0, multi_out)
+        if picks is not None:
+            cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0, multi_out, pick=picks[seg_i])
+            if len(cands) != 1:
+                raise ParameterError(f"packing choice {picks[seg_i]} does not exist for segment {seg_i}")
+        else:
+            cands = ahead.get(id(state))
+            if cands is None:
+                cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0, multi_out)
         ahead = {}
         if not cands:
             return None
@@ -205,10 +231,11 @@ def _plan_grid(prog: Program, slots: int, grid: Grid, multi_out: bool) -> Latenc
                 nxt = ahead[id(c[1])] = _candidates(segs[seg_i + 1], c[1], segs, seg_i + 1, slots, False, multi_out)
                 return c[0].cost + c[0].n_out * C_ROT * (getattr(c[0], "n_out", 1) > 1) \
                     + (min(n[0].cost for n in nxt) if nxt else 1e12)
-            step, state = min(cands, key=total)
+            step, state, pick = min(cands, key=total)
         else:
-            step, state = min(cands, key=lambda c: c[0].cost)
+            step, state, pick = min(cands, key=lambda c: c[0].cost)
         plan.steps.append(step)
+        plan.choices["segments"].append(pick)
         seg_i += 1
     if not multi_out:
         check_plan(plan)

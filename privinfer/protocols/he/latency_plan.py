@@ -136,6 +136,9 @@ class LatencyPlan:
     n_out: int = 0
     #: rotation steps that get no Galois key of their own: step -> the keyed steps that compose it
     key_paths: dict = field(default_factory=dict)
+    #: a channel-packed plan's decisions ({"grid": i, "segments": [option per segment]}, public: a function of
+    #: the public structure); the server sends them in WELCOME and the client replays them (`convpack_plan`)
+    choices: dict | None = None
 
     @property
     def out(self) -> Layout:

@@ -273,3 +273,27 @@ def test_minionn_mnist_he_plan_keys_and_lola_fold():
     assert rots[0].grid.dup == 2 and rots[1].fold == (4096,) and len(rots[1].keys) == 200
     assert [s.baby_step for s in plan.steps if isinstance(s, DiagStep)] == [1]
     assert len(plan.rotation_steps) <= MAX_GALOIS_KEYS and not {2, 4} & set(plan.rotation_steps)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_stacks(), st.sampled_from([1024, 4096]))
+def test_replayed_choices_give_the_same_plan(g, slots):
+    """The client replays the server's packing decisions (WELCOME `plan_choices`) instead of searching: the
+    same plan (digest), and choices that do not fit the network are refused with a typed error."""
+    from privinfer.errors import ParameterError
+    prog = build_program(g, structure_only=True)
+    prog.conv_packing = "on"
+    try:
+        plan = plan_latency(prog, slots)
+    except ParameterError:
+        assume(False)
+    assume(plan.choices is not None)
+    replay = build_program(g, structure_only=True)
+    replay.conv_packing, replay.plan_choices = "on", dict(plan.choices)
+    assert plan_latency(replay, slots).digest() == plan.digest()
+    for bad in ({"grid": 7, "segments": plan.choices["segments"]}, {"grid": 0, "segments": [0]},
+                {"grid": plan.choices["grid"], "segments": [99] * len(plan.choices["segments"])}, {"oops": 1}):
+        other = build_program(g, structure_only=True)
+        other.conv_packing, other.plan_choices = "on", bad
+        with pytest.raises(ParameterError):
+            plan_latency(other, slots)
