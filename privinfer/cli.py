@@ -160,12 +160,19 @@ def cmd_plan(a) -> None:
 
 def cmd_profile(a) -> None:
     from .planner.calibrate import run_profile
+    if a.cheetah and not a.model:
+        raise PrivinferError("--cheetah measures the networks named by --model: name at least one")
     path = run_profile(a.output, ss=not a.no_ss)
     print(f"privinfer: wrote the calibration table {path}")
     if a.model:
+        from .planner.calibrate import add_cheetah
         from .planner.table import counts
         for m in a.model:
-            counts(load_model_arg(m), lambda msg: print(f"privinfer: {m}: {msg}", file=sys.stderr, flush=True))
+            graph = load_model_arg(m)
+            counts(graph, lambda msg: print(f"privinfer: {m}: {msg}", file=sys.stderr, flush=True), refresh=True)
+            if a.cheetah:
+                print(f"privinfer: {m}: timing a dealer-free (cheetah) session on loopback", file=sys.stderr, flush=True)
+                add_cheetah(graph, path, name=str(m))
 
 
 def cmd_dealer(a) -> None:
@@ -246,7 +253,9 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="time this machine's HE and 2PC kernels; write the planner's cost table")
     pr.add_argument("-o", "--output", default=None, help="path (default: <cache>/planner/calibration.json)")
     pr.add_argument("--no-ss", action="store_true", help="HE kernels only (keep the 2PC constants of the defaults)")
-    pr.add_argument("--model", nargs="*", default=None, help="also count these networks' plans (cached)")
+    pr.add_argument("--model", nargs="*", default=None, help="also count these networks' plans again, timing their 2PC pieces on this machine (cached)")
+    pr.add_argument("--cheetah", action="store_true",
+                    help="also time a dealer-free (SPU) session on each --model, so that the planner can offer it")
     pr.set_defaults(func=cmd_profile)
 
     q = sub.add_parser("query", help="classify an input on a running server", epilog=epilog, formatter_class=raw)

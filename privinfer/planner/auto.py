@@ -187,7 +187,13 @@ def make_plan(graph: Graph, network=DEFAULT_NETWORK, policy: Policy | None = Non
     cal = calibration if isinstance(calibration, dict) else load_calibration(calibration)
     rows = build_rows(graph, cal, counts(graph, progress))
     n = len(graph)
-    value, path = choose(rows, n, policy, objective, prof)
+    try:
+        value, path = choose(rows, n, policy, objective, prof)
+    except NoPlanError as e:
+        if not policy.trusted_dealer and not any(r.protocol == "cheetah" for r in rows):
+            raise NoPlanError(f"{e}; dealer-free 2PC (cheetah) has no measurement for this network: run "
+                              f"`privinfer profile --model <this model> --cheetah` to add one") from None
+        raise
     allowed = [r for r in rows if policy.allows(r)]
     single = {}
     for name in ("ss", "he", "cheetah", "noisy"):

@@ -10,7 +10,11 @@ elements) but seconds per operation depend on the machine. `privinfer profile` m
   `bfv_eval.BFVBackend` runs them (products of NTT-form ciphertexts and plaintexts, NTT-form and
   coefficient-form additions, plaintext additions, row rotations, and the NTT transforms between forms);
 * 2PC: a real `ss` session (CrypTen, local dealer) on two zoo networks of different size: the per-query offline
-  phase (dealer batch) as fixed seconds + seconds per dealer element, and the per-call overhead of the parties.
+  phase (dealer batch) as fixed seconds + seconds per dealer element, and the per-call overhead of the parties;
+* dealer-free 2PC (`cheetah`, SPU), only for the networks named by `privinfer profile --model M --cheetah`:
+  SPU runs a whole model (no per-layer pieces), so its price is one real session on loopback per network
+  (median latency, bytes each way, rounds), keyed by the graph's digest. The zoo's are shipped in
+  `defaults.json`; without a measurement the planner cannot offer `cheetah` for a network.
 
 The table goes to `<cache root>/planner/calibration.json` (`zoo.store.cache_root()`). Without it the planner
 uses the shipped `defaults.json` (measured on the project's 2-core reference machine) and prints one warning
@@ -35,6 +39,7 @@ RINGS = {4096: (36, 36, 37), 8192: (60, 40, 40, 60), 16384: (60, 40, 40, 40, 40,
 REQUIRED = {"he", "ss"}
 HE_OPS = frozenset({"mul_plain", "add", "add_plain", "rotate", "rescale", "mod_switch", "square", "multiply", "encode"})
 BFV_OPS = frozenset({"mul_plain", "add", "add_plain", "rotate", "to_ntt", "from_ntt"})
+CHEETAH_FIELDS = ("latency_s", "bytes_up", "bytes_down", "rounds")
 _warned: set = set()
 
 
@@ -69,6 +74,12 @@ def validate(table: dict, where: str) -> dict:
     bad = sorted(k for k, v in table.get("bfv", {}).items() if k in BFV_OPS and not _seconds(v))
     if bad:
         raise ParameterError(f"{where}: BFV timings {bad} are not finite non-negative seconds")
+    if not isinstance(table.get("cheetah", {}), dict):
+        raise ParameterError(f"{where}: cheetah measurements are not a table")
+    for digest, m in table.get("cheetah", {}).items():
+        if not isinstance(m, dict) or not all(_seconds(m.get(k)) for k in CHEETAH_FIELDS):
+            raise ParameterError(f"{where}: cheetah measurement {str(digest)[:24]} lacks finite non-negative "
+                                 f"{list(CHEETAH_FIELDS)}")
     return table
 
 
@@ -201,7 +212,7 @@ def time_bfv(reps: int = 5) -> dict:
             "N": ctx.N}
 
 
-def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 4) -> dict:
+def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 8) -> dict:
     """The 2PC engine's per-query constants from real `ss` sessions (local dealer) on two zoo networks:
     offline = fixed + per dealer element (a line through the two), and the per-call overhead."""
     import numpy as np
@@ -223,6 +234,74 @@ def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 4) -> d
     slope = max(0.0, (t1 - t0) / (e1 - e0)) if e1 > e0 else 0.0
     return {"offline_fixed_s": max(0.0, t0 - slope * e0), "offline_s_per_dealer_element": slope,
             "points": [{"model": m, "dealer_elements": e, "offline_s": t} for m, (e, t) in zip(models, points)]}
+
+
+#: the delay-only link on which `time_cheetah` counts SPU's sequential round trips (see there)
+PROBE_RTT_MS = 50.0
+
+
+def _cheetah_queries(sess, graph, samples: int) -> tuple[list, list, list, list]:
+    import numpy as np
+    lo, hi = graph.input_range or (0.0, 1.0)
+    rng = np.random.default_rng(0)
+    lat, up, down, msgs = [], [], [], []
+    for i in range(samples + 1):
+        sess.infer(rng.uniform(lo, hi, size=(1, *graph.input_shape)))
+        if i:  # the first query warms SPU's compilation cache
+            q = sess.stats.last
+            lat.append(q.latency_s)
+            up.append(q.bytes_client_to_server)
+            down.append(q.bytes_server_to_client)
+            msgs.append(q.rounds)
+    return lat, up, down, msgs
+
+
+def time_cheetah(graph, samples: int = 3, name: str = "custom") -> dict:
+    """Dealer-free sessions (SPU CHEETAH) on `graph`: median latency on loopback, bytes each way, round trips.
+
+    Inputs are uniform over the graph's published input range (MPC cost does not depend on the values).
+    SPU reports messages, not rounds, and sends many of them without waiting for an answer, so its message
+    count overstates the round trips a link's delay multiplies (measured: 48 messages, 14 round trips). Where
+    network emulation runs (root, `privinfer.netem`), a second session on a link with PROBE_RTT_MS of delay
+    and no bandwidth limit measures them: (latency there - latency on loopback) / RTT. Elsewhere the message
+    count stands in, an upper bound, and `rounds_source` says so. Measure on an otherwise idle machine."""
+    import statistics
+    import tempfile
+    from .. import netem
+    from ..model.ir import save_graph
+    from ..session import PrivateSession, connect
+    with PrivateSession(graph, "cheetah", warn=False) as s:
+        lat, up, down, msgs = _cheetah_queries(s, graph, samples)
+    out = {"model": name, "latency_s": float(statistics.median(lat)), "bytes_up": int(statistics.median(up)),
+           "bytes_down": int(statistics.median(down)), "messages": int(statistics.median(msgs)),
+           "source": f"privinfer profile --cheetah (loopback, median of {samples})"}
+    why = netem.available()
+    if why is None:
+        probe = netem.NetworkProfile("rtt-probe", None, PROBE_RTT_MS)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/model.npz"
+            save_graph(graph, path)
+            with netem.server_in_namespace(path, "cheetah", {}, probe) as (host, port):
+                with connect(host, port, "cheetah", timeout=600.0) as s:
+                    slow = _cheetah_queries(s, graph, samples)[0]
+        # fastest against fastest: a busy machine only ever adds time, so minima keep the difference clean
+        trips = (min(slow) - min(lat)) / (PROBE_RTT_MS / 1e3)
+        out["rounds"] = int(min(out["messages"], max(1, round(trips))))
+        out["rounds_source"] = f"measured on a {PROBE_RTT_MS:g} ms delay line"
+    else:
+        out["rounds"] = out["messages"]
+        out["rounds_source"] = f"messages sent (an upper bound on round trips; {why})"
+    return out
+
+
+def add_cheetah(graph, path: str | Path | None = None, name: str = "custom", samples: int = 3) -> Path:
+    """Measure `cheetah` on `graph` and store it in the calibration table at `path` (made if absent)."""
+    from .table import graph_digest
+    p = Path(path) if path is not None else calibration_path()
+    table = json.loads(p.read_text()) if p.exists() else json.loads(DEFAULTS.read_text())
+    validate(table, str(p))
+    table.setdefault("cheetah", {})[graph_digest(graph)] = time_cheetah(graph, samples, name)
+    return save_calibration(table, p)
 
 
 def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = True, progress: bool = True) -> Path:

@@ -36,7 +36,7 @@ from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 2PC piece seconds are the median of ss_cost.REPS runs (1: the minimum of 3)
 BFV_VERSION = 2  # the BFV part of the cached counts (added to a cache of CACHE_VERSION when missing)
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
 
@@ -58,11 +58,14 @@ def _cache_file(graph: Graph) -> Path:
     return cache_root() / "planner" / "counts" / f"{graph_digest(graph)}.json"
 
 
-def counts(graph: Graph, progress=None) -> dict:
-    """The data-free counts of a network: 2PC pieces and HE segment structures (cached on disk)."""
+def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
+    """The data-free counts of a network: 2PC pieces and HE segment structures (cached on disk).
+
+    The 2PC pieces carry this machine's seconds besides their exact bytes and rounds, so `refresh=True`
+    (`privinfer profile --model M`) counts again rather than trusting a cache timed on a busier day."""
     path = _cache_file(graph)
     say = progress or (lambda msg: None)
-    if path.exists():
+    if path.exists() and not refresh:
         data = json.loads(path.read_text())
         if data.get("version") == CACHE_VERSION:
             if _add_io(data, say) | _add_bfv(graph, data, say):

@@ -51,7 +51,7 @@ def test_plans_are_executable_and_explained(graph, cache, network):
 def test_policy_without_dealer_has_no_2pc_dealer(graph, cache):
     from privinfer.planner.search import NoPlanError
     # ReLU needs 2PC; without a dealer only cheetah could run it, and this network has no cheetah measurement
-    with pytest.raises(NoPlanError):
+    with pytest.raises(NoPlanError, match="profile --model .* --cheetah"):  # says how to get a measurement
         make_plan(graph, "wan", Policy(trusted_dealer=False))
     plan = make_plan(graph, "wan", Policy(model_private=False, epsilon=2.0, trusted_dealer=False))
     assert plan.protocol == "noisy" and plan.session_options()[1]["epsilon"] == 2.0
@@ -106,3 +106,30 @@ def test_server_plans_and_a_client_may_say_auto(graph, cache):
             connect("127.0.0.1", srv.port, other, warn=False)
     finally:
         srv.shutdown()
+
+
+def test_a_cheetah_measurement_lets_the_planner_offer_it(graph, cache, tmp_path, monkeypatch):
+    """`privinfer profile --model M --cheetah` stores one measured session per network; with it, a policy
+    without a dealer finds a plan (cheetah), priced from that measurement on the chosen link."""
+    from privinfer.planner import calibrate
+    seen = []
+
+    def fake_session(g, samples, name):  # the real session is the slow test below
+        seen.append((g, samples, name))
+        return {"model": name, "latency_s": 0.25, "bytes_up": 10**5, "bytes_down": 2 * 10**5, "rounds": 10,
+                "source": "test"}
+
+    monkeypatch.setattr(calibrate, "time_cheetah", fake_session)
+    path = calibrate.add_cheetah(graph, tmp_path / "cal.json", name="tiny")
+    assert seen == [(graph, 3, "tiny")]
+    plan = make_plan(graph, "wan", Policy(trusted_dealer=False), calibration=str(path))
+    assert plan.protocol == "cheetah"
+    # 0.25 s on loopback, plus wan's 10 round trips of 40 ms and 300 KB at 100 Mbit/s: well above 0.25 s
+    assert plan.predicted_latency_s() > 0.25 + 10 * 0.04
+
+
+@pytest.mark.slow
+def test_cheetah_is_timed_on_a_real_session(graph):
+    from privinfer.planner.calibrate import time_cheetah
+    m = time_cheetah(graph, samples=1, name="tiny")
+    assert m["latency_s"] > 0 and m["bytes_up"] > 0 and m["bytes_down"] > 0 and m["rounds"] > 0

@@ -43,6 +43,9 @@ def test_default_location_is_the_cache(tmp_path, monkeypatch):
     lambda t: t.update(version=99),
     lambda t: t["he"]["8192"].pop("rotate"),
     lambda t: t["ss"].pop("offline_fixed_s"),
+    lambda t: t.update(cheetah=[]),
+    lambda t: next(iter(t["cheetah"].values())).update(latency_s=float("nan")),
+    lambda t: next(iter(t["cheetah"].values())).pop("rounds"),
 ])
 def test_malformed_tables_are_refused(tmp_path, mutate):
     table = json.loads(DEFAULTS.read_text())
