@@ -27,7 +27,7 @@ What is protected, precisely
   circuit-private mode, 20 bits of the last prime in fast mode -- or, in fast mode, when a channel-packed
   plan's last segment writes each logit once, no plaintext of its own: that segment's plaintexts encode 0 on
   every other slot, so those slots keep only products by encoded zeros, ~2^-17 of their values measured
-  (`convpack.clean_output`, tested by decrypting every slot); batch: `mask_unused`, every slot past the
+  (`convpack_plan.clean_output`, tested by decrypting every slot); batch: `mask_unused`, every slot past the
   batch the client sent), so what those slots held -- partial sums times
   the weights' encoding error, 2^-10 on cryptonets-mnist before issue 9, moving with a 1e-6 change of one
   weight -- is gone down to the mask's own encoding error; (b) adds a fresh public-key encryption of zero

@@ -153,7 +153,8 @@ def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, firs
     if x_idx.shape[0] == 1 and merge == 1 and not first and len(op.out_shape) != 3 and not last \
             and (pick is None or pick >= len(outs)):
         lay = Layout(slots, x_idx[0].copy()).compressed()
-        res += [(d, _State(None, d.out, None), len(outs) + i) for i, d in enumerate(_diag_candidates(op, lay, slots, last))
+        diags = _diag_candidates(op, lay, slots, last)
+        res += [(d, _State(None, d.out, None), len(outs) + i) for i, d in enumerate(diags)
                 if pick is None or len(outs) + i == pick]
     return res
 

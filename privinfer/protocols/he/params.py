@@ -22,7 +22,7 @@ Channel-packed plans (`convpack.py`) rotate the fresh input (kernel offsets as b
 get no special-prime margin but an input scale INPUT_HEADROOM_BITS above the chain's scale instead, so the
 key-switching noise (~2^19) stays ~2^-(t_in - 19) of a pixel, no more than one rescale's rounding. When such
 a plan's last segment writes each logit exactly once and multiplies every other slot by encoded zeros
-(`convpack.clean_output`), the output mask is already in its plaintexts: fast mode then spends nothing on a
+(`convpack_plan.clean_output`), the output mask is already in its plaintexts: fast mode then spends nothing on a
 mask ("folded": one prime fewer where the mask would need a level, e.g. minionn-mnist-he, whose sound 31-bit
 value bound leaves q0 no room for FAST_MASK_BITS); circuit-private mode keeps its MASK_BITS level.
 
@@ -301,7 +301,7 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
 
 
 def _clean_output(prog: Program, slots: int) -> bool:
-    """Whether the latency plan at `slots` ends on a clean one-copy result (`convpack.clean_output`)."""
+    """Whether the latency plan at `slots` ends on a clean one-copy result (`convpack_plan.clean_output`)."""
     from .convpack_plan import clean_output
     from .latency import plan_latency
     try:
@@ -421,7 +421,7 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     need_slots = _next_pow2(prog.max_dim())
     # fast mode puts the mask in q0 (no level); when q0 cannot also hold the values (large sound value
     # bounds), the mask takes a level of its own, as in circuit-private mode, rather than failing
-    # a channel-packed plan whose last segment writes each logit once and 0 elsewhere (`convpack.clean_output`)
+    # a channel-packed plan whose last segment writes each logit once and 0 elsewhere (`convpack_plan.clean_output`)
     # carries the mask in that segment's plaintexts: fast mode then gives it no bits at all ("folded")
     masks = [("mask", MASK_BITS)] if flood else [("folded", 0), ("mask0", FAST_MASK_BITS), ("mask", MASK_BITS)]
     base = prog.structure()
