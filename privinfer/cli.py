@@ -165,7 +165,7 @@ def cmd_profile(a) -> None:
     path = run_profile(a.output, ss=not a.no_ss)
     print(f"privinfer: wrote the calibration table {path}")
     if a.model:
-        from .planner.calibrate import add_cheetah
+        from .planner.cheetah_cost import add_cheetah
         from .planner.table import counts
         for m in a.model:
             graph = load_model_arg(m)
@@ -253,7 +253,8 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="time this machine's HE and 2PC kernels; write the planner's cost table")
     pr.add_argument("-o", "--output", default=None, help="path (default: <cache>/planner/calibration.json)")
     pr.add_argument("--no-ss", action="store_true", help="HE kernels only (keep the 2PC constants of the defaults)")
-    pr.add_argument("--model", nargs="*", default=None, help="also count these networks' plans again, timing their 2PC pieces on this machine (cached)")
+    pr.add_argument("--model", nargs="*", default=None,
+                    help="also count these networks' plans again (2PC pieces re-timed on this machine; cached)")
     pr.add_argument("--cheetah", action="store_true",
                     help="also time a dealer-free (SPU) session on each --model, so that the planner can offer it")
     pr.set_defaults(func=cmd_profile)

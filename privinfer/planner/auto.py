@@ -192,7 +192,8 @@ def make_plan(graph: Graph, network=DEFAULT_NETWORK, policy: Policy | None = Non
     except NoPlanError as e:
         if not policy.trusted_dealer and not any(r.protocol == "cheetah" for r in rows):
             raise NoPlanError(f"{e}; dealer-free 2PC (cheetah) has no measurement for this network: run "
-                              f"`privinfer profile --model <this model> --cheetah` to add one") from None
+                              f"`privinfer profile --model <this model> --cheetah` to add one (with -o FILE when you pass your own "
+                              f"calibration file)") from None
         raise
     allowed = [r for r in rows if policy.allows(r)]
     single = {}

@@ -12,9 +12,7 @@ elements) but seconds per operation depend on the machine. `privinfer profile` m
 * 2PC: a real `ss` session (CrypTen, local dealer) on two zoo networks of different size: the per-query offline
   phase (dealer batch) as fixed seconds + seconds per dealer element, and the per-call overhead of the parties;
 * dealer-free 2PC (`cheetah`, SPU), only for the networks named by `privinfer profile --model M --cheetah`:
-  SPU runs a whole model (no per-layer pieces), so its price is one real session on loopback per network
-  (median latency, bytes each way, rounds), keyed by the graph's digest. The zoo's are shipped in
-  `defaults.json`; without a measurement the planner cannot offer `cheetah` for a network.
+  one measured session per network (`cheetah_cost.py`). A re-profile keeps those measurements.
 
 The table goes to `<cache root>/planner/calibration.json` (`zoo.store.cache_root()`). Without it the planner
 uses the shipped `defaults.json` (measured on the project's 2-core reference machine) and prints one warning
@@ -83,6 +81,30 @@ def validate(table: dict, where: str) -> dict:
     return table
 
 
+def carry_cheetah(base: dict, path: str | Path | None) -> dict:
+    """The shipped cheetah entries, plus the ones measured on this machine in the table at `path` (kept across
+    re-profiles: they cost a minute each and depend on the network, not on the kernels re-timed)."""
+    out = dict(base.get("cheetah", {}))
+    p = Path(path) if path is not None else calibration_path()
+    if p.exists():
+        try:
+            old = json.loads(p.read_text()).get("cheetah", {})
+        except (json.JSONDecodeError, AttributeError):
+            old = {}
+        if isinstance(old, dict):
+            out.update({k: v for k, v in old.items() if isinstance(v, dict) and v.get("measured_here")})
+    return out
+
+
+def _shipped_cheetah(table: dict) -> dict:
+    """A table made before a shipped cheetah entry was corrected takes the shipped one (this machine's own
+    measurements, marked `measured_here`, win)."""
+    shipped = json.loads(DEFAULTS.read_text()).get("cheetah", {})
+    mine = table.get("cheetah", {})
+    merged = {**mine, **{k: v for k, v in shipped.items() if not (mine.get(k) or {}).get("measured_here")}}
+    return {**table, "cheetah": merged}
+
+
 def load_calibration(path: str | Path | None = None, warn: bool = True) -> dict:
     """The table at `path` (default: the cache's); the shipped defaults, with a one-line warning, if absent."""
     p = Path(path) if path is not None else calibration_path()
@@ -93,7 +115,7 @@ def load_calibration(path: str | Path | None = None, warn: bool = True) -> dict:
             table = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ParameterError(f"{p}: not JSON ({e}); rerun `privinfer profile`") from None
-        return {**_with_bfv(validate(table, str(p))), "source": str(p)}
+        return {**_shipped_cheetah(_with_bfv(validate(table, str(p)))), "source": str(p)}
     if warn and str(p) not in _warned:
         _warned.add(str(p))
         print(f"privinfer: warning: no calibration at {p}; using shipped defaults (run `privinfer profile`)",
@@ -236,74 +258,6 @@ def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 8) -> d
             "points": [{"model": m, "dealer_elements": e, "offline_s": t} for m, (e, t) in zip(models, points)]}
 
 
-#: the delay-only link on which `time_cheetah` counts SPU's sequential round trips (see there)
-PROBE_RTT_MS = 50.0
-
-
-def _cheetah_queries(sess, graph, samples: int) -> tuple[list, list, list, list]:
-    import numpy as np
-    lo, hi = graph.input_range or (0.0, 1.0)
-    rng = np.random.default_rng(0)
-    lat, up, down, msgs = [], [], [], []
-    for i in range(samples + 1):
-        sess.infer(rng.uniform(lo, hi, size=(1, *graph.input_shape)))
-        if i:  # the first query warms SPU's compilation cache
-            q = sess.stats.last
-            lat.append(q.latency_s)
-            up.append(q.bytes_client_to_server)
-            down.append(q.bytes_server_to_client)
-            msgs.append(q.rounds)
-    return lat, up, down, msgs
-
-
-def time_cheetah(graph, samples: int = 3, name: str = "custom") -> dict:
-    """Dealer-free sessions (SPU CHEETAH) on `graph`: median latency on loopback, bytes each way, round trips.
-
-    Inputs are uniform over the graph's published input range (MPC cost does not depend on the values).
-    SPU reports messages, not rounds, and sends many of them without waiting for an answer, so its message
-    count overstates the round trips a link's delay multiplies (measured: 48 messages, 14 round trips). Where
-    network emulation runs (root, `privinfer.netem`), a second session on a link with PROBE_RTT_MS of delay
-    and no bandwidth limit measures them: (latency there - latency on loopback) / RTT. Elsewhere the message
-    count stands in, an upper bound, and `rounds_source` says so. Measure on an otherwise idle machine."""
-    import statistics
-    import tempfile
-    from .. import netem
-    from ..model.ir import save_graph
-    from ..session import PrivateSession, connect
-    with PrivateSession(graph, "cheetah", warn=False) as s:
-        lat, up, down, msgs = _cheetah_queries(s, graph, samples)
-    out = {"model": name, "latency_s": float(statistics.median(lat)), "bytes_up": int(statistics.median(up)),
-           "bytes_down": int(statistics.median(down)), "messages": int(statistics.median(msgs)),
-           "source": f"privinfer profile --cheetah (loopback, median of {samples})"}
-    why = netem.available()
-    if why is None:
-        probe = netem.NetworkProfile("rtt-probe", None, PROBE_RTT_MS)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = f"{tmp}/model.npz"
-            save_graph(graph, path)
-            with netem.server_in_namespace(path, "cheetah", {}, probe) as (host, port):
-                with connect(host, port, "cheetah", timeout=600.0) as s:
-                    slow = _cheetah_queries(s, graph, samples)[0]
-        # fastest against fastest: a busy machine only ever adds time, so minima keep the difference clean
-        trips = (min(slow) - min(lat)) / (PROBE_RTT_MS / 1e3)
-        out["rounds"] = int(min(out["messages"], max(1, round(trips))))
-        out["rounds_source"] = f"measured on a {PROBE_RTT_MS:g} ms delay line"
-    else:
-        out["rounds"] = out["messages"]
-        out["rounds_source"] = f"messages sent (an upper bound on round trips; {why})"
-    return out
-
-
-def add_cheetah(graph, path: str | Path | None = None, name: str = "custom", samples: int = 3) -> Path:
-    """Measure `cheetah` on `graph` and store it in the calibration table at `path` (made if absent)."""
-    from .table import graph_digest
-    p = Path(path) if path is not None else calibration_path()
-    table = json.loads(p.read_text()) if p.exists() else json.loads(DEFAULTS.read_text())
-    validate(table, str(p))
-    table.setdefault("cheetah", {})[graph_digest(graph)] = time_cheetah(graph, samples, name)
-    return save_calibration(table, p)
-
-
 def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = True, progress: bool = True) -> Path:
     """Measure everything (under 2 minutes on 2 cores) and write the table; returns its path."""
     base = json.loads(DEFAULTS.read_text())
@@ -311,7 +265,7 @@ def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = T
     table = {"version": VERSION, "machine": {"python": platform.python_version(), "platform": platform.platform(),
                                              "processor": platform.processor()},
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "he": {}, "ss": dict(base["ss"]),
-             "cheetah": base.get("cheetah", {})}
+             "cheetah": carry_cheetah(base, path)}
     t_start = time.perf_counter()
     for i, N in enumerate(rings):
         if progress:

@@ -7,8 +7,8 @@ runs every piece once, exactly as the `ss` engine lowers it (`ss.lowering.Execut
 parties on loopback, with the dealer's tuples replaced by zero tuples of the right shapes (the provider's
 `record` mode: same messages, no dealer) and counts, per piece: bytes each way and rounds (the counting
 communicator), dealer elements (the recorded tuple requests), and the online wall time: the median of REPS runs
-(the first of which pays CrypTen's one-off warm-up), since a query's latency is quoted as a median too; the
-minimum of 3, used before, came out below the median query on an idle machine.
+after one warm-up run (CrypTen's first call of a kernel pays one-off costs), since a query's latency is quoted
+as a median too; the minimum of 3, used before, came out below the median query on an idle machine.
 
 Pieces: every single layer, plus every ReLU+MaxPool pair (cheaper as one segment). Results are cached on disk
 by the graph's architecture digest (`cache.py`), so a network is counted once per machine (~10-20 s).
@@ -53,7 +53,7 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
             ex = Executor(crypten, graph.slice(a, b), rank, int(opts["precision_bits"]))
             zeros = torch.zeros((1, *ex.graph.input_shape), dtype=torch.float64)
             runs = []
-            for _ in range(int(opts["reps"])):
+            for _ in range(int(opts["reps"]) + 1):
                 prov.mode, prov.recorded = "record", []
                 h = crypten.cryptensor(zeros, src=1) + crypten.cryptensor(zeros, src=0)
                 before = comm.counters.as_dict()
@@ -64,7 +64,7 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
                 runs.append(dt)
                 tuples = list(prov.recorded)
             prov.mode, prov.recorded = "online", []
-            results.append({"piece": [a, b], "s": _median(runs), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
+            results.append({"piece": [a, b], "s": _median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
                             "bytes_received": after["bytes_received"] - before["bytes_received"],
                             "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))})
         hand = []
@@ -86,7 +86,7 @@ def _count_handover(crypten, comm, prov, rank: int, kind: str, shape: tuple, t: 
     from ..protocols.convert import ring
     from ..protocols.ss.tuples import plan_elements
     runs = []
-    for _ in range(reps):
+    for _ in range(reps + 1):
         prov.mode, prov.recorded = "record", []
         before = comm.counters.as_dict()
         t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def _count_handover(crypten, comm, prov, rank: int, kind: str, shape: tuple, t: 
         runs.append(dt)
         tuples = list(prov.recorded)
     prov.mode, prov.recorded = "online", []
-    return {"kind": kind, "shape": list(shape), "s": _median(runs), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
+    return {"kind": kind, "shape": list(shape), "s": _median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
             "bytes_received": after["bytes_received"] - before["bytes_received"],
             "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))}
 

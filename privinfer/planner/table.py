@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +67,13 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
     path = _cache_file(graph)
     say = progress or (lambda msg: None)
     if path.exists() and not refresh:
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}  # a damaged cache file is counted again (and replaced)
         if data.get("version") == CACHE_VERSION:
             if _add_io(data, say) | _add_bfv(graph, data, say):
-                path.write_text(json.dumps(data) + "\n")
+                _write(path, data)
             return data
     say("2PC pieces: counting bytes, rounds and dealer tuples on CrypTen parties")
     data = {"version": CACHE_VERSION, "ss": ss_cost.count_pieces(graph), "he": {}}
@@ -83,9 +87,16 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
                 data["he"][f"{a}-{b}-{int(last)}"] = {"error": f"{type(e).__name__}: {e}"}
     _add_io(data, say)
     _add_bfv(graph, data, say)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data) + "\n")
+    _write(path, data)
     return data
+
+
+def _write(path, data: dict) -> None:
+    """Atomically: a concurrent session reads the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
 
 
 def bfv_ranges(graph: Graph) -> list[tuple[int, int]]:

@@ -111,25 +111,65 @@ def test_server_plans_and_a_client_may_say_auto(graph, cache):
 def test_a_cheetah_measurement_lets_the_planner_offer_it(graph, cache, tmp_path, monkeypatch):
     """`privinfer profile --model M --cheetah` stores one measured session per network; with it, a policy
     without a dealer finds a plan (cheetah), priced from that measurement on the chosen link."""
-    from privinfer.planner import calibrate
+    import json
+    from privinfer.errors import ParameterError
+    from privinfer.planner import cheetah_cost
+    from privinfer.planner.calibrate import DEFAULTS, carry_cheetah, save_calibration
     seen = []
 
     def fake_session(g, samples, name):  # the real session is the slow test below
         seen.append((g, samples, name))
         return {"model": name, "latency_s": 0.25, "bytes_up": 10**5, "bytes_down": 2 * 10**5, "rounds": 10,
-                "source": "test"}
+                "messages": 30, "source": "test", "measured_here": True}
 
-    monkeypatch.setattr(calibrate, "time_cheetah", fake_session)
-    path = calibrate.add_cheetah(graph, tmp_path / "cal.json", name="tiny")
+    monkeypatch.setattr(cheetah_cost, "time_cheetah", fake_session)
+    path = tmp_path / "cal.json"
+    with pytest.raises(ParameterError, match="privinfer profile"):  # no table yet: profile first
+        cheetah_cost.add_cheetah(graph, path, name="tiny")
+    save_calibration(json.loads(DEFAULTS.read_text()), path)
+    cheetah_cost.add_cheetah(graph, path, name="tiny")
     assert seen == [(graph, 3, "tiny")]
     plan = make_plan(graph, "wan", Policy(trusted_dealer=False), calibration=str(path))
     assert plan.protocol == "cheetah"
     # 0.25 s on loopback, plus wan's 10 round trips of 40 ms and 300 KB at 100 Mbit/s: well above 0.25 s
     assert plan.predicted_latency_s() > 0.25 + 10 * 0.04
+    # a re-profile keeps this machine's measurement; a shipped entry stays the shipped one
+    kept = carry_cheetah(json.loads(DEFAULTS.read_text()), path)
+    assert kept[next(k for k, v in kept.items() if v.get("model") == "tiny")]["latency_s"] == 0.25
+    shipped = json.loads(DEFAULTS.read_text())["cheetah"]
+    assert all(kept[k] == v for k, v in shipped.items())
+
+
+def test_stale_shipped_cheetah_entries_are_replaced_at_load(tmp_path):
+    """A table profiled before the shipped round trips were measured (rounds = messages) gets the shipped
+    entry; an entry measured on this machine is kept."""
+    import json
+    from privinfer.planner.calibrate import DEFAULTS, load_calibration, save_calibration
+    table = json.loads(DEFAULTS.read_text())
+    key, other = list(table["cheetah"])[:2]
+    shipped_rounds = table["cheetah"][key]["rounds"]
+    table["cheetah"][key] = {**table["cheetah"][key], "rounds": 999}
+    table["cheetah"][other] = {**table["cheetah"][other], "rounds": 7, "measured_here": True}
+    path = save_calibration(table, tmp_path / "old.json")
+    back = load_calibration(path)["cheetah"]
+    assert back[key]["rounds"] == shipped_rounds and back[other]["rounds"] == 7
+
+
+@pytest.mark.parametrize("fast, slow, messages, rounds, how", [
+    ([0.30, 0.31], [1.00, 1.20], 211, 14, "measured"),   # 0.7 s more at 50 ms: 14 round trips
+    ([0.30], [0.29], 13, 13, "outside"),                 # noise: no extra time -> the message count
+    ([0.30], [30.0], 13, 13, "outside"),                 # more round trips than messages: not believed
+    ([0.30], [0.33], 5, 1, "measured"),                  # 0.6 of a round trip rounds to one
+])
+def test_round_trips_from_the_delay_probe(fast, slow, messages, rounds, how):
+    from privinfer.planner.cheetah_cost import round_trips
+    got, source, raw = round_trips(fast, slow, 0.05, messages)
+    assert got == rounds and how in source and raw == pytest.approx((min(slow) - min(fast)) / 0.05)
 
 
 @pytest.mark.slow
 def test_cheetah_is_timed_on_a_real_session(graph):
-    from privinfer.planner.calibrate import time_cheetah
+    from privinfer.planner.cheetah_cost import time_cheetah
     m = time_cheetah(graph, samples=1, name="tiny")
-    assert m["latency_s"] > 0 and m["bytes_up"] > 0 and m["bytes_down"] > 0 and m["rounds"] > 0
+    assert m["latency_s"] > 0 and m["bytes_up"] > 0 and m["bytes_down"] > 0 and 1 <= m["rounds"] <= m["messages"]
+    assert m["measured_here"] and m["rounds_source"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from .auth import client_authenticate, key_id, load_secret
 from .dealer import LocalDealer, RemoteDealer, relay_client_handshake
 from .worker import ChildProcess, ifname_for, party_main
 from .precision import check_precision
+
+if TYPE_CHECKING:  # the protocol class imports this module
+    from . import SecretSharing
 
 THREAT_MODEL = "semi-honest server and client, non-colluding dealer (CrypTen TTP)"
 SPAWN_ALLOWANCE = 120.0  # seconds a fresh worker may take to import torch + CrypTen on a busy machine

@@ -6,7 +6,7 @@ client in the clear or masked). The 2PC itself runs in this side's CrypTen party
 the party this side's additive share and gets back what the segment reveals to it. Who runs the party is
 the step's `runner` (client: `run_segment(ch, k, own) -> (y, timing)`; server:
 `run_segment(ch, k, batch, own, mask)`): the `ss` session's worker (whole graph, in chunks, with
-the offline phase in between: `ss/__init__.py`) or the hybrid session's segment party (`hybrid/`).
+the offline phase in between: `ss/sides.py`) or the hybrid session's segment party (`hybrid/`).
 """
 from __future__ import annotations
 
