@@ -90,7 +90,7 @@ def segment_structure(graph: Graph, start: int, stop: int, last: bool, circuit_p
     """Parameters, input ciphertexts and (operation, level) counts of HE segment [start, stop) (data-free)."""
     from ..protocols.he import _value_bits_for_range
     from ..protocols.he.latency import CompiledPlan, plan_latency
-    from ..protocols.he.params import select_params
+    from ..protocols.he.params import mask_options, select_params
     from ..protocols.he.program import build_program
     sub = graph.slice(start, stop)
     bad = [l.kind for l in sub.layers if l.kind not in ("conv2d", "linear", "avgpool2d", "flatten", "poly")]
@@ -100,9 +100,7 @@ def segment_structure(graph: Graph, start: int, stop: int, last: bool, circuit_p
     if last:
         vb = _value_bits_for_range(sub, None, False)
         params = select_params(program, "latency", value_bits=vb, mask=True, flood=circuit_privacy == "flood")
-        structure = params.notes.get("structure", [""])
-        kw = {"mask": True, "mask_bits": params.notes.get("mask_bits") if structure[-1] == "mask0" else None,
-              "rescale_squares": "sqr" in structure}
+        kw = mask_options(params)
     else:
         params, kw = _masked_params(program), {}
     plan = plan_latency(program, params.slots)

@@ -24,7 +24,10 @@ What is protected, precisely
   plan uses (powers of two), never the secret key (a test searches the client's traffic for it).
 * Model: the weights stay on the server. Before a result leaves, the server (a) multiplies it by a 0/1
   plaintext that keeps one copy of each logit and zeroes every other slot (latency: a level of its own in
-  circuit-private mode, 20 bits of the last prime in fast mode; batch: `mask_unused`, every slot past the
+  circuit-private mode, 20 bits of the last prime in fast mode -- or, in fast mode, when a channel-packed
+  plan's last segment writes each logit once, no plaintext of its own: that segment's plaintexts encode 0 on
+  every other slot, so those slots keep only products by encoded zeros, ~2^-17 of their values measured
+  (`convpack_plan.clean_output`, tested by decrypting every slot); batch: `mask_unused`, every slot past the
   batch the client sent), so what those slots held -- partial sums times
   the weights' encoding error, 2^-10 on cryptonets-mnist before issue 9, moving with a 1e-6 change of one
   weight -- is gone down to the mask's own encoding error; (b) adds a fresh public-key encryption of zero
@@ -68,7 +71,7 @@ from ..engine import EngineClient, EngineServer
 from . import executor as hex_
 from .context import CKKSContext
 from .latency import CompiledPlan, LatencyPlan, SealBackend, plan_latency
-from .params import DEFAULT_VALUE_BITS, HEParams, select_params, value_bits_from_data
+from .params import DEFAULT_VALUE_BITS, HEParams, mask_options, select_params, value_bits_from_data
 from .privacy import CIRCUIT_PRIVACY_MODES, FloodPolicy
 from .program import build_program, check_he_graph
 from .steps import HEBatchDownload, HEBatchSegment, HEBatchUpload, HEDownload, HESegment, HEUpload
@@ -195,6 +198,8 @@ class _HEServer(EngineServer):
         if self.packing == "latency":
             info.update(plan_digest=self.proto.plan.digest(), input_cts=self.proto.plan.input.n_ct,
                         conv_packing=self.proto.program.conv_packing)
+            if self.proto.plan.choices is not None:  # the client replays them instead of searching (set-up)
+                info["plan_choices"] = self.proto.plan.choices
         else:
             info["batch_stream"] = True  # accepts the ciphertexts in several frames (batch_stream.py)
         return info
@@ -274,7 +279,14 @@ class _HEClient(EngineClient):
         if packing == "latency":
             self.prog = build_program(graph, structure_only=True)  # the client needs the public structure only
             self.prog.conv_packing = str(welcome.get("conv_packing", "auto"))
-            self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
+            choices = welcome.get("plan_choices")
+            if choices is not None and not isinstance(choices, dict):
+                raise ProtocolError("malformed HE WELCOME: plan_choices must be an object")
+            self.prog.plan_choices = choices
+            try:
+                self.plan: LatencyPlan = plan_latency(self.prog, self.params.slots)
+            except ParameterError as e:
+                raise ProtocolError(f"the server's packing plan cannot be derived here: {e}") from None
             if self.plan.digest() != welcome.get("plan_digest") or self.steps != self.plan.rotation_steps:
                 raise ProtocolError("the server's packing plan differs from the one derived from the public "
                                     "architecture (different privinfer versions?)")
@@ -422,9 +434,7 @@ class HE(Protocol):
                 compiled = CompiledPlan(plan, self.program, SealBackend(ctx),
                                         input_scale=2.0 ** params.input_scale_bits, drop_primes=ctx.drop_primes,
                                         scale_bits=params.scale_bits, output_scale_bits=params.output_scale_bits,
-                                        mask=True, mask_bits=params.notes.get("mask_bits")
-                                        if params.notes.get("structure", [""])[-1] == "mask0" else None,
-                                        rescale_squares="sqr" in params.notes.get("structure", []))
+                                        **mask_options(params))
                 self._say(f"weights encoded as {_n_plaintexts(compiled)} plaintexts")
                 self._latency = (params, plan, ctx, compiled)
         return self._latency

@@ -11,6 +11,10 @@ Grid layouts
     owns a block of Bk (a power of two) slots, element (c, y, x) at offset (y // ph) * ry + (x // pw) * rx.
     Phase-major: phase p, channel c -> ciphertext p * cpp + c // nb, block c % nb (nb = slots / Bk).
     Packed (the client's input only): every unit in one ciphertext, replicated to fill it.
+    Doubled (`dup=2`, LoLa-style): every channel twice per ciphertext, the second copy rotated by half the
+    channels (block b: channel b; block C2 + b: channel (b + C2/2) % C2): a later convolution then sums each
+    output from two slots half the ring apart (`RotStep.fold`), each reading half of the channel differences
+    with the same shifts: half the giants and half the plaintexts of the plain layout.
 
 Rotation steps (`RotStep`): `out[o] = sum_{c, j} rot(x[c], j) * d[o, c, j]`
     Every structural weight (R, k) becomes one term: the output slot (o, s) of R, the input slot (c, t) of
@@ -27,10 +31,12 @@ AvgPool folding (`merge`)
     columns of phase (0, 0). The planner asks the previous segment for output phases k for this reason, and
     the client lays the image out with phases stride * k.
 
-The planner (`plan_multi`) goes segment by segment with these rules, and hands over to the one-ciphertext
-diagonal method of `latency.py` (or a compact `RotStep`, whichever is cheaper) once the value fits one
-ciphertext and the segment is dense. Levels and scales are exactly those of a `latency.py` segment (one
-rescale per segment), so the parameter selection is unchanged.
+The planner (`convpack_plan.plan_multi`) goes segment by segment with these rules, hands over to the
+one-ciphertext diagonal method of `latency.py` (or a compact `RotStep`, whichever is cheaper) once the value
+fits one ciphertext and the segment is dense, and ends on a `RotStep` that writes each result once (the output
+mask then folds into its plaintexts: `convpack_plan.clean_output`). Levels and scales are exactly those of a
+`latency.py` segment (one rescale per segment), so the parameter selection is unchanged. Partner slots of a
+fold hold partial sums (GARBAGE in the layout, never read).
 """
 from __future__ import annotations
 
@@ -38,10 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import ParameterError, ShapeError
-from .latency import (C_CT, C_MUL, C_ROT, ZERO, ActStep, InputSpec, Layout, LatencyPlan, _baby_order,
-                      _diag_candidates, next_pow2)
-from .program import Activation, Affine, Program
+from ...errors import ShapeError
+from .latency import C_MUL, C_ROT, GARBAGE, ZERO, Layout, _baby_order, next_pow2
 
 #: ms-equivalent charged per Galois key (set-up time and bytes; keys, not compute, bind the set-up budget)
 C_KEY = 6.0
@@ -59,13 +63,18 @@ class Grid:
     rx: int
     Bk: int
     packed: bool = False
+    #: 2: every channel twice per ciphertext (LoLa-style), the second copy rotated by half the channels:
+    #: block b < C2 holds channel b, block C2 + b channel (b + C2/2) % C2 (C2 = next_pow2(C), 2 C2 blocks exactly)
+    dup: int = 1
 
     def fits(self, slots: int) -> bool:
         row = ((self.W - 1) // self.pw) * self.rx
         last = ((self.H - 1) // self.ph) * self.ry + row
         if last >= self.Bk or self.Bk > slots or (self.H > self.ph and row >= self.ry) or self.rx < 1:
             return False  # (rows must not overlap)
-        return not self.packed or self.ph * self.pw * self.C <= slots // self.Bk
+        if self.dup == 2:
+            return not self.packed and self.C > 1 and 2 * next_pow2(self.C) * self.Bk == slots
+        return self.dup == 1 and (not self.packed or self.ph * self.pw * self.C <= slots // self.Bk)
 
     def idx(self, slots: int) -> np.ndarray:
         """(n_ct, slots): the element index each slot holds, ZERO elsewhere."""
@@ -83,6 +92,12 @@ class Grid:
             unit = phase * self.C + c
             for rep in range(nb // period):
                 out[0, (rep * period + unit) * self.Bk + pos] = e
+            return out
+        if self.dup == 2:
+            C2 = next_pow2(self.C)
+            out = np.full((self.ph * self.pw, slots), ZERO, dtype=np.int64)
+            out[phase, c * self.Bk + pos] = e
+            out[phase, (C2 + (c - C2 // 2) % C2) * self.Bk + pos] = e
             return out
         cpp = -(-self.C // nb)
         out = np.full((self.ph * self.pw * cpp, slots), ZERO, dtype=np.int64)
@@ -106,6 +121,9 @@ class RotStep:
     col_mult: float = 1.0
     grid: Grid | None = None
     cost: float = 0.0
+    #: rotate-and-add steps after the products (before the rescale): a result may be summed from two slots
+    #: (`rot_step(fold=F)`): out[s] = acc[s] + acc[s + F]
+    fold: tuple = ()
     kind = "rot"
 
     @property
@@ -143,11 +161,11 @@ class RotStep:
         return (int(min(g.min(), 0)), int(max(g.max(), 0))) if len(g) else (0, 0)
 
     def n_rotations(self) -> int:
-        n = sum(len(self.babies(c)) for c in range(self.n_in))
+        n = sum(len(self.babies(c)) for c in range(self.n_in)) + len(self.fold) * self.n_out
         return n + sum(hi - lo for lo, hi in (self.giants(o) for o in range(self.n_out)))
 
     def key_steps(self, slots: int) -> set[int]:
-        steps = {step for c in range(self.n_in) for _, _, step in self.baby_chain(c)}
+        steps = {step for c in range(self.n_in) for _, _, step in self.baby_chain(c)} | set(self.fold)
         for o in range(self.n_out):
             lo, hi = self.giants(o)
             if hi > 0:
@@ -161,19 +179,28 @@ class RotStep:
         if self.cols is not None:
             parts.append(self.cols)
         head = f"rot:{self.merge}:{self.n_in}:{self.n1}:{self.col_mult!r}".encode()
+        if self.fold:
+            head += f":fold{list(self.fold)}".encode()
         return head + b"".join(np.ascontiguousarray(p, dtype=np.int64).tobytes() for p in parts)
 
 
-def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray):
-    """Every structural weight (R, k): output (o, s), input ciphertext c and signed shift j (nearest copy)."""
+def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, fold: int = 0):
+    """Every structural weight (R, k), once per slot that holds output R: output (o, s), input ciphertext c and
+    signed shift j (the nearest input copy ahead). With `fold` F the term may instead sit at s + F (summed in
+    by the fold afterwards), whichever is nearer: a channel copy rotated by half the channels then serves the
+    other half of the channel differences with the same shifts (LoLa-style)."""
     S = in_idx.shape[1]
     n_out, n_el = pattern.shape
     flat_out = out_idx.reshape(-1)
     w = np.flatnonzero(flat_out >= 0)
-    if len(w) != n_out or len(np.unique(flat_out[w])) != n_out:
-        raise ShapeError("output layout must hold every output exactly once")
-    pos_out = np.empty(n_out, dtype=np.int64)
-    pos_out[flat_out[w]] = w
+    cnt = np.bincount(flat_out[w], minlength=n_out)
+    if len(cnt) != n_out or (cnt == 0).any():
+        raise ShapeError("output layout must hold every output")
+    if fold and (cnt != 1).any():
+        raise ShapeError("a folded step writes each output once")
+    order = np.argsort(flat_out[w], kind="stable")
+    pos_sorted = w[order]
+    starts_o = np.concatenate([[0], np.cumsum(cnt)[:-1]])
     flat_in = in_idx.reshape(-1)
     wi = np.flatnonzero(flat_in >= 0)
     order = np.argsort(flat_in[wi], kind="stable")
@@ -183,22 +210,42 @@ def _choose_terms(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray):
     R, K = np.nonzero(pattern)
     if len(R) and (counts[K] == 0).any():
         raise ShapeError("input layout lacks an element the segment reads")
-    po = pos_out[R]
-    o, s = po // S, po % S
+    if (cnt > 1).any():  # an output held in several slots: one term per slot
+        reps = cnt[R]
+        first = np.cumsum(reps) - reps
+        R, K = np.repeat(R, reps), np.repeat(K, reps)
+        copy = np.arange(len(R)) - np.repeat(first, reps)
+    else:
+        copy = np.zeros(len(R), dtype=np.int64)
+    po = pos_sorted[starts_o[R] + copy]
+    o, s0 = po // S, po % S
+    if fold:
+        taken = np.zeros(out_idx.shape, dtype=bool)
+        taken.reshape(-1)[w] = True
+        if taken[o, (s0 + fold) % S].any():
+            raise ShapeError("fold: an output's partner slot holds another output")
+    # of several copies, the nearest one ahead (giants then need only the key n1); ties: the lower ciphertext.
+    # Copies sorted by (element, slot, ciphertext): the first one at a slot >= s, else (wrapping) the first
+    slot_s, ct_s = pos_s % S, pos_s // S
+    order = np.lexsort((ct_s, slot_s, el_s))
+    key = el_s[order] * S + slot_s[order]
+    pos_s = pos_s[order]
     best = np.full(len(R), np.iinfo(np.int64).max)
     c_sel = np.zeros(len(R), dtype=np.int64)
     j_sel = np.zeros(len(R), dtype=np.int64)
-    for m in range(int(counts.max()) if len(counts) else 0):
-        has = counts[K] > m
-        pi = pos_s[np.minimum(starts[K] + m, len(pos_s) - 1)]
-        j = (pi % S - s) % S  # of several copies, the nearest one ahead (giants then need only the key n1)
-        score = np.where(has, j, np.iinfo(np.int64).max)
-        j = np.where(j > S // 2, j - S, j)
+    s_sel = s0.copy()
+    for s in ([s0, (s0 + fold) % S] if fold else [s0]):
+        i = np.searchsorted(key, K * S + s)
+        i = np.where((i < starts[K] + counts[K]), i, starts[K])
+        pi = pos_s[i]
+        score = (pi % S - s) % S
+        j = np.where(score > S // 2, score - S, score)
         better = score < best
         best = np.where(better, score, best)
         c_sel = np.where(better, pi // S, c_sel)
         j_sel = np.where(better, j, j_sel)
-    return R, K, o, s, c_sel, j_sel
+        s_sel = np.where(better, s, s_sel)
+    return R, K, o, s_sel, c_sel, j_sel
 
 
 def _bsgs_cost(o, c, j, n1):
@@ -214,9 +261,13 @@ def _bsgs_cost(o, c, j, n1):
 
 
 def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, merge: int = 1, cols=None,
-             col_mult: float = 1.0, grid: Grid | None = None) -> RotStep:
+             col_mult: float = 1.0, grid: Grid | None = None, fold: int = 0) -> RotStep:
     S = in_idx.shape[1]
-    R, K, o, s, c, j = _choose_terms(pattern, in_idx, out_idx)
+    R, K, o, s, c, j = _choose_terms(pattern, in_idx, out_idx, fold)
+    if fold:  # after out[t] = acc[t] + acc[t + F] the partner slots hold partial sums: garbage, never read
+        out_idx = out_idx.copy()
+        own = out_idx >= 0
+        out_idx[(np.roll(own, -fold, axis=1) | np.roll(own, fold, axis=1)) & ~own] = GARBAGE
     n_in = int(in_idx.shape[0])
     tc = np.unique((o * n_in + c) * (2 * S) + (j + S))
     trip = np.stack([tc // (2 * S) // n_in, tc // (2 * S) % n_in, tc % (2 * S) - S], axis=1)
@@ -244,7 +295,7 @@ def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, me
     keys = np.zeros((len(uniq), 4), dtype=np.int64)
     keys[inv, 0], keys[inv, 1], keys[inv, 2], keys[inv, 3] = o, c, g, b
     st = RotStep(merge, int(in_idx.shape[0]), out_idx, n1, keys, inv.astype(np.int64), s, R, K, cols,
-                 float(col_mult), grid)
+                 float(col_mult), grid, fold=(int(fold),) if fold else ())
     st.cost = st.n_rotations() * C_ROT + len(keys) * C_MUL + st.n_out * C_ROT \
         + len(st.key_steps(S)) * C_KEY
     return st
@@ -311,177 +362,12 @@ def compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> N
         item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(np.roll(d[i], int(g) * st.n1), p_scale, level)
 
 
-# --- planning --------------------------------------------------------------------------------------
-def _mergeable(seg: Affine, grid: Grid | None) -> int:
-    """k when `seg` starts with AvgPool(k, stride k, no padding) on a grid of phases (k, k): else 0."""
-    if grid is None or seg.lead_pool is None or grid.packed:
-        return 0
-    (kh, kw), (sh, sw), pad = seg.lead_pool
-    if kh == kw == sh == sw == grid.ph == grid.pw and not any(pad) and grid.H % kh == 0 and grid.W % kw == 0:
-        return kh
-    return 0
+def __getattr__(name):
+    """The planner's names (`convpack_plan`) stay importable from here."""
+    if name in ("plan_multi", "clean_output", "plan_cost", "input_grid", "input_grids", "check_plan"):
+        from . import convpack_plan
+        return getattr(convpack_plan, name)
+    raise AttributeError(name)
 
 
-def _merge(seg: Affine, grid: Grid, slots: int):
-    """(pattern on the merged tensor, its columns of A, multiplier, pooled grid, merged ciphertext count)."""
-    k = grid.ph
-    C, Hp, Wp = grid.C, grid.H // k, grid.W // k
-    c, Y, X = np.meshgrid(np.arange(C), np.arange(Hp), np.arange(Wp), indexing="ij")
-    cols = ((c * grid.H + k * Y) * grid.W + k * X).ravel()
-    pooled = Grid(C, Hp, Wp, 1, 1, grid.ry, grid.rx, grid.Bk)
-    n_ct = grid.idx(slots).shape[0] // (k * k)
-    return seg.pattern[:, cols], cols, 1.0, pooled, n_ct  # merged = k² x pooled, A[:, cols] = A_pool / k²
-
-
-def _next_pool(segs: list[Affine], i: int, shape) -> int:
-    if i + 1 >= len(segs) or segs[i + 1].lead_pool is None or len(shape) != 3:
-        return 1
-    (kh, kw), (sh, sw), pad = segs[i + 1].lead_pool
-    ok = kh == kw == sh == sw and not any(pad) and shape[1] % kh == 0 and shape[2] % kw == 0
-    return kh if ok else 1
-
-
-def _out_grid(seg: Affine, grid: Grid | None, p_o: int, slots: int) -> Grid | None:
-    C, H, W = seg.out_shape
-    if grid is not None and len(seg.convs) == 1:
-        (sy, sx) = seg.convs[0][1]
-        num_y, num_x = sy * p_o * grid.ry, sx * p_o * grid.rx
-        if num_y % grid.ph == 0 and num_x % grid.pw == 0:
-            g = Grid(C, H, W, p_o, p_o, num_y // grid.ph, num_x // grid.pw, grid.Bk)
-            if g.fits(slots):
-                return g
-    gw = next_pow2(-(-W // p_o))
-    g = Grid(C, H, W, p_o, p_o, gw, 1, next_pow2(-(-H // p_o) * gw))
-    return g if g.fits(slots) else None
-
-
-def input_grid(prog: Program, slots: int) -> Grid | None:
-    """The client's layout of the image: phases stride x (next pool), packed and replicated if it fits."""
-    segs = prog.segments
-    first = segs[0]
-    if len(first.in_shape) != 3 or len(first.convs) != 1:
-        return None
-    C, H, W = first.in_shape
-    s = first.convs[0][1][0] if first.convs[0][1][0] == first.convs[0][1][1] else 1
-    p = s * _next_pool(segs, 0, first.out_shape)
-    gw = next_pow2(-(-W // p))
-    # blocks no smaller than needed to fill the slots with the widest layer's channels (channel shifts then
-    # wrap exactly: fewer distinct rotations)
-    widest = max([s_.out_shape[0] for s_ in segs if len(s_.out_shape) == 3] + [C])
-    Bk = max(next_pow2(-(-H // p) * gw), slots // next_pow2(widest))
-    for packed in (True, False):
-        g = Grid(C, H, W, p, p, gw, 1, Bk, packed)
-        if g.fits(slots):
-            return g
-    return None
-
-
-@dataclass
-class _State:
-    idx: np.ndarray | None          # (n_ct, slots) while the value is a Grid / multi-ciphertext
-    layout: Layout | None           # one-ciphertext layout (then the diagonal method takes over)
-    grid: Grid | None
-
-
-def _candidates(op: Affine, st: _State, segs: list, seg_i: int, slots: int, first: bool,
-                multi_out: bool = False) -> list:
-    """(step, next state) options for one segment."""
-    last = seg_i == len(segs) - 1 and not multi_out
-    if st.layout is not None:
-        return [(d, _State(None, d.out, None)) for d in _diag_candidates(op, st.layout, slots, last)]
-    pattern, cols, merge, in_grid, x_idx = op.pattern, None, 1, st.grid, st.idx
-    k = _mergeable(op, st.grid)
-    if k:
-        pattern, cols, _, in_grid, _ = _merge(op, st.grid, slots)
-        merge, x_idx = k * k, in_grid.idx(slots)
-    outs = []
-    if len(op.out_shape) == 3 and not last:
-        for p_o in sorted({1, _next_pool(segs, seg_i, op.out_shape)}):
-            g = _out_grid(op, in_grid, p_o, slots)
-            if g is not None:
-                outs.append((g, g.idx(slots)))
-    elif op.n_out <= slots:
-        idx = np.full((1, slots), ZERO, dtype=np.int64)
-        idx[0, :op.n_out] = np.arange(op.n_out)
-        outs.append((None, idx))
-    res = []
-    for g, out_idx in outs:
-        step = rot_step(pattern, x_idx, out_idx, merge=merge, cols=cols, grid=g)
-        if first:
-            step.cost += x_idx.shape[0] * C_CT
-        one = step.n_out == 1 and g is None
-        res.append((step, _State(step.out_idx, step.out if one else None, g)))
-    if x_idx.shape[0] == 1 and merge == 1 and not first and (len(op.out_shape) != 3 or last):
-        lay = Layout(slots, x_idx[0].copy()).compressed()
-        res += [(d, _State(None, d.out, None)) for d in _diag_candidates(op, lay, slots, last)]
-    return res
-
-
-def plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
-    """A channel-packed plan, or None when the network does not start with a convolution or cannot fit.
-    Greedy over segments with a one-segment lookahead on the cost model. `multi_out`: the last segment may
-    leave its result over several ciphertexts (a hybrid segment whose result is masked into shares)."""
-    cache = prog.__dict__.setdefault("_multi_cache", {})
-    if (slots, multi_out) not in cache:
-        cache[(slots, multi_out)] = _plan_multi(prog, slots, multi_out)
-    return cache[(slots, multi_out)]
-
-
-def _plan_multi(prog: Program, slots: int, multi_out: bool = False) -> LatencyPlan | None:
-    segs = prog.segments
-    grid = input_grid(prog, slots)
-    if grid is None:
-        return None
-    in_idx = grid.idx(slots)
-    plan = LatencyPlan(slots, InputSpec(in_idx.copy()), [], prog.output_dim)
-    state = _State(in_idx, None, grid)
-    seg_i = 0
-    for op in prog.ops:
-        if isinstance(op, Activation):
-            plan.steps.append(ActStep(op.kind, float(op.const)))
-            continue
-        cands = _candidates(op, state, segs, seg_i, slots, seg_i == 0, multi_out)
-        if not cands:
-            return None
-        if len(cands) > 1 and seg_i + 1 < len(segs):
-            def total(c):
-                nxt = _candidates(segs[seg_i + 1], c[1], segs, seg_i + 1, slots, False, multi_out)
-                return c[0].cost + c[0].n_out * C_ROT * (getattr(c[0], "n_out", 1) > 1) \
-                    + (min(n[0].cost for n in nxt) if nxt else 1e12)
-            step, state = min(cands, key=total)
-        else:
-            step, state = min(cands, key=lambda c: c[0].cost)
-        plan.steps.append(step)
-        seg_i += 1
-    if not multi_out:
-        check_plan(plan)
-    return plan
-
-
-def plan_cost(plan: LatencyPlan) -> float:
-    """The cost model's estimate (ms-equivalent at N=8192) of one plan: steps, uploads and keys."""
-    cost = plan.input.n_ct * C_CT + len(plan.rotation_steps) * C_KEY
-    n_ct = plan.input.n_ct
-    for st in plan.steps:
-        if isinstance(st, ActStep):
-            cost += n_ct * C_ROT
-            continue
-        cost += getattr(st, "cost", 0.0)
-        if isinstance(st, RotStep):
-            n_ct = st.n_out
-        elif st.kind == "gather":
-            cost += st.n_ct * C_MUL + len(st.fold) * C_ROT
-            n_ct = 1
-        else:
-            n_ct = 1
-    return cost
-
-
-def check_plan(plan: LatencyPlan) -> None:
-    """Raise unless the plan's final value is one ciphertext."""
-    last = [s for s in plan.steps if not isinstance(s, ActStep)][-1]
-    if isinstance(last, RotStep) and last.n_out != 1:
-        raise ParameterError("the last segment must produce one ciphertext")
-
-
-__all__ = ["Grid", "RotStep", "rot_step", "plan_multi", "plan_cost", "input_grid", "evaluate_rot", "compile_rot"]
+__all__ = ["Grid", "RotStep", "rot_step", "evaluate_rot", "compile_rot"]

@@ -225,10 +225,11 @@ def plan_latency(prog: Program, slots: int) -> LatencyPlan:
     if mode not in ("auto", "on", "off"):
         raise ParameterError(f"conv_packing must be 'auto', 'on' or 'off', got {mode!r}")
     cache = prog.__dict__.setdefault("_plan_cache", {})  # plans are pure functions of (program, slots, mode)
-    key = (slots, mode)
+    choices = getattr(prog, "plan_choices", None)  # the server's decisions, replayed (client set-up)
+    key = (slots, mode, repr(choices))
     if key not in cache:
         try:
-            cache[key] = _choose_plan(prog, slots, mode)
+            cache[key] = _choose_plan(prog, slots, mode, choices)
         except ParameterError as e:
             cache[key] = e
     if isinstance(cache[key], ParameterError):
@@ -236,8 +237,16 @@ def plan_latency(prog: Program, slots: int) -> LatencyPlan:
     return cache[key]
 
 
-def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
-    from .convpack import plan_cost, plan_multi
+def _choose_plan(prog: Program, slots: int, mode: str, choices: dict | None = None) -> LatencyPlan:
+    from .convpack_plan import plan_cost, plan_multi
+    from .rotkeys import limit_keys
+    if choices is not None:
+        if mode == "off":
+            raise ParameterError("packing choices given with conv_packing='off'")
+        multi = plan_multi(prog, slots, choices=choices)
+        if multi is None:
+            raise ParameterError("the packing choices give no plan for this network")
+        return limit_keys(multi, prog)
     single = err = None
     try:
         single = _plan_single(prog, slots)
@@ -246,7 +255,6 @@ def _choose_plan(prog: Program, slots: int, mode: str) -> LatencyPlan:
     multi = plan_multi(prog, slots) if mode != "off" else None
     if multi is not None and (single is None or mode == "on"
                               or plan_cost(multi) < MULTI_ADVANTAGE * plan_cost(single)):
-        from .rotkeys import limit_keys
         return limit_keys(multi, prog)
     if single is None:
         raise err

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .latency_plan import ActStep, GatherStep, LatencyPlan, _baby_order
+from .latency_plan import ActStep, GatherStep, LatencyPlan
 from .program import Program
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class CompiledPlan:
                 xs = [self._cube(be, x, item.const) for x in xs]
             elif item.kind == "rot":
                 from .convpack import evaluate_rot
-                xs = [self._finish(be, acc, [], bias)
+                xs = [self._finish(be, acc, st.fold, bias)
                       for acc, bias in zip(evaluate_rot(be, st, item.pts, xs if xs is not None else cts), item.bias)]
             elif item.kind == "gather":
                 acc = None
@@ -233,9 +233,8 @@ class CompiledPlan:
             else:
                 src = xs[0] if xs is not None else cts[0]
                 babies = {0: src}
-                for b in _baby_order(st.babies()):
-                    hb = 1 << (b.bit_length() - 1)
-                    babies[b] = be.rotate(babies[b - hb], hb)
+                for b, prev, step in st.baby_chain():
+                    babies[b] = be.rotate(babies[prev], step)
                 inners: dict[int, object] = {}
                 for (a, b), pt in item.pts.items():
                     t = be.mul_plain(babies[b], pt)

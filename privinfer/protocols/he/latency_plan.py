@@ -87,6 +87,9 @@ class DiagStep:
     fold: list
     out: Layout
     cost: float = 0.0
+    #: 0: babies by powers of two (b from b - highbit(b)); 1: a chain of single steps (b from b - 1, key 1 only),
+    #: set by `rotkeys.limit_keys` when the babies are 1..n1-1 (same rotations, fewer keys)
+    baby_step: int = 0
     kind = "diag"
 
     @property
@@ -101,6 +104,12 @@ class DiagStep:
 
     def giants(self) -> list[int]:
         return sorted({j // self.n1 for j in self.used_j()})
+
+    def baby_chain(self) -> list[tuple[int, int, int]]:
+        """[(baby, from baby, rotation step)] in evaluation order."""
+        if self.baby_step:
+            return [(b, b - 1, 1) for b in range(1, max(self.babies(), default=0) + 1)]
+        return [(b, b - (1 << (b.bit_length() - 1)), 1 << (b.bit_length() - 1)) for b in _baby_order(self.babies())]
 
 
 @dataclass
@@ -127,6 +136,9 @@ class LatencyPlan:
     n_out: int = 0
     #: rotation steps that get no Galois key of their own: step -> the keyed steps that compose it
     key_paths: dict = field(default_factory=dict)
+    #: a channel-packed plan's decisions ({"grid": i, "segments": [option per segment]}, public: a function of
+    #: the public structure); the server sends them in WELCOME and the client replays them (`convpack_plan`)
+    choices: dict | None = None
 
     @property
     def out(self) -> Layout:
@@ -152,7 +164,7 @@ class LatencyPlan:
             if isinstance(st, (GatherStep, DiagStep)):
                 steps.update(int(f) for f in st.fold)
             if isinstance(st, DiagStep):
-                steps.update(1 << (b.bit_length() - 1) for b in _baby_order(st.babies()))
+                steps.update(step for _, _, step in st.baby_chain())
                 if max(st.giants(), default=0) > 0:
                     steps.add(st.n1)
         return sorted(s % self.slots for s in steps if s % self.slots)
@@ -165,7 +177,7 @@ class LatencyPlan:
             elif isinstance(st, GatherStep):
                 n += len(st.fold)
             elif isinstance(st, DiagStep):
-                n += len(_baby_order(st.babies())) + max(st.giants(), default=0) + len(st.fold)
+                n += len(st.baby_chain()) + max(st.giants(), default=0) + len(st.fold)
         return n
 
     def digest(self) -> str:
@@ -186,6 +198,8 @@ class LatencyPlan:
                 h.update(np.ascontiguousarray(st.rows, dtype=np.int64).tobytes())
                 h.update(np.ascontiguousarray(st.cols, dtype=np.int64).tobytes())
                 h.update(f"diag:{st.period}:{st.n1}:{st.n2}:{st.fold}".encode())
+                if st.baby_step:
+                    h.update(f"babies:{st.baby_step}".encode())
         return h.hexdigest()[:32]
 
     def describe(self) -> str:

@@ -20,7 +20,11 @@ what that step adds:
 
 Channel-packed plans (`convpack.py`) rotate the fresh input (kernel offsets as baby steps): in fast mode they
 get no special-prime margin but an input scale INPUT_HEADROOM_BITS above the chain's scale instead, so the
-key-switching noise (~2^19) stays ~2^-(t_in - 19) of a pixel, no more than one rescale's rounding.
+key-switching noise (~2^19) stays ~2^-(t_in - 19) of a pixel, no more than one rescale's rounding. When such
+a plan's last segment writes each logit exactly once and multiplies every other slot by encoded zeros
+(`convpack_plan.clean_output`), the output mask is already in its plaintexts: fast mode then spends nothing on a
+mask ("folded": one prime fewer where the mask would need a level, e.g. minionn-mnist-he, whose sound 31-bit
+value bound leaves q0 no room for FAST_MASK_BITS); circuit-private mode keeps its MASK_BITS level.
 
 `select_params` picks the smallest ring degree N whose bound fits the chain at the largest scale (<= 30
 bits, >= `min_scale_bits`) and whose slots hold every vector; then it spends leftover bits on the client's
@@ -296,11 +300,39 @@ def _rotates_at_low_scale(prog: Program, slots: int) -> bool:
     return first.kind == "diag" and bool(first.babies() and max(first.babies()) > 0)
 
 
+def _clean_output(prog: Program, slots: int) -> bool:
+    """Whether the latency plan at `slots` ends on a clean one-copy result (`convpack_plan.clean_output`)."""
+    from .convpack_plan import clean_output
+    from .latency import plan_latency
+    try:
+        return clean_output(plan_latency(prog, slots))
+    except ParameterError:
+        return False
+
+
+def _folded(p: HEParams) -> HEParams:
+    """Fast-mode parameters whose output mask is folded into the last segment's plaintexts: every non-logit
+    slot then keeps the weights' encoding error (scale 2^weight_bits) times the values there, which is what
+    `privacy.evaluation_noise_terms` reads from `mask_bits`."""
+    p.notes.update(mask="folded", mask_bits=int(p.weight_bits))
+    return p
+
+
+def mask_options(params: HEParams) -> dict:
+    """`CompiledPlan`'s output-mask and square options for parameters chosen with `select_params(mask=True)`:
+    a mask level ("mask"), 20 bits of q0 ("mask0"), or none left to apply ("folded" into the last segment)."""
+    notes = params.notes if isinstance(params.notes, dict) else {}
+    structure = notes.get("structure", [""])
+    return {"mask": notes.get("mask") != "folded",
+            "mask_bits": notes.get("mask_bits") if structure[-1] == "mask0" else None,
+            "rescale_squares": "sqr" in structure}
+
+
 def _plannable(prog: Program, slots: int) -> bool:
     """Whether some latency plan fits `slots`: one ciphertext per vector, or the channel packing."""
     if _next_pow2(prog.max_dim()) <= slots:
         return True
-    from .convpack import plan_multi
+    from .convpack_plan import plan_multi
     if getattr(prog, "conv_packing", "auto") == "off":
         return False
     try:
@@ -389,7 +421,9 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
     need_slots = _next_pow2(prog.max_dim())
     # fast mode puts the mask in q0 (no level); when q0 cannot also hold the values (large sound value
     # bounds), the mask takes a level of its own, as in circuit-private mode, rather than failing
-    masks = [("mask", MASK_BITS)] if flood else [("mask0", FAST_MASK_BITS), ("mask", MASK_BITS)]
+    # a channel-packed plan whose last segment writes each logit once and 0 elsewhere (`convpack_plan.clean_output`)
+    # carries the mask in that segment's plaintexts: fast mode then gives it no bits at all ("folded")
+    masks = [("mask", MASK_BITS)] if flood else [("folded", 0), ("mask0", FAST_MASK_BITS), ("mask", MASK_BITS)]
     base = prog.structure()
     split = flood and min_scale_bits > DEFAULT_MAX_SCALE_BITS
     if split:
@@ -398,7 +432,7 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
         base = ["sqr" if op == "sq" else op for op in base]
         masks = [("mask", FLOOD_MASK_BITS)]
     for mask_op, mb in (masks if mask else [(None, 0)]):
-        structure = base + ([mask_op] if mask_op else [])
+        structure = base + ([mask_op] if mask_op and mask_op != "folded" else [])
         depth = sum(1 for op in structure if op != "sq")
         for N in RING_DEGREES:
             if N < min_N:
@@ -407,7 +441,7 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
                            split) is None \
                     and _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb, split) is None:
                 continue  # too deep for this ring whatever the plan: no need to plan
-            if not _plannable(prog, N // 2):
+            if not _plannable(prog, N // 2) or (mask_op == "folded" and not _clean_output(prog, N // 2)):
                 continue
             low = _rotates_at_low_scale(prog, N // 2)
             margin = SPECIAL_MARGIN_BITS if low else 0
@@ -417,10 +451,10 @@ def select_params(graph, packing: str = "latency", value_bits: int | None = None
                 # special prime >= every data prime) is then ~2^-(t_in - 19) of a pixel, no more than a rescale's
                 p = _latency_at(structure, N, vb, 0, max_scale_bits, min_scale_bits, depth, None, mb, split)
                 if p is not None and p.input_scale_bits >= p.scale_bits + INPUT_HEADROOM_BITS:
-                    return p
+                    return _folded(p) if mask_op == "folded" else p
             p = _latency_at(structure, N, vb, margin, max_scale_bits, min_scale_bits, depth, None, mb, split)
             if p is not None:
-                return p
+                return _folded(p) if mask_op == "folded" else p
     if need_slots > RING_DEGREES[-1] // 2:
         raise ParameterError(f"a vector of {prog.max_dim()} values does not fit the {RING_DEGREES[-1] // 2} slots of "
                              f"the largest ring (N={RING_DEGREES[-1]}); the latency packing needs one ciphertext per vector")

@@ -9,7 +9,10 @@ a deterministic CKKS approximation error (plaintext encoding of the weights, res
 (the client's encryption noise and rescale roundings, propagated through the weights) and the server's flood
 g ~ N(0, flood_std^2). Every non-logit slot is masked (multiplied by a 0/1 plaintext) before that, so it holds
 only the mask's own encoding error times the value that was there (2^-48 of it in circuit-private mode, where
-the mask has a 56-bit level; 2^-15 in fast mode, where it costs 20 bits of q0 and no level) plus g. `d + e` depends on the
+the mask has a 56-bit level; 2^-15 in fast mode, where it costs 20 bits of q0 and no level; in fast mode a
+channel-packed plan whose last segment writes each logit once folds the mask into that segment's plaintexts,
+which encode 0 on every other slot: those keep the zeros' encoding error at 2^weight_bits times the values
+read there, `mask_bits` = weight_bits below) plus g. `d + e` depends on the
 weights; it is the "evaluation error" the flood must hide. A client that asks the same question k times and
 averages divides g by sqrt(k) but not d (issue 9: the attack).
 

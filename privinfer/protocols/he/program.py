@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from ...errors import ParameterError, ShapeError, UnsupportedLayerError
 from ...model.ir import AvgPool2d, Conv2d, Flatten, Graph, Linear, Poly
@@ -111,15 +112,6 @@ def check_he_graph(graph: Graph) -> None:
             raise UnsupportedLayerError(f"layer {name} ({layer.kind}) cannot run under HE. {HE_FRIENDLY_HINT}")
 
 
-def _ones_like(layer):
-    """The same layer with every weight set to one (structural pattern, no cancellation)."""
-    if isinstance(layer, Conv2d):
-        return Conv2d(np.ones_like(layer.weight), np.zeros_like(layer.bias), layer.stride, layer.padding)
-    if isinstance(layer, Linear):
-        return Linear(np.ones_like(layer.weight), np.zeros_like(layer.bias))
-    return layer
-
-
 def _apply_cols(layer, M: np.ndarray, shape, bias: bool) -> np.ndarray:
     """Apply a linear layer to every column of M (columns are flat vectors of `shape`)."""
     if isinstance(layer, (Flatten,)):
@@ -133,6 +125,45 @@ def _apply_cols(layer, M: np.ndarray, shape, bias: bool) -> np.ndarray:
             layer = Conv2d(layer.weight, np.zeros_like(layer.bias), layer.stride, layer.padding)
         out = apply_layer(layer, t)
     return out.reshape(M.shape[1], -1).numpy().T.copy()
+
+
+def _spatial(H, W, Ho, Wo, kernel, stride, pad_top, pad_left):
+    """(Ho*Wo, H*W) 0/1 pattern of a sliding window (kernel, stride, zero padding): which inputs each output reads."""
+    (kh, kw), (sy, sx) = kernel, stride
+    y, x, ky, kx = np.meshgrid(np.arange(Ho), np.arange(Wo), np.arange(kh), np.arange(kw), indexing="ij")
+    iy, ix = y * sy + ky - pad_top, x * sx + kx - pad_left
+    ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+    rows, cols = (y * Wo + x)[ok], (iy * W + ix)[ok]
+    return sparse.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(Ho * Wo, H * W))
+
+
+def _layer_pattern(layer, shape, out_shape):
+    """The structural 0/1 pattern of one linear layer as a sparse (n_out, n_in) matrix: what the layer reads,
+    weights replaced by ones (the public architecture only; no cancellation)."""
+    n_in, n_out = int(np.prod(shape)), int(np.prod(out_shape))
+    if isinstance(layer, Flatten):
+        return sparse.identity(n_in, dtype=np.int8, format="csr")
+    if isinstance(layer, Linear):
+        return sparse.csr_matrix(np.ones((n_out, n_in), dtype=np.int8))
+    (C, H, W), (Co, Ho, Wo) = shape, out_shape
+    if isinstance(layer, Conv2d):
+        t, _, le, _ = layer.padding
+        S = _spatial(H, W, Ho, Wo, layer.kernel, layer.stride, t, le)
+        return sparse.kron(np.ones((Co, C), dtype=np.int8), S, format="csr")
+    S = _spatial(H, W, Ho, Wo, layer.kernel, layer.stride, layer.padding[0], layer.padding[1])  # AvgPool2d
+    return sparse.kron(sparse.identity(C, dtype=np.int8), S, format="csr")
+
+
+def _pattern(chain: list, shapes: list) -> np.ndarray:
+    """The structural pattern of a chain of linear layers [(layer, input shape)], by sparse boolean products:
+    the same matrix as composing the all-ones layers (every entry a sum of positive products), without the
+    dense composition (the client builds patterns only: seconds -> milliseconds)."""
+    M = None
+    for (layer, sh), out in zip(chain, shapes):
+        L = _layer_pattern(layer, sh, out).astype(np.int32)
+        M = L if M is None else L @ M
+        M.data[:] = 1
+    return M.toarray() > 0
 
 
 def _no_bias(layer):
@@ -182,8 +213,12 @@ def build_program(graph: Graph, structure_only: bool = False) -> Program:
             raise ParameterError(f"segment {names} is a {n_o}x{n_i} map, too large for the latency "
                                  f"packing (limit {MAX_SEGMENT_ENTRIES} entries)")
         A = np.broadcast_to(0.0, (n_o, n_i)) if structure_only else _compose(chain, n_i, n_o) * mult
-        P = _compose([(_ones_like(layer), sh) for layer, sh in chain], n_i, n_o) > 0 if structural \
-            else np.zeros((n_o, n_i), dtype=bool)
+        if not structural:
+            P = np.zeros((n_o, n_i), dtype=bool)
+        elif chain:
+            P = _pattern(chain, [sh for _, sh in chain[1:]] + [tuple(shape)])
+        else:
+            P = np.eye(n_o, n_i, dtype=bool)
         prog.ops.append(Affine(A, b, P, tuple(names), seg_in[0], tuple(shape), lead[0], tuple(convs)))
         convs.clear()
         b, chain, mult, structural, names = np.full(n_o, float(next_shift)), [], float(next_scale), True, []

@@ -16,7 +16,8 @@ from torch import nn
 import privinfer
 from privinfer.model import compile_model, run_reference
 from privinfer.model.torch_layers import Square
-from privinfer.protocols.he.convpack import Grid, RotStep, plan_multi
+from privinfer.protocols.he.convpack import Grid, RotStep
+from privinfer.protocols.he.convpack_plan import plan_multi
 from privinfer.protocols.he.latency import CompiledPlan, NumpyBackend, client_vectors, plan_latency
 from privinfer.protocols.he.program import build_program
 
@@ -143,3 +144,158 @@ def test_seal_end_to_end_channel_packed(capsys):
     ref = run_reference(g, x)
     assert np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def _dense_pattern(g, seg_layers):
+    """The structural pattern the slow way: compose the all-ones layers densely (unit vectors through torch)."""
+    from privinfer.model.ir import Conv2d, Linear
+    from privinfer.protocols.he.program import _compose
+    chain = []
+    for layer, sh in seg_layers:
+        if isinstance(layer, Conv2d):
+            layer = Conv2d(np.ones_like(layer.weight), np.zeros_like(layer.bias), layer.stride, layer.padding)
+        elif isinstance(layer, Linear):
+            layer = Linear(np.ones_like(layer.weight), np.zeros_like(layer.bias))
+        chain.append((layer, sh))
+    n_in = int(np.prod(seg_layers[0][1]))
+    return chain, n_in
+
+
+@SETTINGS
+@given(conv_stacks())
+def test_sparse_patterns_equal_the_composed_all_ones_maps(g):
+    """`build_program` builds every segment's pattern by sparse boolean products (the client's set-up): it must
+    be exactly the non-zero pattern of the composed all-ones layers (strides, padding, pools, flatten, linear)."""
+    from privinfer.protocols.he.program import _compose
+    prog = build_program(g, structure_only=True)
+    layers = [(l, sh) for l, sh in zip(g.layers, g.shapes[:-1]) if l.kind in ("conv2d", "linear", "avgpool2d",
+                                                                                "flatten")]
+    # segments are the runs between squares: split the linear layers the same way
+    runs, cur = [], []
+    for l, sh in zip(g.layers, g.shapes[:-1]):
+        if l.kind == "poly":
+            runs.append(cur)
+            cur = []
+        else:
+            cur.append((l, sh))
+    runs.append(cur)
+    assert len(runs) == len(prog.segments) and layers
+    for seg, run in zip(prog.segments, runs):
+        chain, n_in = _dense_pattern(g, run)
+        want = _compose(chain, n_in, seg.n_out) > 0
+        assert np.array_equal(seg.pattern, want)
+
+
+def test_fast_mode_folds_the_output_mask_into_the_last_segment():
+    """A channel-packed plan ends on a `RotStep` that writes each logit once and multiplies every other slot by
+    plaintext zeros: fast mode then spends no prime (or q0 bits) on a separate 0/1 mask. Attack: decrypt the
+    whole reply (before the flood) and look for anything but the logits in the other slots."""
+    from privinfer.protocols.he import HE, CKKSContext
+    from privinfer.protocols.he import seeded
+    from privinfer.protocols.he.__init__ import _KeyedContext
+    from privinfer.protocols.he.convpack_plan import clean_output
+    from privinfer.protocols.he.latency import SealBackend
+    from privinfer.protocols.he.params import mask_options
+    g = _graph((1, 16, 16), [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3),
+                             Square(), nn.Flatten(), nn.Linear(200, 6)], 5)
+    proto = HE(g, circuit_privacy="fast", conv_packing="on")
+    params, plan = proto.latency_params, proto.plan
+    assert clean_output(plan) and params.notes["mask"] == "folded"
+    assert "mask" not in params.notes["structure"] and "mask0" not in params.notes["structure"]
+    assert not mask_options(params)["mask"] and all(it.kind not in ("mask", "mask0") for it in proto.compiled.items)
+    flood = HE(g, circuit_privacy="flood", conv_packing="on").latency_params  # the flood keeps its mask level
+    assert flood.notes["structure"][-1] == "mask"
+    client = CKKSContext.create(params, plan.rotation_steps)
+    server = _KeyedContext(proto.ctx)
+    server.load_public(client.public_blobs(), plan.rotation_steps)
+    x = np.random.default_rng(3).random((1, 16, 16))
+    scale = 2.0 ** params.input_scale_bits
+    enc = seeded.SeededEncryptor(client.seal, client.secret_key, client.encoder)
+    cts = [seeded.load(server.seal, enc.encrypt(v, scale), n_primes=len(params.coeff_mod_bit_sizes) - 1, scale=scale)
+           for v in client_vectors(plan, x)]
+    out = client.decrypt_ct(proto.compiled.evaluate(cts, backend=SealBackend(server)))
+    ref = run_reference(g, x[None])[0]
+    slots = plan.output_slots()
+    assert np.abs(out[slots] - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
+    rest = np.delete(out, slots)
+    # what the other slots keep: CKKS noise and the plaintext zeros' encoding error times the values, far
+    # below the 2^-11 flood that is added next (an unmasked partial sum would be of the logits' size)
+    assert np.abs(rest).max() < 2.0 ** -14, np.abs(rest).max()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_stacks())
+def test_limited_keys_are_exactly_the_rotations_performed(g):
+    """After `limit_keys` (composed rotations, babies chained by single steps) the evaluation still matches the
+    reference and performs rotations by exactly the plan's Galois steps: the keys the client generates."""
+    from privinfer.protocols.he.rotkeys import limit_keys
+    prog = build_program(g)
+    plan = plan_multi(prog, 1024)
+    assume(plan is not None)
+    plan = limit_keys(plan, prog)
+    x = np.random.default_rng(4).random(g.input_shape)
+    got, used = _run(plan, prog, x)
+    ref = run_reference(g, x[None])[0]
+    assert np.allclose(got, ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert used == set(plan.rotation_steps)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(64, 100), st.integers(2, 12), st.integers(0, 1000))
+def test_dense_middle_segment_babies_chain_by_one(hidden, n_out, seed):
+    """minionn-shaped tail (conv, pool, dense, x², dense): the dense middle segment runs by the diagonal method;
+    `limit_keys` chains its babies by single steps (no keys 2, 4, ...): same logits, keys == rotations."""
+    from privinfer.protocols.he.latency_plan import DiagStep
+    from privinfer.protocols.he.rotkeys import limit_keys
+    g = _graph((2, 12, 12), [nn.Conv2d(2, 8, 3), Square(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(200, hidden),
+                             Square(), nn.Linear(hidden, n_out)], seed)
+    prog = build_program(g)
+    plan = limit_keys(plan_multi(prog, 2048), prog)
+    diags = [s for s in plan.steps if isinstance(s, DiagStep)]
+    x = np.random.default_rng(seed).random(g.input_shape)
+    got, used = _run(plan, prog, x)
+    ref = run_reference(g, x[None])[0]
+    assert np.allclose(got, ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert used == set(plan.rotation_steps)
+    if diags and diags[0].baby_step:
+        assert not {2, 4} & set(plan.rotation_steps)
+
+
+def test_minionn_mnist_he_plan_keys_and_lola_fold():
+    """The zoo's minionn-mnist-he (public structure only, as the server plans it): conv2 reads every channel
+    twice and folds (200 plaintexts, not 400), the dense layer's babies chain by one, and the client makes at
+    most `MAX_GALOIS_KEYS` Galois keys, none of them 2 or 4."""
+    from privinfer.protocols.he.latency_plan import DiagStep
+    from privinfer.protocols.he.rotkeys import MAX_GALOIS_KEYS
+    from privinfer.zoo import load_model
+    plan = plan_latency(build_program(load_model("minionn-mnist-he"), structure_only=True), 8192)
+    rots = [s for s in plan.steps if isinstance(s, RotStep)]
+    assert rots[0].grid.dup == 2 and rots[1].fold == (4096,) and len(rots[1].keys) == 200
+    assert [s.baby_step for s in plan.steps if isinstance(s, DiagStep)] == [1]
+    assert len(plan.rotation_steps) <= MAX_GALOIS_KEYS and not {2, 4} & set(plan.rotation_steps)
+    # the dense layers' giants re-split to 16 (the convolutions' row stride): no key 8, no 16 composed of 8s
+    assert 8 not in plan.rotation_steps and 16 in plan.rotation_steps and 16 not in plan.key_paths
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_stacks(), st.sampled_from([1024, 4096]))
+def test_replayed_choices_give_the_same_plan(g, slots):
+    """The client replays the server's packing decisions (WELCOME `plan_choices`) instead of searching: the
+    same plan (digest), and choices that do not fit the network are refused with a typed error."""
+    from privinfer.errors import ParameterError
+    prog = build_program(g, structure_only=True)
+    prog.conv_packing = "on"
+    try:
+        plan = plan_latency(prog, slots)
+    except ParameterError:
+        assume(False)
+    assume(plan.choices is not None)
+    replay = build_program(g, structure_only=True)
+    replay.conv_packing, replay.plan_choices = "on", dict(plan.choices)
+    assert plan_latency(replay, slots).digest() == plan.digest()
+    for bad in ({"grid": 7, "segments": plan.choices["segments"]}, {"grid": 0, "segments": [0]},
+                {"grid": plan.choices["grid"], "segments": [99] * len(plan.choices["segments"])}, {"oops": 1}):
+        other = build_program(g, structure_only=True)
+        other.conv_packing, other.plan_choices = "on", bad
+        with pytest.raises(ParameterError):
+            plan_latency(other, slots)
