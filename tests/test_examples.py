@@ -16,7 +16,9 @@ def test_pairs_are_short():
             assert len(path.read_text().splitlines()) <= 40, path.name
 
 
-@pytest.mark.parametrize("name", PAIRS)
+# he and ss pairs (18 s each) are slow: both protocols' client/server processes are exercised in make test by
+# tests/test_hardening.py and their own packages; the hybrid, noisy and plain pairs run here
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("he", "ss") else n for n in PAIRS])
 def test_example_pair(name):
     out = subprocess.run([sys.executable, str(EXAMPLES / "demo.py"), name], capture_output=True, text=True,
                          timeout=600)

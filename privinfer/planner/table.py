@@ -37,7 +37,7 @@ from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
 
-CACHE_VERSION = 2  # 2: 2PC piece seconds are the median of ss_cost.REPS runs (1: the minimum of 3)
+CACHE_VERSION = 3  # 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
 
@@ -166,9 +166,12 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
     rows: list[Row] = []
     once = ("ss-offline", ss_cost.offline_once(cal))
     dealer = frozenset({"dealer"})
+    scale, regular = ss_cost.interaction_scale(data["ss"], graph), set(ss_cost.pieces(graph))
     for p in data["ss"]:
         a, b = p["piece"]
-        rows.append(Row("ss", a, b, "shares", "shares", ss_cost.piece_cost(p, cal), dealer, once,
+        if (a, b) not in regular:
+            continue  # the whole network, timed only for the scale
+        rows.append(Row("ss", a, b, "shares", "shares", ss_cost.piece_cost(p, cal, scale), dealer, once,
                         {"layers": list(graph.names[a:b])}))
     for i in range(n + 1):
         if i == 0:

@@ -173,3 +173,13 @@ def test_cheetah_is_timed_on_a_real_session(graph):
     m = time_cheetah(graph, samples=1, name="tiny")
     assert m["latency_s"] > 0 and m["bytes_up"] > 0 and m["bytes_down"] > 0 and 1 <= m["rounds"] <= m["messages"]
     assert m["measured_here"] and m["rounds_source"]
+
+
+def test_pieces_are_scaled_to_the_whole_network_timed_with_them(graph):
+    """Pieces timed alone run warmer than in a query; the whole network, timed in the same counting run, sets
+    the scale (ss_cost.interaction_scale): the cheapest chain of pieces then sums to it."""
+    from privinfer.planner.ss_cost import interaction_scale
+    pieces = [{"piece": [i, i + 1], "s": 0.01 * (i + 1)} for i in range(4)]  # chain 0.10 s
+    assert interaction_scale(pieces, graph) == 1.0  # counts from before the whole was timed
+    assert interaction_scale(pieces + [{"piece": [0, 4], "s": 0.15}], graph) == pytest.approx(1.5)
+    assert interaction_scale(pieces + [{"piece": [0, 4], "s": 5.0}], graph) == 3.0  # a disturbed run is clamped

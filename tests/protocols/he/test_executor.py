@@ -53,6 +53,7 @@ def test_local_executor_two_groups():
     _two_groups(tiny_graph(), "local")
 
 
+@pytest.mark.slow  # 13 s: starts a local Ray cluster; the local pool runs the same groups in make test
 def test_ray_executor_two_groups():
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()

@@ -201,6 +201,7 @@ def _client_loop(port: int, conn) -> None:
         conn.send("done")
 
 
+@pytest.mark.slow  # the same kill is in tests/test_hardening.py (killed_client[ss]); 16 s
 def test_dead_client():
     g = tiny_net()
     srv = Server(g, "ss", dealer="local", mpc_timeout=MPC_TIMEOUT, timeout=60).start()
