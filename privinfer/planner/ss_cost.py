@@ -15,6 +15,7 @@ by the graph's architecture digest (`cache.py`), so a network is counted once pe
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 from ..errors import ProtocolError
@@ -23,11 +24,6 @@ from .cost import Cost
 
 REPS = 5
 PRECISION_BITS = 16
-
-
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def pieces(graph: Graph) -> list[tuple[int, int]]:
@@ -92,7 +88,7 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
                 runs.append(dt)
                 tuples = list(prov.recorded)
             prov.mode, prov.recorded = "online", []
-            results.append({"piece": [a, b], "s": _median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
+            results.append({"piece": [a, b], "s": statistics.median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
                             "bytes_received": after["bytes_received"] - before["bytes_received"],
                             "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))})
         hand = []
@@ -131,7 +127,7 @@ def _count_handover(crypten, comm, prov, rank: int, kind: str, shape: tuple, t: 
         runs.append(dt)
         tuples = list(prov.recorded)
     prov.mode, prov.recorded = "online", []
-    return {"kind": kind, "shape": list(shape), "s": _median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
+    return {"kind": kind, "shape": list(shape), "s": statistics.median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
             "bytes_received": after["bytes_received"] - before["bytes_received"],
             "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))}
 
