@@ -38,7 +38,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from ...errors import ParameterError, ProtocolError
-from .context import _seeded_or_full, _tmp_file, dump, galois_elt, load_into
+from .context import _seeded_or_full, _tmp_file, dump, galois_elt, levels, load_into, seal_context
 
 N_DEFAULT = 8192
 COEFF_BITS = (60, 60, 60, 30)  # data primes, then the special (key-switching) prime
@@ -126,21 +126,12 @@ class BFVContext:
     def __init__(self, params: BFVParams):
         params.validate()
         self.params, self.t, self.N, self.slots = params, int(params.t), params.N, params.slots
-        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
-        parms.set_poly_modulus_degree(params.N)
-        parms.set_coeff_modulus(seal.CoeffModulus.Create(params.N, list(params.coeff_bits)))
-        parms.set_plain_modulus(seal.Modulus(params.t))
-        self.seal = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
-        if not self.seal.parameters_set():
-            raise ParameterError(f"SEAL refused the BFV parameters: {self.seal.parameters_error_message()}")
+        self.seal = seal_context(seal.SCHEME_TYPE.BFV, params.N, params.coeff_bits, params.t)
         self.encoder = seal.BatchEncoder(self.seal)
         self.evaluator = seal.Evaluator(self.seal)
-        self.parms_ids, self.level_primes = [], []
-        cd = self.seal.first_context_data()
-        while cd is not None:
-            self.parms_ids.append(cd.parms_id())
-            self.level_primes.append([m.value() for m in cd.parms().coeff_modulus()])
-            cd = cd.next_context_data()
+        chain = levels(self.seal)
+        self.parms_ids = [pid for pid, _ in chain]
+        self.level_primes = [primes for _, primes in chain]
         self.secret_key = self.public_key = self.galois_keys = None
         self.encryptor = self.decryptor = self._sym = None
         self.rotation_steps: tuple = ()

@@ -99,31 +99,44 @@ def _seeded_or_full(make, cls):
         return obj
 
 
+def seal_context(scheme, N: int, coeff_bits, plain_modulus: int | None = None):
+    """A SEALContext at 128-bit security (CKKS, or BFV with `plain_modulus`), or a typed error saying why not."""
+    parms = seal.EncryptionParameters(scheme)
+    parms.set_poly_modulus_degree(N)
+    try:
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(N, list(coeff_bits)))
+    except Exception as e:
+        raise ParameterError(f"SEAL cannot build primes {list(coeff_bits)} for N={N}: {e}") from None
+    if plain_modulus is not None:
+        parms.set_plain_modulus(seal.Modulus(plain_modulus))
+    ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    if not ctx.parameters_set():
+        raise ParameterError(f"SEAL refused the parameters: {ctx.parameters_error_message()}")
+    return ctx
+
+
+def levels(ctx):
+    """(parms_id, coefficient primes) of every level of `ctx`, top first."""
+    out, cd = [], ctx.first_context_data()
+    while cd is not None:
+        out.append((cd.parms_id(), [m.value() for m in cd.parms().coeff_modulus()]))
+        cd = cd.next_context_data()
+    return out
+
+
 class CKKSContext:
     def __init__(self, params: HEParams):
         params.validate()
         self.params = params
         self.slots = params.N // 2
         self.scale = params.scale
-        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
-        parms.set_poly_modulus_degree(params.N)
-        try:
-            parms.set_coeff_modulus(seal.CoeffModulus.Create(params.N, list(params.coeff_mod_bit_sizes)))
-        except Exception as e:
-            raise ParameterError(f"SEAL cannot build primes {params.coeff_mod_bit_sizes} for N={params.N}: {e}") from None
-        self.seal = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
-        if not self.seal.parameters_set():
-            raise ParameterError(f"SEAL refused the parameters: {self.seal.parameters_error_message()}")
+        self.seal = seal_context(seal.SCHEME_TYPE.CKKS, params.N, params.coeff_mod_bit_sizes)
         self.encoder = seal.CKKSEncoder(self.seal)
         self.evaluator = seal.Evaluator(self.seal)
         # levels, top first: parms_id and the prime a rescale at that level drops
-        self.parms_ids, self.drop_primes = [], []
-        cd = self.seal.first_context_data()
-        while cd is not None:
-            self.parms_ids.append(cd.parms_id())
-            mods = cd.parms().coeff_modulus()
-            self.drop_primes.append(float(mods[-1].value()))
-            cd = cd.next_context_data()
+        chain = levels(self.seal)
+        self.parms_ids = [pid for pid, _ in chain]
+        self.drop_primes = [float(primes[-1]) for _, primes in chain]
         self.secret_key = self.public_key = self.relin_keys = self.galois_keys = None
         self.encryptor = self.decryptor = self._sym_encryptor = None
         self.rotation_steps: tuple[int, ...] = ()
