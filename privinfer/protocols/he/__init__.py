@@ -180,6 +180,7 @@ class _HEServer(EngineServer):
     def __init__(self, proto: "HE", packing: str, batch_size):
         self.proto, self.packing = proto, packing
         self.ctx: _KeyedContext | None = None
+        self.par = None  # latency_par.ParSession (latency packing, when the plan has split steps)
         self.answered = 0  # replies (images) given under this session's key: the flood is sized for a cap
         if packing == "latency":
             self.params, self.steps = proto.latency_params, proto.plan.rotation_steps
@@ -215,6 +216,9 @@ class _HEServer(EngineServer):
             ctx = _KeyedContext(self.proto.ctx)
             ctx.load_public(blobs, self.steps)
             self.ctx = ctx
+            from . import latency_par
+            if latency_par.enabled() and self.proto.compiled.splits:  # a share of each query on the 2nd core
+                self.par = latency_par.ParSession(self.proto.compiled, ctx, blobs)
         else:
             if len(blobs) != 1:
                 raise ProtocolError(f"expected one public TenSEAL context, got {len(blobs)} blobs")
@@ -231,7 +235,7 @@ class _HEServer(EngineServer):
         p = self.proto
         return [HEUpload(self.ctx, p.plan, 2.0 ** self.params.input_scale_bits, client=False,
                          n_primes=len(self.params.coeff_mod_bit_sizes) - 1),  # data primes at the top level
-                HESegment(p.compiled, self.ctx, 0, len(p.graph.layers)),
+                HESegment(p.compiled, self.ctx, 0, len(p.graph.layers), par=self.par),
                 HEDownload(self.ctx, client=False, flood_std=p.policy.flood_std)]
 
     def prepare(self, ch: Channel, meta: dict) -> None:
@@ -254,6 +258,9 @@ class _HEServer(EngineServer):
     def close(self) -> None:
         if getattr(self, "job", None) is not None:
             self.job.close()
+        if self.par is not None:
+            self.par.close()
+            self.par = None
         self.ctx = self.job = None
         self.chain = ()
 
@@ -467,6 +474,9 @@ class HE(Protocol):
         packing = client_options.get("packing", "latency")
         if packing not in PACKINGS:
             raise ProtocolError(f"packing must be one of {PACKINGS}, got {packing!r}")
+        if packing == "latency":
+            from . import latency_par
+            latency_par.warm(self.compiled, self.latency_params)  # helper + plan shares while keys come
         return _HEServer(self, packing, client_options.get("batch_size"))
 
     @classmethod

@@ -92,6 +92,12 @@ def _helper_main(wfd: int) -> None:  # pragma: no cover - runs in the child proc
         try:
             if op == "exit":
                 return
+            if isinstance(op, str) and op.startswith("lat_"):  # a latency query's share (`latency_par`)
+                from .latency_par import handle
+                rep = handle(header, payloads)
+                if rep is not None:
+                    _send(wfd, rep[0], *rep[1])
+                continue
             if op == "context":
                 kits[header["key"]] = rns.get_kit(ts.context_from(payloads[0]))
                 _send(wfd, {"ok": True})

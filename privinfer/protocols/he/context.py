@@ -21,8 +21,12 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from ...errors import ParameterError, ProtocolError
-from .params import HEParams
+from typing import TYPE_CHECKING
+
 from .scratch import private_dir
+
+if TYPE_CHECKING:  # annotations only: the HE helper process imports this module without torch
+    from .params import HEParams
 
 _scratch_lock = threading.Lock()
 _counter = iter(range(1 << 62))

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ShapeError
-from .latency import C_MUL, C_ROT, GARBAGE, ZERO, Layout, _baby_order, next_pow2
+from .latency_plan import C_MUL, C_ROT, GARBAGE, ZERO, Layout, _baby_order, next_pow2
 
 #: ms-equivalent charged per Galois key (set-up time and bytes; keys, not compute, bind the set-up budget)
 C_KEY = 6.0
@@ -303,31 +303,57 @@ def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, me
 
 def evaluate_rot(be, st: RotStep, pts: dict, xs: list) -> list:
     """The products and rotations of one `RotStep` (before its rescale): one accumulator per output ct."""
+    out = rot_partials(be, st, pts, merge_inputs(be, st, xs))
+    for o, acc in enumerate(out):
+        if acc is None:
+            raise ShapeError(f"output ciphertext {o} receives no term")
+    return out
+
+
+def merge_inputs(be, st: RotStep, xs: list) -> list:
+    """AvgPool folding: the sum of the phase ciphertexts (in place: inputs are not reused)."""
     if len(xs) != st.n_in * st.merge:
         raise ShapeError(f"expected {st.n_in * st.merge} ciphertexts, got {len(xs)}")
-    if st.merge > 1:  # AvgPool folding: the sum of the phase ciphertexts (in place: inputs are not reused)
-        merged = []
-        for q in range(st.n_in):
-            acc = xs[q]
-            for p in range(1, st.merge):
-                acc = be.add(acc, xs[p * st.n_in + q])
-            merged.append(acc)
-        xs = merged
+    if st.merge == 1:
+        return list(xs)
+    merged = []
+    for q in range(st.n_in):
+        acc = xs[q]
+        for p in range(1, st.merge):
+            acc = be.add(acc, xs[p * st.n_in + q])
+        merged.append(acc)
+    return merged
+
+
+def rot_partials(be, st: RotStep, pts: dict, xs: list, only=None) -> list:
+    """Per output ciphertext, the sum of the terms (keys of `pts`) on the merged inputs `xs`, or None where no
+    term lands. `only`: a subset of the terms (the rest is someone else's share, `latency_par`); the babies
+    are then the ones those terms use and their ancestors in the step's chain."""
+    keys = list(pts) if only is None else [k for k in pts if k in only]
     babies = []
     for c in range(st.n_in):
+        chain = st.baby_chain(c)
+        need = {b for (_, ci, _, b) in keys if ci == c}
+        prev_of = {b: prev for b, prev, _ in chain}
+        for b in sorted(need, reverse=True):  # ancestors (a chain goes from smaller to larger babies)
+            while b in prev_of and prev_of[b] not in need:
+                b = prev_of[b]
+                need.add(b)
         bc = {0: xs[c]}
-        for b, prev, step in st.baby_chain(c):
-            bc[b] = be.rotate(bc[prev], step)
+        for b, prev, step in chain:
+            if b in need:
+                bc[b] = be.rotate(bc[prev], step)
         babies.append(bc)
     inners: dict = {}
-    for (o, c, g, b), pt in pts.items():
-        t = be.mul_plain(babies[c][b], pt)
-        key = (o, g)
-        inners[key] = t if key not in inners else be.add(inners[key], t)
+    for k in keys:
+        o, c, g, b = k
+        t = be.mul_plain(babies[c][b], pts[k])
+        inners[(o, g)] = t if (o, g) not in inners else be.add(inners[(o, g)], t)
     neg = st.out_idx.shape[1] - st.n1  # a left rotation by -n1, as a non-negative step
     out = []
     for o in range(st.n_out):
-        lo, hi = st.giants(o)
+        gs = [g for (oo, g) in inners if oo == o]
+        lo, hi = (min(min(gs), 0), max(max(gs), 0)) if gs else (0, 0)
         acc = None
         for g in range(hi, 0, -1):  # Horner, positive giants: key n1
             if acc is not None:
@@ -346,20 +372,29 @@ def evaluate_rot(be, st: RotStep, pts: dict, xs: list) -> list:
             total = acc if total is None else be.add(total, acc)
         if (o, 0) in inners:
             total = inners[(o, 0)] if total is None else be.add(total, inners[(o, 0)])
-        if total is None:
-            raise ShapeError(f"output ciphertext {o} receives no term")
         out.append(total)
     return out
 
 
+def rot_vectors(st, seg, S: int, rows=None) -> np.ndarray:
+    """(K, S): the slot vector of each plaintext of a `RotStep` (or of `rows` of them), pre-rotated by -g*n1."""
+    A = seg.A if st.cols is None else seg.A[:, st.cols] * st.col_mult
+    rows = np.arange(len(st.keys)) if rows is None else np.asarray(rows, dtype=np.int64)
+    where = np.full(len(st.keys), -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    sel = where[st.term_key] >= 0
+    d = np.zeros((len(rows), S))
+    d[where[st.term_key[sel]], st.term_s[sel]] = A[st.term_R[sel], st.term_k[sel]]
+    for i, r in enumerate(rows):
+        d[i] = np.roll(d[i], int(st.keys[r, 2]) * st.n1)
+    return d
+
+
 def compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> None:
     """One plaintext per (output ct, input ct, giant, baby) of a `convpack.RotStep`, pre-rotated by -g*n1."""
-    A = seg.A if st.cols is None else seg.A[:, st.cols] * st.col_mult
-    w = A[st.term_R, st.term_k]
-    d = np.zeros((len(st.keys), S))
-    d[st.term_key, st.term_s] = w
+    d = rot_vectors(st, seg, S)
     for i, (o, c, g, b) in enumerate(st.keys):
-        item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(np.roll(d[i], int(g) * st.n1), p_scale, level)
+        item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(d[i], p_scale, level)
 
 
 def __getattr__(name):
@@ -370,4 +405,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["Grid", "RotStep", "rot_step", "evaluate_rot", "compile_rot"]
+__all__ = ["Grid", "RotStep", "rot_step", "evaluate_rot", "merge_inputs", "rot_partials", "compile_rot",
+           "rot_vectors"]

@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from .latency_plan import ActStep, GatherStep, LatencyPlan
-from .program import Program
+
+if TYPE_CHECKING:  # annotations only: the HE helper process imports this module without torch
+    from .program import Program
 
 # --- evaluation ------------------------------------------------------------------------------------
 class NumpyBackend:
@@ -121,6 +125,9 @@ class CompiledPlan:
                  scale_bits=None, output_scale_bits=None, mask: bool = False, mask_bits: int | None = None,
                  rescale_squares: bool = False):
         self.plan, self.backend = plan, backend
+        #: item index -> (item, helper's share mask, its slot vectors, scale, level): `latency_par`
+        self.splits: dict = {}
+        self.par_key: str | None = None
         S = plan.slots
         segs = prog.segments
         self.items: list[_Compiled] = []
@@ -159,6 +166,8 @@ class CompiledPlan:
             if st.kind == "rot":
                 from .convpack import compile_rot
                 compile_rot(item, st, seg, backend, S, p_scale, level)
+                if isinstance(backend, SealBackend):
+                    self._split(item, st, seg, S, p_scale, level)
             elif isinstance(st, GatherStep):
                 for c in range(st.n_ct):
                     r, g = st.rows[c], st.gather[c]
@@ -196,17 +205,26 @@ class CompiledPlan:
                 s_cur *= q
         self.final_scale, self.final_level = s_cur, level
 
-    def evaluate(self, cts: list, trace: list | None = None, backend=None, all_outputs: bool = False):
+    def _split(self, item, st, seg, S, p_scale, level) -> None:
+        from .convpack import rot_vectors
+        from .latency_par import split_rot
+        mask = split_rot(st)
+        if mask is not None:
+            vecs = rot_vectors(st, seg, S, rows=np.flatnonzero(mask))
+            self.splits[len(self.items)] = (item, mask, vecs, float(p_scale), int(level))
+
+    def evaluate(self, cts: list, trace: list | None = None, backend=None, all_outputs: bool = False, par=None):
         """Run the plan on the input ciphertexts (or vectors); `backend` overrides the compile-time one
         (the server compiles plaintexts once and evaluates with each connection's keys). A value is a list
         of ciphertexts (one, except between channel-packed segments); `all_outputs` returns the whole list
-        (a masked hybrid segment may end on several)."""
+        (a masked hybrid segment may end on several). `par`: a `latency_par.ParSession` that computes a
+        share of the split steps in the helper process."""
         be = backend or self.backend
         if self.plan.key_paths:
             from .rotkeys import ComposedRotations
             be = ComposedRotations(be, self.plan.key_paths, self.plan.slots)
         xs = None
-        for item in self.items:
+        for idx, item in enumerate(self.items):
             if trace is not None and xs is not None:
                 trace.append(xs[0] if len(xs) == 1 else list(xs))
             st = item.step
@@ -221,9 +239,14 @@ class CompiledPlan:
             elif item.kind == "cube":
                 xs = [self._cube(be, x, item.const) for x in xs]
             elif item.kind == "rot":
-                from .convpack import evaluate_rot
-                xs = [self._finish(be, acc, st.fold, bias)
-                      for acc, bias in zip(evaluate_rot(be, st, item.pts, xs if xs is not None else cts), item.bias)]
+                from .convpack import evaluate_rot, merge_inputs, rot_partials
+                src = xs if xs is not None else cts
+                if par is not None and idx in self.splits:
+                    merged = merge_inputs(be, st, src)
+                    accs = par.run_rot(be, idx, st, item.pts, merged) or rot_partials(be, st, item.pts, merged)
+                else:
+                    accs = evaluate_rot(be, st, item.pts, src)
+                xs = [self._finish(be, acc, st.fold, bias) for acc, bias in zip(accs, item.bias)]
             elif item.kind == "gather":
                 acc = None
                 for c in range(st.n_ct):

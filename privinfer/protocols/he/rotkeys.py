@@ -13,9 +13,11 @@ MAX_EXTRA_ROTATIONS_PER_KEY more rotations per image. The plan records `key_path
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from .latency import LatencyPlan
-from .program import Program
+if TYPE_CHECKING:  # annotations only: the HE helper process imports this module without torch
+    from .latency_plan import LatencyPlan
+    from .program import Program
 
 #: a Galois key is dropped (its rotations composed from other keys) when that adds at most this many
 #: rotations per image: a key at N=16384 is ~4.8 MB and ~0.3 s of key generation, a rotation ~15-40 ms here

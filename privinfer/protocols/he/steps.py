@@ -51,15 +51,17 @@ class HESegment(Step):
     has nothing to do. The same class runs `he` alone and each HE segment of a hybrid plan."""
     accepts = produces = Kind.CIPHER
 
-    def __init__(self, compiled=None, ctx=None, start: int = 0, stop: int | None = None):
+    def __init__(self, compiled=None, ctx=None, start: int = 0, stop: int | None = None, par=None):
         self.compiled, self.ctx, self.start, self.stop = compiled, ctx, start, stop
+        self.par = par  # latency_par.ParSession: a share of the split steps in the helper process
         self.client = compiled is None
 
     def run(self, ch: Channel, value: Value) -> Value:
         if self.client:
             return value
         backend = SealBackend(self.ctx)
-        return value.to(Kind.CIPHER, [self.compiled.evaluate(cts, backend=backend) for cts in value.data])
+        return value.to(Kind.CIPHER, [self.compiled.evaluate(cts, backend=backend, par=self.par)
+                                      for cts in value.data])
 
     def describe(self) -> str:
         return f"HESegment[{self.start}:{self.stop}]"

@@ -1,0 +1,323 @@
+"""A channel-packed convolution's terms shared with a second process, so a latency query uses both cores.
+
+Why: TenSEAL's `sealapi` holds the GIL (two threads of rotations run slower than one), and a batch-1 query
+is one chain of SEAL calls, so the server used one core while the client idled. A `RotStep`'s terms
+(o, c, g, b) are independent sums: `split_rot` gives a share of them to the process-wide HE helper
+(`batch_helper`, the batch engine's second SEAL process), chosen by a cost model (rotations, products,
+ciphertexts moved) among three cuts -- by output ciphertext, by baby (a later part of the baby chain, with
+its ancestors recomputed) and by giant -- and only when the slower side is clearly under the serial cost.
+Both processes then run `convpack.rot_partials` on their share; the parent adds the helper's per-output
+partial sums to its own before the fold and rescale. Same arithmetic, different order of additions.
+
+Wire (parent <-> helper, its private stdin/stdout pipe, JSON headers + raw payloads, nothing unpickled):
+    lat_plan   once per compiled plan: each split step's terms, its share and its plaintext slot vectors
+               (float64) with scale and level; the helper encodes them (the weights stay on the server).
+    lat_keys   once per connection: the client's public, relinearization and Galois keys, as received.
+    lat_rot    per query and split step: the merged input ciphertexts -> one partial sum per output (or b"").
+    lat_forget a connection's keys / a plan's plaintexts when they are gone.
+The helper holds only what the server holds (public keys, the server's own plaintexts). Any helper failure
+(died, timed out, busy with another connection) makes the parent compute that share itself.
+PRIVINFER_HE_LATENCY_HELPER=0 (or PRIVINFER_HE_BATCH_HELPER=0) runs everything in-process.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+import weakref
+
+import numpy as np
+
+#: relative costs at one level (measured, N=16384, 2-5 primes: a mul_plain ~0.07 rotations, an add ~0.016,
+#: moving a ciphertext through the helper's pipe -- dump, write, read, load -- ~0.35)
+C_ROT, C_MUL, C_ADD, C_MOVE = 1.0, 0.07, 0.016, 0.35
+#: a split is used only when its slower side costs at most this fraction of the serial step
+MIN_GAIN = 0.85
+#: seconds the parent waits for the helper's share before computing it itself
+REPLY_TIMEOUT = 60.0
+#: connections whose keys the helper keeps (oldest dropped first; ~25 MB each for minionn-mnist-he)
+MAX_SESSIONS = 4
+
+
+def enabled() -> bool:
+    return os.environ.get("PRIVINFER_HE_LATENCY_HELPER", "1") != "0"
+
+
+# --- choosing a split ------------------------------------------------------------------------------
+def side_cost(st, mask: np.ndarray) -> float:
+    """Cost of the terms `st.keys[mask]` of a `RotStep` on their own: babies (with ancestors), products,
+    additions and each output's Horner giants (as `convpack.rot_partials` runs them)."""
+    keys = st.keys[mask]
+    if not len(keys):
+        return 0.0
+    n_rot = 0
+    for c in range(st.n_in):
+        prev_of = {b: prev for b, prev, _ in st.baby_chain(c)}
+        need = {int(b) for b in keys[keys[:, 1] == c, 3]} - {0}
+        for b in list(need):
+            while prev_of.get(b, 0) != 0 and prev_of[b] not in need:
+                b = prev_of[b]
+                need.add(b)
+        n_rot += len(need)
+    for o in np.unique(keys[:, 0]):
+        g = keys[keys[:, 0] == o, 2]
+        n_rot += int(max(g.max(), 0) - min(g.min(), 0))
+    return n_rot * C_ROT + len(keys) * (C_MUL + C_ADD)
+
+
+def _candidates(st):
+    k = st.keys
+    for col in (0, 2, 3):  # by output ciphertext, by giant, by baby
+        vals = np.unique(k[:, col])
+        for v in vals[1:]:
+            yield k[:, col] >= v
+    # by baby row (a {1, d} chain: the rows a kernel's offsets make), with the giants of each side
+    for c in range(st.n_in):
+        steps = {s for _, _, s in st.baby_chain(c)}
+        if len(steps) == 2:
+            d = max(steps)
+            for r in np.unique(k[:, 3] // d)[1:]:
+                yield (k[:, 3] // d >= r) & (k[:, 1] == c)
+
+
+def split_rot(st) -> np.ndarray | None:
+    """The helper's share of a `RotStep` (a boolean mask over `st.keys`), or None when no cut pays."""
+    if len(st.keys) < 2:
+        return None
+    every = np.ones(len(st.keys), dtype=bool)
+    serial = side_cost(st, every)
+    best, best_mask = serial, None
+    for mask in _candidates(st):
+        if mask.all() or not mask.any():
+            continue
+        n_back = len(np.unique(st.keys[mask, 0]))
+        mine = side_cost(st, ~mask) + n_back * (C_MOVE + C_ADD)
+        theirs = side_cost(st, mask) + (st.n_in + n_back) * C_MOVE
+        cost = max(mine, theirs)
+        if cost < best:
+            best, best_mask = cost, mask
+    return best_mask if best <= MIN_GAIN * serial else None
+
+
+# --- the parent's side ------------------------------------------------------------------------------
+def _acquire(wait: float):
+    """The helper, locked for us, waiting up to `wait` seconds while another job holds it (None: none)."""
+    from .batch_helper import acquire_helper
+    deadline = time.monotonic() + wait
+    while True:
+        h = acquire_helper()
+        if h is not None or time.monotonic() >= deadline:
+            return h
+        time.sleep(0.02)
+
+
+def _send_plan(h, comp, params) -> None:
+    """Each split step's share (terms, mask, slot vectors, scale, level) to the helper, once per helper."""
+    if comp.par_key is None:
+        comp.par_key = uuid.uuid4().hex
+    if comp.par_key in h.known:
+        return
+    for idx, (item, mask, vecs, scale, level) in comp.splits.items():
+        st = item.step
+        head = {"op": "lat_plan", "plan": comp.par_key, "step": idx, "N": params.N,
+                "bits": list(params.coeff_mod_bit_sizes), "n_in": st.n_in, "n_out": st.n_out, "n1": st.n1,
+                "slots": comp.plan.slots, "scale": scale, "level": level,
+                "key_paths": {str(k): v for k, v in comp.plan.key_paths.items()}}
+        h.send(head, np.ascontiguousarray(st.keys, dtype=np.int64).tobytes(), np.packbits(mask).tobytes(),
+               np.ascontiguousarray(vecs, dtype=np.float64).tobytes())
+        h.reply()
+    h.known.add(comp.par_key)
+    weakref.finalize(comp, _forget, weakref.ref(h), {"plan": comp.par_key}, comp.par_key)
+
+
+def _in_background(fn, *args) -> None:
+    threading.Thread(target=fn, args=args, daemon=True, name="privinfer-he-par").start()
+
+
+def warm(comp, params) -> None:
+    """Server start: the helper process and the plan's shares, in the background (set-up does not wait)."""
+    if comp.splits and enabled():
+        _in_background(_warm, comp, params)
+
+
+def _warm(comp, params) -> None:
+    from .batch_helper import _HelperFailed
+    h = _acquire(wait=30.0)
+    if h is not None:
+        try:
+            _send_plan(h, comp, params)
+        except _HelperFailed:
+            pass
+        finally:
+            h.lock.release()
+
+
+class ParSession:
+    """One connection's use of the helper: its keys there (sent in the background at set-up; until they
+    are loaded, queries run in-process), and the compiled plan's shares."""
+
+    def __init__(self, compiled, ctx, key_blobs: list[bytes], background: bool = True):
+        self.compiled, self.ctx, self.blobs = compiled, ctx, key_blobs
+        self.key = uuid.uuid4().hex
+        self.used = 0  # steps the helper took a share of (tests, stats)
+        self.ready = threading.Event()
+        if background:
+            _in_background(self._prepare)
+        else:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        from .batch_helper import _HelperFailed
+        h = _acquire(wait=30.0)
+        if h is None:
+            return
+        try:
+            _send_plan(h, self.compiled, self.ctx.params)
+            h.send({"op": "lat_keys", "key": self.key, "plan": self.compiled.par_key}, *self.blobs)
+            h.reply()
+            h.known.add(self.key)
+            self.blobs = None  # the helper has them
+            self.ready.set()
+        except _HelperFailed:
+            pass
+        finally:
+            h.lock.release()
+
+    def run_rot(self, be, idx: int, st, pts: dict, xs: list) -> list | None:
+        """The step's accumulators with the helper's share computed there, or None (helper not ready or
+        busy: the caller evaluates the whole step)."""
+        from .batch_helper import _HelperFailed, acquire_helper
+        from .context import dump, load_into
+        from .convpack import rot_partials
+        import tenseal.sealapi as seal
+        split = self.compiled.splits.get(idx)
+        if split is None or not enabled() or not self.ready.is_set():
+            return None
+        h = acquire_helper()
+        if h is None:
+            return None
+        if self.key not in h.known or self.compiled.par_key not in h.known:  # a new helper (the old one died)
+            h.lock.release()
+            return None
+        theirs_keys = {tuple(int(v) for v in r) for r in st.keys[split[1]]}
+        mine_keys = set(pts) - theirs_keys
+        try:
+            try:
+                h.send({"op": "lat_rot", "key": self.key, "plan": self.compiled.par_key, "step": idx},
+                       *[dump(x) for x in xs])
+                sent = True
+            except _HelperFailed:
+                sent = False
+            mine = rot_partials(be, st, pts, xs, only=mine_keys)
+            got: list[bytes] = []
+            if sent:
+                try:
+                    h.reply(timeout=REPLY_TIMEOUT, payloads=got)
+                except _HelperFailed:
+                    sent = False
+            if not sent or len(got) != st.n_out:
+                theirs = rot_partials(be, st, pts, xs, only=theirs_keys)
+            else:
+                theirs = [load_into(seal.Ciphertext(), self.ctx.seal, b, "helper share") if b else None
+                          for b in got]
+                self.used += 1
+        finally:
+            h.lock.release()
+        return [a if b is None else b if a is None else be.add(a, b) for a, b in zip(mine, theirs)]
+
+    def close(self) -> None:
+        from . import batch_helper
+        h = batch_helper._helper
+        if h is not None and self.key in h.known:
+            _forget(weakref.ref(h), {"key": self.key}, self.key)
+
+
+def _forget(ref, header: dict, known_key: str) -> None:
+    h = ref()
+    if h is not None and h.alive() and h.lock.acquire(blocking=False):
+        try:
+            h.send({"op": "lat_forget", **header})
+            h.known.discard(known_key)
+        except Exception:
+            pass
+        finally:
+            h.lock.release()
+
+
+# --- the helper's side ------------------------------------------------------------------------------
+class _HelperState:
+    def __init__(self):
+        self.ctxs: dict = {}     # (N, bits) -> SEAL objects
+        self.plans: dict = {}    # plan -> {step: (RotStep-like, pts)}, plus "_ctx" and "_paths"
+        self.sessions: dict = {}  # key -> (plan, galois keys, relin keys)
+
+
+_state = _HelperState()
+
+
+def handle(header: dict, payloads: list[bytes]) -> tuple[dict, list[bytes]] | None:  # pragma: no cover - child
+    """One `lat_*` request in the helper process; returns the reply (None: no reply)."""
+    import tenseal.sealapi as seal
+    from .context import dump, levels, load_into, seal_context
+    from .convpack import RotStep, rot_partials
+    from .latency_eval import SealBackend
+    op = header["op"]
+    if op == "lat_forget":
+        _state.plans.pop(header.get("plan"), None)
+        _state.sessions.pop(header.get("key"), None)
+        return None
+    if op == "lat_plan":
+        ck = (int(header["N"]), tuple(int(b) for b in header["bits"]))
+        if ck not in _state.ctxs:
+            sc = seal_context(seal.SCHEME_TYPE.CKKS, ck[0], ck[1])
+            _state.ctxs[ck] = (sc, seal.CKKSEncoder(sc), seal.Evaluator(sc), [pid for pid, _ in levels(sc)])
+        sc, enc, ev, pids = _state.ctxs[ck]
+        S, n_out = int(header["slots"]), int(header["n_out"])
+        keys = np.frombuffer(payloads[0], dtype=np.int64).reshape(-1, 4)
+        mask = np.unpackbits(np.frombuffer(payloads[1], dtype=np.uint8))[:len(keys)].astype(bool)
+        vecs = np.frombuffer(payloads[2], dtype=np.float64).reshape(-1, S)
+        empty = np.zeros(0, dtype=np.int64)
+        st = RotStep(1, int(header["n_in"]), np.zeros((n_out, 1), dtype=np.int64), int(header["n1"]), keys,
+                     empty, empty, empty, empty)
+        st.out_idx = np.zeros((n_out, S), dtype=np.int64)
+        pts = {}
+        for i, r in enumerate(keys[mask]):
+            pt = seal.Plaintext()
+            enc.encode(vecs[i].tolist(), pids[int(header["level"])], float(header["scale"]), pt)
+            pts[tuple(int(v) for v in r)] = pt
+        plan = _state.plans.setdefault(header["plan"], {"_ctx": ck, "_paths": header["key_paths"]})
+        plan[int(header["step"])] = (st, pts)
+        return {"ok": True}, []
+    plan = _state.plans[header["plan"]]
+    sc, enc, ev, pids = _state.ctxs[plan["_ctx"]]
+    if op == "lat_keys":
+        gk = load_into(seal.GaloisKeys(), sc, payloads[2], "Galois keys") if payloads[2] else None
+        rk = load_into(seal.RelinKeys(), sc, payloads[1], "relinearization keys")
+        _state.sessions[header["key"]] = (gk, rk)
+        while len(_state.sessions) > MAX_SESSIONS:  # a parent that could not say "forget" (busy helper)
+            _state.sessions.pop(next(iter(_state.sessions)))
+        return {"ok": True}, []
+    if op == "lat_rot":
+        gk, rk = _state.sessions[header["key"]]
+        st, pts = plan[int(header["step"])]
+        view = _View(sc, ev, gk, rk)
+        be = SealBackend(view)
+        paths = {int(k): v for k, v in plan["_paths"].items()}
+        if paths:
+            from .rotkeys import ComposedRotations
+            be = ComposedRotations(be, paths, st.out_idx.shape[1])
+        xs = [load_into(seal.Ciphertext(), sc, b, "share input") for b in payloads]
+        out = rot_partials(be, st, pts, xs, only=set(pts))
+        return {"ok": True}, [dump(x) if x is not None else b"" for x in out]
+    return {"error": "other", "msg": f"unknown op {op!r}"}, []
+
+
+class _View:  # pragma: no cover - child
+    """What `SealBackend` reads of a context."""
+
+    def __init__(self, seal_ctx, evaluator, galois_keys, relin_keys):
+        self.seal, self.evaluator, self.galois_keys, self.relin_keys = seal_ctx, evaluator, galois_keys, relin_keys
+
+
+__all__ = ["split_rot", "side_cost", "ParSession", "warm", "enabled", "handle"]

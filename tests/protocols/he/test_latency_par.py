@@ -1,0 +1,111 @@
+"""A channel-packed step's terms shared with the helper process (`latency_par`): any share plus the rest is
+the whole step, the split pays by its cost model, and a query through the helper equals one without it --
+also when the helper dies."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from torch import nn
+
+from privinfer.model import run_reference
+from privinfer.model.torch_layers import Square
+from privinfer.protocols.he import HE, _KeyedContext, batch_helper, latency_par, seeded
+from privinfer.protocols.he.context import CKKSContext
+from privinfer.protocols.he.convpack import RotStep, evaluate_rot, merge_inputs, rot_partials
+from privinfer.protocols.he.convpack_plan import plan_multi
+from privinfer.protocols.he.latency import NumpyBackend, SealBackend, client_vectors
+from privinfer.protocols.he.program import build_program
+
+from .test_convpack import _graph, conv_stacks
+
+
+def _terms(st_):
+    return [tuple(int(v) for v in r) for r in st_.keys]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_stacks(), st.sampled_from([1024, 4096]), st.integers(0, 1000))
+def test_any_share_plus_the_rest_is_the_whole_step(g, slots, seed):
+    plan = plan_multi(build_program(g, True), slots)
+    assume(plan is not None)
+    rng = np.random.default_rng(seed)
+    be = NumpyBackend(slots)
+    for step in plan.steps:
+        if not isinstance(step, RotStep):
+            continue
+        pts = {k: rng.standard_normal(slots) for k in _terms(step)}
+        xs = [rng.standard_normal(slots) for _ in range(step.n_in * step.merge)]
+        whole = evaluate_rot(be, step, pts, [x.copy() for x in xs])
+        merged = merge_inputs(be, step, [x.copy() for x in xs])
+        masks = [rng.random(len(pts)) < 0.5] + [m for m in latency_par._candidates(step)][:6]
+        split = latency_par.split_rot(step)
+        if split is not None:
+            masks.append(split)
+        for mask in masks:
+            theirs = {k for k, m in zip(_terms(step), mask) if m}
+            a = rot_partials(be, step, pts, merged, only=set(pts) - theirs)
+            b = rot_partials(be, step, pts, merged, only=theirs)
+            for o in range(step.n_out):
+                got = sum(v for v in (a[o], b[o]) if v is not None)
+                assert np.allclose(got, whole[o], atol=1e-9 * max(1.0, np.abs(whole[o]).max()))
+
+
+def _small_cnn():
+    return _graph((1, 16, 16), [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3),
+                                Square(), nn.Flatten(), nn.Linear(200, 6)], 5)
+
+
+def test_split_only_where_it_pays_by_the_cost_model():
+    proto = HE(_small_cnn(), circuit_privacy="fast", conv_packing="on")
+    comp = proto.compiled
+    assert comp.splits, "a 16-channel convolution should be shared with the helper"
+    for item, mask, vecs, _, _ in comp.splits.values():
+        step = item.step
+        every = np.ones(len(mask), dtype=bool)
+        assert 0 < mask.sum() < len(mask) and vecs.shape == (mask.sum(), comp.plan.slots)
+        slower = max(latency_par.side_cost(step, mask), latency_par.side_cost(step, ~mask))
+        assert slower <= latency_par.MIN_GAIN * latency_par.side_cost(step, every)
+    one = RotStep(1, 1, np.zeros((1, 8), dtype=np.int64), 1, np.zeros((1, 4), dtype=np.int64),
+                  *[np.zeros(0, dtype=np.int64)] * 4)
+    assert latency_par.split_rot(one) is None  # one term: nothing to share
+
+
+def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death():
+    g = _small_cnn()
+    proto = HE(g, circuit_privacy="fast", conv_packing="on")
+    params, plan, comp = proto.latency_params, proto.plan, proto.compiled
+    cctx = CKKSContext.create(params, plan.rotation_steps)
+    blobs = cctx.public_blobs()
+    sctx = _KeyedContext(proto.ctx)
+    sctx.load_public(blobs, plan.rotation_steps)
+    par = latency_par.ParSession(comp, sctx, blobs, background=False)
+    assert par.ready.is_set()
+    enc = seeded.SeededEncryptor(cctx.seal, cctx.secret_key, cctx.encoder)
+    x = np.random.default_rng(3).random(g.input_shape)
+    up = [enc.encrypt(v, 2.0 ** params.input_scale_bits) for v in client_vectors(plan, x)]
+    n_primes = len(params.coeff_mod_bit_sizes) - 1
+
+    def query(p):
+        cts = [seeded.load(sctx.seal, b, n_primes=n_primes, scale=2.0 ** params.input_scale_bits) for b in up]
+        return cctx.decrypt_ct(comp.evaluate(cts, backend=SealBackend(sctx), par=p))[plan.output_slots()]
+
+    ref = run_reference(g, x[None])[0]
+    serial, shared = query(None), query(par)
+    assert par.used == len(comp.splits)  # every split step had a share computed in the helper
+    tol = 1e-2 * max(1.0, np.abs(ref).max())
+    assert np.abs(shared - ref).max() <= tol and np.abs(shared - serial).max() <= tol
+    assert shared.argmax() == ref.argmax()
+    # the helper dies: the next query runs in-process (same answer), nothing hangs
+    batch_helper._helper.proc.kill()
+    batch_helper._helper.proc.wait(10)
+    used = par.used
+    again = query(par)
+    assert par.used == used and np.abs(again - ref).max() <= tol
+    par.close()
+
+
+@pytest.mark.parametrize("value", ["0"])
+def test_switched_off_by_the_environment(monkeypatch, value):
+    monkeypatch.setenv("PRIVINFER_HE_LATENCY_HELPER", value)
+    assert not latency_par.enabled()
