@@ -4,7 +4,6 @@ also when the helper dies."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from torch import nn
 
@@ -71,7 +70,9 @@ def test_split_only_where_it_pays_by_the_cost_model():
     assert latency_par.split_rot(one) is None  # one term: nothing to share
 
 
-def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death():
+def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(monkeypatch):
+    busy = []
+    monkeypatch.setattr(latency_par, "core_is_free", lambda: not busy)  # the machine's load is not ours to test
     g = _small_cnn()
     proto = HE(g, circuit_privacy="fast", conv_packing="on")
     params, plan, comp = proto.latency_params, proto.plan, proto.compiled
@@ -96,6 +97,11 @@ def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death()
     tol = 1e-2 * max(1.0, np.abs(ref).max())
     assert np.abs(shared - ref).max() <= tol and np.abs(shared - serial).max() <= tol
     assert shared.argmax() == ref.argmax()
+    # no free core: the step runs here, same answer
+    busy.append(True)
+    used = par.used
+    assert np.abs(query(par) - ref).max() <= tol and par.used == used and par.skipped == len(comp.splits)
+    busy.clear()
     # the helper dies: the next query runs in-process (same answer), nothing hangs
     batch_helper._helper.proc.kill()
     batch_helper._helper.proc.wait(10)
@@ -105,7 +111,13 @@ def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death()
     par.close()
 
 
-@pytest.mark.parametrize("value", ["0"])
-def test_switched_off_by_the_environment(monkeypatch, value):
-    monkeypatch.setenv("PRIVINFER_HE_LATENCY_HELPER", value)
+def test_switched_off_by_the_environment_and_by_a_busy_machine(monkeypatch):
+    monkeypatch.setenv("PRIVINFER_HE_LATENCY_HELPER", "0")
     assert not latency_par.enabled()
+    monkeypatch.setattr(latency_par, "_cores", lambda: 2)
+    monkeypatch.setattr(latency_par, "_runnable", lambda: 1)  # only this thread runs: the helper gets a core
+    assert latency_par.core_is_free()
+    monkeypatch.setattr(latency_par, "_runnable", lambda: 3)
+    assert not latency_par.core_is_free()
+    monkeypatch.setattr(latency_par, "_runnable", lambda: None)  # no /proc: assume a free core
+    assert latency_par.core_is_free()
