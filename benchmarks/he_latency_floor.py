@@ -1,0 +1,178 @@
+"""Where a channel-packed latency query's time goes, op by op, and what the helper process buys (issue 13).
+
+    python benchmarks/he_latency_floor.py [--model minionn-mnist-he] [--images 6] [--out floor.json]
+
+1. SEAL op costs per level at the model's parameters (min of 5 repetitions: the least-loaded figure):
+   rotation (key switch), mul_plain, add, rescale, square + relinearization.
+2. The plan's op counts per step and level (a counting backend), priced with (1): the serial floor, and the
+   floor with no rotations at all (what products and squares alone cost).
+3. Paired, in-process: each image evaluated serially and with the helper's share (`latency_par`, forced on),
+   alternating the order. Wall times, and a load-independent projection for an idle 2-core machine: the
+   parent's CPU outside the split steps plus, per split step, the slower side's CPU (parent thread or helper
+   process). The machine's load average is recorded: on a shared machine the wall times are orientation only.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tenseal.sealapi as seal  # noqa: E402
+
+from privinfer import zoo  # noqa: E402
+from privinfer.protocols.he import HE, _KeyedContext, batch_helper, latency_par, seeded  # noqa: E402
+from privinfer.protocols.he.context import CKKSContext  # noqa: E402
+from privinfer.protocols.he.latency import NumpyBackend, SealBackend, client_vectors  # noqa: E402
+
+OPS = ("rotate", "mul_plain", "add", "rescale", "square")
+
+
+def op_costs(ctx) -> dict:
+    """ms per op at each level (number of data primes), min of 5 repetitions."""
+    ev, S = ctx.evaluator, ctx.slots
+    ct = seal.Ciphertext()
+    ctx.encryptor.encrypt(ctx.encode(np.ones(S), 2.0 ** 20, 0), ct)
+    out, res = {}, collections.defaultdict(list)
+    for _ in range(5):
+        c = seal.Ciphertext()
+        ev.negate(ct, c)
+        level = 0
+        while True:
+            pt = ctx.encode(np.ones(S), 2.0 ** 8, level)
+            acc = seal.Ciphertext()
+            ev.add(c, c, acc)
+            tmp = seal.Ciphertext()
+            runs = {"rotate": (lambda: ev.rotate_vector(c, 1, ctx.galois_keys, seal.Ciphertext()), 5),
+                    "mul_plain": (lambda: ev.multiply_plain(c, pt, seal.Ciphertext()), 20),
+                    "add": (lambda: ev.add_inplace(acc, c), 20),
+                    "square": (lambda: (ev.square(c, tmp), ev.relinearize_inplace(tmp, ctx.relin_keys)), 3)}
+            if c.coeff_modulus_size() > 1:
+                runs["rescale"] = (lambda: ev.rescale_to_next(c, seal.Ciphertext()), 5)
+            for name, (f, k) in runs.items():
+                t = time.perf_counter()
+                for _ in range(k):
+                    f()
+                res[(c.coeff_modulus_size(), name)].append((time.perf_counter() - t) / k * 1e3)
+            if c.coeff_modulus_size() == 1:
+                break
+            ev.mod_switch_to_next_inplace(c)
+            level += 1
+    for (n, name), v in res.items():
+        out.setdefault(n, {})[name] = min(v)
+    return out
+
+
+class _Counting(NumpyBackend):
+    """Counts ops by the data primes left (one level per segment): a value is that number, rescales lower it."""
+
+    def __init__(self, slots):
+        super().__init__(slots)
+        self.count = collections.Counter()
+
+    def encode(self, values, scale, level):
+        return None
+
+    def _n(self, name, x, k=1):
+        self.count[(x, name)] += k
+        return x
+
+    def mul_plain(self, ct, pt):
+        return self._n("mul_plain", ct)
+
+    def add(self, a, b):
+        return self._n("add", a)
+
+    def add_plain(self, ct, pt):
+        return ct
+
+    def rotate(self, ct, k):
+        return self._n("rotate", ct)
+
+    def rescale(self, ct):
+        self._n("rescale", ct)
+        return ct - 1
+
+    def mod_switch(self, ct):
+        return ct - 1
+
+    def square(self, ct):
+        return self._n("square", ct)
+
+    def multiply(self, a, b):
+        return self._n("square", a)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="minionn-mnist-he")
+    p.add_argument("--images", type=int, default=6)
+    p.add_argument("--out")
+    a = p.parse_args()
+    g = zoo.load_model(a.model)
+    proto = HE(g, circuit_privacy="fast")
+    params, plan, comp = proto.latency_params, proto.plan, proto.compiled
+    cctx = CKKSContext.create(params, plan.rotation_steps)
+    blobs = cctx.public_blobs()
+    sctx = _KeyedContext(proto.ctx)
+    sctx.load_public(blobs, plan.rotation_steps)
+    costs = op_costs(sctx)
+    top = len(params.coeff_mod_bit_sizes) - 1
+    be = _Counting(plan.slots)
+    comp.evaluate([top] * plan.input.n_ct, backend=be)
+    rows, floor, no_rot = [], 0.0, 0.0
+    for (n, name), k in sorted(be.count.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        ms = k * costs[n][name]
+        floor += ms
+        no_rot += 0 if name == "rotate" else ms
+        rows.append({"primes": n, "op": name, "count": k, "ms_each": costs[n][name], "ms": ms})
+        print(f"primes {n} {name:9s} {k:4d} x {costs[n][name]:6.2f} ms = {ms:7.1f} ms")
+    print(f"serial floor {floor:.0f} ms per image; without any rotation {no_rot:.0f} ms")
+    # paired: serial vs helper share
+    latency_par.core_is_free = lambda: True
+    par = latency_par.ParSession(comp, sctx, blobs, background=False)
+    rec = []
+    run_rot = par.run_rot
+
+    def timed(*args):
+        t0, h0 = time.thread_time(), batch_helper._helper.cpu_seconds()
+        r = run_rot(*args)
+        rec.append((time.thread_time() - t0, batch_helper._helper.cpu_seconds() - h0))
+        return r
+    par.run_rot = timed
+    X, _ = zoo.load_dataset(a.model, "test")
+    enc = seeded.SeededEncryptor(cctx.seal, cctx.secret_key, cctx.encoder)
+    walls, cpu_serial, proj = collections.defaultdict(list), [], []
+    for i in range(a.images):
+        up = [enc.encrypt(v, 2.0 ** params.input_scale_bits) for v in client_vectors(plan, X[i].reshape(g.input_shape))]
+        for mode in (("serial", "helper") if i % 2 == 0 else ("helper", "serial")):
+            cts = [seeded.load(sctx.seal, b, n_primes=top, scale=2.0 ** params.input_scale_bits) for b in up]
+            rec.clear()
+            t0, w0 = time.thread_time(), time.perf_counter()
+            comp.evaluate(cts, backend=SealBackend(sctx), par=par if mode == "helper" else None)
+            cpu = time.thread_time() - t0
+            walls[mode].append(time.perf_counter() - w0)
+            if mode == "serial":
+                cpu_serial.append(cpu)
+            else:
+                proj.append(cpu - sum(r[0] for r in rec) + sum(max(r) for r in rec))
+    rec_out = {"model": a.model, "params": params.describe(), "load_avg": os.getloadavg(), "op_ms": costs,
+               "ops": rows, "serial_floor_ms": floor, "floor_without_rotations_ms": no_rot,
+               "wall_serial_s": float(np.median(walls["serial"])), "wall_helper_s": float(np.median(walls["helper"])),
+               "cpu_serial_s": float(np.median(cpu_serial)), "projected_idle_helper_s": float(np.median(proj)),
+               "helper_steps_used": par.used, "images": a.images}
+    print(json.dumps({k: v for k, v in rec_out.items() if k not in ("ops", "op_ms")}, indent=1))
+    par.close()
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(rec_out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
