@@ -127,15 +127,16 @@ def split_rot(st) -> np.ndarray | None:
 
 
 # --- the parent's side ------------------------------------------------------------------------------
-def _acquire(wait: float):
-    """The helper, locked for us, waiting up to `wait` seconds while another job holds it (None: none)."""
+def _acquire(wait: float, free_core: bool = False):
+    """The helper, locked for us, waiting up to `wait` seconds while another job holds it (None: none).
+    `free_core`: also wait for a free core (background preparation must not slow the set-up it overlaps)."""
     from .batch_helper import acquire_helper
     deadline = time.monotonic() + wait
     while True:
-        h = acquire_helper()
+        h = acquire_helper() if not free_core or core_is_free() else None
         if h is not None or time.monotonic() >= deadline:
             return h
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def _send_plan(h, comp, params) -> None:
@@ -169,7 +170,7 @@ def warm(comp, params) -> None:
 
 def _warm(comp, params) -> None:
     from .batch_helper import _HelperFailed
-    h = _acquire(wait=30.0)
+    h = _acquire(wait=30.0, free_core=True)
     if h is not None:
         try:
             _send_plan(h, comp, params)
@@ -180,8 +181,8 @@ def _warm(comp, params) -> None:
 
 
 class ParSession:
-    """One connection's use of the helper: its keys there (sent in the background at set-up; until they
-    are loaded, queries run in-process), and the compiled plan's shares."""
+    """One connection's use of the helper: its keys there (sent in the background at set-up, when a core is
+    free, within 30 s; until they are loaded, queries run in-process), and the compiled plan's shares."""
 
     def __init__(self, compiled, ctx, key_blobs: list[bytes], background: bool = True):
         self.compiled, self.ctx, self.blobs = compiled, ctx, key_blobs
@@ -189,6 +190,7 @@ class ParSession:
         self.used = 0  # steps the helper took a share of (tests, stats)
         self.skipped = 0  # split steps run here (helper not ready, switched off, or no free core)
         self.ready = threading.Event()
+        self.background = background
         if background:
             _in_background(self._prepare)
         else:
@@ -196,7 +198,7 @@ class ParSession:
 
     def _prepare(self) -> None:
         from .batch_helper import _HelperFailed
-        h = _acquire(wait=30.0)
+        h = _acquire(wait=30.0, free_core=self.background)
         if h is None:
             return
         try:
