@@ -37,6 +37,8 @@ C_ROT, C_MUL, C_ADD, C_MOVE = 1.0, 0.07, 0.016, 0.35
 MIN_GAIN = 0.85
 #: seconds the parent waits for the helper's share before computing it itself
 REPLY_TIMEOUT = 60.0
+#: seconds between two attempts to prepare a connection's helper share (after a busy machine or a new helper)
+RETRY_S = 30.0
 #: connections whose keys the helper keeps (oldest dropped first; ~25 MB each for minionn-mnist-he)
 MAX_SESSIONS = 4
 
@@ -191,12 +193,30 @@ class ParSession:
         self.skipped = 0  # split steps run here (helper not ready, switched off, or no free core)
         self.ready = threading.Event()
         self.background = background
+        self._preparing = threading.Lock()  # one preparation at a time; a failed one may be retried later
+        self._tried = time.monotonic()
         if background:
             _in_background(self._prepare)
         else:
             self._prepare()
 
+    def _retry(self) -> None:
+        """Not ready (the machine was busy, or a new helper): prepare again in the background, at most
+        every RETRY_S seconds, once a core is free."""
+        if time.monotonic() - self._tried >= RETRY_S and self.blobs is not None and core_is_free():
+            self._tried = time.monotonic()
+            _in_background(self._prepare)
+
     def _prepare(self) -> None:
+        if not self._preparing.acquire(blocking=False):
+            return
+        try:
+            self._prepare_locked()
+        finally:
+            self._tried = time.monotonic()
+            self._preparing.release()
+
+    def _prepare_locked(self) -> None:
         from .batch_helper import _HelperFailed
         h = _acquire(wait=30.0, free_core=self.background)
         if h is None:
@@ -206,7 +226,6 @@ class ParSession:
             h.send({"op": "lat_keys", "key": self.key, "plan": self.compiled.par_key}, *self.blobs)
             h.reply()
             h.known.add(self.key)
-            self.blobs = None  # the helper has them
             self.ready.set()
         except _HelperFailed:
             pass
@@ -221,14 +240,20 @@ class ParSession:
         from .convpack import rot_partials
         import tenseal.sealapi as seal
         split = self.compiled.splits.get(idx)
-        if split is None or not enabled() or not self.ready.is_set() or not core_is_free():
-            self.skipped += split is not None
+        if split is None or not enabled():
+            return None
+        if not self.ready.is_set() or not core_is_free():
+            self.skipped += 1
+            if not self.ready.is_set():
+                self._retry()
             return None
         h = acquire_helper()
         if h is None:
             return None
         if self.key not in h.known or self.compiled.par_key not in h.known:  # a new helper (the old one died)
             h.lock.release()
+            self.ready.clear()
+            self._retry()
             return None
         theirs_keys = {tuple(int(v) for v in r) for r in st.keys[split[1]]}
         mine_keys = set(pts) - theirs_keys

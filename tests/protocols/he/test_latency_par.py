@@ -1,6 +1,6 @@
 """A channel-packed step's terms shared with the helper process (`latency_par`): any share plus the rest is
 the whole step, the split pays by its cost model, and a query through the helper equals one without it --
-also when the helper dies."""
+also when the helper dies (the next query runs in-process, a new helper is prepared for later ones)."""
 from __future__ import annotations
 
 import numpy as np
@@ -106,8 +106,12 @@ def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(m
     batch_helper._helper.proc.kill()
     batch_helper._helper.proc.wait(10)
     used = par.used
+    monkeypatch.setattr(latency_par, "RETRY_S", 0.0)
     again = query(par)
     assert par.used == used and np.abs(again - ref).max() <= tol
+    # ... and prepares the new helper in the background: later queries use it again
+    assert par.ready.wait(120)
+    assert np.abs(query(par) - ref).max() <= tol and par.used == used + len(comp.splits)
     par.close()
 
 
