@@ -269,8 +269,10 @@ class ParSession:
             if sent:
                 try:
                     h.reply(timeout=REPLY_TIMEOUT, payloads=got)
-                except _HelperFailed:
+                except _HelperFailed:  # e.g. it dropped this connection's keys (MAX_SESSIONS): prepare again
                     sent = False
+                    h.known.discard(self.key)
+                    self.ready.clear()
             if not sent or len(got) != st.n_out:
                 theirs = rot_partials(be, st, pts, xs, only=theirs_keys)
             else:
