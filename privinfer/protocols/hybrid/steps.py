@@ -8,6 +8,8 @@ The segments themselves are the protocols' own classes (`he.steps.HESegment`, `s
                                     client: decrypts its share y + m
     SharesToHE   shares -> cipher   client: encrypts its share z = x + r, BLOBS [n_ct per image]
                                     server: loads them, adds its share -r homomorphically
+    OfflineCollect  any -> same: the end of the 2PC offline phase that `prepare` started (before the first
+                    ss segment, so that it overlaps the HE segments before it)
     BFVSegmentStep  plain@client | shares -> shares | plain@client: a linear-only segment in BFV with its
                     hand-overs fused (GAZELLE): client BLOBS [n_in per image: its plaintext, or the mod-t
                     opening (x + h + r) mod t], server subtracts r, evaluates, and returns either the masked
@@ -80,6 +82,25 @@ class SharesToHE(Step):
                 convert.shares_to_he_server(self.ctx, h.he.plan, cts, -value.data[b])
             out.append(cts)
         return value.to(Kind.CIPHER, out)
+
+
+class OfflineCollect(Step):
+    """The end of the per-query 2PC offline phase, placed right before the plan's first ss segment: `prepare`
+    only starts it (the dealer's and both parties' tuple generation, in their own processes), so that it runs
+    while the HE segments before it are evaluated. Kind unchanged; the client's timing counts the wait here
+    as offline time."""
+
+    def __init__(self, ss, client: bool, kind: Kind):
+        self.ss, self.client, self.accepts, self.produces = ss, client, kind, kind
+
+    def run(self, ch: Channel, value: Value) -> Value:
+        if not self.client:
+            self.ss._offline_collect(ch, value.batch)
+            return value
+        off = self.ss._offline_collect(ch, value.batch)
+        self.timing = {"offline_s": off["offline_s"],
+                       "dealer_bytes": off["bytes_server_to_dealer"] + off["bytes_dealer_to_server"]}
+        return value
 
 
 class SSRunner:
