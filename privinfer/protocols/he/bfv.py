@@ -259,22 +259,33 @@ class BFVContext:
                 best = lvl
         return best
 
-    def finish(self, ct, noise_bits: float, level: int):
-        """Re-randomize (fresh encryption of zero), flood c0, switch to `level`. In place; returns ct.
+    def pad(self, noise_bits: float, level: int = 0):
+        """The input-independent part of `finish`: a fresh public-key encryption of zero plus the flood
+        (E, 0), E uniform in [-2^beta, 2^beta] per coefficient, at `level`. A server may make pads before the
+        result they finish exists (while it waits); each pad finishes ONE ciphertext and is then dropped.
 
         The flood is added as a ciphertext (E, 0): a zero-filled ciphertext of the right shape whose coefficient
         array is overwritten with E mod each prime (sealapi binds no writable view of a ciphertext's data,
         but `DynArray.load` fills one from an uncompressed SEAL serialization)."""
         zero = seal.Ciphertext()
-        self.encryptor.encrypt_zero(ct.parms_id(), zero)
-        self.evaluator.add_inplace(ct, zero)
-        primes = self.level_primes[self.parms_ids.index(ct.parms_id())]
+        self.encryptor.encrypt_zero(self.parms_ids[level], zero)
+        primes = self.level_primes[level]
         E = _uniform_big(self.flood_bits(noise_bits), self.N)
         rns = [((E % q).astype(np.uint64)) for q in primes]
-        flood = seal.Ciphertext(self.seal, ct.parms_id(), 2)
-        flood.resize(self.seal, ct.parms_id(), 2)  # zero-filled, coefficient form
+        flood = seal.Ciphertext(self.seal, self.parms_ids[level], 2)
+        flood.resize(self.seal, self.parms_ids[level], 2)  # zero-filled, coefficient form
         _overwrite(flood.dyn_array(), np.concatenate(rns + [np.zeros(len(primes) * self.N, dtype=np.uint64)]))
-        self.evaluator.add_inplace(ct, flood)
+        self.evaluator.add_inplace(zero, flood)
+        return zero
+
+    def finish(self, ct, noise_bits: float, level: int, pad=None):
+        """Re-randomize (fresh encryption of zero), flood c0 (both: `pad`, made here unless given), switch to
+        `level`. In place; returns ct."""
+        if pad is None:
+            pad = self.pad(noise_bits, self.parms_ids.index(ct.parms_id()))
+        elif pad.parms_id() != ct.parms_id():
+            raise ParameterError("a finishing pad at another level than the result")
+        self.evaluator.add_inplace(ct, pad)
         self.evaluator.mod_switch_to_inplace(ct, self.parms_ids[level])
         return ct
 

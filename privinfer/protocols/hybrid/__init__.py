@@ -150,6 +150,9 @@ class _HybridServer(EngineServer):
             else:  # noisy: the plan ends here (planner.plan checks it)
                 steps.extend(release_steps(g, seg.start, client=False))
             kind = steps[-1].produces
+        for a, b in zip(steps, steps[1:]):  # a BFV segment's pads are made while the ss segment before it runs
+            if isinstance(a, SSSegment) and isinstance(b, BFVSegmentStep):
+                runner.ahead[a.k] = b.precompute
         return steps
 
     def _mask(self, j: int, at: int):

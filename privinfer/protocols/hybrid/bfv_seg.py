@@ -47,15 +47,24 @@ class BFVSegmentServer:
     def n_in(self) -> int:
         return self.seg.plan.input.n_ct
 
-    def run(self, ctx: BFVContext, blobs: list[bytes], r: np.ndarray | None):
-        """One image: (result blobs, the server's share mod t at the outputs, or None for the last segment)."""
+    def prepare(self, ctx: BFVContext, r: np.ndarray | None) -> dict:
+        """One image's input-independent work, which the server may do before its ciphertexts arrive: the
+        output pads and masks (`conv.output_pads`) and, given the incoming mask r, the unmasking plaintexts."""
+        return {"r": r, "unmask": None if r is None else conv.unmask_plaintexts(ctx, self.seg.plan, r),
+                "pads": conv.output_pads(ctx, self.seg, self.last)}
+
+    def run(self, ctx: BFVContext, blobs: list[bytes], r: np.ndarray | None, prep: dict | None = None):
+        """One image: (result blobs, the server's share mod t at the outputs, or None for the last segment).
+        `prep`: this image's `prepare` (used once; its unmasking plaintexts only if made for this r)."""
         cts = [ctx.ct_from_bytes(b, "input ciphertext", level=0) for b in blobs]
+        prep = prep or {}
         if r is not None:
-            conv.unmask_input(ctx, self.seg.plan, cts, r)
+            pts = prep.get("unmask") if prep.get("r") is not None and np.array_equal(prep["r"], r) else None
+            conv.unmask_input(ctx, self.seg.plan, cts, r, pts)
         outs = self.seg.evaluate(ctx, cts)
         if self.last:
-            return conv.reveal_final(ctx, self.seg, outs), None
-        return conv.mask_to_shares(ctx, self.seg, outs)
+            return conv.reveal_final(ctx, self.seg, outs, prep.get("pads")), None
+        return conv.mask_to_shares(ctx, self.seg, outs, prep.get("pads"))
 
 
 class BFVSegmentClient:

@@ -109,6 +109,8 @@ class SSRunner:
 
     def __init__(self, ss, shapes: list[tuple]):
         self.ss, self.shapes = ss, shapes  # (start shape, stop shape) per ss segment
+        #: server: k -> precompute(batch, mask) of the BFV segment after ss segment k, run while the parties work
+        self.ahead: dict = {}
 
     def run_segment(self, ch: Channel, k: int, *args):
         if len(args) == 1:  # the client: (own,)
@@ -121,7 +123,8 @@ class SSRunner:
             own = np.zeros((batch, *self.shapes[k][0]))
         if own.shape[0] != batch:
             raise ProtocolError(f"ss segment {k}: a share of batch {own.shape[0]}, expected {batch}")
-        self.ss.segment(k, own, mask)
+        nxt = self.ahead.get(k)
+        self.ss.segment(k, own, mask, None if nxt is None else (lambda: nxt(batch, mask)))
         return None
 
 
@@ -148,19 +151,34 @@ class BFVSegmentStep(Step):
                 return value.to(Kind.PLAIN_CLIENT, h.reshape(np.stack([h.result(p) for p in parts])))
             self.log.append(h.conversion())
             return value.to(Kind.SHARES, h.reshape(np.stack([h.share(p) for p in parts]).astype(np.float64)))
+        r = None if value.data is None else -np.asarray(value.data)
+        prep = self._take(B, r)  # made while the 2PC before this segment ran, or now, while the client encrypts
         blobs = ch.recv_blobs()
         if len(blobs) != B * h.n_in:
             raise ShapeError(f"HE segment {h.start}-{h.stop - 1}: expected {B} x {h.n_in} ciphertexts, got {len(blobs)}")
-        r = None if value.data is None else -np.asarray(value.data)
         outs, shares = [], []
         for b in range(B):
-            res, s = h.run(self.ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b])
+            res, s = h.run(self.ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b], prep[b])
             outs += res
             shares.append(s)
         ch.send_blobs(outs)
         if self.produces == Kind.PLAIN_CLIENT:
             return value.to(Kind.PLAIN_CLIENT)
         return value.to(Kind.SHARES, np.stack(shares).astype(np.float64).reshape(B, *h.out_shape))
+
+    def precompute(self, batch: int, r: np.ndarray | None = None) -> None:
+        """Server: this segment's input-independent work for the next query of `batch` images (pads, masks
+        and, given the mask r the 2PC before it adds, the unmasking plaintexts), ahead of its ciphertexts."""
+        rs = [None] * batch if r is None else list(np.asarray(r))
+        self._prep = (batch, [self.seg.prepare(self.ctx, rb) for rb in rs])
+
+    def _take(self, batch: int, r) -> list:
+        """The precomputed work for this query (each pad serves once: dropped here), else made now."""
+        prep, self._prep = getattr(self, "_prep", None), None
+        if prep is None or prep[0] != batch:
+            self.precompute(batch, r)
+            prep, self._prep = self._prep, None
+        return prep[1]
 
     def describe(self) -> str:
         return f"BFVSegment[{self.seg.start}:{self.seg.stop}]({self.accepts} -> {self.produces})"
