@@ -35,7 +35,13 @@ def encode_input(x: np.ndarray, t: int) -> np.ndarray:
 
 def upload(ctx: BFVContext, plan, z: np.ndarray) -> list[bytes]:
     """Client: encrypt z (integers mod t, one image, flat) in the segment's input layout."""
-    return [ctx.encrypt(v) for v in client_vectors(plan, np.asarray(z, dtype=np.float64))]
+    return list(upload_iter(ctx, plan, z))
+
+
+def upload_iter(ctx: BFVContext, plan, z: np.ndarray):
+    """`upload`, one ciphertext at a time (the client sends each as soon as it is made)."""
+    for v in client_vectors(plan, np.asarray(z, dtype=np.float64)):
+        yield ctx.encrypt(v)
 
 
 def input_mask(t: int, n: int) -> np.ndarray:

@@ -11,8 +11,10 @@ The segments themselves are the protocols' own classes (`he.steps.HESegment`, `s
     OfflineCollect  any -> same: the end of the 2PC offline phase that `prepare` started (before the first
                     ss segment, so that it overlaps the HE segments before it)
     BFVSegmentStep  plain@client | shares -> shares | plain@client: a linear-only segment in BFV with its
-                    hand-overs fused (GAZELLE): client BLOBS [n_in per image: its plaintext, or the mod-t
-                    opening (x + h + r) mod t], server subtracts r, evaluates, and returns either the masked
+                    hand-overs fused (GAZELLE): client n_in BLOBS [1] per image (its plaintext, or the mod-t
+                    opening (x + h + r) mod t; one frame per ciphertext, so that the server loads, unmasks and
+                    multiplies each while the client encrypts the next), server subtracts r, evaluates (pads
+                    made ahead: `precompute`), and returns either the masked
                     result (y + m) mod t, keeping -m, or the flooded result in the clear (`convert/bfv.py`)
 """
 from __future__ import annotations
@@ -140,7 +142,9 @@ class BFVSegmentStep(Step):
         h, B = self.seg, value.batch
         if self.client:
             plain = self.accepts == Kind.PLAIN_CLIENT
-            ch.send_blobs([c for b in range(B) for c in h.upload(value.data[b], plain=plain)])
+            for b in range(B):  # one frame per ciphertext: the server works on each while the next is made
+                for c in h.upload_iter(value.data[b], plain=plain):
+                    ch.send_blobs([c])
             if not plain:
                 self.log.append(h.conversion_in(h.start))
             res = ch.recv_blobs()
@@ -153,18 +157,24 @@ class BFVSegmentStep(Step):
             return value.to(Kind.SHARES, h.reshape(np.stack([h.share(p) for p in parts]).astype(np.float64)))
         r = None if value.data is None else -np.asarray(value.data)
         prep = self._take(B, r)  # made while the 2PC before this segment ran, or now, while the client encrypts
-        blobs = ch.recv_blobs()
-        if len(blobs) != B * h.n_in:
-            raise ShapeError(f"HE segment {h.start}-{h.stop - 1}: expected {B} x {h.n_in} ciphertexts, got {len(blobs)}")
         outs, shares = [], []
         for b in range(B):
-            res, s = h.run(self.ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b], prep[b])
+            res, s = h.run(self.ctx, self._incoming(ch, h.n_in), None if r is None else r[b], prep[b])
             outs += res
             shares.append(s)
         ch.send_blobs(outs)
         if self.produces == Kind.PLAIN_CLIENT:
             return value.to(Kind.PLAIN_CLIENT)
         return value.to(Kind.SHARES, np.stack(shares).astype(np.float64).reshape(B, *h.out_shape))
+
+    def _incoming(self, ch: Channel, n: int):
+        """n input ciphertexts, one frame each, read as the server asks for them."""
+        for _ in range(n):
+            blobs = ch.recv_blobs()
+            if len(blobs) != 1:
+                raise ShapeError(f"HE segment {self.seg.start}-{self.seg.stop - 1}: a frame of {len(blobs)} input "
+                                 "ciphertexts, expected one per frame")
+            yield blobs[0]
 
     def precompute(self, batch: int, r: np.ndarray | None = None) -> None:
         """Server: this segment's input-independent work for the next query of `batch` images (pads, masks
