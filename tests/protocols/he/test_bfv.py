@@ -2,6 +2,7 @@
 against plain integer arithmetic."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 
 from privinfer.errors import ParameterError, ProtocolError
@@ -156,3 +157,29 @@ def test_a_pad_made_ahead_finishes_exactly_like_one_made_on_the_spot():
     low = srv.pad(seg.noise_bits, level=1)
     with pytest.raises(ParameterError, match="level"):
         srv.finish(srv.ct_from_bytes(cli.encrypt(v), level=0), seg.noise_bits, seg.out_level, low)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 200), st.integers(0, 2 ** 31), st.sampled_from([(1 << 60) - 93, (1 << 59) - 55, 12289, 3]))
+def test_flood_residues_equal_python_integer_arithmetic(bits, seed, modulus):
+    """The flood's residues mod each prime, computed in uint64 words (Shoup multiplication), are exactly those
+    of the Python integer E = sum_k w_k 2^(64 k) - 2^bits, extremes included; the top word holds only the bits
+    it should."""
+    from privinfer.protocols.he.bfv import _flood_limbs, flood_residues
+    rng = np.random.default_rng(seed)
+    limbs = _flood_limbs(bits, 64)
+    top = (bits + 1) - 64 * (len(limbs) - 1)
+    top_mask = np.uint64((1 << top) - 1) if top < 64 else np.uint64(np.iinfo(np.uint64).max)
+    assert np.all(limbs[-1] <= top_mask)
+    limbs[:, 0] = 0  # U = 0: E = -2^bits
+    limbs[:, 1] = np.iinfo(np.uint64).max  # U = 2^(bits+1) - 1
+    limbs[-1, 1] = top_mask
+    limbs[:, 2:6] = rng.integers(0, 2 ** 64, size=(len(limbs), 4), dtype=np.uint64)
+    limbs[-1, 2:6] &= top_mask
+    moduli = [1152921504606830593, 1152921504606748673, modulus]
+    got = flood_residues(limbs, bits, moduli)
+    for j in range(limbs.shape[1]):
+        U = sum(int(limbs[k, j]) << (64 * k) for k in range(len(limbs)))
+        assert 0 <= U < 1 << (bits + 1)
+        for q, r in zip(moduli, got):
+            assert int(r[j]) == (U - (1 << bits)) % q
