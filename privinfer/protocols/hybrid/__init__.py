@@ -12,7 +12,9 @@ The loop is the engine's (`protocols/engine.py`): the chain of steps below is bu
 
 One TCP connection per session carries everything: WELCOME (plan, per-HE-segment parameters), the keys of
 every HE segment once, the `ss` set-up once (one CrypTen group and one dealer serve every ss segment), then
-per query: the ss offline phase for the whole plan (one dealer batch), then the segments in order:
+per query: the ss offline phase for the whole plan (one dealer batch) is STARTED, the segments run in order,
+and the offline phase is collected right before the first ss segment (`steps.OfflineCollect`): the dealer's
+and both parties' tuple generation run while the HE segments before it are evaluated:
 
     HE segment   client sends ct(x) (first segment) or ct(z) with z = x + r revealed by the 2PC; the server
                  subtracts the gather of r, evaluates, then either floods and returns the logits (last
