@@ -101,9 +101,11 @@ def choose_params(value_bound: float) -> BFVParams:
 def uniform_mod(t: int, n: int) -> np.ndarray:
     """n integers exactly uniform in [0, t): OS randomness, rejection sampling (no modulo bias)."""
     bits = int(t - 1).bit_length()
+    accept = int(t) / 2.0 ** bits  # > 1/2: draw what the acceptance rate needs (plus slack), not twice n
     out = np.empty(0, dtype=np.uint64)
     while len(out) < n:
-        raw = np.frombuffer(os.urandom(8 * 2 * max(n, 16)), dtype=np.uint64) >> np.uint64(64 - bits)
+        draw = int((n - len(out)) / accept * 1.05) + 16
+        raw = np.frombuffer(os.urandom(8 * draw), dtype=np.uint64) >> np.uint64(64 - bits)
         out = np.concatenate([out, raw[raw < np.uint64(t)]])
     return out[:n].astype(np.int64)
 
