@@ -37,7 +37,7 @@ from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
 
-CACHE_VERSION = 3  # 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
+CACHE_VERSION = 4  # 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
 FUSED_VERSION = 1  # the fused hand-overs of the cached counts (`fused.py`, added when missing)
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
