@@ -33,6 +33,7 @@ from ..errors import ParameterError, UnsupportedLayerError
 from ..model.ir import Graph, graph_to_bytes
 from ..zoo.store import cache_root
 from . import bfv_cost, fused, he_cost, ss_cost
+from .calibrate import machine_load, warn_if_loaded
 from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
@@ -77,7 +78,10 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
                 _write(path, data)
             return data
     say("2PC pieces: counting bytes, rounds and dealer tuples on CrypTen parties")
+    load = machine_load()
     data = {"version": CACHE_VERSION, "ss": ss_cost.count_pieces(graph), "he": {}}
+    data["load"] = {"start": load, "end": machine_load()}
+    warn_if_loaded(max(data["load"].values(), key=lambda v: v["load_average_1min"] or 0), "the 2PC pieces were")
     n = len(graph)
     for a, b in he_ranges(graph):
         for last in (b == n,):
