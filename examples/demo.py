@@ -67,5 +67,11 @@ def _run_pair(name: str, port: int, count: int, server_args: list[str], client_a
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or [n for n in ORDER if (HERE / f"{n}_server.py").exists()]
-    sys.exit(max(run_pair(n) for n in names))
+    args = sys.argv[1:]
+    count = 5
+    if "--count" in args:  # `python examples/demo.py noisy --count 10`
+        i = args.index("--count")
+        count = int(args[i + 1])
+        del args[i:i + 2]
+    names = args or [n for n in ORDER if (HERE / f"{n}_server.py").exists()]
+    sys.exit(max(run_pair(n, count) for n in names))
