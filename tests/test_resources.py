@@ -11,7 +11,7 @@ def test_pss_is_read_only_at_new_rss_highs(monkeypatch):
     monkeypatch.setattr(R, "_status", lambda pid: (rss["v"], rss["v"]))
     monkeypatch.setattr(R, "_pss", lambda pid, r: reads.append(pid) or r * 0.5)
     s = R.PartySampler()
-    s._t0 = 0.0
+    s._t0 = float("inf")  # only this process (not the children earlier tests left)
     for _ in range(5):  # steady memory: one PSS reading (the first sample), then only the cheap counters
         s.sample()
     assert reads == [os.getpid()]

@@ -130,12 +130,14 @@ class Plan:
             lines.append(f"| {span:<8} | {names[:24]:<24} | {(r.protocol + extra)[:15]:<15} | {r.cost.client_s:9.4f} | "
                          f"{r.cost.server_s:9.4f} | {_size(r.cost.bytes_up):>10} | {_size(r.cost.bytes_down):>10} | "
                          f"{r.cost.rounds:>6} | {net.latency(r.cost):9.4f} |")
-        conv = [r for r in self.rows if r.protocol == "convert"]
+        conv = [r for r in self.rows if r.protocol == "convert" or "fused" in r.info]
         if conv:
             lines += ["", "conversions:"]
             for r in conv:
                 hid = f"; hiding: {r.info['hiding']}" if "hiding" in r.info else ""
-                lines.append(f"  at layer {r.start}: {r.kind_in} -> {r.kind_out}: {r.info.get('what', '')}{hid} "
+                what = r.info.get("what", "") if "fused" not in r.info else (
+                    f"fused with layers {r.start}-{r.stop - 1} in one 2PC step ({r.info['fused']}, as the engine runs it)")
+                lines.append(f"  at layer {r.start}: {r.kind_in} -> {r.kind_out}: {what}{hid} "
                              f"({net.latency(r.cost) * 1e3:.1f} ms)")
         c = self.cost
         lines += ["", f"total: {self.predicted_latency_s():.3f} s predicted on {net.name} (compute {c.compute_s:.3f} s, "
