@@ -17,8 +17,8 @@ and `getrusage(RUSAGE_SELF)` miss most of the work. This sampler reads Linux /pr
 Why PSS is read only at new highs: reading /proc/PID/smaps_rollup walks the process's page tables under its
 memory lock. For a session's 6-8 torch-sized processes that took 40-80 ms of CPU per sample (measured on the
 2-core machine, planner-acc session), i.e. a third of a core at a 0.1 s interval, and it stalls the parties'
-own allocations: it made minionn-mnist's `ss` queries ~30 % slower in interleaved blocks with and without the
-sampler, which is what `privinfer bench` measured and the planner, timed without it, could not predict. So
+own allocations: in interleaved blocks with and without it, minionn-mnist's `ss` queries were 41 % slower at
+load 2-3 and 10 % at load 5. `privinfer bench` measured that; the planner, timed without it, cannot predict it. So
 every tick reads only the cheap counters (`/proc/PID/stat`, and VmRSS/VmHWM from `/proc/PID/status`), and a
 party's PSS is read when the sum of its processes' RSS reaches a new high (by PSS_STEP): PSS <= RSS, and a
 party's PSS only grows by pages it maps, so the largest PSS sum is read within that step of its peak.
