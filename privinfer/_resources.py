@@ -20,8 +20,9 @@ memory lock. For a session's 6-8 torch-sized processes that took 40-80 ms of CPU
 own allocations: in interleaved blocks with and without it, minionn-mnist's `ss` queries were 41 % slower at
 load 2-3 and 10 % at load 5. `privinfer bench` measured that; the planner, timed without it, cannot predict it. So
 every tick reads only the cheap counters (`/proc/PID/stat`, and VmRSS/VmHWM from `/proc/PID/status`), and a
-party's PSS is read when the sum of its processes' RSS reaches a new high (by PSS_STEP): PSS <= RSS, and a
-party's PSS only grows by pages it maps, so the largest PSS sum is read within that step of its peak.
+party's PSS is read when the sum of its processes' RSS reaches a new high (by PSS_STEP). Memory grows by
+mapping pages, which raises RSS, so the largest PSS sum is read within that step of its peak; what this misses
+is PSS that grows without RSS (pages shared with a process that exits are re-divided among the others).
 
 Elsewhere than Linux every figure is None. The interval (default 0.1 s) is recorded with the result.
 """
