@@ -7,7 +7,7 @@ runs every piece once, exactly as the `ss` engine lowers it (`ss.lowering.Execut
 parties on loopback, with the dealer's tuples replaced by zero tuples of the right shapes (the provider's
 `record` mode: same messages, no dealer) and counts, per piece: bytes each way and rounds (the counting
 communicator), dealer elements (the recorded tuple requests), and the online wall time: the median of REPS runs
-after one warm-up run (CrypTen's first call of a kernel pays one-off costs), since a query's latency is quoted
+after one warm-up run, all pieces timed round-robin (`_interleaved`) (CrypTen's first call of a kernel pays one-off costs), since a query's latency is quoted
 as a median too; the minimum of 3, used before, came out below the median query on an idle machine.
 
 Pieces: every single layer, plus every ReLU+MaxPool pair (cheaper as one segment). Results are cached on disk
@@ -48,7 +48,9 @@ def interaction_scale(counted: list[dict], graph: Graph) -> float:
     follow one another and evict each other's. Measured on the idle machine, minionn-mnist's online phase took
     0.195 s where its pieces summed to about 0.14 s, and mixed-mnist's matched. Scaling every piece by this
     network's own ratio keeps each piece's share and makes the chain sum to the measured whole. 1 for counts
-    made before the whole was timed; clamped to [0.5, 3] against a disturbed run."""
+    made before the whole was timed; clamped to [0.5, 3] against a disturbed run. Since the pieces are timed
+    round-robin (each evicts the others' tensors, as in a query) the ratio is near 1: minionn-mnist 1.05,
+    where six runs in a row gave 1.29 (planner-acc session)."""
     n = len(graph)
     regular = set(pieces(graph))
     whole = next((p["s"] for p in counted if tuple(p["piece"]) == (0, n)), None)
