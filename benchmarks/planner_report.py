@@ -16,13 +16,13 @@ import sys
 def main(paths: list[str]) -> None:
     recs = [r for p in paths for r in json.loads(open(p).read())]
     auto = [r for r in recs if r.get("auto")]
-    print("| model | network | chosen plan | predicted | measured (median, p25-p75) | error |")
-    print("|---|---|---|---|---|---|")
+    print("| model | network | chosen plan | predicted | measured (median, p25-p75) | error | load avg |")
+    print("|---|---|---|---|---|---|---|")
     for r in auto:
         m, lat = r["predicted_latency_s"], r["latency_s"]
         err = (m - lat["median"]) / lat["median"]
         print(f"| {r['model']} | {r['network']} | {r['protocol']} `{r['plan_string']}` | {m:.3f} s | "
-              f"{lat['median']:.3f} s ({lat['p25']:.3f}-{lat['p75']:.3f}) | {err:+.0%} |")
+              f"{lat['median']:.3f} s ({lat['p25']:.3f}-{lat['p75']:.3f}) | {err:+.0%} | {_load(r)} |")
     print()
     print("| model | network | auto (measured) | single protocol (measured) | ratio single / auto |")
     print("|---|---|---|---|---|")
@@ -33,6 +33,13 @@ def main(paths: list[str]) -> None:
             ratio = s["latency_s"]["median"] / r["latency_s"]["median"]
             print(f"| {r['model']} | {r['network']} | {r['latency_s']['median']:.3f} s ({r['protocol']}) | "
                   f"{s['latency_s']['median']:.3f} s ({s['protocol']}) | {ratio:.2f}x |")
+
+
+def _load(r: dict) -> str:
+    """The 1-minute load average at the start and the end of the measurement (records since planner-acc)."""
+    ld = r.get("load") or {}
+    vals = [(ld.get(k) or {}).get("load_average_1min") for k in ("start", "end")]
+    return "/".join("?" if v is None else f"{v:.1f}" for v in vals) if ld else "-"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,16 @@ and `getrusage(RUSAGE_SELF)` miss most of the work. This sampler reads Linux /pr
 * CPU seconds: user + system time of every process seen, at its last sample. A process that exits between
   two samples loses at most one interval of CPU; the client's own process is read exactly at the end.
 
+Why PSS is read only at new highs: reading /proc/PID/smaps_rollup walks the process's page tables under its
+memory lock. For a session's 6-8 torch-sized processes that took 40-80 ms of CPU per sample (measured on the
+2-core machine, planner-acc session), i.e. a third of a core at a 0.1 s interval, and it stalls the parties'
+own allocations: in interleaved blocks with and without it, minionn-mnist's `ss` queries were 41 % slower at
+load 2-3 and 10 % at load 5. `privinfer bench` measured that; the planner, timed without it, cannot predict it. So
+every tick reads only the cheap counters (`/proc/PID/stat`, and VmRSS/VmHWM from `/proc/PID/status`), and a
+party's PSS is read when the sum of its processes' RSS reaches a new high (by PSS_STEP). Memory grows by
+mapping pages, which raises RSS, so the largest PSS sum is read within that step of its peak; what this misses
+is PSS that grows without RSS (pages shared with a process that exits are re-divided among the others).
+
 Elsewhere than Linux every figure is None. The interval (default 0.1 s) is recorded with the result.
 """
 from __future__ import annotations
@@ -49,11 +59,8 @@ def _scan() -> dict[int, tuple[int, str, float, float]]:
     return out
 
 
-def _rss(pid: int) -> tuple[float, float]:
-    """(current proportional set size, lifetime peak RSS) in MB.
-
-    PSS divides each shared page among its sharers, so forked children (CrypTen ranks forked from a
-    fork server that holds torch) are not counted twice when a tree is summed."""
+def _status(pid: int) -> tuple[float, float]:
+    """(current RSS, lifetime peak RSS) in MB from /proc/PID/status (kernel counters: cheap)."""
     cur = hwm = 0.0
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -62,14 +69,24 @@ def _rss(pid: int) -> tuple[float, float]:
                     cur = int(line.split()[1]) / 1024.0
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1]) / 1024.0
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    cur = int(line.split()[1]) / 1024.0
-                    break
     except OSError:
         pass
     return cur, hwm
+
+
+def _pss(pid: int, rss: float) -> float:
+    """Proportional set size in MB (`rss` if it cannot be read).
+
+    PSS divides each shared page among its sharers, so forked children (CrypTen ranks forked from a
+    fork server that holds torch) are not counted twice when a tree is summed. Costly: see the docstring."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return rss
 
 
 def _uptime() -> float:
@@ -78,6 +95,7 @@ def _uptime() -> float:
 
 
 PARTIES = ("client", "server", "dealer")
+PSS_STEP = 1.02  # a party's PSS is read again when its RSS sum exceeds the last one read by 2 %
 
 
 class PartySampler:
@@ -99,6 +117,7 @@ class PartySampler:
         self._thread: threading.Thread | None = None
         self._self_cpu = 0.0
         self._client_start: float | None = None  # the client's memory before the session (a harness's own heap)
+        self._rss_read: dict[str, float] = {p: 0.0 for p in PARTIES}  # RSS sum at the last PSS reading
 
     def add(self, party: str, pid: int | None) -> None:
         """Charge `pid` and its descendants to `party` ("server" or "dealer")."""
@@ -142,28 +161,34 @@ class PartySampler:
         return None  # another user's process (e.g. another session's dealer on this machine)
 
     def sample(self) -> None:
-        """One reading of every party's processes."""
+        """One reading of every party's processes (PSS only for a party at a new RSS high)."""
         procs = _scan()
         with self._lock:
             roots = dict(self.roots)
-        totals = {p: 0.0 for p in PARTIES}
+        mine: dict[str, list[tuple[int, float]]] = {p: [] for p in PARTIES}
         for pid, (_, _, cpu, start) in procs.items():
             party = self._owner(pid, procs, roots)
             if party is None or (pid not in roots and start < self._t0):
                 continue  # not ours, or older than this measurement (e.g. a fork server kept between sessions)
-            cur, hwm = _rss(pid)
-            totals[party] += cur
+            cur, hwm = _status(pid)
+            mine[party].append((pid, cur))
             with self._lock:
                 if pid != self.me:
                     self._cpu[party][pid] = cpu
                     self._peak[party] = max(self._peak[party], hwm)  # exact lifetime peak of this process
                 else:
                     self._cpu[party].setdefault(pid, 0.0)
+        totals = {}
+        for party, ps in mine.items():
+            rss = sum(r for _, r in ps)
+            if ps and (self._client_start is None or rss > self._rss_read[party] * PSS_STEP):
+                self._rss_read[party] = rss
+                totals[party] = sum(_pss(pid, r) for pid, r in ps)
         with self._lock:
             for party, total in totals.items():
                 self._peak[party] = max(self._peak[party], total)
             if self._client_start is None:
-                self._client_start = totals["client"]
+                self._client_start = totals.get("client", 0.0)
 
     def result(self) -> dict[str, dict | None]:
         """{party: {"peak_rss_mb", "cpu_s"} or None} for client, server and dealer (None: no process seen)."""

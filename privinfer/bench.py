@@ -81,6 +81,10 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     accuracy_plain_full = float(np.mean(run_reference(base_graph, X[:n_split]).argmax(1) == base_y)
                                 if len(X) > n_split else np.mean(base_ref[:n_split].argmax(1) == base_y))
     lat, off, on, up, down, dealer, rounds, logits = [], [], [], [], [], [], [], []
+    load = {}
+    if auto:  # the planner's timings and this measurement, each with the machine's load (calibrate.machine_load)
+        from .planner.calibrate import machine_load
+        load["start"] = machine_load()
     with PartySampler() as sampler, _open_session(graph, protocol, options or {}, profile, sampler) as sess:
         for i in range(samples + warmup):
             xb = X[i * batch:(i + 1) * batch]
@@ -101,6 +105,8 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         stats = sess.stats
         setup_timing = dict(getattr(sess.client, "setup_timing", None) or {})
         sampler.sample()  # the parties' last reading before the session closes
+    if auto:
+        load["end"] = machine_load()
     if progress:
         print()
     logits = np.concatenate(logits)
@@ -140,7 +146,8 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         **({"plan": stats.privacy["layer_protocols"]} if "layer_protocols" in stats.privacy else {}),
         **({"auto": True, "plan": auto.layer_protocols, "plan_string": auto.plan_string,
             "predicted_latency_s": round(auto.predicted_latency_s(), 6),
-            "best_single_protocol_predicted_s": auto.single, "calibration": auto.calibration} if auto else {}),
+            "best_single_protocol_predicted_s": auto.single, "calibration": auto.calibration,
+            "load": load} if auto else {}),
         **({"setup_timing": setup_timing} if setup_timing else {}),
     }
 

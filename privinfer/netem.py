@@ -124,8 +124,8 @@ def namespace(profile: NetworkProfile):
             if profile.rate_mbit:
                 _shape(prefix, dev, profile.rate_mbit)
         _run(*in_ns, "ip", "link", "set", "lo", "up")
-        relay = subprocess.Popen([sys.executable, RELAY, host_if, ns, ns_if,
-                                  str(profile.rtt_ms)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        relay = subprocess.Popen([sys.executable, RELAY, host_if, ns, ns_if,  # the relay paces at the rate too
+                                  str(profile.rtt_ms), str(profile.rate_mbit or 0)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         RELAY_PIDS.add(relay.pid)
         if relay.stdout.readline().strip() != "ready":

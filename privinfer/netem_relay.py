@@ -12,7 +12,15 @@ the packet enters the delay line.
     [this namespace] tunA ──read──▶ delay line (RTT/2) ──write──▶ tunB [server namespace]
                      tunA ◀─write── delay line (RTT/2) ◀──read─── tunB
 
-Run as `python netem_relay.py TUN_A NETNS TUN_B DELAY_MS` (by path: it imports nothing of privinfer, so it
+Why the relay also paces each direction at the link's rate (RATE_MBIT, optional): `tbf` alone lets a burst of
+2 x TUN_MTU (130 KB: 52 ms at 20 Mbit/s) leave at once whenever its bucket has refilled, and a 2PC round waits
+an RTT between messages, so every round's first ~75 KB crossed `mobile` for free. A real 20 Mbit/s link has no
+free burst: wide-mlp-mnist's hybrid measured 1.62 s with the bucket and 2.33 s paced (the cost model: 2.2 s),
+while rounds that carry megabytes (`ss` on the same network: 3.14 s, 3.31 s paced) barely moved (planner-acc
+session). So each packet leaves the line at max(its arrival, the previous packet's departure) + size / rate,
+then travels RTT/2; a packet that would wait more than QUEUE_S in that queue is dropped, like a router's.
+
+Run as `python netem_relay.py TUN_A NETNS TUN_B DELAY_MS [RATE_MBIT]` (by path: it imports nothing of privinfer, so it
 starts in milliseconds); it prints "ready" once both devices are attached and dies with its parent. Packets are never reordered within a direction (equal delays); a packet
 that cannot be written (device gone) is dropped, as a real link would drop it.
 """
@@ -33,6 +41,7 @@ IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 MAX_PACKET = 1 << 16
+QUEUE_S = 0.2  # the bottleneck's queue, in seconds of traffic (tbf's `latency 200ms` in netem._shape)
 
 
 def attach_tun(name: str) -> int:
@@ -54,9 +63,11 @@ def enter_netns(path: str) -> None:
         os.close(fd)
 
 
-def forward(a: int, b: int, delay_s: float, stop_fd: int | None = None) -> None:
-    """Copy packets a->b and b->a, each one `delay_s` after it was read, until stop_fd is readable."""
+def forward(a: int, b: int, delay_s: float, stop_fd: int | None = None, rate: float | None = None) -> None:
+    """Copy packets a->b and b->a, each one `delay_s` after it left the line (at `rate` bytes/s, None: at
+    once), until stop_fd is readable."""
     peer = {a: b, b: a}
+    free = {a: 0.0, b: 0.0}  # per direction: when the line has sent everything queued so far
     lines = {a: collections.deque(), b: collections.deque()}  # per source: (due, packet), due increasing
     watch = [a, b] + ([stop_fd] if stop_fd is not None else [])
     while True:
@@ -76,7 +87,14 @@ def forward(a: int, b: int, delay_s: float, stop_fd: int | None = None) -> None:
                     return
                 if not pkt:
                     break
-                lines[fd].append((now + delay_s, pkt))
+                if rate:
+                    start = max(now, free[fd])
+                    if start - now > QUEUE_S:
+                        continue  # the bottleneck's queue is full: drop, as a router would
+                    free[fd] = start + len(pkt) / rate
+                    lines[fd].append((free[fd] + delay_s, pkt))
+                else:
+                    lines[fd].append((now + delay_s, pkt))
         now = time.monotonic()
         for src, q in lines.items():
             while q and q[0][0] <= now:
@@ -88,6 +106,7 @@ def forward(a: int, b: int, delay_s: float, stop_fd: int | None = None) -> None:
 
 def main(argv: list[str]) -> None:  # pragma: no cover - runs as the relay process (tests drive it end to end)
     tun_a, netns, tun_b, delay_ms = argv[0], argv[1], argv[2], float(argv[3])
+    rate = float(argv[4]) * 1e6 / 8 if len(argv) > 4 and float(argv[4]) > 0 else None
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the emulation that started us
     home = "/proc/self/ns/net"
@@ -102,7 +121,7 @@ def main(argv: list[str]) -> None:  # pragma: no cover - runs as the relay proce
     except OSError:
         pass
     print("ready", flush=True)
-    forward(a, b, delay_ms / 2000.0, stop_fd=sys.stdin.fileno())
+    forward(a, b, delay_ms / 2000.0, stop_fd=sys.stdin.fileno(), rate=rate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,8 +98,9 @@ class Plan:
         proto = self.protocol
         if proto != "hybrid":
             return PRIVACY.get(proto, "")
-        stat = any("statistical" in r.info.get("hiding", "") for r in self.rows if r.protocol == "convert")
-        bfv = any("mod t" in r.info.get("hiding", "") for r in self.rows if r.protocol == "convert")
+        # conversions, and the ss rows that fuse a BFV hand-over with a ReLU (`fused.py`), say how they hide
+        stat = any("statistical" in r.info.get("hiding", "") for r in self.rows)
+        bfv = any("mod t" in r.info.get("hiding", "") for r in self.rows)
         if stat:
             h = ("conversions with CKKS segments mask intermediates with statistical hiding (19-20 bits, see "
                  "protocols/convert)" + ("; those with BFV segments hide perfectly (uniform mod t)" if bfv else ""))
@@ -129,12 +130,14 @@ class Plan:
             lines.append(f"| {span:<8} | {names[:24]:<24} | {(r.protocol + extra)[:15]:<15} | {r.cost.client_s:9.4f} | "
                          f"{r.cost.server_s:9.4f} | {_size(r.cost.bytes_up):>10} | {_size(r.cost.bytes_down):>10} | "
                          f"{r.cost.rounds:>6} | {net.latency(r.cost):9.4f} |")
-        conv = [r for r in self.rows if r.protocol == "convert"]
+        conv = [r for r in self.rows if r.protocol == "convert" or "fused" in r.info]
         if conv:
             lines += ["", "conversions:"]
             for r in conv:
                 hid = f"; hiding: {r.info['hiding']}" if "hiding" in r.info else ""
-                lines.append(f"  at layer {r.start}: {r.kind_in} -> {r.kind_out}: {r.info.get('what', '')}{hid} "
+                what = r.info.get("what", "") if "fused" not in r.info else (
+                    f"fused with layers {r.start}-{r.stop - 1} in one 2PC step ({r.info['fused']}, as the engine runs it)")
+                lines.append(f"  at layer {r.start}: {r.kind_in} -> {r.kind_out}: {what}{hid} "
                              f"({net.latency(r.cost) * 1e3:.1f} ms)")
         c = self.cost
         lines += ["", f"total: {self.predicted_latency_s():.3f} s predicted on {net.name} (compute {c.compute_s:.3f} s, "
@@ -206,6 +209,31 @@ def make_plan(graph: Graph, network=DEFAULT_NETWORK, policy: Policy | None = Non
     return Plan(graph, path, prof, policy, objective, value, cal.get("source", "calibration"), single)
 
 
+def price_plan(graph: Graph, plan: str, network=DEFAULT_NETWORK, policy: Policy | None = None,
+               calibration=None) -> Plan:
+    """The planner's cost of a plan the user fixed (e.g. GAZELLE's split): the cheapest path whose segments are
+    exactly `plan`'s (HE rows span a whole HE segment, ss rows lie inside ss segments), so a hand-written
+    plan is priced with the same rows, fusions and conversions as a chosen one."""
+    from .plan import parse_plan
+    segs = parse_plan(plan, graph)
+    per = [s.protocol for s in segs for _ in range(s.start, s.stop)]
+    he_spans = {(s.start, s.stop) for s in segs if s.protocol == "he"}
+    policy = policy or Policy()
+    prof = parse_network(network)
+    cal = calibration if isinstance(calibration, dict) else load_calibration(calibration)
+
+    def fits(r: Row) -> bool:
+        if r.protocol == "convert":
+            return True
+        if r.protocol == "he":
+            return (r.start, r.stop) in he_spans
+        return r.protocol == "ss" and all(p == "ss" for p in per[r.start:r.stop])
+
+    rows = [r for r in build_rows(graph, cal, counts(graph)) if fits(r) and policy.allows(r)]
+    value, path = shortest(rows, len(graph), prof.latency)
+    return Plan(graph, path, prof, policy, "latency", value, cal.get("source", "calibration"))
+
+
 def policy_from(options: dict) -> tuple[Policy, dict]:
     """Pop the policy keys from `options`: (Policy, the rest)."""
     rest = dict(options)
@@ -246,4 +274,4 @@ def resolve_auto(graph: Graph, options: dict, network=None) -> tuple[str, dict, 
     return proto, {**popts, **opts}, plan
 
 
-__all__ = ["Plan", "make_plan", "resolve_auto", "policy_from", "AUTO_OPTIONS", "PROFILES", "Policy"]
+__all__ = ["Plan", "make_plan", "price_plan", "resolve_auto", "policy_from", "AUTO_OPTIONS", "PROFILES", "Policy"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -258,6 +259,33 @@ def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 8) -> d
             "points": [{"model": m, "dealer_elements": e, "offline_s": t} for m, (e, t) in zip(models, points)]}
 
 
+def machine_load() -> dict:
+    """The 1-minute load average and the CPU count, kept with every timing the planner makes.
+
+    Why: the 2PC timings are wall times of several processes on this machine's cores; on the shared 2-core
+    machine a calibration made at load average 4-5 priced mixed-mnist's `ss` at 0.23 s where it then ran in
+    0.08 s at load 3 (planner-acc session). A timing cannot be corrected for the load (it is not one CPU
+    loop), but the table says under what load it was made, and `loaded` warns about it."""
+    try:
+        la = os.getloadavg()[0]
+    except OSError:
+        la = None
+    return {"load_average_1min": None if la is None else round(la, 2), "cpus": os.cpu_count()}
+
+
+def loaded(load: dict | None) -> bool:
+    """A timing made while other jobs held more than half of the cores."""
+    la, cpus = (load or {}).get("load_average_1min"), (load or {}).get("cpus") or 1
+    return la is not None and la > 0.5 * cpus + 1
+
+
+def warn_if_loaded(load: dict, what: str) -> None:
+    if loaded(load):
+        print(f"privinfer: warning: {what} timed at load average {load['load_average_1min']} on {load['cpus']} "
+              f"CPUs: other jobs' share is in these timings; re-run `privinfer profile` on a quiet machine",
+              file=sys.stderr, flush=True)
+
+
 def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = True, progress: bool = True) -> Path:
     """Measure everything (under 2 minutes on 2 cores) and write the table; returns its path."""
     base = json.loads(DEFAULTS.read_text())
@@ -267,6 +295,7 @@ def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = T
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "he": {}, "ss": dict(base["ss"]),
              "cheetah": carry_cheetah(base, path)}
     t_start = time.perf_counter()
+    table["load"] = {"start": machine_load()}
     for i, N in enumerate(rings):
         if progress:
             _bar(i, steps, f"HE kernels at N={N}")
@@ -283,4 +312,6 @@ def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = T
     if progress:
         _bar(steps, steps, f"done in {time.perf_counter() - t_start:.0f} s")
     table["seconds"] = round(time.perf_counter() - t_start, 1)
+    table["load"]["end"] = machine_load()
+    warn_if_loaded(max(table["load"].values(), key=lambda v: v["load_average_1min"] or 0), "the calibration was")
     return save_calibration(table, path)

@@ -7,7 +7,7 @@ runs every piece once, exactly as the `ss` engine lowers it (`ss.lowering.Execut
 parties on loopback, with the dealer's tuples replaced by zero tuples of the right shapes (the provider's
 `record` mode: same messages, no dealer) and counts, per piece: bytes each way and rounds (the counting
 communicator), dealer elements (the recorded tuple requests), and the online wall time: the median of REPS runs
-after one warm-up run (CrypTen's first call of a kernel pays one-off costs), since a query's latency is quoted
+after one warm-up run, all pieces timed round-robin (`_interleaved`) (CrypTen's first call of a kernel pays one-off costs), since a query's latency is quoted
 as a median too; the minimum of 3, used before, came out below the median query on an idle machine.
 
 Pieces: every single layer, plus every ReLU+MaxPool pair (cheaper as one segment). Results are cached on disk
@@ -15,6 +15,7 @@ by the graph's architecture digest (`cache.py`), so a network is counted once pe
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -47,7 +48,9 @@ def interaction_scale(counted: list[dict], graph: Graph) -> float:
     follow one another and evict each other's. Measured on the idle machine, minionn-mnist's online phase took
     0.195 s where its pieces summed to about 0.14 s, and mixed-mnist's matched. Scaling every piece by this
     network's own ratio keeps each piece's share and makes the chain sum to the measured whole. 1 for counts
-    made before the whole was timed; clamped to [0.5, 3] against a disturbed run."""
+    made before the whole was timed; clamped to [0.5, 3] against a disturbed run. Since the pieces are timed
+    round-robin (each evicts the others' tensors, as in a query) the ratio is near 1: minionn-mnist 1.05,
+    where six runs in a row gave 1.29 (planner-acc session)."""
     n = len(graph)
     regular = set(pieces(graph))
     whole = next((p["s"] for p in counted if tuple(p["piece"]) == (0, n)), None)
@@ -66,34 +69,21 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
     from ..protocols.ss.worker import child_setup, end_child, party_init, recv_msg, report_error, send_msg
     child_setup(f"count{rank}")
     try:
-        import torch
         crypten, comm, prov = party_init(rank, rendezvous, opts)
         from ..model.ir import load_graph
         from ..protocols.ss.lowering import Executor
         from ..protocols.ss.tuples import plan_elements
         graph = load_graph(graph_blob)
-        results = []
+        jobs = []
         for a, b in opts.get("pieces", ()):
-            ex = Executor(crypten, graph.slice(a, b), rank, int(opts["precision_bits"]))
-            zeros = torch.zeros((1, *ex.graph.input_shape), dtype=torch.float64)
-            runs = []
-            for _ in range(int(opts["reps"]) + 1):
-                prov.mode, prov.recorded = "record", []
-                h = crypten.cryptensor(zeros, src=1) + crypten.cryptensor(zeros, src=0)
-                before = comm.counters.as_dict()
-                t0 = time.perf_counter()
-                ex.forward(h)
-                dt = time.perf_counter() - t0
-                after = comm.counters.as_dict()
-                runs.append(dt)
-                tuples = list(prov.recorded)
-            prov.mode, prov.recorded = "online", []
-            results.append({"piece": [a, b], "s": statistics.median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
-                            "bytes_received": after["bytes_received"] - before["bytes_received"],
-                            "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))})
-        hand = []
-        for kind, shape, t in opts.get("handovers", ()):  # BFV hand-overs: one secure comparison each
-            hand.append(_count_handover(crypten, comm, prov, rank, kind, tuple(shape), int(t), int(opts["reps"])))
+            jobs.append(({"piece": [a, b]}, _piece_job(crypten, comm, Executor(crypten, graph.slice(a, b), rank,
+                                                                                int(opts["precision_bits"])))))
+        for kind, shape, t, *pool in opts.get("handovers", ()):  # BFV hand-overs (fused ones: see _run_handover)
+            jobs.append(({"kind": kind, "shape": list(shape)}, functools.partial(
+                _run_handover, crypten, comm, rank, kind, tuple(shape), int(t), pool[0] if pool else None)))
+        out = _interleaved(jobs, comm, prov, int(opts["reps"]), plan_elements)
+        results = [r for r in out if "piece" in r]
+        hand = [r for r in out if "kind" in r]
         send_msg(conn, {"ok": "counts", "pieces": results, "handovers": hand})
         recv_msg(conn)  # wait for "exit": the peer may still be reading our last message
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
@@ -102,39 +92,89 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
         end_child(conn)
 
 
-def _count_handover(crypten, comm, prov, rank: int, kind: str, shape: tuple, t: int, reps: int) -> dict:
-    """Count one mod-t hand-over as the hybrid party runs it (`convert/ring.py`): `lift` (shares mod t ->
-    CrypTen's ring, after a BFV segment) or `reduce` ((x + h + r) mod t opened to the client, before one)."""
+HANDOVER_KINDS = ("lift", "reduce", "lift_relu", "relu_reduce", "pool_relu_reduce", "lift_relu_reduce")
+
+
+def _run_handover(crypten, comm, rank: int, kind: str, shape: tuple, t: int, pool) -> tuple[float, dict]:
+    """One hand-over as `protocols/convert/ring.py` runs it (on zeros). The plain ones: `lift` (shares mod t ->
+    CrypTen's ring, after a BFV segment), `reduce` ((x + h + r) mod t opened to the client, before one); the
+    fused ones (`hybrid.party._fuse`): a ReLU inside the lift (`lift_relu`) or inside the opening
+    (`relu_reduce`), MaxPool's last level and the ReLU inside the opening (`pool_relu_reduce`: `shape` is the
+    pool's input, `pool` = (kernel, stride)), or lift, ReLU and opening in one (`lift_relu_reduce`).
+    Returns (seconds, the counters before it): the input sharing before an opening is not the hand-over's."""
     import numpy as np
     import torch
     from ..protocols.convert import ring
-    from ..protocols.ss.tuples import plan_elements
-    runs = []
-    for _ in range(reps + 1):
-        prov.mode, prov.recorded = "record", []
+    if kind not in HANDOVER_KINDS:
+        raise ProtocolError(f"unknown hand-over kind {kind!r}")
+    local = np.zeros(shape, dtype=np.int64)
+    r = local if rank == 0 else None
+    if kind in ("lift", "lift_relu", "lift_relu_reduce"):
         before = comm.counters.as_dict()
         t0 = time.perf_counter()
-        if kind == "lift":
-            ring.lift(rank, np.zeros(shape, dtype=np.int64), t, 1 << 16, PRECISION_BITS)
+        if kind == "lift_relu_reduce":
+            ring.lift_relu_reduce_reveal(rank, local, t, 1 << 16, r, t)
         else:
-            z = torch.zeros(shape, dtype=torch.float64)
-            x = crypten.cryptensor(z, src=1) + crypten.cryptensor(z, src=0)
-            before = comm.counters.as_dict()
-            t0 = time.perf_counter()
-            ring.reduce_reveal(rank, x, np.zeros(shape, dtype=np.int64) if rank == 0 else None, t)
-        dt = time.perf_counter() - t0
-        after = comm.counters.as_dict()
-        runs.append(dt)
-        tuples = list(prov.recorded)
+            (ring.lift if kind == "lift" else ring.lift_relu)(rank, local, t, 1 << 16, PRECISION_BITS)
+        return time.perf_counter() - t0, before
+    z = torch.zeros(shape, dtype=torch.float64)
+    x = crypten.cryptensor(z, src=1) + crypten.cryptensor(z, src=0)
+    before = comm.counters.as_dict()
+    t0 = time.perf_counter()
+    if kind == "reduce":
+        ring.reduce_reveal(rank, x, r, t)
+    elif kind == "relu_reduce":
+        ring.relu_reduce_reveal(rank, x, r, t)
+    else:
+        kernel, stride = (tuple(v) for v in pool)
+        out = (shape[0], shape[1], (shape[2] - kernel[0]) // stride[0] + 1, (shape[3] - kernel[1]) // stride[1] + 1)
+        ring.pool_relu_reduce_reveal(rank, x, kernel, stride, np.zeros(out, dtype=np.int64) if rank == 0 else None, t)
+    return time.perf_counter() - t0, before
+
+
+def _piece_job(crypten, comm, ex):
+    """One run of a piece as the `ss` engine lowers it, from fresh shares of zeros: (seconds, counters before)."""
+    import torch
+    zeros = torch.zeros((1, *ex.graph.input_shape), dtype=torch.float64)
+
+    def run():
+        h = crypten.cryptensor(zeros, src=1) + crypten.cryptensor(zeros, src=0)
+        before = comm.counters.as_dict()
+        t0 = time.perf_counter()
+        ex.forward(h)
+        return time.perf_counter() - t0, before
+    return run
+
+
+def _interleaved(jobs, comm, prov, reps: int, plan_elements) -> list[dict]:
+    """Run every job reps + 1 times, round-robin (rep 0 of each is its warm-up): bytes, rounds and dealer
+    elements of its last run, and the median of its seconds.
+
+    Why round-robin, not each job's runs in a row: on the shared 2-core machine the load comes in bursts of
+    seconds (the same idle command measured minionn-mnist's `ss` at 0.275 s and 0.362 s a quarter of an hour
+    apart); a job timed in one burst carried all of it, and pieces timed in different bursts were priced
+    against each other (a fused hand-over came out slower than the two comparisons it replaces). Spread over
+    the whole counting run, every job sees the same mix of quiet and busy moments."""
+    runs: list[list[float]] = [[] for _ in jobs]
+    last: list[dict] = [{} for _ in jobs]
+    for _ in range(reps + 1):
+        for k, (_, fn) in enumerate(jobs):
+            prov.mode, prov.recorded = "record", []
+            dt, before = fn()
+            after = comm.counters.as_dict()
+            runs[k].append(dt)
+            last[k] = {"bytes_sent": after["bytes_sent"] - before["bytes_sent"],
+                       "bytes_received": after["bytes_received"] - before["bytes_received"],
+                       "rounds": after["rounds"] - before["rounds"],
+                       "dealer_elements": int(plan_elements(list(prov.recorded)))}
     prov.mode, prov.recorded = "online", []
-    return {"kind": kind, "shape": list(shape), "s": statistics.median(runs[1:]), "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
-            "bytes_received": after["bytes_received"] - before["bytes_received"],
-            "rounds": after["rounds"] - before["rounds"], "dealer_elements": int(plan_elements(tuples))}
+    return [{**key, "s": statistics.median(r[1:]), **c} for (key, _), r, c in zip(jobs, runs, last)]
 
 
 def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handovers=None) -> list[dict]:
     """Run every piece between two real CrypTen parties (rank 0 = server, 1 = client) on loopback.
-    With `handovers` ([(kind, shape, t)]): count those mod-t hand-overs instead (no pieces)."""
+    With `handovers` ([(kind, shape, t) or (kind, shape, t, (kernel, stride))]): count those mod-t hand-overs
+    instead (no pieces; kinds: HANDOVER_KINDS)."""
     from ..protocols.ss.dealer import LocalDealer
     from ..protocols.ss.worker import ChildProcess, warm_up
     from ..transport.ports import free_port

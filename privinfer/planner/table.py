@@ -32,13 +32,15 @@ import numpy as np
 from ..errors import ParameterError, UnsupportedLayerError
 from ..model.ir import Graph, graph_to_bytes
 from ..zoo.store import cache_root
-from . import bfv_cost, he_cost, ss_cost
+from . import bfv_cost, fused, he_cost, ss_cost
+from .calibrate import machine_load, warn_if_loaded
 from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import Row
 
-CACHE_VERSION = 3  # 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
+CACHE_VERSION = 4  # 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
+FUSED_VERSION = 1  # the fused hand-overs of the cached counts (`fused.py`, added when missing)
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
 
 
@@ -72,11 +74,14 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
         except json.JSONDecodeError:
             data = {}  # a damaged cache file is counted again (and replaced)
         if data.get("version") == CACHE_VERSION:
-            if _add_io(data, say) | _add_bfv(graph, data, say):
+            if _add_io(data, say) | _add_bfv(graph, data, say) | _add_fused(graph, data, say):
                 _write(path, data)
             return data
     say("2PC pieces: counting bytes, rounds and dealer tuples on CrypTen parties")
+    load = machine_load()
     data = {"version": CACHE_VERSION, "ss": ss_cost.count_pieces(graph), "he": {}}
+    data["load"] = {"start": load, "end": machine_load()}
+    warn_if_loaded(max(data["load"].values(), key=lambda v: v["load_average_1min"] or 0), "the 2PC pieces were")
     n = len(graph)
     for a, b in he_ranges(graph):
         for last in (b == n,):
@@ -87,6 +92,7 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
                 data["he"][f"{a}-{b}-{int(last)}"] = {"error": f"{type(e).__name__}: {e}"}
     _add_io(data, say)
     _add_bfv(graph, data, say)
+    _add_fused(graph, data, say)
     _write(path, data)
     return data
 
@@ -139,6 +145,26 @@ def _add_bfv(graph: Graph, data: dict, say) -> bool:
     return True
 
 
+def _add_fused(graph: Graph, data: dict, say) -> bool:
+    """The joint hand-over rows (`fused.py`: the engine's own fusion decisions next to BFV segments), counted
+    once on CrypTen parties and kept with the counts."""
+    if data.get("fused_version") == FUSED_VERSION and data.get("fused_bfv") == data.get("bfv_version"):
+        return False
+    n = len(graph)
+    ts = [st["params"]["t"] for st in data.get("bfv", {}).values() if "error" not in st]
+    spans = [tuple(int(v) for v in k.split("-")[:2]) for k, st in data.get("bfv", {}).items() if "error" not in st]
+    todo = fused.fused_handovers(graph, {b for a, b in spans if b < n}, {a for a, b in spans if a > 0})
+    data["fused"], data["fused_version"], data["fused_bfv"] = {}, FUSED_VERSION, data.get("bfv_version")
+    if todo:
+        say(f"fused hand-overs: {len(todo)} joint comparisons (the engine's fusion) counted on CrypTen parties")
+        res = ss_cost.count_pieces(graph, handovers=[(f["kind"], f["shape"], ts[0], *([f["pool"]] if f["pool"] else []))
+                                                     for f in todo])
+        for f, r in zip(todo, res):
+            data["fused"][f["key"]] = {**f, **{k: r[k] for k in ("s", "bytes_up", "bytes_down", "rounds",
+                                                                     "dealer_elements")}}
+    return True
+
+
 def io_key(params: dict) -> str:
     return f"{params['N']}:{','.join(str(b) for b in params['coeff_mod_bit_sizes'])}"
 
@@ -167,6 +193,11 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
     once = ("ss-offline", ss_cost.offline_once(cal))
     dealer = frozenset({"dealer"})
     scale, regular = ss_cost.interaction_scale(data["ss"], graph), set(ss_cost.pieces(graph))
+    # where the engine always fuses (`fused.py`), the plain hand-over never runs: a lift at i when a fused row
+    # leaves bfv_out at i; a mod-t opening at j when one ends in bfv_in at j right after the fused ReLU (or pool)
+    fz = data.get("fused", {}).values()
+    fused_out = {f["start"] for f in fz if f["kind_in"] == "bfv_out"}
+    fused_in = {f["stop"] for f in fz if f["kind_out"] == "bfv_in"}  # (a ReLU before a MaxPool is never HE)
     for p in data["ss"]:
         a, b = p["piece"]
         if (a, b) not in regular:
@@ -192,14 +223,14 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
                             {"what": "the server masks every CKKS slot; the client decrypts its share",
                              "hiding": "statistical (19-20 mask bits)"}))
             hand = data.get("bfv_handovers", {})
-            if f"reduce-{i}" in hand:
+            if f"reduce-{i}" in hand and i not in fused_in:
                 c = ss_cost.piece_cost(hand[f"reduce-{i}"], cal)
                 c = c + Cost(client_s=cal["ss"]["segment_overhead_s"], server_s=cal["ss"]["segment_overhead_s"],
                              overlap=True)
                 rows.append(Row("convert", i, i, "shares", "bfv_in", c, dealer, once, {
                     "what": "2PC reduces x + h + r mod t (one secure comparison) and opens it to the client; the "
                             "client encrypts it (BFV), the server subtracts h + r", "hiding": "perfect (uniform mod t)"}))
-            if f"lift-{i}" in hand:
+            if f"lift-{i}" in hand and i not in fused_out:
                 rows.append(Row("convert", i, i, "bfv_out", "shares", ss_cost.piece_cost(hand[f"lift-{i}"], cal),
                                 dealer, once, {"what": "the server masks every BFV slot uniformly mod t; the client "
                                                "decrypts its share; 2PC lifts the mod-t shares into its ring (one "
@@ -210,6 +241,14 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
             rows.append(Row("convert", n, n, "he_last", "client", Cost(),
                             info={"what": "the server floods the result; the client decrypts the logits",
                                   "hiding": "n/a (the logits are the output)"}))
+    for f in data.get("fused", {}).values():
+        c = ss_cost.piece_cost(f, cal)
+        if f["kind_out"] == "bfv_in":  # it ends an ss segment with an opening, as the reduce row does
+            c = c + Cost(client_s=cal["ss"]["segment_overhead_s"], server_s=cal["ss"]["segment_overhead_s"],
+                         overlap=True)
+        rows.append(Row("ss", f["start"], f["stop"], f["kind_in"], f["kind_out"], c, dealer, once, {
+            "layers": list(graph.names[f["start"]:f["stop"]]), "fused": f["kind"],
+            "hiding": "perfect (uniform mod t)"}))
     if he:
         bfv = data.get("bfv", {})
         for key, st in bfv.items():

@@ -35,7 +35,13 @@ def encode_input(x: np.ndarray, t: int) -> np.ndarray:
 
 def upload(ctx: BFVContext, plan, z: np.ndarray) -> list[bytes]:
     """Client: encrypt z (integers mod t, one image, flat) in the segment's input layout."""
-    return [ctx.encrypt(v) for v in client_vectors(plan, np.asarray(z, dtype=np.float64))]
+    return list(upload_iter(ctx, plan, z))
+
+
+def upload_iter(ctx: BFVContext, plan, z: np.ndarray):
+    """`upload`, one ciphertext at a time (the client sends each as soon as it is made)."""
+    for v in client_vectors(plan, np.asarray(z, dtype=np.float64)):
+        yield ctx.encrypt(v)
 
 
 def input_mask(t: int, n: int) -> np.ndarray:
@@ -43,26 +49,56 @@ def input_mask(t: int, n: int) -> np.ndarray:
     return uniform_mod(t, n)
 
 
-def unmask_input(ctx: BFVContext, plan, cts: list, r: np.ndarray) -> list:
-    """Server: ct(x + h + r) - gather((h + r) mod t) = ct(x) (mod t), in place."""
+def unmask_plaintexts(ctx: BFVContext, plan, r: np.ndarray) -> list:
+    """Server: the plaintexts gather((h + r) mod t) per input ciphertext (None where all zero), which
+    `unmask_input` subtracts; input-independent given r, so they may be made while the 2PC runs."""
     R = np.mod(np.asarray(r, dtype=np.int64).reshape(-1) + half(ctx.t), ctx.t).astype(np.float64)
-    for ct, v in zip(cts, client_vectors(plan, R)):
-        if np.any(v):
-            ctx.evaluator.sub_plain_inplace(ct, ctx.encode(v))
+    return [ctx.encode(v) if np.any(v) else None for v in client_vectors(plan, R)]
+
+
+def unmask_input(ctx: BFVContext, plan, cts: list, r: np.ndarray | None = None, pts: list | None = None) -> list:
+    """Server: ct(x + h + r) - gather((h + r) mod t) = ct(x) (mod t), in place (`pts`: made before)."""
+    pts = unmask_plaintexts(ctx, plan, r) if pts is None else pts
+    if len(pts) != len(cts):
+        raise ShapeError(f"{len(pts)} unmasking plaintexts for {len(cts)} input ciphertexts")
+    for ct, pt in zip(cts, pts):
+        if pt is not None:
+            ctx.evaluator.sub_plain_inplace(ct, pt)
     return cts
 
 
-def mask_to_shares(ctx: BFVContext, seg, outs: list) -> tuple[list[bytes], np.ndarray]:
+def output_pads(ctx: BFVContext, seg, last: bool) -> tuple[list, np.ndarray]:
+    """Server: the input-independent part of one image's hand-over out of `seg` (a `BFVSegment`), which it may
+    make before the result exists (while the client encrypts, or while the 2PC runs): per result ciphertext
+    its mask (uniform mod t in every slot; for the last segment `final_masks`) and a pad, a fresh encryption
+    of zero plus the flood (`BFVContext.pad`) with the mask added as a plaintext. Each pad and mask serves one
+    ciphertext of one image, once."""
+    n = seg.n_out_ct
+    masks = (final_masks(ctx.t, ctx.N, seg.positions, n) if last
+             else np.stack([uniform_mod(ctx.t, ctx.N) for _ in range(n)]))
+    pads = []
+    for m in masks:
+        pad = ctx.pad(seg.noise_bits)
+        ctx.evaluator.add_plain_inplace(pad, ctx.encode(m))
+        pads.append(pad)
+    return pads, masks
+
+
+def _finish_all(ctx: BFVContext, seg, outs: list, pads) -> list[bytes]:
+    cts, _ = pads
+    if len(cts) != len(outs):
+        raise ShapeError(f"{len(cts)} pads for {len(outs)} result ciphertexts")
+    return [ctx.ct_to_bytes(ctx.finish(ct, seg.noise_bits, seg.out_level, pad)) for ct, pad in zip(outs, cts)]
+
+
+def mask_to_shares(ctx: BFVContext, seg, outs: list, pads=None) -> tuple[list[bytes], np.ndarray]:
     """Server: mask every slot of every result ciphertext, finish them; (blobs, own share b at the outputs).
-    An output held in L lanes of partial sums is the sum of its lanes: so is each share (mod t)."""
+    An output held in L lanes of partial sums is the sum of its lanes: so is each share (mod t).
+    `pads`: this image's `output_pads(ctx, seg, last=False)`, made before (else made here)."""
+    pads = output_pads(ctx, seg, last=False) if pads is None else pads
+    blobs = _finish_all(ctx, seg, outs, pads)
     ci, si = seg.positions
-    masks, blobs = [], []
-    for ct in outs:
-        m = uniform_mod(ctx.t, ctx.N)
-        ctx.evaluator.add_plain_inplace(ct, ctx.encode(m))
-        blobs.append(ctx.ct_to_bytes(ctx.finish(ct, seg.noise_bits, seg.out_level)))
-        masks.append(m)
-    m_out = np.stack(masks)[ci, si].sum(axis=1) % ctx.t
+    m_out = pads[1][ci, si].sum(axis=1) % ctx.t
     return blobs, np.mod(half(ctx.t) - m_out, ctx.t)
 
 
@@ -77,14 +113,10 @@ def final_masks(t: int, N: int, positions, n_ct: int) -> np.ndarray:
     return m
 
 
-def reveal_final(ctx: BFVContext, seg, outs: list) -> list[bytes]:
-    """Server, last segment: masks that hide everything but each output (`final_masks`), then finish."""
-    masks = final_masks(ctx.t, ctx.N, seg.positions, len(outs))
-    blobs = []
-    for ct, m in zip(outs, masks):
-        ctx.evaluator.add_plain_inplace(ct, ctx.encode(m))
-        blobs.append(ctx.ct_to_bytes(ctx.finish(ct, seg.noise_bits, seg.out_level)))
-    return blobs
+def reveal_final(ctx: BFVContext, seg, outs: list, pads=None) -> list[bytes]:
+    """Server, last segment: masks that hide everything but each output (`final_masks`), then finish.
+    `pads`: this image's `output_pads(ctx, seg, last=True)`, made before (else made here)."""
+    return _finish_all(ctx, seg, outs, output_pads(ctx, seg, last=True) if pads is None else pads)
 
 
 def _at_outputs(ctx: BFVContext, blobs: list[bytes], positions, n_ct: int) -> np.ndarray:

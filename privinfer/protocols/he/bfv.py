@@ -101,22 +101,61 @@ def choose_params(value_bound: float) -> BFVParams:
 def uniform_mod(t: int, n: int) -> np.ndarray:
     """n integers exactly uniform in [0, t): OS randomness, rejection sampling (no modulo bias)."""
     bits = int(t - 1).bit_length()
+    accept = int(t) / 2.0 ** bits  # > 1/2: draw what the acceptance rate needs (plus slack), not twice n
     out = np.empty(0, dtype=np.uint64)
     while len(out) < n:
-        raw = np.frombuffer(os.urandom(8 * 2 * max(n, 16)), dtype=np.uint64) >> np.uint64(64 - bits)
+        draw = int((n - len(out)) / accept * 1.05) + 16
+        raw = np.frombuffer(os.urandom(8 * draw), dtype=np.uint64) >> np.uint64(64 - bits)
         out = np.concatenate([out, raw[raw < np.uint64(t)]])
     return out[:n].astype(np.int64)
 
 
-def _uniform_big(bits: int, n: int) -> np.ndarray:
-    """n integers uniform in [-2^bits, 2^bits) (OS randomness), as a numpy object array of Python ints."""
+def _flood_limbs(bits: int, n: int) -> np.ndarray:
+    """(limbs, n) uint64 words of n integers U uniform in [0, 2^(bits+1)) (OS randomness): U = sum_k w_k 2^(64 k).
+    The flood is E = U - 2^bits, uniform in [-2^bits, 2^bits)."""
     limbs = -(-(bits + 1) // 64)
-    raw = np.frombuffer(os.urandom(8 * limbs * n), dtype=np.uint64).reshape(limbs, n)
+    raw = np.frombuffer(os.urandom(8 * limbs * n), dtype=np.uint64).reshape(limbs, n).copy()
     top = (bits + 1) - 64 * (limbs - 1)  # bits used of the highest limb
-    out = (raw[-1] >> np.uint64(64 - top)).astype(object) if top < 64 else raw[-1].astype(object)
-    for k in range(limbs - 2, -1, -1):
-        out = (out << 64) + raw[k].astype(object)
-    return out - (1 << bits)
+    if top < 64:
+        raw[-1] >>= np.uint64(64 - top)
+    return raw
+
+
+_M32, _S32 = np.uint64(0xFFFFFFFF), np.uint64(32)
+
+
+def _mulhi(a: np.ndarray, b: np.uint64) -> np.ndarray:
+    """The upper 64 bits of the 128-bit products a * b (uint64), from 32-bit halves."""
+    a0, a1, b0, b1 = a & _M32, a >> _S32, b & _M32, b >> _S32
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = (p00 >> _S32) + (p01 & _M32) + (p10 & _M32)
+    return p11 + (p01 >> _S32) + (p10 >> _S32) + (mid >> _S32)
+
+
+def _reduce_once(x: np.ndarray, q: np.uint64) -> np.ndarray:
+    return np.where(x >= q, x - q, x)
+
+
+def _mulmod(a: np.ndarray, c: int, q: int) -> np.ndarray:
+    """a * c mod q, exactly, for uint64 a < q, a constant c < q and q < 2^62 (Shoup's multiplication: with
+    c' = floor(c 2^64 / q), a c - floor(a c' / 2^64) q lies in [0, 2q); uint64 products wrap mod 2^64)."""
+    r = a * np.uint64(c) - _mulhi(a, np.uint64((c << 64) // q)) * np.uint64(q)
+    return _reduce_once(r, np.uint64(q))
+
+
+def flood_residues(limbs: np.ndarray, bits: int, primes) -> list[np.ndarray]:
+    """E = sum_k w_k 2^(64 k) - 2^bits modulo each prime (uint64), in numpy words (no Python integers:
+    ~0.1 ms per prime for N = 8192, against ~3 ms through Python ints). Exact: tests compare with Python ints."""
+    out = []
+    for q in (int(p) for p in primes):
+        if not 1 < q < 1 << 62:
+            raise ParameterError(f"prime {q} outside (1, 2^62)")
+        Q = np.uint64(q)
+        acc = limbs[0] % Q
+        for k in range(1, len(limbs)):
+            acc = _reduce_once(acc + _mulmod(limbs[k] % Q, pow(2, 64 * k, q), q), Q)
+        out.append(_reduce_once(acc + np.uint64((q - pow(2, bits, q)) % q), Q))
+    return out
 
 
 class BFVContext:
@@ -259,22 +298,33 @@ class BFVContext:
                 best = lvl
         return best
 
-    def finish(self, ct, noise_bits: float, level: int):
-        """Re-randomize (fresh encryption of zero), flood c0, switch to `level`. In place; returns ct.
+    def pad(self, noise_bits: float, level: int = 0):
+        """The input-independent part of `finish`: a fresh public-key encryption of zero plus the flood
+        (E, 0), E uniform in [-2^beta, 2^beta] per coefficient, at `level`. A server may make pads before the
+        result they finish exists (while it waits); each pad finishes ONE ciphertext and is then dropped.
 
         The flood is added as a ciphertext (E, 0): a zero-filled ciphertext of the right shape whose coefficient
         array is overwritten with E mod each prime (sealapi binds no writable view of a ciphertext's data,
         but `DynArray.load` fills one from an uncompressed SEAL serialization)."""
         zero = seal.Ciphertext()
-        self.encryptor.encrypt_zero(ct.parms_id(), zero)
-        self.evaluator.add_inplace(ct, zero)
-        primes = self.level_primes[self.parms_ids.index(ct.parms_id())]
-        E = _uniform_big(self.flood_bits(noise_bits), self.N)
-        rns = [((E % q).astype(np.uint64)) for q in primes]
-        flood = seal.Ciphertext(self.seal, ct.parms_id(), 2)
-        flood.resize(self.seal, ct.parms_id(), 2)  # zero-filled, coefficient form
+        self.encryptor.encrypt_zero(self.parms_ids[level], zero)
+        primes = self.level_primes[level]
+        beta = self.flood_bits(noise_bits)
+        rns = flood_residues(_flood_limbs(beta, self.N), beta, primes)
+        flood = seal.Ciphertext(self.seal, self.parms_ids[level], 2)
+        flood.resize(self.seal, self.parms_ids[level], 2)  # zero-filled, coefficient form
         _overwrite(flood.dyn_array(), np.concatenate(rns + [np.zeros(len(primes) * self.N, dtype=np.uint64)]))
-        self.evaluator.add_inplace(ct, flood)
+        self.evaluator.add_inplace(zero, flood)
+        return zero
+
+    def finish(self, ct, noise_bits: float, level: int, pad=None):
+        """Re-randomize (fresh encryption of zero), flood c0 (both: `pad`, made here unless given), switch to
+        `level`. In place; returns ct."""
+        if pad is None:
+            pad = self.pad(noise_bits, self.parms_ids.index(ct.parms_id()))
+        elif pad.parms_id() != ct.parms_id():
+            raise ParameterError("a finishing pad at another level than the result")
+        self.evaluator.add_inplace(ct, pad)
         self.evaluator.mod_switch_to_inplace(ct, self.parms_ids[level])
         return ct
 

@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 import tenseal.sealapi as seal
 
-from ...errors import ParameterError, UnsupportedLayerError
+from ...errors import ParameterError, ShapeError, UnsupportedLayerError
 from ...model.bounds import input_box
 from ...model.ir import Graph
 from .bfv import FRAC_BITS, N_DEFAULT, BFVContext, BFVParams, choose_params, noise_bits
@@ -293,6 +293,33 @@ class BFVSegment:
         outs = self.compiled.evaluate([_Ct(c=c) for c in cts], backend=be, all_outputs=True)
         return [be.result(o) for o in outs]
 
+    def stream(self, ctx: BFVContext):
+        """The evaluation fed one input ciphertext at a time, `add(i, ct)` as each arrives, then `result()`:
+        a lane-packed plan multiplies each input when it comes; other plans evaluate when all have come."""
+        return _Stream(self, ctx)
+
     def input_vectors(self, values: np.ndarray) -> np.ndarray:
         """The slot vectors (n_ct, slots) of one flat input: the client's gather (`latency.client_vectors`)."""
         return client_vectors(self.plan, values)
+
+
+class _Stream:
+    """`BFVSegment.stream`: see there."""
+
+    def __init__(self, seg: BFVSegment, ctx: BFVContext):
+        self.seg, self.ctx, self.be = seg, ctx, BFVBackend(ctx)
+        self.acc = seg.compiled.accumulator(self.be) if isinstance(seg.plan, PackPlan) else None
+        self.cts: dict = {}
+
+    def add(self, i: int, ct) -> None:
+        if self.acc is not None:
+            self.acc.add(i, _Ct(c=ct))
+        elif i in self.cts:
+            raise ShapeError(f"input ciphertext {i} given twice")
+        else:
+            self.cts[i] = ct
+
+    def result(self) -> list:
+        if self.acc is not None:
+            return [self.be.result(o) for o in self.acc.result()]
+        return self.seg.evaluate(self.ctx, [self.cts[i] for i in sorted(self.cts)])

@@ -279,17 +279,48 @@ class PackCompiled:
         return list(self.pts.values())
 
     def evaluate(self, xs: list, backend, all_outputs: bool = True) -> list:
-        plan, be = self.plan, backend
+        plan = self.plan
         if len(xs) != plan.input.n_ct:
             raise ShapeError(f"expected {plan.input.n_ct} ciphertexts, got {len(xs)}")
+        acc = self.accumulator(backend)
+        for i, x in enumerate(xs):
+            acc.add(i, x)
+        return acc.result()
+
+    def accumulator(self, backend) -> "PackAccumulator":
+        """An evaluation fed one input ciphertext at a time (as they arrive): its products happen then."""
+        return PackAccumulator(self, backend)
+
+
+class PackAccumulator:
+    """`PackCompiled.evaluate` in two halves: `add(i, x)` multiplies input ciphertext i by its weights into the
+    (output ciphertext, giant) sums, `result()` turns the giant steps (Horner) and adds the bias. The sums are
+    exact mod q, so the order the inputs come in does not change the result."""
+
+    def __init__(self, compiled: PackCompiled, backend):
+        self.c, self.be = compiled, backend
+        self.inner: list[dict] = [{} for _ in range(compiled.plan.n_oc)]
+        self.seen: set = set()
+
+    def add(self, i: int, x) -> None:
+        if i in self.seen or not 0 <= i < self.c.plan.input.n_ct:
+            raise ShapeError(f"input ciphertext {i} given twice or out of range")
+        self.seen.add(i)
+        be = self.be
+        for (oc, i2, g), pt in self.c.pts.items():
+            if i2 != i:
+                continue
+            prod = be.mul_plain(x, pt)
+            inner = self.inner[oc]
+            inner[g] = prod if g not in inner else be.add(inner[g], prod)
+
+    def result(self) -> list:
+        plan, be = self.c.plan, self.be
+        if len(self.seen) != plan.input.n_ct:
+            raise ShapeError(f"expected {plan.input.n_ct} ciphertexts, got {len(self.seen)}")
         outs = []
         for oc in range(plan.n_oc):
-            inner: dict = {}
-            for (oc2, i, g), pt in self.pts.items():
-                if oc2 != oc:
-                    continue
-                prod = be.mul_plain(xs[i], pt)
-                inner[g] = prod if g not in inner else be.add(inner[g], prod)
+            inner = self.inner[oc]
             acc = None
             for g in range(plan.G - 1, -1, -1):  # Horner: sum_g rot(inner_g, g Bp)
                 if acc is not None:
@@ -298,7 +329,7 @@ class PackCompiled:
                     acc = inner[g] if acc is None else be.add(acc, inner[g])
             if acc is None:
                 raise ShapeError(f"output ciphertext {oc} receives no term")  # pragma: no cover
-            if self.bias[oc] is not None:
-                acc = be.add_plain(acc, self.bias[oc])
+            if self.c.bias[oc] is not None:
+                acc = be.add_plain(acc, self.c.bias[oc])
             outs.append(acc)
         return outs

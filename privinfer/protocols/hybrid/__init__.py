@@ -12,7 +12,9 @@ The loop is the engine's (`protocols/engine.py`): the chain of steps below is bu
 
 One TCP connection per session carries everything: WELCOME (plan, per-HE-segment parameters), the keys of
 every HE segment once, the `ss` set-up once (one CrypTen group and one dealer serve every ss segment), then
-per query: the ss offline phase for the whole plan (one dealer batch), then the segments in order:
+per query: the ss offline phase for the whole plan (one dealer batch) is STARTED, the segments run in order,
+and the offline phase is collected right before the first ss segment (`steps.OfflineCollect`): the dealer's
+and both parties' tuple generation run while the HE segments before it are evaluated:
 
     HE segment   client sends ct(x) (first segment) or ct(z) with z = x + r revealed by the 2PC; the server
                  subtracts the gather of r, evaluates, then either floods and returns the logits (last
@@ -31,6 +33,7 @@ with x² runs in CKKS with 19-20 bits of statistical hiding (`convert/__init__.p
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -54,7 +57,7 @@ from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
 from .privacy import _bfv, _next, _noisy_start, _reveals, hybrid_privacy
-from .steps import BFVSegmentStep, HEToShares, SharesToHE, SSRunner
+from .steps import BFVSegmentStep, HEToShares, OfflineCollect, SharesToHE, SSRunner
 
 
 HIDING = ("best", "perfect", "statistical")
@@ -135,6 +138,8 @@ class _HybridServer(EngineServer):
                 steps.append(HEDownload(ctx, False, h.he.policy.flood_std) if _reveals(segs, i)
                              else HEToShares(h, False, out_shape=g.shapes[seg.stop], ctx=ctx))
             elif seg.protocol == "ss":
+                if k_ss == 0:  # the offline phase `prepare` started ends here, after the HE segments before it
+                    steps.append(OfflineCollect(self.ss, False, kind))
                 if kind == Kind.PLAIN_CLIENT:
                     steps.append(SSShare(False))
                 masked = _next(segs, i) == "he"
@@ -147,6 +152,9 @@ class _HybridServer(EngineServer):
             else:  # noisy: the plan ends here (planner.plan checks it)
                 steps.extend(release_steps(g, seg.start, client=False))
             kind = steps[-1].produces
+        for a, b in zip(steps, steps[1:]):  # a BFV segment's pads are made while the ss segment before it runs
+            if isinstance(a, SSSegment) and isinstance(b, BFVSegmentStep):
+                runner.ahead[a.k] = b.precompute
         return steps
 
     def _mask(self, j: int, at: int):
@@ -161,8 +169,8 @@ class _HybridServer(EngineServer):
         B = int(meta["batch"])
         if not 1 <= B <= int(self.proto.options["max_batch"]):
             raise ResourceLimitError(f"batch {B} outside 1..{self.proto.options['max_batch']} for this session")
-        if self.ss is not None:
-            self.ss._offline(ch, B)  # one dealer batch for every ss segment of the plan
+        if self.ss is not None:  # one dealer batch for every ss segment of the plan, collected by the chain's
+            self.ss._offline_start(ch, B)  # OfflineCollect step: it runs while the HE segments before it do
 
     def close(self) -> None:
         self.ctx = {}
@@ -244,6 +252,8 @@ class _HybridClient(EngineClient):
                 steps.append(HEDownload(h.ctx, True, out_slots=h.plan.output_slots(), reshape=h.reshape)
                              if _reveals(segs, i) else HEToShares(h, True, log))
             elif seg.protocol == "ss":
+                if k_ss == 0:
+                    steps.append(OfflineCollect(self.ss, True, kind))
                 if kind == Kind.PLAIN_CLIENT:
                     steps.append(SSShare(True))
                 steps.append(SSSegment(runner, True, k_ss, seg.start, seg.stop,
@@ -260,8 +270,9 @@ class _HybridClient(EngineClient):
         self._log.clear()
         if self.ss is None:
             return {}
-        off = self.ss._offline(ch, batch)
-        return {"offline_s": off["offline_s"], "dealer_bytes": off["bytes_server_to_dealer"] + off["bytes_dealer_to_server"]}
+        t0 = time.perf_counter()
+        self.ss._offline_start(ch, batch)  # finished by the chain's OfflineCollect step (its timing adds the rest)
+        return {"offline_s": time.perf_counter() - t0}
 
     def finish_timing(self, timing: dict, elapsed_s: float) -> dict:
         out = {"offline_s": 0.0, "online_s": 0.0, "side_bytes_client_to_server": 0, "side_bytes_server_to_client": 0,

@@ -47,15 +47,37 @@ class BFVSegmentServer:
     def n_in(self) -> int:
         return self.seg.plan.input.n_ct
 
-    def run(self, ctx: BFVContext, blobs: list[bytes], r: np.ndarray | None):
-        """One image: (result blobs, the server's share mod t at the outputs, or None for the last segment)."""
-        cts = [ctx.ct_from_bytes(b, "input ciphertext", level=0) for b in blobs]
+    def prepare(self, ctx: BFVContext, r: np.ndarray | None) -> dict:
+        """One image's input-independent work, which the server may do before its ciphertexts arrive: the
+        output pads and masks (`conv.output_pads`) and, given the incoming mask r, the unmasking plaintexts."""
+        return {"r": r, "unmask": None if r is None else conv.unmask_plaintexts(ctx, self.seg.plan, r),
+                "pads": conv.output_pads(ctx, self.seg, self.last)}
+
+    def run(self, ctx: BFVContext, blobs, r: np.ndarray | None, prep: dict | None = None):
+        """One image: (result blobs, the server's share mod t at the outputs, or None for the last segment).
+        `blobs`: its n_in input ciphertexts, any iterable (the step reads them off the wire one by one: each is
+        loaded, unmasked and multiplied as it comes, while the client encrypts the next). `prep`: this image's
+        `prepare` (used once; its unmasking plaintexts only if made for this r)."""
+        prep = prep or {}
+        pts = None
         if r is not None:
-            conv.unmask_input(ctx, self.seg.plan, cts, r)
-        outs = self.seg.evaluate(ctx, cts)
+            ok = prep.get("r") is not None and np.array_equal(prep["r"], r)
+            pts = prep["unmask"] if ok else conv.unmask_plaintexts(ctx, self.seg.plan, r)
+        ev, n = self.seg.stream(ctx), 0
+        for i, blob in enumerate(blobs):
+            if i >= self.n_in:
+                raise ShapeError(f"HE segment {self.start}-{self.stop - 1}: more than {self.n_in} input ciphertexts")
+            ct = ctx.ct_from_bytes(blob, "input ciphertext", level=0)
+            if pts is not None:
+                conv.unmask_input(ctx, self.seg.plan, [ct], pts=pts[i:i + 1])
+            ev.add(i, ct)
+            n += 1
+        if n != self.n_in:
+            raise ShapeError(f"HE segment {self.start}-{self.stop - 1}: {n} input ciphertexts, expected {self.n_in}")
+        outs = ev.result()
         if self.last:
-            return conv.reveal_final(ctx, self.seg, outs), None
-        return conv.mask_to_shares(ctx, self.seg, outs)
+            return conv.reveal_final(ctx, self.seg, outs, prep.get("pads")), None
+        return conv.mask_to_shares(ctx, self.seg, outs, prep.get("pads"))
 
 
 class BFVSegmentClient:
@@ -86,8 +108,12 @@ class BFVSegmentClient:
 
     def upload(self, value: np.ndarray, plain: bool) -> list[bytes]:
         """One image: the client's plaintext (first segment) or z = (x + h + r) mod t revealed by the 2PC."""
+        return list(self.upload_iter(value, plain))
+
+    def upload_iter(self, value: np.ndarray, plain: bool):
+        """`upload`, one ciphertext at a time (the step sends each as soon as it is made)."""
         z = conv.encode_input(value, self.t) if plain else conv.check_share(value, self.t, self.n_values)
-        return conv.upload(self.ctx, self.plan, z)
+        return conv.upload_iter(self.ctx, self.plan, z)
 
     def share(self, blobs: list[bytes]) -> np.ndarray:
         return conv.client_share(self.ctx, blobs, self.positions, self.n_out_ct)

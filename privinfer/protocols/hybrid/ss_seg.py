@@ -24,12 +24,15 @@ class SSSegmentsServer(_SSServer):
         super().__init__(proto, {**copts, "prefetch": False, "max_chunk": 4096})
         self._spawn = _spawn_with(self.graph, segments)
 
-    def segment(self, k: int, own: np.ndarray, mask: np.ndarray | None) -> dict:
+    def segment(self, k: int, own: np.ndarray, mask: np.ndarray | None, idle=None) -> dict:
+        """Run ss segment k; `idle()` (if given) runs in this process while the parties compute."""
         payloads = [frames.encode_tensor(np.ascontiguousarray(own, dtype=np.float64))]
         if mask is not None:
             payloads.append(frames.encode_tensor(np.ascontiguousarray(mask, dtype=np.float64)))
-        msg, _ = self.worker.call({"cmd": "segment", "k": k, "batch": int(own.shape[0])}, *payloads,
-                                  timeout=self.timeout + 30.0)
+        self.worker.send({"cmd": "segment", "k": k, "batch": int(own.shape[0])}, *payloads)
+        if idle is not None:
+            idle()
+        msg, _ = self.worker.recv(self.timeout + 30.0, "segment")
         self.prepared = None
         return msg
 

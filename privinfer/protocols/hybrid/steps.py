@@ -8,9 +8,13 @@ The segments themselves are the protocols' own classes (`he.steps.HESegment`, `s
                                     client: decrypts its share y + m
     SharesToHE   shares -> cipher   client: encrypts its share z = x + r, BLOBS [n_ct per image]
                                     server: loads them, adds its share -r homomorphically
+    OfflineCollect  any -> same: the end of the 2PC offline phase that `prepare` started (before the first
+                    ss segment, so that it overlaps the HE segments before it)
     BFVSegmentStep  plain@client | shares -> shares | plain@client: a linear-only segment in BFV with its
-                    hand-overs fused (GAZELLE): client BLOBS [n_in per image: its plaintext, or the mod-t
-                    opening (x + h + r) mod t], server subtracts r, evaluates, and returns either the masked
+                    hand-overs fused (GAZELLE): client n_in BLOBS [1] per image (its plaintext, or the mod-t
+                    opening (x + h + r) mod t; one frame per ciphertext, so that the server loads, unmasks and
+                    multiplies each while the client encrypts the next), server subtracts r, evaluates (pads
+                    made ahead: `precompute`), and returns either the masked
                     result (y + m) mod t, keeping -m, or the flooded result in the clear (`convert/bfv.py`)
 """
 from __future__ import annotations
@@ -82,12 +86,33 @@ class SharesToHE(Step):
         return value.to(Kind.CIPHER, out)
 
 
+class OfflineCollect(Step):
+    """The end of the per-query 2PC offline phase, placed right before the plan's first ss segment: `prepare`
+    only starts it (the dealer's and both parties' tuple generation, in their own processes), so that it runs
+    while the HE segments before it are evaluated. Kind unchanged; the client's timing counts the wait here
+    as offline time."""
+
+    def __init__(self, ss, client: bool, kind: Kind):
+        self.ss, self.client, self.accepts, self.produces = ss, client, kind, kind
+
+    def run(self, ch: Channel, value: Value) -> Value:
+        if not self.client:
+            self.ss._offline_collect(ch, value.batch)
+            return value
+        off = self.ss._offline_collect(ch, value.batch)
+        self.timing = {"offline_s": off["offline_s"],
+                       "dealer_bytes": off["bytes_server_to_dealer"] + off["bytes_dealer_to_server"]}
+        return value
+
+
 class SSRunner:
     """The hybrid session's ss party (`ss_seg.py`) as an `SSSegment` runner: segment k from this side's share
     (the server's is zero when the plan starts under ss), its traffic as step timing (client)."""
 
     def __init__(self, ss, shapes: list[tuple]):
         self.ss, self.shapes = ss, shapes  # (start shape, stop shape) per ss segment
+        #: server: k -> precompute(batch, mask) of the BFV segment after ss segment k, run while the parties work
+        self.ahead: dict = {}
 
     def run_segment(self, ch: Channel, k: int, *args):
         if len(args) == 1:  # the client: (own,)
@@ -100,7 +125,8 @@ class SSRunner:
             own = np.zeros((batch, *self.shapes[k][0]))
         if own.shape[0] != batch:
             raise ProtocolError(f"ss segment {k}: a share of batch {own.shape[0]}, expected {batch}")
-        self.ss.segment(k, own, mask)
+        nxt = self.ahead.get(k)
+        self.ss.segment(k, own, mask, None if nxt is None else (lambda: nxt(batch, mask)))
         return None
 
 
@@ -116,7 +142,9 @@ class BFVSegmentStep(Step):
         h, B = self.seg, value.batch
         if self.client:
             plain = self.accepts == Kind.PLAIN_CLIENT
-            ch.send_blobs([c for b in range(B) for c in h.upload(value.data[b], plain=plain)])
+            for b in range(B):  # one frame per ciphertext: the server works on each while the next is made
+                for c in h.upload_iter(value.data[b], plain=plain):
+                    ch.send_blobs([c])
             if not plain:
                 self.log.append(h.conversion_in(h.start))
             res = ch.recv_blobs()
@@ -127,19 +155,40 @@ class BFVSegmentStep(Step):
                 return value.to(Kind.PLAIN_CLIENT, h.reshape(np.stack([h.result(p) for p in parts])))
             self.log.append(h.conversion())
             return value.to(Kind.SHARES, h.reshape(np.stack([h.share(p) for p in parts]).astype(np.float64)))
-        blobs = ch.recv_blobs()
-        if len(blobs) != B * h.n_in:
-            raise ShapeError(f"HE segment {h.start}-{h.stop - 1}: expected {B} x {h.n_in} ciphertexts, got {len(blobs)}")
         r = None if value.data is None else -np.asarray(value.data)
+        prep = self._take(B, r)  # made while the 2PC before this segment ran, or now, while the client encrypts
         outs, shares = [], []
         for b in range(B):
-            res, s = h.run(self.ctx, blobs[b * h.n_in:(b + 1) * h.n_in], None if r is None else r[b])
+            res, s = h.run(self.ctx, self._incoming(ch, h.n_in), None if r is None else r[b], prep[b])
             outs += res
             shares.append(s)
         ch.send_blobs(outs)
         if self.produces == Kind.PLAIN_CLIENT:
             return value.to(Kind.PLAIN_CLIENT)
         return value.to(Kind.SHARES, np.stack(shares).astype(np.float64).reshape(B, *h.out_shape))
+
+    def _incoming(self, ch: Channel, n: int):
+        """n input ciphertexts, one frame each, read as the server asks for them."""
+        for _ in range(n):
+            blobs = ch.recv_blobs()
+            if len(blobs) != 1:
+                raise ShapeError(f"HE segment {self.seg.start}-{self.seg.stop - 1}: a frame of {len(blobs)} input "
+                                 "ciphertexts, expected one per frame")
+            yield blobs[0]
+
+    def precompute(self, batch: int, r: np.ndarray | None = None) -> None:
+        """Server: this segment's input-independent work for the next query of `batch` images (pads, masks
+        and, given the mask r the 2PC before it adds, the unmasking plaintexts), ahead of its ciphertexts."""
+        rs = [None] * batch if r is None else list(np.asarray(r))
+        self._prep = (batch, [self.seg.prepare(self.ctx, rb) for rb in rs])
+
+    def _take(self, batch: int, r) -> list:
+        """The precomputed work for this query (each pad serves once: dropped here), else made now."""
+        prep, self._prep = getattr(self, "_prep", None), None
+        if prep is None or prep[0] != batch:
+            self.precompute(batch, r)
+            prep, self._prep = self._prep, None
+        return prep[1]
 
     def describe(self) -> str:
         return f"BFVSegment[{self.seg.start}:{self.seg.stop}]({self.accepts} -> {self.produces})"

@@ -133,6 +133,12 @@ class _SSServer(EngineServer):
         return self.plans[batch]
 
     def _offline(self, ch: Channel, batch: int) -> None:
+        self._offline_start(ch, batch)
+        self._offline_collect(ch, batch)
+
+    def _offline_start(self, ch: Channel, batch: int) -> None:
+        """Tell the client, start this party's and the dealer's generation, and return at once: the caller
+        may work (e.g. a hybrid plan's first HE segment) while they run; `_offline_collect` finishes the phase."""
         t0 = time.perf_counter()
         blob, digest, elements = self._plan(batch)
         t_plan = time.perf_counter() - t0
@@ -141,21 +147,34 @@ class _SSServer(EngineServer):
         if include:
             ch.send_bytes(blob)
             self.sent_plans.add(batch)
-        d_sent, d_recv, d_msgs = self.dealer.bytes_sent, self.dealer.bytes_received, self.dealer.messages
+        pending = {"batch": batch, "plan_s": t_plan, "elements": elements, "dealer_error": None,
+                   "dealer_counts": (self.dealer.bytes_sent, self.dealer.bytes_received, self.dealer.messages)}
         self.worker.send({"cmd": "generate"}, blob)
-        t1 = time.perf_counter()
+        pending["t1"] = time.perf_counter()
         try:
             self.dealer.start(blob)
+        except PrivinferError as e:  # reported by the collect, which keeps the worker's pipe in step
+            pending["dealer_error"] = e
+        self._pending = pending
+
+    def _offline_collect(self, ch: Channel, batch: int) -> None:
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is None or pending["batch"] != batch:
+            raise ProtocolError(f"the offline phase for batch {batch} was never started")
+        d_sent, d_recv, d_msgs = pending["dealer_counts"]
+        try:
+            if pending["dealer_error"] is not None:
+                raise pending["dealer_error"]
             dealer_blob = self.dealer.finish(self.timeout)
         except PrivinferError as e:
             self.worker.recv(self.timeout, "generate")  # keep the pipe in step
             raise DealerError(f"the dealer failed during the offline phase: {e}") from None
-        t_dealer = time.perf_counter() - t1
+        t_dealer = time.perf_counter() - pending["t1"]
         gen, _ = self.worker.recv(self.timeout, "generate")
         self.worker.call({"cmd": "fill"}, dealer_blob, timeout=self.timeout)
         ch.send_json({"offline_done": batch, "server": {
-            "plan_s": t_plan, "dealer_s": t_dealer, "generate_s": gen["s"], "tuples": gen["tuples"],
-            "ring_elements": elements,
+            "plan_s": pending["plan_s"], "dealer_s": t_dealer, "generate_s": gen["s"], "tuples": gen["tuples"],
+            "ring_elements": pending["elements"],
             "bytes_server_to_dealer": self.dealer.bytes_sent - d_sent,
             "bytes_dealer_to_server": self.dealer.bytes_received - d_recv,
             "dealer_messages": self.dealer.messages - d_msgs, "dealer": self.dealer.where}})
@@ -239,6 +258,12 @@ class _SSClient(EngineClient):
 
     def _offline(self, ch: Channel, batch: int) -> dict:
         t0 = time.perf_counter()
+        self._offline_start(ch, batch)
+        return {**self._offline_collect(ch, batch), "offline_s": time.perf_counter() - t0}
+
+    def _offline_start(self, ch: Channel, batch: int) -> None:
+        """Read the server's offline message and start this party's generation; return at once (the caller
+        may work while it runs); `_offline_collect` waits for it and the server's offline_done."""
         msg = ch.recv_json()
         if msg.get("offline") != batch:
             raise ProtocolError(f"expected the offline phase for batch {batch}, server sent {str(msg)[:200]}")
@@ -250,7 +275,16 @@ class _SSClient(EngineClient):
             self.plans[batch] = blob
         if batch not in self.plans:
             raise ProtocolError(f"server referred to a preprocessing plan for batch {batch} it never sent")
-        gen, _ = self.worker.call({"cmd": "generate"}, self.plans[batch], timeout=self.timeout)
+        self.worker.send({"cmd": "generate"}, self.plans[batch])
+        self._pending = batch
+
+    def _offline_collect(self, ch: Channel, batch: int) -> dict:
+        """The rest of the phase; `offline_s` is the time spent here (the caller adds its start's)."""
+        t0 = time.perf_counter()
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending != batch:
+            raise ProtocolError(f"the offline phase for batch {batch} was never started")
+        gen, _ = self.worker.recv(self.timeout, "generate")
         done = ch.recv_json()
         if "offline_error" in done:
             raise DealerError(str(done["offline_error"]))

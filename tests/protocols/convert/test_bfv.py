@@ -125,3 +125,25 @@ def test_bad_shares_are_refused():
         conv.check_share(np.array([0.0, 97.0]), 97, 2)
     with pytest.raises(ProtocolError):
         conv.check_share(np.array([0.5, 1.0]), 97, 2)
+
+
+def test_pads_made_ahead_keep_the_hand_overs_exact():
+    """`output_pads` made before the result exists (as the server does while the 2PC runs) and unmasking
+    plaintexts made from r before the ciphertexts arrive give the same exact shares and results."""
+    seg, cli, srv = segment(7, 5)
+    t, h = cli.t, conv.half(cli.t)
+    x_int = np.rint(np.linspace(-3, 3, 7) * 2 ** 16).astype(np.int64)
+    pads = conv.output_pads(srv, seg, last=False)
+    cts = [srv.ct_from_bytes(b, level=0) for b in conv.upload(cli, seg.plan, conv.encode_input(x_int / 2 ** 16, t))]
+    blobs, b = conv.mask_to_shares(srv, seg, seg.evaluate(srv, cts), pads)
+    a = conv.client_share(cli, blobs, seg.positions, seg.n_out_ct)
+    np.testing.assert_array_equal(a + b - h - t * (a + b >= t), exact(seg, x_int))
+    r = conv.input_mask(t, 7)
+    pts = conv.unmask_plaintexts(srv, seg.plan, r)
+    cts = [srv.ct_from_bytes(b, level=0) for b in conv.upload(cli, seg.plan, np.mod(x_int + h + r, t))]
+    conv.unmask_input(srv, seg.plan, cts, pts=pts)
+    blobs = conv.reveal_final(srv, seg, seg.evaluate(srv, cts), conv.output_pads(srv, seg, last=True))
+    y = conv.client_result(cli, blobs, seg.positions, seg.n_out_ct, 16 + seg.weight_bits)
+    np.testing.assert_array_equal(np.rint(y * 2.0 ** (16 + seg.weight_bits)).astype(np.int64), exact(seg, x_int))
+    with pytest.raises(Exception, match="pads"):
+        conv.mask_to_shares(srv, seg, seg.evaluate(srv, cts), ([], np.zeros((0, srv.N), dtype=np.int64)))

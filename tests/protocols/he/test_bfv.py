@@ -2,6 +2,7 @@
 against plain integer arithmetic."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 
 from privinfer.errors import ParameterError, ProtocolError
@@ -108,3 +109,77 @@ def test_the_flood_lands_in_the_ciphertext():
     assert ct.parms_id() == top and before - after >= ctx.flood_bits() - 25
     assert noise >= ctx.flood_bits() - 2
     assert np.array_equal(ctx.decrypt(ctx.ct_to_bytes(ct)) % params.t, v % params.t)  # and still decrypts
+
+
+def test_streamed_evaluation_in_any_input_order_equals_the_whole_evaluation():
+    """`BFVSegment.stream` (the server multiplies each input ciphertext as it arrives) gives the exact result
+    of `evaluate`, whatever order the inputs come in; an input given twice, or one missing, is refused."""
+    rng = np.random.default_rng(3)
+    g = Graph((8, 12, 12), [Conv2d(rng.normal(size=(8, 8, 5, 5)) * 0.05, rng.normal(size=8) * 0.1, stride=(1, 1),
+                                   padding=(0, 0, 0, 0))], input_range=(0.0, 1.0))
+    seg = BFVSegment(g, 0, 1)
+    cli, srv = _keys(seg)
+    xi = np.rint(rng.uniform(0, 1, size=8 * 12 * 12) * 2 ** 16)
+    blobs = [cli.encrypt(v) for v in seg.input_vectors(xi)]
+    assert len(blobs) == 4  # a lane-packed plan with several input ciphertexts
+    ci, si = seg.positions
+
+    def decrypt(outs):
+        dec = np.stack([cli.decrypt(srv.ct_to_bytes(srv.finish(o, seg.noise_bits, seg.out_level))) for o in outs])
+        return cli.centered(dec[ci, si].sum(axis=1) % cli.t)
+
+    whole = decrypt(seg.evaluate(srv, [srv.ct_from_bytes(b, level=0) for b in blobs]))
+    ev = seg.stream(srv)
+    for i in reversed(range(len(blobs))):
+        ev.add(i, srv.ct_from_bytes(blobs[i], level=0))
+    np.testing.assert_array_equal(decrypt(ev.result()), whole)
+    A, b = seg.program.ops[0].A, seg.program.ops[0].b
+    np.testing.assert_array_equal(whole, (A @ xi + b).astype(np.int64))
+    from privinfer.errors import ShapeError
+    ev = seg.stream(srv)
+    ev.add(0, srv.ct_from_bytes(blobs[0], level=0))
+    with pytest.raises(ShapeError):
+        ev.add(0, srv.ct_from_bytes(blobs[0], level=0))
+    with pytest.raises(ShapeError):
+        ev.result()
+
+
+def test_a_pad_made_ahead_finishes_exactly_like_one_made_on_the_spot():
+    """`BFVContext.pad` (fresh encryption of zero + flood, made before the result exists) then `finish`
+    decrypts to the same slots as `finish` alone; a pad at another level is refused."""
+    g = _conv_graph()
+    seg = BFVSegment(g, 0, 1)
+    cli, srv = _keys(seg)
+    v = uniform_mod(cli.t, cli.N)
+    pad = srv.pad(seg.noise_bits)
+    out = srv.finish(srv.ct_from_bytes(cli.encrypt(v), level=0), seg.noise_bits, seg.out_level, pad)
+    np.testing.assert_array_equal(cli.decrypt(srv.ct_to_bytes(out)), v)
+    low = srv.pad(seg.noise_bits, level=1)
+    with pytest.raises(ParameterError, match="level"):
+        srv.finish(srv.ct_from_bytes(cli.encrypt(v), level=0), seg.noise_bits, seg.out_level, low)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 200), st.integers(0, 2 ** 31), st.sampled_from([(1 << 60) - 93, (1 << 59) - 55, 12289, 3]))
+def test_flood_residues_equal_python_integer_arithmetic(bits, seed, modulus):
+    """The flood's residues mod each prime, computed in uint64 words (Shoup multiplication), are exactly those
+    of the Python integer E = sum_k w_k 2^(64 k) - 2^bits, extremes included; the top word holds only the bits
+    it should."""
+    from privinfer.protocols.he.bfv import _flood_limbs, flood_residues
+    rng = np.random.default_rng(seed)
+    limbs = _flood_limbs(bits, 64)
+    top = (bits + 1) - 64 * (len(limbs) - 1)
+    top_mask = np.uint64((1 << top) - 1) if top < 64 else np.uint64(np.iinfo(np.uint64).max)
+    assert np.all(limbs[-1] <= top_mask)
+    limbs[:, 0] = 0  # U = 0: E = -2^bits
+    limbs[:, 1] = np.iinfo(np.uint64).max  # U = 2^(bits+1) - 1
+    limbs[-1, 1] = top_mask
+    limbs[:, 2:6] = rng.integers(0, 2 ** 64, size=(len(limbs), 4), dtype=np.uint64)
+    limbs[-1, 2:6] &= top_mask
+    moduli = [1152921504606830593, 1152921504606748673, modulus]
+    got = flood_residues(limbs, bits, moduli)
+    for j in range(limbs.shape[1]):
+        U = sum(int(limbs[k, j]) << (64 * k) for k in range(len(limbs)))
+        assert 0 <= U < 1 << (bits + 1)
+        for q, r in zip(moduli, got):
+            assert int(r[j]) == (U - (1 << bits)) % q
