@@ -26,17 +26,6 @@ sys.path.insert(0, str(ROOT))
 from privinfer import netem  # noqa: E402
 
 PORT = 7998
-ECHO = r'''
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(4); print("up", flush=True)
-for _ in range(2):
-    c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while True:
-        b = c.recv(1 << 20)
-        if not b: break
-        c.sendall(b)
-'''
 CHANNEL = r'''
 import sys
 from privinfer.transport.tcp import listen
@@ -46,22 +35,6 @@ s = listen(sys.argv[1], int(sys.argv[2])); print("up", flush=True)
 c, _ = s.accept(); ch = Channel(c, timeout=60)
 for _ in range(int(sys.argv[3]) + 1):
     ch.send_frame(FrameType.BYTES, ch.recv_frame()[1])
-'''
-GLOO = r'''
-import os, sys, torch, torch.distributed as dist
-rank, addr, port, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-os.environ["GLOO_SOCKET_IFNAME"] = sys.argv[5]
-dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2)
-t = torch.zeros(1)
-dist.barrier()
-import time; t0 = time.perf_counter()
-for _ in range(rounds):
-    if rank == 0:
-        dist.send(t, 1); dist.recv(t, 1)
-    else:
-        dist.recv(t, 0); dist.send(t, 0)
-if rank == 1: print(f"{time.perf_counter() - t0:.6f}", flush=True)
-dist.destroy_process_group()
 '''
 
 
@@ -73,15 +46,7 @@ def _in_ns(ns: str, code: str, *args) -> subprocess.Popen:
 
 def tcp_pingpong(ip: str, rounds: int) -> tuple[float, float]:
     """(seconds for `rounds` 1-byte ping-pongs, Mbit/s reached per direction echoing 8 MB)."""
-    c = socket.create_connection((ip, PORT), timeout=60)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    c.sendall(b"x"), c.recv(1)
-    t0 = time.perf_counter()
-    for _ in range(rounds):
-        c.sendall(b"x")
-        c.recv(1)
-    rtt_total = time.perf_counter() - t0
-    c.close()
+    rtt_total = netem.tcp_rounds(ip, PORT, rounds)
     c = socket.create_connection((ip, PORT), timeout=60)
     n, got = 8 << 20, [0]
 
@@ -115,26 +80,18 @@ def channel_pingpong(ns: str, ip: str, rounds: int) -> float:
     return dt
 
 
-def gloo_pingpong(ns: str, ip: str, host_if: str, ns_if: str, rounds: int) -> float:
-    r0 = _in_ns(ns, GLOO, 0, ip, PORT + 2, rounds, ns_if)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r1 = subprocess.run([sys.executable, "-c", GLOO, "1", ip, str(PORT + 2), str(rounds), host_if],
-                        capture_output=True, text=True, env=env, timeout=300)
-    r0.wait(60)
-    if r1.returncode:
-        raise RuntimeError(r1.stderr[-1000:])
-    return float(r1.stdout.strip().splitlines()[-1])
+def gloo_pingpong(ns: str, ip: str, rounds: int) -> float:
+    return netem.gloo_rounds(ns, ip, PORT + 2, rounds)
 
 
 def check(profile: netem.NetworkProfile, rounds: int) -> dict:
     with netem.namespace(profile) as (ns, ip):
-        tag = ns.split("-", 1)[1]
-        echo = _in_ns(ns, ECHO, ip, PORT)
+        echo = _in_ns(ns, netem.ECHO, ip, PORT, 2)
         assert echo.stdout.readline().strip() == "up"
         tcp, rate = tcp_pingpong(ip, rounds)
         echo.wait(30)
         chan = channel_pingpong(ns, ip, rounds)
-        gloo = gloo_pingpong(ns, ip, f"pih{tag}", f"pin{tag}", rounds)
+        gloo = gloo_pingpong(ns, ip, rounds)
     want = rounds * profile.rtt_ms / 1e3
     links = {"tcp": tcp, "privinfer_channel": chan, "gloo": gloo}
     return {"profile": profile.name, "rtt_ms": profile.rtt_ms, "rate_mbit": profile.rate_mbit, "rounds": rounds,

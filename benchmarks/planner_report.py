@@ -16,13 +16,17 @@ import sys
 def main(paths: list[str]) -> None:
     recs = [r for p in paths for r in json.loads(open(p).read())]
     auto = [r for r in recs if r.get("auto")]
-    print("| model | network | chosen plan | predicted | measured (median, p25-p75) | error | load avg |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | network | chosen plan | predicted (link as measured; nominal) | measured (median, p25-p75) | error "
+          "| link RTT measured | load avg |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in auto:
         m, lat = r["predicted_latency_s"], r["latency_s"]
         err = (m - lat["median"]) / lat["median"]
-        print(f"| {r['model']} | {r['network']} | {r['protocol']} `{r['plan_string']}` | {m:.3f} s | "
-              f"{lat['median']:.3f} s ({lat['p25']:.3f}-{lat['p75']:.3f}) | {err:+.0%} | {_load(r)} |")
+        nominal = r.get("predicted_latency_nominal_s", m)
+        rtt = r.get("link_rtt_ms_measured")
+        print(f"| {r['model']} | {r['network']} | {r['protocol']} `{r['plan_string']}` | {m:.3f} s; {nominal:.3f} s | "
+              f"{lat['median']:.3f} s ({lat['p25']:.3f}-{lat['p75']:.3f}) | {err:+.0%} | "
+              f"{_rtt(rtt)} | {_load(r)} |")
     print()
     print("| model | network | auto (measured) | single protocol (measured) | ratio single / auto |")
     print("|---|---|---|---|---|")
@@ -33,6 +37,15 @@ def main(paths: list[str]) -> None:
             ratio = s["latency_s"]["median"] / r["latency_s"]["median"]
             print(f"| {r['model']} | {r['network']} | {r['latency_s']['median']:.3f} s ({r['protocol']}) | "
                   f"{s['latency_s']['median']:.3f} s ({s['protocol']}) | {ratio:.2f}x |")
+
+
+def _rtt(link: dict | None) -> str:
+    """The emulated link's measured round trips (records since session 6): gloo's (2PC parties) and raw TCP's."""
+    if not link:
+        return "—"
+    if isinstance(link, (int, float)):  # the first records of session 6 kept raw TCP's only
+        return f"tcp {link:.2f} ms"
+    return " / ".join(f"{k} {v:.2f} ms" for k, v in sorted(link.items()))
 
 
 def _load(r: dict) -> str:

@@ -19,6 +19,7 @@ from ._resources import PartySampler
 from .errors import PrivinferError
 from .model.ir import Graph, save_graph
 from .model.reference import run_reference
+from . import netem
 from .netem import get_profile, server_in_namespace
 from .protocols.base import get_protocol, resolve_protocol, split_options
 from .session import PrivateSession, connect
@@ -85,7 +86,8 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     if auto:  # the planner's timings and this measurement, each with the machine's load (calibrate.machine_load)
         from .planner.calibrate import machine_load
         load["start"] = machine_load()
-    with PartySampler() as sampler, _open_session(graph, protocol, options or {}, profile, sampler) as sess:
+    link: dict = {}  # an emulated link's measured round trip (netem.link_rtt_ms)
+    with PartySampler() as sampler, _open_session(graph, protocol, options or {}, profile, sampler, link) as sess:
         for i in range(samples + warmup):
             xb = X[i * batch:(i + 1) * batch]
             out = sess.infer(xb)
@@ -144,12 +146,25 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         "network_profile": {"rate_mbit": profile.rate_mbit, "rtt_ms": profile.rtt_ms},
         "privacy": stats.privacy,
         **({"plan": stats.privacy["layer_protocols"]} if "layer_protocols" in stats.privacy else {}),
+        **({"link_rtt_ms_measured": {k: round(v, 3) for k, v in link.items()}} if link else {}),
         **({"auto": True, "plan": auto.layer_protocols, "plan_string": auto.plan_string,
-            "predicted_latency_s": round(auto.predicted_latency_s(), 6),
+            # the prediction for the link as measured (its round trip from `link_rtt_ms`), and for the nominal one
+            "predicted_latency_s": round(auto.predicted_latency_s(_as_measured(auto.network, link)), 6),
+            "predicted_latency_nominal_s": round(auto.predicted_latency_s(), 6),
             "best_single_protocol_predicted_s": auto.single, "calibration": auto.calibration,
             "load": load} if auto else {}),
         **({"setup_timing": setup_timing} if setup_timing else {}),
     }
+
+
+def _as_measured(nominal, link: dict):
+    """The planner's profile of the link as emulated: its rate, and the round trip measured on it (gloo's where
+    the plan's rounds are the 2PC parties', else raw TCP's)."""
+    from .planner.cost import NetworkProfile
+    if not link:
+        return nominal
+    rtt = link.get("gloo", link["tcp"])
+    return NetworkProfile(f"{nominal.name} (measured RTT {rtt:.2f} ms)", nominal.rate_mbit, rtt)
 
 
 def _inner_links(protocol: str, options: dict) -> tuple[str, ...]:
@@ -158,7 +173,8 @@ def _inner_links(protocol: str, options: dict) -> tuple[str, ...]:
 
 
 @contextmanager
-def _open_session(graph: Graph, protocol: str, options: dict, profile, sampler: PartySampler | None = None):
+def _open_session(graph: Graph, protocol: str, options: dict, profile, sampler: PartySampler | None = None,
+                  link: dict | None = None):
     """Loopback: PrivateSession (server in its own process). Otherwise: server in a shaped namespace."""
     if profile.name == "loopback":
         with PrivateSession(graph, protocol, **options) as sess:
@@ -174,7 +190,11 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile, sampler: 
         path = str(Path(tmp) / "model.npz")
         save_graph(graph, path)
         on_start = (lambda pid: sampler.add("server", pid)) if sampler is not None else None
-        with server_in_namespace(path, protocol, server_opts, profile, on_start=on_start) as (host, port):
+        on_link = None
+        if link is not None:  # the link's round trips as delivered; gloo's when CrypTen parties cross it
+            gloo = protocol in ("ss", "hybrid")
+            on_link = lambda ns, ip: link.update(netem.link_rtt_ms(ns, ip, 7701, gloo=gloo))  # noqa: E731
+        with server_in_namespace(path, protocol, server_opts, profile, on_start=on_start, on_link=on_link) as (host, port):
             with connect(host, port, protocol, timeout=600.0, **client_opts) as sess:
                 yield sess
 

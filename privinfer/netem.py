@@ -59,6 +59,35 @@ RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netem_relay.py
 RELAY_PIDS: set[int] = set()
 _COUNTER = itertools.count()
 TUN_MTU = 65000  # large packets: the relay handles a few thousand per second even at 1 Gbit/s
+# a TCP echo for the link checks: serves argv[3] connections on (argv[1], argv[2]), prints "up" once it listens
+ECHO = r'''
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4); print("up", flush=True)
+for _ in range(int(sys.argv[3])):
+    c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        b = c.recv(1 << 20)
+        if not b: break
+        c.sendall(b)
+'''
+# a gloo ping-pong (what CrypTen's parties exchange): rank, address, port, rounds, interface; rank 1 prints seconds
+GLOO = r'''
+import os, sys, torch, torch.distributed as dist
+rank, addr, port, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+os.environ["GLOO_SOCKET_IFNAME"] = sys.argv[5]
+dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2)
+t = torch.zeros(1)
+dist.barrier()
+import time; t0 = time.perf_counter()
+for _ in range(rounds):
+    if rank == 0:
+        dist.send(t, 1); dist.recv(t, 1)
+    else:
+        dist.recv(t, 0); dist.send(t, 0)
+if rank == 1: print(f"{time.perf_counter() - t0:.6f}", flush=True)
+dist.destroy_process_group()
+'''
 
 
 def available() -> str | None:
@@ -145,15 +174,80 @@ def namespace(profile: NetworkProfile):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def tcp_rounds(ip: str, port: int, rounds: int) -> float:
+    """Seconds for `rounds` 1-byte TCP ping-pongs to an ECHO at (ip, port), after one warm-up exchange."""
+    import socket
+    import time
+    with socket.create_connection((ip, port), timeout=60) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.sendall(b"x"), c.recv(1)
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            c.sendall(b"x")
+            c.recv(1)
+        return time.perf_counter() - t0
+
+
+def gloo_rounds(ns: str, ip: str, port: int, rounds: int) -> float:
+    """Seconds for `rounds` gloo send/recv ping-pongs between a rank in the namespace and one here."""
+    tag = ns.split("-", 1)[1]
+    r0 = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", GLOO, "0", ip, str(port), str(rounds),
+                           f"pin{tag}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        try:
+            r1 = subprocess.run([sys.executable, "-c", GLOO, "1", ip, str(port), str(rounds), f"pih{tag}"],
+                                capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise PrivinferError(f"the gloo link check did not finish in 120 s (its peer in the namespace exited "
+                                 f"with {r0.poll()})") from None
+        if r1.returncode:
+            raise PrivinferError(f"the gloo link check failed: {r1.stderr.strip()[-500:]}")
+        return float(r1.stdout.strip().splitlines()[-1])
+    finally:
+        try:
+            r0.wait(30)
+        except subprocess.TimeoutExpired:
+            r0.kill()
+            r0.wait()
+
+
+def link_rtt_ms(ns: str, ip: str, port: int, rounds: int = 50, gloo: bool = False) -> dict:
+    """The round trip the emulated link delivers (ms), as the mean of `rounds` ping-pongs: {"tcp": raw TCP (what
+    privinfer's channel, SPU and a dealer use), "gloo": gloo send/recv (CrypTen's parties), when asked}.
+    Why measure it: the relay's own per-packet cost (a Python process waking for every packet, both ways) adds
+    about a millisecond per TCP round trip and about three per gloo round trip to the nominal RTT (idle machine):
+    nothing on `wan` (40 ms) but several times `lan`'s 0.5 ms. The planner's prediction for the link as measured
+    uses these figures (`privinfer bench`), beside the one for the nominal link."""
+    echo = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO, ip, str(port), "1"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if echo.stdout.readline().strip() != "up":
+            raise PrivinferError("the link check's echo did not start in the namespace")
+        out = {"tcp": 1e3 * tcp_rounds(ip, port, rounds) / rounds}
+    finally:
+        try:
+            echo.wait(10)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+            echo.wait()
+        echo.stdout.close()
+    if gloo:
+        out["gloo"] = 1e3 * gloo_rounds(ns, ip, port + 1, rounds) / rounds
+    return out
+
+
 @contextmanager
 def server_in_namespace(graph_path: str, protocol: str, options: dict, profile: NetworkProfile,
-                        port: int = 7700, timeout: float = 600.0, on_start=None, workers: int = 0):
+                        port: int = 7700, timeout: float = 600.0, on_start=None, workers: int = 0, on_link=None):
     """Run `privinfer serve` inside the namespace; yield (host, port) for the client.
 
     `on_start(pid)` is called with the server process's pid (benchmarks charge its tree to the server).
+    `on_link`, when given, is called as on_link(ns, ip) before the server starts (e.g. to measure the link).
     `workers=0`: one server process, as on loopback (a benchmark measures one session, not a pool)."""
     import json
     with namespace(profile) as (ns, ip):
+        if on_link is not None:
+            on_link(ns, ip)
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "privinfer", "serve", "--model", graph_path,
                "--protocol", protocol, "--host", ip, "--port", str(port), "--timeout", str(timeout),
                "--workers", str(workers)]

@@ -3,10 +3,8 @@
 Timing here is a lower bound only (a round trip over a link with RTT r cannot take less than r); the
 5 % accuracy check is a benchmark (`benchmarks/netem_check.py`), not a timed test.
 """
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,15 +12,6 @@ from privinfer import netem
 
 pytestmark = pytest.mark.skipif(netem.available() is not None, reason=str(netem.available()))
 
-ECHO = r'''
-import socket, sys
-s = socket.socket(); s.bind((sys.argv[1], 7997)); s.listen(1); print("up", flush=True)
-c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-while True:
-    b = c.recv(65536)
-    if not b: break
-    c.sendall(b)
-'''
 
 
 def _namespaces() -> set[str]:
@@ -33,17 +22,10 @@ def _namespaces() -> set[str]:
 def test_a_plain_socket_pays_the_rtt_and_everything_is_removed():
     rtt_ms, rounds = 20.0, 10
     with netem.namespace(netem.NetworkProfile("test", 100.0, rtt_ms)) as (ns, ip):
-        srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO, ip],
+        srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", netem.ECHO, ip, "7997", "1"],
                                stdout=subprocess.PIPE, text=True)
         assert srv.stdout.readline().strip() == "up"
-        c = socket.create_connection((ip, 7997), timeout=10)  # a socket privinfer's Channel knows nothing of
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            c.sendall(b"x")
-            assert c.recv(1) == b"x"
-        took = time.perf_counter() - t0
-        c.close()
+        took = netem.tcp_rounds(ip, 7997, rounds)  # a socket privinfer's Channel knows nothing of
         srv.wait(10)
         assert ns in _namespaces()
     assert took >= rounds * rtt_ms / 1e3, took
@@ -70,3 +52,11 @@ def test_two_namespaces_of_one_process_do_not_collide():
         assert ns1 != ns2 and ip1 != ip2
         assert {ns1, ns2} <= _namespaces()
     assert not {ns1, ns2} & _namespaces()
+
+
+def test_the_measured_link_rtt_is_at_least_the_nominal_one():
+    """What `privinfer bench` prices an emulated link with (`link_rtt_ms`): a real round trip, never below RTT."""
+    with netem.namespace(netem.NetworkProfile("test", 100.0, 10.0)) as (ns, ip):
+        ms = netem.link_rtt_ms(ns, ip, 7996, rounds=10, gloo=True)
+    assert set(ms) == {"tcp", "gloo"}
+    assert all(10.0 <= v < 1000.0 for v in ms.values()), ms

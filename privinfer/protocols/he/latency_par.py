@@ -30,6 +30,8 @@ import weakref
 
 import numpy as np
 
+from ...errors import ProtocolError
+
 #: relative costs at one level (measured, N=16384, 2-5 primes: a mul_plain ~0.07 rotations, an add ~0.016,
 #: moving a ciphertext through the helper's pipe -- dump, write, read, load -- ~0.35)
 C_ROT, C_MUL, C_ADD, C_MOVE = 1.0, 0.07, 0.016, 0.35
@@ -194,6 +196,7 @@ class ParSession:
         self.ready = threading.Event()
         self.background = background
         self._preparing = threading.Lock()  # one preparation at a time; a failed one may be retried later
+        self.closed = False
         self._tried = time.monotonic()
         if background:
             _in_background(self._prepare)
@@ -218,19 +221,26 @@ class ParSession:
 
     def _prepare_locked(self) -> None:
         from .batch_helper import _HelperFailed
+        if self.closed:
+            return
         h = _acquire(wait=30.0, free_core=self.background)
         if h is None:
             return
         try:
+            blobs = self.blobs
+            if self.closed or blobs is None:  # the connection ended while we waited: no helper slot for its keys
+                return
             _send_plan(h, self.compiled, self.ctx.params)
-            h.send({"op": "lat_keys", "key": self.key, "plan": self.compiled.par_key}, *self.blobs)
+            h.send({"op": "lat_keys", "key": self.key, "plan": self.compiled.par_key}, *blobs)
             h.reply()
             h.known.add(self.key)
             self.ready.set()
-        except _HelperFailed:
+        except (_HelperFailed, ProtocolError):
             pass
         finally:
             h.lock.release()
+        if self.closed:  # closed while the keys travelled: forget them now
+            self.close()
 
     def run_rot(self, be, idx: int, st, pts: dict, xs: list) -> list | None:
         """The step's accumulators with the helper's share computed there, or None (helper not ready or
@@ -264,27 +274,36 @@ class ParSession:
                 sent = True
             except _HelperFailed:
                 sent = False
-            mine = rot_partials(be, st, pts, xs, only=mine_keys)
+            try:
+                mine = rot_partials(be, st, pts, xs, only=mine_keys)
+            except BaseException:
+                if sent:  # its reply would never be read and would answer the next request: replace it
+                    h.broken = True
+                raise
             got: list[bytes] = []
+            theirs = None
             if sent:
                 try:
                     h.reply(timeout=REPLY_TIMEOUT, payloads=got)
-                except _HelperFailed:  # e.g. it dropped this connection's keys (MAX_SESSIONS): prepare again
-                    sent = False
-                    h.known.discard(self.key)
+                    if len(got) == st.n_out:
+                        theirs = [load_into(seal.Ciphertext(), self.ctx.seal, b, "helper share") if b else None
+                                  for b in got]
+                except (_HelperFailed, ProtocolError):  # e.g. it dropped this connection's keys (MAX_SESSIONS),
+                    h.known.discard(self.key)  # or a reply that does not load: this share runs here; prepare again
                     self.ready.clear()
-            if not sent or len(got) != st.n_out:
+            if theirs is None:
                 theirs = rot_partials(be, st, pts, xs, only=theirs_keys)
             else:
-                theirs = [load_into(seal.Ciphertext(), self.ctx.seal, b, "helper share") if b else None
-                          for b in got]
                 self.used += 1
         finally:
             h.lock.release()
         return [a if b is None else b if a is None else be.add(a, b) for a, b in zip(mine, theirs)]
 
     def close(self) -> None:
+        """The connection ended: no further preparation, and the helper forgets this connection's keys."""
         from . import batch_helper
+        self.closed, self.blobs = True, None
+        self.ready.clear()
         h = batch_helper._helper
         if h is not None and self.key in h.known:
             _forget(weakref.ref(h), {"key": self.key}, self.key)

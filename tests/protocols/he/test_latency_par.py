@@ -3,13 +3,14 @@ the whole step, the split pays by its cost model, and a query through the helper
 also when the helper dies (the next query runs in-process, a new helper is prepared for later ones)."""
 from __future__ import annotations
 
+import pytest
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from torch import nn
 
 from privinfer.model import run_reference
 from privinfer.model.torch_layers import Square
-from privinfer.protocols.he import HE, _KeyedContext, batch_helper, latency_par, seeded
+from privinfer.protocols.he import HE, _KeyedContext, batch_helper, convpack, latency_par, seeded
 from privinfer.protocols.he.context import CKKSContext
 from privinfer.protocols.he.convpack import RotStep, evaluate_rot, merge_inputs, rot_partials
 from privinfer.protocols.he.convpack_plan import plan_multi
@@ -112,7 +113,27 @@ def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(m
     # ... and prepares the new helper in the background: later queries use it again
     assert par.ready.wait(120)
     assert np.abs(query(par) - ref).max() <= tol and par.used == used + len(comp.splits)
+    # the server's own half fails after the helper was asked: the helper's unread reply would answer the next
+    # request (another connection's, maybe), so that helper is marked broken and replaced; the next query is right
+    real = convpack.rot_partials
+
+    def failing(*a, **k):
+        if k.get("only") is not None and not failing.done:
+            failing.done = True
+            raise MemoryError("injected")
+        return real(*a, **k)
+    failing.done = False
+    monkeypatch.setattr(convpack, "rot_partials", failing)
+    old = batch_helper._helper
+    with pytest.raises(MemoryError):
+        query(par)
+    monkeypatch.setattr(convpack, "rot_partials", real)
+    assert old.broken
+    assert np.abs(query(par) - ref).max() <= tol
+    # a closed connection is never prepared again (its keys take no helper slot)
     par.close()
+    par._prepare()
+    assert par.closed and par.blobs is None and not par.ready.is_set()
 
 
 def test_switched_off_by_the_environment_and_by_a_busy_machine(monkeypatch):
