@@ -16,9 +16,10 @@ def test_pairs_are_short():
             assert len(path.read_text().splitlines()) <= 40, path.name
 
 
-# he and ss pairs (18 s each) are slow: both protocols' client/server processes are exercised in make test by
-# tests/test_hardening.py and their own packages; the hybrid, noisy and plain pairs run here
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("he", "ss") else n for n in PAIRS])
+# he, ss, hybrid and plain pairs (8-18 s each) are slow: their client/server processes are exercised in make test by
+# tests/test_hardening.py (killed peers, concurrency) and their own packages; the noisy pair runs here
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("he", "ss", "hybrid", "plain") else n
+                                  for n in PAIRS])
 def test_example_pair(name):
     count, need = COUNTS.get(name, (5, 3))
     out = subprocess.run([sys.executable, str(EXAMPLES / "demo.py"), name, "--count", str(count)],

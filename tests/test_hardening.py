@@ -50,7 +50,10 @@ def spu_built() -> bool:
 KILL_CASES = CASES + ([("cheetah", "cryptonets-mnist", {}, 1e-2)] if spu_built() else []) + [
     ("hybrid", "cryptonets-mnist", {"dealer": "local", "plan": "he:0,ss:1,he:2-", "circuit_privacy": "fast"}, 1e-2)]
 # the killed-client case costs two CHEETAH set-ups: `make test` leaves it to -m slow for cheetah
-KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] == "cheetah" else c for c in KILL_CASES]
+# plain's killed client is slow too: the server loop it checks is the same for every protocol ([he], [ss], [hybrid] run)
+KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] in ("cheetah", "plain") else c for c in KILL_CASES]
+# ss's concurrency case (16 s) is slow: hybrid's concurrency test runs ss segments of concurrent sessions in make test
+CONCURRENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] == "ss" else c for c in CASES]
 KILLS = {"cheetah": 1, "hybrid": 2, "he": 2, "ss": 2}  # each kill is a fresh client interpreter and set-up
 ORPHAN_CHECKED = {"cheetah"}  # protocols whose party processes are checked to die with their parent
 
@@ -90,7 +93,7 @@ def split(protocol, opts):
             {k: v for k, v in opts.items() if k in cls.client_options})
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("case", CONCURRENT_CASES, ids=lambda c: c[0])
 def test_concurrent_clients_no_cross_talk(case):
     protocol, model, opts, tol = case
     server_opts, client_opts = split(protocol, opts)

@@ -90,6 +90,7 @@ def test_hiding_policy(mixed, cache):
     assert conv and all(f"hiding: {r.info['hiding']}" in text for r in conv)
 
 
+@pytest.mark.slow  # 17 s: a planner-priced BFV plan runs against the reference in test_fused.py, auto sessions in test_auto.py
 def test_auto_plan_with_a_bfv_segment_matches_the_reference(wide, cache):
     cal = load_calibration(warn=False)
     plan = make_plan(wide, "mobile", objective="bytes", calibration=cal)
