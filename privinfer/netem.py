@@ -188,6 +188,15 @@ def tcp_rounds(ip: str, port: int, rounds: int) -> float:
         return time.perf_counter() - t0
 
 
+def _reap(proc: subprocess.Popen, wait: float) -> None:
+    """Wait for a check's peer process to exit; kill it past `wait` seconds (nothing outlives a check)."""
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def gloo_rounds(ns: str, ip: str, port: int, rounds: int) -> float:
     """Seconds for `rounds` gloo send/recv ping-pongs between a rank in the namespace and one here."""
     tag = ns.split("-", 1)[1]
@@ -204,18 +213,14 @@ def gloo_rounds(ns: str, ip: str, port: int, rounds: int) -> float:
             raise PrivinferError(f"the gloo link check failed: {r1.stderr.strip()[-500:]}")
         return float(r1.stdout.strip().splitlines()[-1])
     finally:
-        try:
-            r0.wait(30)
-        except subprocess.TimeoutExpired:
-            r0.kill()
-            r0.wait()
+        _reap(r0, 30)
 
 
 def link_rtt_ms(ns: str, ip: str, port: int, rounds: int = 50, gloo: bool = False) -> dict:
     """The round trip the emulated link delivers (ms), as the mean of `rounds` ping-pongs: {"tcp": raw TCP (what
     privinfer's channel, SPU and a dealer use), "gloo": gloo send/recv (CrypTen's parties), when asked}.
     Why measure it: the relay's own per-packet cost (a Python process waking for every packet, both ways) adds
-    about a millisecond per TCP round trip and about three per gloo round trip to the nominal RTT (idle machine):
+    about 0.5-1 ms per TCP round trip and 1-3.5 ms per gloo round trip to the nominal RTT (idle machine, `lan`):
     nothing on `wan` (40 ms) but several times `lan`'s 0.5 ms. The planner's prediction for the link as measured
     uses these figures (`privinfer bench`), beside the one for the nominal link."""
     echo = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO, ip, str(port), "1"],
@@ -225,11 +230,7 @@ def link_rtt_ms(ns: str, ip: str, port: int, rounds: int = 50, gloo: bool = Fals
             raise PrivinferError("the link check's echo did not start in the namespace")
         out = {"tcp": 1e3 * tcp_rounds(ip, port, rounds) / rounds}
     finally:
-        try:
-            echo.wait(10)
-        except subprocess.TimeoutExpired:
-            echo.kill()
-            echo.wait()
+        _reap(echo, 10)
         echo.stdout.close()
     if gloo:
         out["gloo"] = 1e3 * gloo_rounds(ns, ip, port + 1, rounds) / rounds

@@ -50,8 +50,10 @@ def spu_built() -> bool:
 KILL_CASES = CASES + ([("cheetah", "cryptonets-mnist", {}, 1e-2)] if spu_built() else []) + [
     ("hybrid", "cryptonets-mnist", {"dealer": "local", "plan": "he:0,ss:1,he:2-", "circuit_privacy": "fast"}, 1e-2)]
 # the killed-client case costs two CHEETAH set-ups: `make test` leaves it to -m slow for cheetah
-# plain's killed client is slow too: the server loop it checks is the same for every protocol ([he], [ss], [hybrid] run)
-KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] in ("cheetah", "plain") else c for c in KILL_CASES]
+# plain's and he's killed clients are slow too: the server loop they check is the same for every protocol ([ss] and
+# [hybrid] run in make test), and tests/test_fuzz.py's [he] case has the HE server survive hostile clients
+KILL_CLIENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] in ("cheetah", "plain", "he") else c
+                     for c in KILL_CASES]
 # ss's concurrency case (16 s) is slow: hybrid's concurrency test runs ss segments of concurrent sessions in make test
 CONCURRENT_CASES = [pytest.param(c, marks=pytest.mark.slow) if c[0] == "ss" else c for c in CASES]
 KILLS = {"cheetah": 1, "hybrid": 2, "he": 2, "ss": 2}  # each kill is a fresh client interpreter and set-up
