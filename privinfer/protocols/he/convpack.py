@@ -264,6 +264,12 @@ def rot_step(pattern: np.ndarray, in_idx: np.ndarray, out_idx: np.ndarray, *, me
              col_mult: float = 1.0, grid: Grid | None = None, fold: int = 0) -> RotStep:
     S = in_idx.shape[1]
     R, K, o, s, c, j = _choose_terms(pattern, in_idx, out_idx, fold)
+    empty = np.setdiff1d(np.arange(out_idx.shape[0]), o)
+    if len(empty):
+        # an output ciphertext whose positions all read padding would be its bias alone: a constant the server
+        # cannot make without encrypting (and SEAL refuses a product by a zero plaintext), so this layout is not
+        # an option; the planner takes another (`_candidates` skips it, e.g. no polyphase split)
+        raise ShapeError(f"output ciphertext {int(empty[0])} receives no term")
     if fold:  # after out[t] = acc[t] + acc[t + F] the partner slots hold partial sums: garbage, never read
         out_idx = out_idx.copy()
         own = out_idx >= 0

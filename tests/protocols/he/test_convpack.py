@@ -299,3 +299,23 @@ def test_replayed_choices_give_the_same_plan(g, slots):
         other.conv_packing, other.plan_choices = "on", bad
         with pytest.raises(ParameterError):
             plan_latency(other, slots)
+
+
+def test_output_phase_that_reads_only_padding_takes_another_layout():
+    """Found by hypothesis: conv(1×1, stride 2, padding 1) on a 2×2 map before a pool. In the polyphase layout
+    the pool wants, phase (0, 0) of the output reads only padding, so that output ciphertext would hold its bias
+    alone (SEAL cannot multiply by a zero plaintext). The planner must take another layout, not refuse the
+    network: the plan exists, matches the reference and uses exactly its keys."""
+    from privinfer.protocols.he.rotkeys import limit_keys
+    g = _graph((1, 6, 6), [nn.Conv2d(1, 2, 1, stride=2, padding=1), Square(), nn.AvgPool2d(2),
+                           nn.Conv2d(2, 1, 1, stride=2, padding=1), Square(), nn.AvgPool2d(2), nn.Flatten(),
+                           nn.Linear(1, 1)], 0)
+    prog = build_program(g)
+    plan = plan_multi(prog, 1024)
+    assert plan is not None
+    plan = limit_keys(plan, prog)
+    x = np.random.default_rng(4).random(g.input_shape)
+    got, used = _run(plan, prog, x)
+    ref = run_reference(g, x[None])[0]
+    assert np.allclose(got, ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert used == set(plan.rotation_steps)
