@@ -11,7 +11,8 @@ and for every process of the session the CPU it last ran on (/proc/PID/task/*/st
 voluntary / involuntary context switches during the query; Python GC collections in the client during the
 query. Then the probe again. `--pin`: every other session (interleaved A/B) pins the two CrypTen parties'
 threads to different cores (`privinfer.affinity.pin_parties`, as `privinfer bench` does) once the session is
-open; the others leave placement to the scheduler (`privinfer bench --no-pin`).
+open; the others leave placement to the scheduler (`privinfer bench --no-pin`). `--same-core`: every other
+session pins both parties to the FIRST core instead (forced co-location: the mode free placement falls into?).
 
 What it separates: if session medians move with the probe, the machine's speed moves (host noise); if they
 move while the probe stays put, it is the session (placement of its processes, first-query effects, GC).
@@ -102,7 +103,18 @@ def diff(a: dict, b: dict) -> dict:
     return out
 
 
-def one_session(graph, X, queries: int, pin: bool = False) -> dict:
+def _same_core(roots) -> dict:
+    from privinfer import affinity
+    done = {}
+    for pid in affinity.descendants(roots):
+        st = _proc_state(pid)
+        if st and st["name"] in affinity.PARTY_NAMES:
+            affinity._pin_tasks(pid, affinity.cores()[0])
+            done[st["name"]] = affinity.cores()[0]
+    return done
+
+
+def one_session(graph, X, queries: int, pin: bool = False, same: bool = False) -> dict:
     from privinfer.session import PrivateSession
     p0 = probe()
     rec = {"probe_before_s": p0, "load_before": os.getloadavg()[0], "queries": []}
@@ -110,7 +122,8 @@ def one_session(graph, X, queries: int, pin: bool = False) -> dict:
     with PrivateSession(graph, "ss") as sess:
         rec["setup_s"] = time.perf_counter() - t_open
         pids = _tree(os.getpid())
-        rec["pinned"] = pin_parties([os.getpid()]) if pin else {}
+        rec["pinned"] = (_same_core([os.getpid()]) if same else pin_parties([os.getpid()])) if pin else {}
+        rec["same_core"] = bool(same and pin)
         for i in range(queries + 1):
             before = snapshot(pids)
             g0 = [s["collections"] for s in gc.get_stats()]
@@ -134,17 +147,18 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=10)
     ap.add_argument("--out", required=True)
     ap.add_argument("--pin", action="store_true", help="odd sessions pin the two parties to different cores")
+    ap.add_argument("--same-core", action="store_true", help="odd sessions pin both parties to the first core")
     a = ap.parse_args(argv)
     from privinfer.bench import load_model_and_data
     graph, X, _, _ = load_model_and_data(a.model)
     res = []
     for k in range(a.sessions):
-        r = one_session(graph, X, a.queries, pin=a.pin and k % 2 == 1)
+        r = one_session(graph, X, a.queries, pin=(a.pin or a.same_core) and k % 2 == 1, same=a.same_core)
         res.append(r)
         print(f"session {k}: probe {r['probe_before_s'] * 1e3:.1f}/{r['probe_after_s'] * 1e3:.1f} ms, median "
               f"{r['median_s'] * 1e3:.1f} ms (min {min(q['latency_s'] for q in r['queries'][1:]) * 1e3:.1f}, max "
               f"{max(q['latency_s'] for q in r['queries'][1:]) * 1e3:.1f}), first {r['first_query_s'] * 1e3:.1f} ms, "
-              f"load {r['load_before']:.2f}{' PINNED' if r['pinned'] else ''}", flush=True)
+              f"load {r['load_before']:.2f}{(' SAME CORE' if r['same_core'] else ' PINNED') if r['pinned'] else ''}", flush=True)
         Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     med = [r["median_s"] for r in res]
     pr = [(r["probe_before_s"] + r["probe_after_s"]) / 2 for r in res]
