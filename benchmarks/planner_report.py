@@ -17,8 +17,8 @@ def main(paths: list[str]) -> None:
     recs = [r for p in paths for r in json.loads(open(p).read())]
     auto = [r for r in recs if r.get("auto")]
     print("| model | network | chosen plan | predicted (link as measured; nominal) | measured (median, p25-p75) | error "
-          "| link RTT measured | load avg |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| link RTT measured | load avg | 2PC parties |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in auto:
         m, lat = r["predicted_latency_s"], r["latency_s"]
         err = (m - lat["median"]) / lat["median"]
@@ -26,7 +26,7 @@ def main(paths: list[str]) -> None:
         rtt = r.get("link_rtt_ms_measured")
         print(f"| {r['model']} | {r['network']} | {r['protocol']} `{r['plan_string']}` | {m:.3f} s; {nominal:.3f} s | "
               f"{lat['median']:.3f} s ({lat['p25']:.3f}-{lat['p75']:.3f}) | {err:+.0%} | "
-              f"{_rtt(rtt)} | {_load(r)} |")
+              f"{_rtt(rtt)} | {_load(r)} | {_pinned(r)} |")
     print()
     print("| model | network | auto (measured) | single protocol (measured) | ratio single / auto |")
     print("|---|---|---|---|---|")
@@ -46,6 +46,14 @@ def _rtt(link: dict | None) -> str:
     if isinstance(link, (int, float)):  # the first records of session 6 kept raw TCP's only
         return f"tcp {link:.2f} ms"
     return " / ".join(f"{k} {v:.2f} ms" for k, v in sorted(link.items()))
+
+
+def _pinned(r: dict) -> str:
+    """Where the 2PC parties ran (records since session 7, `privinfer/affinity.py`): each pinned to its own core,
+    or placed by the scheduler (`--no-pin`); "—" for older records and plans without 2PC parties."""
+    if "party_cores" not in r or (not r["party_cores"] and r["protocol"] not in ("ss", "hybrid")):
+        return "—"
+    return "pinned" if r["party_cores"] else "free"
 
 
 def _load(r: dict) -> str:

@@ -7,6 +7,7 @@ server in its own process.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from contextlib import contextmanager
 import statistics
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._resources import PartySampler
+from .affinity import pin_parties
 from .errors import PrivinferError
 from .model.ir import Graph, save_graph
 from .model.reference import run_reference
@@ -54,8 +56,9 @@ def load_model_and_data(model: str | Graph, split: str = "test"):
 
 def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int = 10, warmup: int = 1,
               network: str = "loopback", options: dict | None = None, graph: Graph | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Measure one configuration and return one record."""
+              progress: bool = True, pin: bool = True) -> dict[str, Any]:
+    """Measure one configuration and return one record. `pin`: the 2PC parties (if any) each on its own core
+    (`affinity.py`: their placement otherwise moves latencies by +-20 % between sessions on a small host)."""
     profile = get_profile(network)
     if protocol == "he" and (options or {}).get("packing") == "batch" and "batch_size" not in options:
         options = {**options, "batch_size": int(batch)}  # parameters for the batch measured (a full slot group
@@ -88,6 +91,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         load["start"] = machine_load()
     link: dict = {}  # an emulated link's measured round trip (netem.link_rtt_ms)
     with PartySampler() as sampler, _open_session(graph, protocol, options or {}, profile, sampler, link) as sess:
+        cores = pin_parties([os.getpid()]) if pin else {}  # every party is this process's descendant
         for i in range(samples + warmup):
             xb = X[i * batch:(i + 1) * batch]
             out = sess.infer(xb)
@@ -154,6 +158,8 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
             "best_single_protocol_predicted_s": auto.single, "calibration": auto.calibration,
             "load": load} if auto else {}),
         **({"setup_timing": setup_timing} if setup_timing else {}),
+        # {party process: core} when pinned (affinity.py); {} with pin=False: placed by the scheduler
+        **({"party_cores": cores} if cores or not pin else {}),
     }
 
 

@@ -325,6 +325,9 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     b.add_argument("--replot", action="store_true",
                    help="--matrix: redraw the plots and matrix.md from --out's JSON, measuring nothing")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
+    b.add_argument("--no-pin", action="store_true",
+                   help="leave the 2PC parties where the scheduler puts them (default: each on its own core, as "
+                        "the planner's counting runs: privinfer/affinity.py)")
     _add_policy_flags(b, network=False)
     b.set_defaults(func=cmd_bench)
     return p

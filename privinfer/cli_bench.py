@@ -86,7 +86,7 @@ def _bench(a, base: dict) -> None:
             for network in a.network:
                 for batch in a.batch:
                     records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=network,
-                                             options=opts, graph=graph))
+                                             options=opts, graph=graph, pin=not getattr(a, "no_pin", False)))
     print(format_table(records))
     if a.json:
         write_records(records, a.json)

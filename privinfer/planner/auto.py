@@ -13,7 +13,7 @@ from ..model.ir import Graph
 from .calibrate import load_calibration
 from .cost import Cost, NetworkProfile, PROFILES, parse_network
 from .plan import plan_string as _plan_string, Segment
-from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, shortest, total_cost
+from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, path_latency, shortest, total_cost
 from .table import build_rows, counts
 
 #: options `protocol="auto"` takes (the rest go to the chosen protocol)
@@ -78,7 +78,14 @@ class Plan:
         return proto, {}
 
     def predicted_latency_s(self, network=None) -> float:
-        return parse_network(network or self.network).latency(self.cost)
+        """Seconds per query on `network` (default: the planned one), the 2PC offline phase overlapped with an
+        HE prefix as the hybrid engine runs it (`search.path_latency`)."""
+        return path_latency(self.rows, network or self.network)
+
+    def offline_overlap_s(self, network=None) -> float:
+        """What the overlap saves against running the offline phase and the HE prefix one after the other."""
+        net = parse_network(network or self.network)
+        return max(0.0, net.latency(self.cost) - path_latency(self.rows, net))
 
     def to_json(self) -> dict:
         c = self.cost
@@ -87,7 +94,8 @@ class Plan:
                 "network": {"name": self.network.name, "rate_mbit": self.network.rate_mbit,
                             "rtt_ms": self.network.rtt_ms},
                 "objective": self.objective, "policy": asdict(self.policy),
-                "predicted_latency_s": self.predicted_latency_s(), "cost": c.to_json(),
+                "predicted_latency_s": self.predicted_latency_s(), "offline_overlap_s": self.offline_overlap_s(),
+                "cost": c.to_json(),
                 "rows": [{"label": r.label, "protocol": r.protocol, "start": r.start, "stop": r.stop,
                           "kind_in": r.kind_in, "kind_out": r.kind_out, "cost": r.cost.to_json(),
                           "latency_s": self.network.latency(r.cost), "info": r.info} for r in self.rows],
@@ -143,6 +151,9 @@ class Plan:
         lines += ["", f"total: {self.predicted_latency_s():.3f} s predicted on {net.name} (compute {c.compute_s:.3f} s, "
                       f"{c.rounds} rounds, {_size(c.bytes_up)} up, {_size(c.bytes_down)} down, dealer "
                       f"{_size(c.dealer_bytes)})"]
+        if self.offline_overlap_s() > 0:
+            lines.append(f"  the 2PC offline phase runs while the HE prefix does: {self.offline_overlap_s():.3f} s "
+                         f"less than the two in sequence")
         if self.single:
             lines.append("best single-protocol plans under the same policy: " + ", ".join(
                 f"{k} {v:.3f} s" for k, v in sorted(self.single.items(), key=lambda kv: kv[1])))
@@ -202,8 +213,8 @@ def make_plan(graph: Graph, network=DEFAULT_NETWORK, policy: Policy | None = Non
     single = {}
     for name in ("ss", "he", "cheetah", "noisy"):
         try:
-            _, p = shortest(single_protocol_rows(allowed, name, n), n, prof.latency)
-            single[name] = round(prof.latency(total_cost(p)), 6)
+            _, p = shortest(single_protocol_rows(allowed, name, n), n, prof.latency, overlap=True)
+            single[name] = round(path_latency(p, prof), 6)
         except NoPlanError:
             pass
     return Plan(graph, path, prof, policy, objective, value, cal.get("source", "calibration"), single)
@@ -230,7 +241,7 @@ def price_plan(graph: Graph, plan: str, network=DEFAULT_NETWORK, policy: Policy 
         return r.protocol == "ss" and all(p == "ss" for p in per[r.start:r.stop])
 
     rows = [r for r in build_rows(graph, cal, counts(graph)) if fits(r) and policy.allows(r)]
-    value, path = shortest(rows, len(graph), prof.latency)
+    value, path = shortest(rows, len(graph), prof.latency, overlap=True)
     return Plan(graph, path, prof, policy, "latency", value, cal.get("source", "calibration"))
 
 

@@ -240,12 +240,14 @@ def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 8) -> d
     offline = fixed + per dealer element (a line through the two), and the per-call overhead."""
     import numpy as np
     from .. import zoo
+    from ..affinity import pin_parties
     from ..session import PrivateSession
     points = []
     for name in models:
         g = zoo.load_model(name)
         X, _ = zoo.load_dataset(name, "test")
         with PrivateSession(g, "ss", warn=False) as s:
+            pin_parties([os.getpid()])  # as `privinfer bench` runs them (affinity.py)
             offs, dealer = [], []
             for i in range(samples + 1):
                 s.infer(X[i:i + 1])

@@ -13,6 +13,19 @@ already paid) from (0, client) to (n, client). A row may carry a `once` cost (e.
 dealer round trip, paid once however many ss segments a plan has): the state remembers it, so the DP stays
 exact. Rows the policy forbids are removed before the search (`Policy.allows`), so no plan can go below it.
 `brute_force` enumerates every path (for tests on small tables).
+
+The 2PC offline phase overlaps an HE prefix (latency objective). A hybrid query STARTS the per-query offline
+phase (one dealer batch for every ss segment of the plan) before its first segment and collects it right
+before the first 2PC step (`protocols/hybrid` `OfflineCollect`), so a plan that begins with HE segments pays
+max(prefix, offline) + the rest, not the sum. The offline phase is the `ss-offline` once cost plus each 2PC
+row's `offline_s` (its dealer tuples). That latency is no longer a sum of edge weights, so the search keeps,
+per state, labels (d, e): d = the latency so far, e = the latency so far if the offline phase had started
+only when it was collected (None while no 2PC row has been taken: then d is the HE prefix). A 2PC row adds
+its online part to both and its offline part to e, and d = max(d, e) as it goes (`_step`); d and e never
+decrease along a path, so a label search in (d, e) order with Pareto pruning is exact (Martins' algorithm):
+a label is dropped only when another at the same state is no worse in both. Other objectives (bytes, client
+seconds) add, and every label has e = None: the search is plain Dijkstra. `path_value` is the closed form
+(max(P, O) + R over a whole path) that the tests compare the search against.
 """
 from __future__ import annotations
 
@@ -27,6 +40,7 @@ from .cost import Cost, NetworkProfile, parse_network
 # he_last: an HE result that may leave only as logits; bfv_in / bfv_out: a BFV segment's input / masked result
 KINDS = ("client", "shares", "he_in", "he_out", "he_last", "bfv_in", "bfv_out")
 HIDING = ("perfect", "statistical")
+OFFLINE = "ss-offline"  # the once tag of the per-query 2PC offline phase (overlapped with an HE prefix)
 OBJECTIVES = ("latency", "bytes", "client_seconds")
 
 
@@ -45,6 +59,7 @@ class Row:
     needs: frozenset = frozenset()   # what the policy must allow: "dealer", "client_plaintext", "epsilon"
     once: tuple | None = None        # (tag, Cost): paid once per plan that uses any row with this tag
     info: dict = field(default_factory=dict, compare=False, hash=False)
+    offline_s: float = 0.0  # seconds of `cost` (on both sides) that are this row's share of the 2PC offline phase
 
     @property
     def label(self) -> str:
@@ -92,6 +107,11 @@ def objective_fn(objective: str, network) -> Callable[[Cost], float]:
     raise ParameterError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
+def overlaps(objective: str) -> bool:
+    """Whether the offline phase may overlap an HE prefix under this objective (only latency is wall time)."""
+    return objective == "latency"
+
+
 def _value(row: Row, paid: frozenset, f) -> tuple[float, frozenset]:
     v = f(row.cost)
     if row.once is not None and row.once[0] not in paid:
@@ -99,46 +119,105 @@ def _value(row: Row, paid: frozenset, f) -> tuple[float, frozenset]:
     return v, paid
 
 
-def shortest(rows: Sequence[Row], n: int, f: Callable[[Cost], float]) -> tuple[float, list[Row]]:
-    """(objective value, rows in order) of the cheapest path (0, client) -> (n, client); NoPlanError if none.
+def _step(d: float, e: float | None, paid: frozenset, row: Row, f, overlap: bool):
+    """The label (d, e, paid) after `row` (see the module docstring); e stays None without overlap."""
+    if not overlap:
+        w, paid2 = _value(row, paid, f)
+        return d + w, None, paid2
+    w = f(row.cost)
+    if row.once is not None and row.once[0] == OFFLINE and OFFLINE not in paid:
+        on = w - row.offline_s  # the offline phase: started with the query, collected before this row
+        e2 = f(row.once[1]) + row.offline_s + on
+        return max(d, e2 - on) + on, e2, paid | {OFFLINE}
+    if e is None:  # still the HE prefix (or a row outside the offline phase's accounting)
+        w2, paid2 = _value(row, paid, f)
+        return d + w2, None, paid2
+    w2, paid2 = _value(row, paid, f)  # a later 2PC row: its tuples join the (maybe still hidden) offline phase
+    on = w2 - row.offline_s
+    return max(d + on, e + w2), e + w2, paid2
 
-    Dijkstra over (boundary, kind, paid); every edge weight is >= 0 (seconds, bytes) so it is exact. Rows of
-    zero layers (conversions) stay at their boundary; a conversion never leads back to its own kind."""
+
+def _check(rows: Sequence[Row]) -> dict[tuple[int, str], list[Row]]:
     by_src: dict[tuple[int, str], list[Row]] = {}
     for r in rows:
         if r.stop < r.start or (r.stop == r.start and r.kind_in == r.kind_out):
             raise ParameterError(f"row {r.label}: a zero-layer row must change the value kind")
+        if not 0 <= r.offline_s <= min(r.cost.client_s, r.cost.server_s) + 1e-12:
+            raise ParameterError(f"row {r.label}: offline_s must be part of both 2PC parties' seconds")
         by_src.setdefault((r.start, r.kind_in), []).append(r)
+    return by_src
+
+
+def shortest(rows: Sequence[Row], n: int, f: Callable[[Cost], float],
+             overlap: bool = False) -> tuple[float, list[Row]]:
+    """(objective value, rows in order) of the cheapest path (0, client) -> (n, client); NoPlanError if none.
+
+    A label search over (boundary, kind, paid) with labels (d, e) (module docstring; with `overlap=False`
+    every e is None and it is Dijkstra). Every edge weight is >= 0 (seconds, bytes) so it is exact. Rows of
+    zero layers (conversions) stay at their boundary; a conversion never leads back to its own kind."""
+    by_src = _check(rows)
     start = (0, "client", frozenset())
-    best = {start: 0.0}
-    back: dict = {}
+    settled: dict[tuple, list[tuple[float, float | None]]] = {}
+    labels: list[tuple] = [(None, None)]  # label id -> (parent id, row)
     tie = itertools.count()
-    heap = [(0.0, next(tie), start)]
+    heap = [(0.0, 0.0, next(tie), start, None, 0)]
+
+    def dominated(s, d, e) -> bool:
+        return any(d0 <= d + 1e-15 and (e0 is None or (e is not None and e0 <= e + 1e-15))
+                   for d0, e0 in settled.get(s, ()))
+
     while heap:
-        d, _, s = heapq.heappop(heap)
-        if d > best.get(s, float("inf")):
+        d, _, _, s, e, lid = heapq.heappop(heap)
+        if dominated(s, d, e):
             continue
+        settled.setdefault(s, []).append((d, e))
         i, kind, paid = s
         if (i, kind) == (n, "client") and i > 0:
             path = []
-            while s in back:
-                s, r = back[s]
+            while lid:
+                lid, r = labels[lid]
                 path.append(r)
             return d, path[::-1]
         for r in by_src.get((i, kind), ()):
-            w, paid2 = _value(r, paid, f)
-            if w < 0:
+            if min(f(r.cost), f(r.once[1]) if r.once else 0.0) < 0:
                 raise ParameterError(f"row {r.label} has a negative cost under this objective")
+            d2, e2, paid2 = _step(d, e, paid, r, f, overlap)
             t = (r.stop, r.kind_out, paid2)
-            if d + w < best.get(t, float("inf")):
-                best[t] = d + w
-                back[t] = (s, r)
-                heapq.heappush(heap, (d + w, next(tie), t))
+            if not dominated(t, d2, e2):
+                labels.append((lid, r))
+                heapq.heappush(heap, (d2, -1.0 if e2 is None else e2, next(tie), t, e2, len(labels) - 1))
     raise NoPlanError("no plan satisfies the policy: no path from the client's input to the client's logits")
 
 
-def brute_force(rows: Sequence[Row], n: int, f: Callable[[Cost], float]) -> tuple[float, list[Row]]:
-    """Every path, enumerated (exponential: tests on small tables only)."""
+def path_value(path: Sequence[Row], f: Callable[[Cost], float], overlap: bool = False) -> float:
+    """A whole path's objective value in closed form: the sum of its rows (each once cost paid once); with
+    `overlap`, max(P, O) + R where P is the rows before the first 2PC row (the HE prefix), O the offline
+    phase (the `ss-offline` once cost + every 2PC row's `offline_s`) and R the rest without their offline parts."""
+    if not overlap:
+        total, paid = 0.0, frozenset()
+        for r in path:
+            w, paid = _value(r, paid, f)
+            total += w
+        return total
+    k = next((j for j, r in enumerate(path) if r.once is not None and r.once[0] == OFFLINE), len(path))
+    head, tail = path[:k], path[k:]
+    prefix = path_value(head, f)
+    if not tail:
+        return prefix
+    offline = f(tail[0].once[1]) + sum(r.offline_s for r in tail)
+    rest = path_value(tail, f) - f(tail[0].once[1]) - sum(r.offline_s for r in tail)
+    return max(prefix, offline) + rest
+
+
+def path_latency(path: Sequence[Row], network) -> float:
+    """Predicted seconds per query of a plan on `network`: its rows, the offline phase overlapped with an HE
+    prefix (what `Plan.predicted_latency_s` and the bench's prediction use)."""
+    return path_value(path, parse_network(network).latency, overlap=True)
+
+
+def brute_force(rows: Sequence[Row], n: int, f: Callable[[Cost], float],
+                overlap: bool = False) -> tuple[float, list[Row]]:
+    """Every path, enumerated and valued in closed form (`path_value`; exponential: tests on small tables only)."""
     best: tuple[float, list[Row]] | None = None
     by_src: dict[tuple[int, str], list[Row]] = {}
     for r in rows:
@@ -147,10 +226,7 @@ def brute_force(rows: Sequence[Row], n: int, f: Callable[[Cost], float]) -> tupl
     def walk(i, kind, path, seen):
         nonlocal best
         if (i, kind) == (n, "client") and path:
-            total, paid = 0.0, frozenset()
-            for r in path:
-                w, paid = _value(r, paid, f)
-                total += w
+            total = path_value(path, f, overlap)
             if best is None or total < best[0] - 1e-12:
                 best = (total, list(path))
             return
@@ -180,8 +256,8 @@ def total_cost(path: Iterable[Row]) -> Cost:
 def choose(rows: Sequence[Row], n: int, policy: Policy, objective: str, network) -> tuple[float, list[Row]]:
     """The best path under `policy` and `objective` (latency on `network`)."""
     allowed = [r for r in rows if policy.allows(r)]
-    return shortest(allowed, n, objective_fn(objective, network))
+    return shortest(allowed, n, objective_fn(objective, network), overlap=overlaps(objective))
 
 
-__all__ = ["Row", "Policy", "HIDING", "NoPlanError", "OBJECTIVES", "KINDS", "shortest", "brute_force", "choose",
-           "total_cost", "objective_fn", "NetworkProfile"]
+__all__ = ["Row", "Policy", "HIDING", "NoPlanError", "OBJECTIVES", "KINDS", "OFFLINE", "shortest", "brute_force",
+           "choose", "total_cost", "objective_fn", "overlaps", "path_value", "path_latency", "NetworkProfile"]

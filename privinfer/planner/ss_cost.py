@@ -68,6 +68,8 @@ def interaction_scale(counted: list[dict], graph: Graph) -> float:
 def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) -> None:
     from ..protocols.ss.worker import child_setup, end_child, party_init, recv_msg, report_error, send_msg
     child_setup(f"count{rank}")
+    from ..affinity import pin_self
+    pin_self(rank)  # the same placement as `privinfer bench`'s parties (affinity.py)
     try:
         crypten, comm, prov = party_init(rank, rendezvous, opts)
         from ..model.ir import load_graph
@@ -78,9 +80,10 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
         for a, b in opts.get("pieces", ()):
             jobs.append(({"piece": [a, b]}, _piece_job(crypten, comm, Executor(crypten, graph.slice(a, b), rank,
                                                                                 int(opts["precision_bits"])))))
-        for kind, shape, t, *pool in opts.get("handovers", ()):  # BFV hand-overs (fused ones: see _run_handover)
+        for kind, shape, t, *extra in opts.get("handovers", ()):  # BFV hand-overs (fused ones: see _run_handover)
+            pool, t2 = (extra + [None, None])[:2]
             jobs.append(({"kind": kind, "shape": list(shape)}, functools.partial(
-                _run_handover, crypten, comm, rank, kind, tuple(shape), int(t), pool[0] if pool else None)))
+                _run_handover, crypten, comm, rank, kind, tuple(shape), int(t), pool, t2)))
         out = _interleaved(jobs, comm, prov, int(opts["reps"]), plan_elements)
         results = [r for r in out if "piece" in r]
         hand = [r for r in out if "kind" in r]
@@ -95,12 +98,14 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
 HANDOVER_KINDS = ("lift", "reduce", "lift_relu", "relu_reduce", "pool_relu_reduce", "lift_relu_reduce")
 
 
-def _run_handover(crypten, comm, rank: int, kind: str, shape: tuple, t: int, pool) -> tuple[float, dict]:
+def _run_handover(crypten, comm, rank: int, kind: str, shape: tuple, t: int, pool,
+                  t2: int | None = None) -> tuple[float, dict]:
     """One hand-over as `protocols/convert/ring.py` runs it (on zeros). The plain ones: `lift` (shares mod t ->
     CrypTen's ring, after a BFV segment), `reduce` ((x + h + r) mod t opened to the client, before one); the
     fused ones (`hybrid.party._fuse`): a ReLU inside the lift (`lift_relu`) or inside the opening
     (`relu_reduce`), MaxPool's last level and the ReLU inside the opening (`pool_relu_reduce`: `shape` is the
-    pool's input, `pool` = (kernel, stride)), or lift, ReLU and opening in one (`lift_relu_reduce`).
+    pool's input, `pool` = (kernel, stride)), or lift, ReLU and opening in one (`lift_relu_reduce`: from
+    modulus t into the next segment's t2; t2 = t when not given).
     Returns (seconds, the counters before it): the input sharing before an opening is not the hand-over's."""
     import numpy as np
     import torch
@@ -113,7 +118,7 @@ def _run_handover(crypten, comm, rank: int, kind: str, shape: tuple, t: int, poo
         before = comm.counters.as_dict()
         t0 = time.perf_counter()
         if kind == "lift_relu_reduce":
-            ring.lift_relu_reduce_reveal(rank, local, t, 1 << 16, r, t)
+            ring.lift_relu_reduce_reveal(rank, local, t, 1 << 16, r, t if t2 is None else int(t2))
         else:
             (ring.lift if kind == "lift" else ring.lift_relu)(rank, local, t, 1 << 16, PRECISION_BITS)
         return time.perf_counter() - t0, before
@@ -173,8 +178,9 @@ def _interleaved(jobs, comm, prov, reps: int, plan_elements) -> list[dict]:
 
 def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handovers=None) -> list[dict]:
     """Run every piece between two real CrypTen parties (rank 0 = server, 1 = client) on loopback.
-    With `handovers` ([(kind, shape, t) or (kind, shape, t, (kernel, stride))]): count those mod-t hand-overs
-    instead (no pieces; kinds: HANDOVER_KINDS)."""
+    With `handovers` ([(kind, shape, t), (kind, shape, t, (kernel, stride) or None) or (kind, shape, t, pool,
+    t2)]): count those mod-t hand-overs instead (no pieces; kinds: HANDOVER_KINDS; t2: lift_relu_reduce's
+    next modulus)."""
     from ..protocols.ss.dealer import LocalDealer
     from ..protocols.ss.worker import ChildProcess, warm_up
     from ..transport.ports import free_port
@@ -210,10 +216,16 @@ def piece_cost(p: dict, cal: dict, scale: float = 1.0) -> Cost:
     """A counted piece: online seconds (the pair's wall time, times the network's `interaction_scale`), bytes,
     rounds, and its share of the offline phase (dealer elements x seconds per element; the fixed part is the
     plan's `once` cost)."""
-    off = p["dealer_elements"] * cal["ss"]["offline_s_per_dealer_element"]
+    off = offline_share_s(p, cal)
     s = p["s"] * scale
     return Cost(client_s=s + off, server_s=s + off, bytes_up=p["bytes_up"], bytes_down=p["bytes_down"],
                 rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True)
+
+
+def offline_share_s(p: dict, cal: dict) -> float:
+    """A counted piece's share of the per-query offline phase: its dealer elements x seconds per element (the
+    search lets the whole phase overlap an HE prefix: `search.Row.offline_s`)."""
+    return p["dealer_elements"] * cal["ss"]["offline_s_per_dealer_element"]
 
 
 def reveal_cost(n_values: int, cal: dict) -> Cost:

@@ -36,11 +36,11 @@ from . import bfv_cost, fused, he_cost, ss_cost
 from .calibrate import machine_load, warn_if_loaded
 from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
-from .search import Row
+from .search import OFFLINE, Row
 
 CACHE_VERSION = 4  # 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
-FUSED_VERSION = 1  # the fused hand-overs of the cached counts (`fused.py`, added when missing)
+FUSED_VERSION = 2  # the fused hand-overs of the cached counts (`fused.py`, added when missing); 2: each at its neighbours' t
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
 
 
@@ -147,21 +147,45 @@ def _add_bfv(graph: Graph, data: dict, say) -> bool:
 
 def _add_fused(graph: Graph, data: dict, say) -> bool:
     """The joint hand-over rows (`fused.py`: the engine's own fusion decisions next to BFV segments), counted
-    once on CrypTen parties and kept with the counts."""
+    once on CrypTen parties and kept with the counts.
+
+    Each is counted at the plaintext modulus of the BFV segment next to it, as the engine runs it: a lift at
+    the t of a segment ending at its start, an opening at the t of one starting at its stop (the lone ReLU
+    between two segments, at both). Where several BFV segments (of different t) meet the same boundary,
+    every modulus is counted and the row keeps the dearest: the comparison's bytes, rounds and tuples do not
+    depend on t (CrypTen's ring is Z_2^64), so only timing noise separates them, and a row must serve every
+    segment the DP may put next to it (the value kind `bfv_out` does not say which)."""
     if data.get("fused_version") == FUSED_VERSION and data.get("fused_bfv") == data.get("bfv_version"):
         return False
     n = len(graph)
-    ts = [st["params"]["t"] for st in data.get("bfv", {}).values() if "error" not in st]
-    spans = [tuple(int(v) for v in k.split("-")[:2]) for k, st in data.get("bfv", {}).items() if "error" not in st]
-    todo = fused.fused_handovers(graph, {b for a, b in spans if b < n}, {a for a, b in spans if a > 0})
+    ending: dict[int, set] = {}  # boundary -> the t of every BFV segment ending there (a lift follows)
+    starting: dict[int, set] = {}  # boundary -> the t of every BFV segment starting there (an opening precedes)
+    for k, st in data.get("bfv", {}).items():
+        if "error" in st:
+            continue
+        a, b = (int(v) for v in k.split("-")[:2])
+        if b < n:
+            ending.setdefault(b, set()).add(int(st["params"]["t"]))
+        if a > 0:
+            starting.setdefault(a, set()).add(int(st["params"]["t"]))
+    todo = fused.fused_handovers(graph, set(ending), set(starting))
     data["fused"], data["fused_version"], data["fused_bfv"] = {}, FUSED_VERSION, data.get("bfv_version")
-    if todo:
-        say(f"fused hand-overs: {len(todo)} joint comparisons (the engine's fusion) counted on CrypTen parties")
-        res = ss_cost.count_pieces(graph, handovers=[(f["kind"], f["shape"], ts[0], *([f["pool"]] if f["pool"] else []))
-                                                     for f in todo])
-        for f, r in zip(todo, res):
-            data["fused"][f["key"]] = {**f, **{k: r[k] for k in ("s", "bytes_up", "bytes_down", "rounds",
-                                                                     "dealer_elements")}}
+    jobs = []
+    for f in todo:
+        t_in = sorted(ending[f["start"]]) if f["kind_in"] == "bfv_out" else [None]
+        t_out = sorted(starting[f["stop"]]) if f["kind_out"] == "bfv_in" else [None]
+        jobs += [(f, ti, to) for ti in t_in for to in t_out]
+    if jobs:
+        say(f"fused hand-overs: {len(jobs)} joint comparisons (the engine's fusion, at each neighbour's modulus) "
+            f"counted on CrypTen parties")
+        res = ss_cost.count_pieces(graph, handovers=[
+            (f["kind"], f["shape"], ti if ti is not None else to, f["pool"], to) for f, ti, to in jobs])
+        for (f, ti, to), r in zip(jobs, res):
+            row = data["fused"].setdefault(f["key"], {**f, "t": [], "s": 0.0, "bytes_up": 0, "bytes_down": 0,
+                                                      "rounds": 0, "dealer_elements": 0})
+            row["t"].append([ti, to])
+            for k in ("s", "bytes_up", "bytes_down", "rounds", "dealer_elements"):
+                row[k] = max(row[k], r[k])
     return True
 
 
@@ -190,7 +214,7 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
     """Every candidate row of `graph` (before the policy filter)."""
     n = len(graph)
     rows: list[Row] = []
-    once = ("ss-offline", ss_cost.offline_once(cal))
+    once = (OFFLINE, ss_cost.offline_once(cal))
     dealer = frozenset({"dealer"})
     scale, regular = ss_cost.interaction_scale(data["ss"], graph), set(ss_cost.pieces(graph))
     # where the engine always fuses (`fused.py`), the plain hand-over never runs: a lift at i when a fused row
@@ -203,7 +227,7 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
         if (a, b) not in regular:
             continue  # the whole network, timed only for the scale
         rows.append(Row("ss", a, b, "shares", "shares", ss_cost.piece_cost(p, cal, scale), dealer, once,
-                        {"layers": list(graph.names[a:b])}))
+                        {"layers": list(graph.names[a:b])}, offline_s=ss_cost.offline_share_s(p, cal)))
     for i in range(n + 1):
         if i == 0:
             rows.append(Row("convert", 0, 0, "client", "shares", Cost(overlap=True), dealer, once,
@@ -229,12 +253,14 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
                              overlap=True)
                 rows.append(Row("convert", i, i, "shares", "bfv_in", c, dealer, once, {
                     "what": "2PC reduces x + h + r mod t (one secure comparison) and opens it to the client; the "
-                            "client encrypts it (BFV), the server subtracts h + r", "hiding": "perfect (uniform mod t)"}))
+                            "client encrypts it (BFV), the server subtracts h + r", "hiding": "perfect (uniform mod t)"},
+                    offline_s=ss_cost.offline_share_s(hand[f"reduce-{i}"], cal)))
             if f"lift-{i}" in hand and i not in fused_out:
                 rows.append(Row("convert", i, i, "bfv_out", "shares", ss_cost.piece_cost(hand[f"lift-{i}"], cal),
                                 dealer, once, {"what": "the server masks every BFV slot uniformly mod t; the client "
                                                "decrypts its share; 2PC lifts the mod-t shares into its ring (one "
-                                               "secure comparison)", "hiding": "perfect (uniform mod t)"}))
+                                               "secure comparison)", "hiding": "perfect (uniform mod t)"},
+                                offline_s=ss_cost.offline_share_s(hand[f"lift-{i}"], cal)))
         if i == n:
             rows.append(Row("convert", n, n, "shares", "client", ss_cost.reveal_cost(_size(graph, n), cal), dealer,
                             once, {"what": "2PC reveals the logits to the client", "hiding": "n/a (the logits are the output)"}))
@@ -248,7 +274,7 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
                          overlap=True)
         rows.append(Row("ss", f["start"], f["stop"], f["kind_in"], f["kind_out"], c, dealer, once, {
             "layers": list(graph.names[f["start"]:f["stop"]]), "fused": f["kind"],
-            "hiding": "perfect (uniform mod t)"}))
+            "hiding": "perfect (uniform mod t)"}, offline_s=ss_cost.offline_share_s(f, cal)))
     if he:
         bfv = data.get("bfv", {})
         for key, st in bfv.items():

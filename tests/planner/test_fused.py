@@ -74,3 +74,40 @@ def test_fixed_plan_rounds_match_a_real_hybrid_session(cnn, cache):
     assert np.max(np.abs(out - ref)) < 1e-2
     # privinfer's channel rounds plus the counted 2PC rounds: what the planner predicts is what runs
     assert plan.cost.rounds == measured, plan.explain()
+    # the plan starts with a BFV segment: the 2PC offline phase runs beside it (#10), priced as max, not sum
+    net = plan.network
+    seq = net.latency(plan.cost)
+    prefix = sum(net.latency(r.cost) for r in plan.rows[:next(i for i, r in enumerate(plan.rows) if r.once)])
+    offline = sum(r.offline_s for r in plan.rows) + net.latency(
+        next(r for r in plan.rows if r.once).once[1])
+    assert plan.predicted_latency_s() == pytest.approx(seq - min(prefix, offline), rel=1e-9)
+    assert plan.offline_overlap_s() == pytest.approx(min(prefix, offline), rel=1e-9) and min(prefix, offline) > 0
+    assert "the 2PC offline phase runs while the HE prefix does" in plan.explain()
+
+
+def test_fused_rows_are_counted_at_their_neighbours_modulus(cnn, monkeypatch):
+    """Each joint hand-over is counted at the plaintext modulus of the BFV segment next to it (a lift at the t
+    of the segment ending at its start, an opening at the t of the one starting at its stop), every modulus
+    where segments of different t meet, and the row keeps the dearest count (was: the first segment's t)."""
+    from privinfer.planner import ss_cost, table
+    seen = []
+
+    def fake_count(graph, handovers=None, **kw):
+        seen.extend(handovers)
+        return [{"kind": h[0], "shape": list(h[1]), "s": 0.001 * (1 + h[2] % 7), "bytes_up": 10, "bytes_down": 20,
+                 "rounds": 3, "dealer_elements": 5} for h in handovers]
+    monkeypatch.setattr(ss_cost, "count_pieces", fake_count)
+    p = lambda t: {"params": {"t": t}}  # noqa: E731
+    # BFV segments: 0 (t=101), 3-4 (t=203), 4 (t=307, also ends at 5), 6 (t=409): layer 5 is the lone ReLU
+    data = {"bfv": {"0-1-0": p(101), "3-5-0": p(203), "4-5-0": p(307), "6-7-1": p(409)}, "bfv_version": 3}
+    assert table._add_fused(cnn, data, lambda m: None)
+    by_key = {}
+    for kind, shape, t, pool, t2 in seen:
+        by_key.setdefault(kind, set()).add((t, t2))
+    assert by_key["lift_relu_reduce"] == {(203, 409), (307, 409)}  # ReLU 5: from either segment into 6's
+    assert by_key["lift_relu"] == {(203, None), (307, None)}
+    assert by_key["relu_reduce"] == {(409, 409)} and by_key["pool_relu_reduce"] == {(203, 203)}
+    row = data["fused"]["lift_relu_reduce-5-6"]
+    assert sorted(map(tuple, row["t"])) == [(203, 409), (307, 409)]
+    assert row["s"] == pytest.approx(max(0.001 * (1 + 203 % 7), 0.001 * (1 + 307 % 7)))
+    assert not table._add_fused(cnn, data, lambda m: None)  # cached with its version

@@ -7,24 +7,35 @@ from hypothesis import given, settings, strategies as st
 
 from privinfer.errors import ParameterError
 from privinfer.planner.cost import PROFILES, Cost, NetworkProfile, parse_network
-from privinfer.planner.search import NoPlanError, Policy, Row, brute_force, choose, objective_fn, shortest, total_cost
+from privinfer.planner.search import (NoPlanError, Policy, Row, brute_force, choose, objective_fn, path_latency,
+                                      path_value, shortest, total_cost)
 
 WAN = PROFILES["wan"]
 
 
-def synthetic(n: int, rng: random.Random) -> list[Row]:
+def synthetic(n: int, rng: random.Random, offline: bool = False) -> list[Row]:
     """A random table shaped like the real one: ss pieces (single layers and some pairs), HE segments, the
-    conversions, whole-model rows, with random costs and a shared per-query `once` cost on the 2PC rows."""
+    conversions, whole-model rows, with random costs and a shared per-query `once` cost on the 2PC rows.
+    `offline`: the ss pieces also carry a random share of the offline phase (`Row.offline_s`), as the real
+    table's do, and the once cost is random (so that it may be hidden by an HE prefix, or not)."""
     def cost(**kw):
         return Cost(client_s=rng.uniform(0, 0.05), server_s=rng.uniform(0, 0.2), bytes_up=rng.randint(0, 10**6),
                     bytes_down=rng.randint(0, 10**6), rounds=rng.randint(0, 5), overlap=rng.random() < 0.5, **kw)
-    once = ("ss-offline", Cost(client_s=0.01, server_s=0.01, overlap=True))
+
+    def piece():
+        if not offline:
+            return {"cost": cost()}
+        c = Cost(client_s=rng.uniform(0, 0.2), server_s=rng.uniform(0, 0.2), bytes_up=rng.randint(0, 10**6),
+                 bytes_down=rng.randint(0, 10**6), rounds=rng.randint(0, 5), overlap=True)
+        return {"cost": c, "offline_s": rng.uniform(0, min(c.client_s, c.server_s))}
+    once = ("ss-offline", Cost(client_s=rng.uniform(0, 0.3) if offline else 0.01, server_s=0.01, rounds=int(offline),
+                               overlap=True))
     rows = []
     for i in range(n):
         if rng.random() < 0.9:
-            rows.append(Row("ss", i, i + 1, "shares", "shares", cost(), frozenset({"dealer"}), once))
+            rows.append(Row("ss", i, i + 1, "shares", "shares", needs=frozenset({"dealer"}), once=once, **piece()))
         if i + 2 <= n and rng.random() < 0.3:
-            rows.append(Row("ss", i, i + 2, "shares", "shares", cost(), frozenset({"dealer"}), once))
+            rows.append(Row("ss", i, i + 2, "shares", "shares", needs=frozenset({"dealer"}), once=once, **piece()))
     for a in range(n):
         for b in range(a + 1, n + 1):
             if rng.random() < 0.4:
@@ -61,6 +72,68 @@ def test_dp_equals_brute_force(objective, seed, n):
         assert (r.stop, r.kind_out) == (s.start, s.kind_in)
     if objective == "latency":
         assert WAN.latency(total_cost(path)) == pytest.approx(got, rel=1e-9)
+
+
+@settings(max_examples=60)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 4))
+def test_dp_with_offline_overlap_equals_brute_force(seed, n):
+    """Latency with the offline phase overlapped with an HE prefix (max(P, O) + R, not a sum of edge weights):
+    the label search still finds the brute-force optimum, and the plan's latency is that value."""
+    rows = synthetic(n, random.Random(seed), offline=True)
+    f = WAN.latency
+    try:
+        expect, _ = brute_force(rows, n, f, overlap=True)
+    except NoPlanError:
+        return
+    got, path = shortest(rows, n, f, overlap=True)
+    assert got == pytest.approx(expect, rel=1e-9, abs=1e-12)
+    assert path_latency(path, WAN) == pytest.approx(got, rel=1e-9)
+    assert got <= shortest(rows, n, f)[0] + 1e-12  # overlapping never costs more than the sum
+    assert choose(rows, n, Policy(), "latency", WAN)[0] == pytest.approx(got)
+
+
+def _overlap_table():
+    """Two HE prefixes into the same 2PC state, then one ss piece with a large offline share: A reaches the
+    state sooner (0.5 s) but spent the prefix's slack on its hand-over's tuples; B arrives later (0.6 s) with
+    all of it left. B is the optimum (0.6 s against 1.1 s): a search keeping one label per state (A's) misses it."""
+    once = ("ss-offline", Cost(overlap=True))
+    two = lambda s: Cost(client_s=s, server_s=s, overlap=True)  # noqa: E731
+    return [Row("convert", 0, 0, "client", "he_in", Cost()),
+            Row("he", 0, 1, "he_in", "he_out", Cost(server_s=0.5), info={"route": "A"}),
+            Row("convert", 1, 1, "he_out", "shares", two(0.5), once=once, offline_s=0.5),
+            Row("convert", 0, 0, "client", "bfv_in", Cost()),
+            Row("he", 0, 1, "bfv_in", "bfv_out", Cost(server_s=0.6), info={"route": "B"}),
+            Row("convert", 1, 1, "bfv_out", "shares", Cost(overlap=True), once=once),
+            Row("ss", 1, 2, "shares", "shares", two(0.6), once=once, offline_s=0.6),
+            Row("convert", 2, 2, "shares", "client", Cost(overlap=True), once=once)]
+
+
+def test_offline_phase_overlaps_the_he_prefix():
+    rows = _overlap_table()
+    f = PROFILES["loopback"].latency
+    value, path = shortest(rows, 2, f, overlap=True)
+    assert value == pytest.approx(0.6) and path[1].info["route"] == "B"
+    assert brute_force(rows, 2, f, overlap=True)[0] == pytest.approx(0.6)
+    # in sequence (the old pricing, and every objective but latency): A 1.6 s, B 1.2 s
+    assert shortest(rows, 2, f)[0] == pytest.approx(1.2)
+    assert path_value(path, f) == pytest.approx(1.2) and path_value(path, f, overlap=True) == pytest.approx(0.6)
+    # a plan that starts in 2PC has no prefix: the offline phase is paid in full, as before
+    ss_only = [Row("convert", 0, 0, "client", "shares", Cost(overlap=True), once=("ss-offline", Cost(server_s=0.3))),
+               Row("ss", 0, 1, "shares", "shares", Cost(client_s=0.2, server_s=0.2, overlap=True),
+                   once=("ss-offline", Cost(server_s=0.3)), offline_s=0.1),
+               Row("convert", 1, 1, "shares", "client", Cost())]
+    assert shortest(ss_only, 1, f, overlap=True)[0] == pytest.approx(0.5) == shortest(ss_only, 1, f)[0]
+
+
+def test_offline_share_must_be_part_of_both_parties_seconds():
+    bad = [Row("convert", 0, 0, "client", "shares", Cost()),
+           Row("ss", 0, 1, "shares", "shares", Cost(client_s=0.1, server_s=0.2, overlap=True), offline_s=0.15),
+           Row("convert", 1, 1, "shares", "client", Cost())]
+    with pytest.raises(ParameterError):
+        shortest(bad, 1, WAN.latency, overlap=True)
+    bad[1] = Row("ss", 0, 1, "shares", "shares", Cost(client_s=0.1, server_s=0.2, overlap=True), offline_s=-0.01)
+    with pytest.raises(ParameterError):
+        shortest(bad, 1, WAN.latency, overlap=True)
 
 
 def test_once_cost_paid_once_per_plan():
