@@ -14,7 +14,8 @@ One TCP connection per session carries everything: WELCOME (plan, per-HE-segment
 every HE segment once, the `ss` set-up once (one CrypTen group and one dealer serve every ss segment), then
 per query: the ss offline phase for the whole plan (one dealer batch) is STARTED, the segments run in order,
 and the offline phase is collected right before the first ss segment (`steps.OfflineCollect`): the dealer's
-and both parties' tuple generation run while the HE segments before it are evaluated:
+and both parties' tuple generation run while the HE segments before it are evaluated (client option
+`prefetch`: started after the previous answer instead, with the BFV pads and masks: `ahead.py`):
 
     HE segment   client sends ct(x) (first segment) or ct(z) with z = x + r revealed by the 2PC; the server
                  subtracts the gather of r, evaluates, then either floods and returns the logits (last
@@ -158,9 +159,7 @@ class _HybridServer(EngineServer):
             if isinstance(a, SSSegment) and isinstance(b, BFVSegmentStep):
                 runner.ahead[a.k] = b.precompute
         if self.prefetch:  # the next query's material, made after each answer (`ahead.py`)
-            pairs = [(a if isinstance(a, SSSegment) else None, b) for a, b in zip([None] + steps, steps)
-                     if isinstance(b, BFVSegmentStep)]
-            self.ahead = ServerAhead(self.ss, steps, pairs)
+            self.ahead = ServerAhead(self.ss, steps)
         return steps
 
     def _mask(self, j: int, at: int):

@@ -17,7 +17,8 @@ What is made ahead, and why none of it is ever used twice:
   * each BFV segment's pads, masks and unmasking plaintexts for r (`BFVSegmentStep.precompute`): `_take`
     drops them when a query takes them; the 2PC's idle-time precompute does not remake them.
 On an error the session closes (its processes and everything prepared go with it); a failure while
-prefetching after an answer leaves that answer standing and is raised by the next query.
+prefetching after an answer leaves that answer standing and is raised by the next query. As in `ss`, a query
+whose tuples were made ahead runs even if the dealer died since (its online phase needs no dealer).
 """
 from __future__ import annotations
 
@@ -63,9 +64,13 @@ class ServerAhead:
     """The server's half: `after(ch, B)` once the answer is sent; `start(ch, B)` in place of starting the
     offline phase in `prepare`."""
 
-    def __init__(self, ss, chain: list, pairs: list):
-        self.ss, self.chain = ss, chain
-        self.pairs = pairs  # [(SSSegment step or None, BFVSegmentStep)]: each BFV step with the ss step before it
+    def __init__(self, ss, chain: list):
+        from ..ss.steps import SSSegment
+        from .steps import BFVSegmentStep
+        self.ss = ss
+        #: [(SSSegment or None, BFVSegmentStep)]: each BFV segment's step with the ss step before it (its mask)
+        self.pairs = [(a if isinstance(a, SSSegment) else None, b) for a, b in zip([None] + list(chain), chain)
+                      if isinstance(b, BFVSegmentStep)]
         self.batch: int | None = None  # the batch whose offline phase was started ahead (None: none pending)
 
     def start(self, ch: Channel, batch: int) -> None:

@@ -95,7 +95,8 @@ class _FakeSSStep:
 def test_server_ahead_starts_after_the_answer_and_replaces_another_batch():
     ss, bfv0, bfv1 = _FakeSS(), _FakeBFV(), _FakeBFV()
     mask = MaskAhead(lambda b: np.zeros((b, 2)))
-    a = ServerAhead(ss, [], [(None, bfv0), (_FakeSSStep(mask), bfv1)])
+    a = ServerAhead(ss, [])
+    a.pairs = [(None, bfv0), (_FakeSSStep(mask), bfv1)]
     a.after(None, 1)
     assert ss.calls == [("start", 1)] and bfv0.made == [(1, None)] and bfv1.made == [(1, mask.ahead)]
     a.start(None, 1)                       # the next query of batch 1: nothing to start
@@ -144,3 +145,39 @@ def test_session_with_prefetch_is_exact_and_single_use(monkeypatch):
         np.testing.assert_allclose(s.infer(x), run_reference(g, x), atol=1e-2)
         assert starts == [1, 1, 1, 2, 2]
     assert len(shares) == 4 and not np.array_equal(shares[0], shares[1])  # one per image
+
+
+@pytest.mark.slow  # ~8 s (a CrypTen group); the dealer-failure path of the ss collect is in tests/protocols/ss
+def test_dead_dealer_fails_the_next_query_with_prefetch_and_without():
+    """The dealer's answer is awaited by a thread (`ss_seg._early_fill`): a dead dealer is a clear error at
+    the collect, well before the gloo timeout. Without prefetch the next query fails; with prefetch (as `ss`'s)
+    the query whose material was made ahead still runs (its online phase needs no dealer), the one after fails."""
+    import os
+    import signal
+    import time
+
+    from privinfer import PeerError
+    from privinfer.server import Server
+    from privinfer.session import connect
+    from tests.protocols.ss.test_protocol import ss_processes, wait_for
+    g = load_model("cryptonets-mnist")
+    X, _ = load_dataset("cryptonets-mnist", "test")
+    x = np.asarray(X[:1], dtype=np.float64)
+    srv = Server(g, "hybrid", plan="he:0,ss:1-", dealer="local", mpc_timeout=30.0, timeout=60).start()
+    try:
+        for prefetch in (False, True):
+            with connect("127.0.0.1", srv.port, "hybrid", prefetch=prefetch) as s:
+                np.testing.assert_allclose(s.infer(x), run_reference(g, x), atol=1e-2)
+                dealers = wait_for(lambda: [p for p, n in ss_processes(os.getpid()).items() if n == "pi-ss-dealer"])
+                assert len(dealers) == 1
+                if prefetch:  # the next query's tuples (started after the answer) are in by then
+                    time.sleep(1.0)
+                os.kill(dealers[0], signal.SIGKILL)
+                if prefetch:
+                    np.testing.assert_allclose(s.infer(x), run_reference(g, x), atol=1e-2)
+                t0 = time.monotonic()
+                with pytest.raises(PeerError, match="dealer"):
+                    s.infer(x)
+                assert time.monotonic() - t0 < 30.0
+    finally:
+        srv.shutdown()
