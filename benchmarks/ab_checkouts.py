@@ -4,10 +4,13 @@ Why: on a shared machine the load drifts, so two benchmarks run one after the ot
 process cannot import two versions of the library. Here each checkout runs in its own worker process (its own
 PYTHONPATH, its own `PrivateSession`: server in a spawned process, loopback TCP) and the driver asks them for one
 query each, alternately, so both see the same load. The first round warms up. Optionally `ss` from checkout A runs
-in the same rotation as a load reference.
+in the same rotation as a load reference, and further arms (`--arm`) with options of their own, e.g. the same
+checkout with `prefetch=1`. `--gap S` waits S seconds before each query (every arm alike): what a session with
+gaps between queries sees, so that work made between queries (prefetch) is off the query's path.
 
     python benchmarks/ab_checkouts.py --a /tmp/main_tree --b . --pairs 8 \
-        --protocol hybrid -o plan=he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9 [--with-ss]
+        --protocol hybrid -o plan=he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9 [--with-ss] \
+        [--arm "B+prefetch,.,hybrid,prefetch=1" --arm "ss+prefetch,.,ss,prefetch=1" --gap 0.5]
 
 Prints one JSON line: the median latency of each arm, the median of the per-round ratios B/A, and the load.
 """
@@ -36,7 +39,7 @@ def worker(model: str, protocol: str, opts: dict) -> None:
             dt = time.perf_counter() - t0
             q = s.stats.last
             print(json.dumps({"s": dt, "up": q.bytes_client_to_server, "down": q.bytes_server_to_client,
-                              "rounds": q.rounds, "offline_s": q.offline_s}), flush=True)
+                              "rounds": q.rounds, "offline_s": q.offline_s, "online_s": q.online_s}), flush=True)
     finally:
         s.close()
 
@@ -67,6 +70,10 @@ def main() -> None:
     ap.add_argument("-o", action="append", default=[], help="server/client option k=v (as privinfer bench)")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--with-ss", action="store_true", help="also run ss from checkout A in the rotation")
+    ap.add_argument("--arm", action="append", default=[],
+                    help="another arm: NAME,TREE,PROTOCOL[,k=v...] (its options on top of -o when PROTOCOL is "
+                         "--protocol; repeatable)")
+    ap.add_argument("--gap", type=float, default=0.0, help="seconds to wait before each query")
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--opts", default="{}")
     ap.add_argument("--json", default=None)
@@ -78,6 +85,10 @@ def main() -> None:
     arms = {"A": _spawn(a.a, a.model, a.protocol, opts), "B": _spawn(a.b, a.model, a.protocol, opts)}
     if a.with_ss:
         arms["ss(A)"] = _spawn(a.a, a.model, "ss", {})
+    for spec in a.arm:
+        name, tree, proto, *kv = spec.split(",")
+        own = dict(x.split("=", 1) for x in kv)  # on top of -o when the arm runs --protocol
+        arms[name] = _spawn(tree, a.model, proto, {**opts, **own} if proto == a.protocol else own)
     res = {k: [] for k in arms}
     loads = []
     try:
@@ -87,6 +98,8 @@ def main() -> None:
         for i in range(a.pairs + 1):
             order = list(arms) if i % 2 == 0 else list(reversed(arms))  # neither arm always goes first
             for k in order:
+                if a.gap:
+                    time.sleep(a.gap)
                 r = _ask(arms[k])
                 if i:
                     res[k].append(r)
@@ -104,8 +117,10 @@ def main() -> None:
     ratio = float(np.median([b["s"] / x["s"] for b, x in zip(res["B"], res["A"])]))
     last = {k: {f: v[-1][f] for f in ("up", "down", "rounds")} for k, v in res.items()}
     off = {k: float(np.median([r["offline_s"] for r in v])) for k, v in res.items()}
+    onl = {k: float(np.median([r.get("online_s", r["s"]) for r in v])) for k, v in res.items()}
     rec = {"model": a.model, "protocol": a.protocol, "opts": opts, "pairs": a.pairs, "a": a.a, "b": a.b,
-           "median_s": med, "median_offline_s": off, "median_ratio_b_over_a": ratio, "bytes_rounds": last,
+           "median_s": med, "median_offline_s": off, "median_online_s": onl,
+           "median_ratio_b_over_a": ratio, "gap_s": a.gap, "bytes_rounds": last,
            "load_1min": [round(min(loads), 2), round(max(loads), 2)]}
     print(json.dumps(rec))
     if a.json:

@@ -14,7 +14,8 @@ One TCP connection per session carries everything: WELCOME (plan, per-HE-segment
 every HE segment once, the `ss` set-up once (one CrypTen group and one dealer serve every ss segment), then
 per query: the ss offline phase for the whole plan (one dealer batch) is STARTED, the segments run in order,
 and the offline phase is collected right before the first ss segment (`steps.OfflineCollect`): the dealer's
-and both parties' tuple generation run while the HE segments before it are evaluated:
+and both parties' tuple generation run while the HE segments before it are evaluated (client option
+`prefetch`: started after the previous answer instead, with the BFV pads and masks: `ahead.py`):
 
     HE segment   client sends ct(x) (first segment) or ct(z) with z = x + r revealed by the 2PC; the server
                  subtracts the gather of r, evaluates, then either floods and returns the logits (last
@@ -53,6 +54,7 @@ from ..ss.steps import SSSegment, SSShare
 from ..ss.worker import warm_up
 from ..convert import bfv as bfv_conv
 from ..he.bfv import FRAC_BITS
+from .ahead import ClientAhead, MaskAhead, ServerAhead, prefetch_flag
 from .bfv_seg import BFVSegmentClient, BFVSegmentServer, is_linear
 from .he_seg import HESegmentClient, HESegmentServer
 from .ss_seg import SSSegmentsClient, SSSegmentsServer
@@ -101,6 +103,7 @@ class _HybridServer(EngineServer):
         self.ctx: dict[int, Any] = {}
         _check_precision(proto.he, copts)
         self.ss = SSSegmentsServer(proto, copts, _ss_segments(self.segs, proto.he)) if proto.has_ss else None
+        self.prefetch, self.ahead = prefetch_flag(copts.get("prefetch", False)), None
 
     def welcome(self) -> dict:
         info = {"plan": plan_string(self.segs), "max_batch": int(self.proto.options["max_batch"]),
@@ -145,7 +148,7 @@ class _HybridServer(EngineServer):
                 masked = _next(segs, i) == "he"
                 steps.append(SSSegment(runner, False, k_ss, seg.start, seg.stop,
                                        Kind.SHARES if masked else Kind.PLAIN_CLIENT,
-                                       self._mask(i + 1, seg.stop) if masked else None))
+                                       MaskAhead(self._mask(i + 1, seg.stop)) if masked else None))
                 k_ss += 1
             elif seg.protocol == "plain":
                 steps.append(Layers(g, seg.start, seg.stop, Kind.PLAIN_CLIENT, holder=False))
@@ -155,6 +158,8 @@ class _HybridServer(EngineServer):
         for a, b in zip(steps, steps[1:]):  # a BFV segment's pads are made while the ss segment before it runs
             if isinstance(a, SSSegment) and isinstance(b, BFVSegmentStep):
                 runner.ahead[a.k] = b.precompute
+        if self.prefetch:  # the next query's material, made after each answer (`ahead.py`)
+            self.ahead = ServerAhead(self.ss, steps)
         return steps
 
     def _mask(self, j: int, at: int):
@@ -169,10 +174,24 @@ class _HybridServer(EngineServer):
         B = int(meta["batch"])
         if not 1 <= B <= int(self.proto.options["max_batch"]):
             raise ResourceLimitError(f"batch {B} outside 1..{self.proto.options['max_batch']} for this session")
-        if self.ss is not None:  # one dealer batch for every ss segment of the plan, collected by the chain's
+        if self.ahead is not None:  # started after the last answer, or started now
+            self.ahead.start(ch, B)
+        elif self.ss is not None:  # one dealer batch for every ss segment of the plan, collected by the chain's
             self.ss._offline_start(ch, B)  # OfflineCollect step: it runs while the HE segments before it do
 
+    def query(self, ch: Channel, meta: dict) -> None:
+        try:
+            super().query(ch, meta)
+            if self.ahead is not None:
+                self.ahead.after(ch, int(meta["batch"]))
+        except BaseException:
+            if self.ahead is not None:
+                self.ahead.drop()
+            raise
+
     def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.drop()
         self.ctx = {}
         self.chain = ()
         if self.ss is not None:
@@ -212,6 +231,7 @@ class _HybridClient(EngineClient):
             rec = (welcome.get("noisy") or {}).get("recommended") or {}
             self.noisy = NoisyRelease(copts, rec.get("l1" if (copts.get("mechanism") or "laplace") == "laplace" else "l2"))
         self.client_layers: dict[int, Graph] = {}
+        self.ahead = ClientAhead(self.ss) if self.ss is not None and copts.get("prefetch") else None
         self.conversions: list[dict] = []
         self._log: list[dict] = []
 
@@ -271,8 +291,17 @@ class _HybridClient(EngineClient):
         if self.ss is None:
             return {}
         t0 = time.perf_counter()
-        self.ss._offline_start(ch, batch)  # finished by the chain's OfflineCollect step (its timing adds the rest)
+        if self.ahead is not None:  # started after the last answer (prefetch), or started now
+            self.ahead.start(ch, batch)
+        else:  # finished by the chain's OfflineCollect step (its timing adds the rest)
+            self.ss._offline_start(ch, batch)
         return {"offline_s": time.perf_counter() - t0}
+
+    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
+        out = super().query(ch, x)
+        if self.ahead is not None:
+            self.ahead.after(ch, int(x.shape[0]))
+        return out
 
     def finish_timing(self, timing: dict, elapsed_s: float) -> dict:
         out = {"offline_s": 0.0, "online_s": 0.0, "side_bytes_client_to_server": 0, "side_bytes_server_to_client": 0,
@@ -306,7 +335,9 @@ class Hybrid(Protocol):
     client_options: dict[str, Any] = {"precision_bits": 16, "threads": 1, "gloo_ifname": None, "client_secret": None,
                                       # a noisy segment's DP release (as the `noisy` protocol's options)
                                       "epsilon": None, "mechanism": "laplace", "delta": None, "clip": None,
-                                      "nullify": 0.0, "budget": None}
+                                      "nullify": 0.0, "budget": None,
+                                      # make the next query's single-use material after each answer (`ahead.py`)
+                                      "prefetch": False}
     local_client_options = frozenset({"client_secret"})
     local_session_defaults = {"dealer": "local"}
 
@@ -364,6 +395,7 @@ class Hybrid(Protocol):
         bits = opts["precision_bits"]
         if not isinstance(bits, int) or not 1 <= bits <= MAX_PRECISION_BITS:
             raise ParameterError(f"precision_bits must be an integer in 1..{MAX_PRECISION_BITS}, got {bits!r}")
+        opts["prefetch"] = prefetch_flag(opts["prefetch"])
         from ..noisy import Noisy
         Noisy.validate_client_options({k: opts[k] for k in Noisy.client_options})  # a noisy segment's options
         return opts

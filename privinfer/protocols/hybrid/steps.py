@@ -178,9 +178,15 @@ class BFVSegmentStep(Step):
 
     def precompute(self, batch: int, r: np.ndarray | None = None) -> None:
         """Server: this segment's input-independent work for the next query of `batch` images (pads, masks
-        and, given the mask r the 2PC before it adds, the unmasking plaintexts), ahead of its ciphertexts."""
+        and, given the mask r the 2PC before it adds, the unmasking plaintexts), ahead of its ciphertexts.
+        Nothing is remade when the work for this batch and this r is already waiting (made by a prefetch,
+        `ahead.py`): it is still unused, and making it again would only cost time."""
+        prep = getattr(self, "_prep", None)
+        if prep is not None and prep[0] == batch and (prep[2] is r or (
+                r is not None and prep[2] is not None and np.array_equal(prep[2], r))):
+            return
         rs = [None] * batch if r is None else list(np.asarray(r))
-        self._prep = (batch, [self.seg.prepare(self.ctx, rb) for rb in rs])
+        self._prep = (batch, [self.seg.prepare(self.ctx, rb) for rb in rs], r)
 
     def _take(self, batch: int, r) -> list:
         """The precomputed work for this query (each pad serves once: dropped here), else made now."""
@@ -189,6 +195,10 @@ class BFVSegmentStep(Step):
             self.precompute(batch, r)
             prep, self._prep = self._prep, None
         return prep[1]
+
+    def drop(self) -> None:
+        """Forget unused precomputed work (session closed or failed): it is never used later."""
+        self._prep = None
 
     def describe(self) -> str:
         return f"BFVSegment[{self.seg.start}:{self.seg.stop}]({self.accepts} -> {self.produces})"

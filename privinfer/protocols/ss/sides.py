@@ -165,13 +165,13 @@ class _SSServer(EngineServer):
         try:
             if pending["dealer_error"] is not None:
                 raise pending["dealer_error"]
-            dealer_blob = self.dealer.finish(self.timeout)
+            dealer_blob = self._dealer_answer(pending)
         except PrivinferError as e:
             self.worker.recv(self.timeout, "generate")  # keep the pipe in step
             raise DealerError(f"the dealer failed during the offline phase: {e}") from None
-        t_dealer = time.perf_counter() - pending["t1"]
+        t_dealer = pending.get("t_dealer", time.perf_counter() - pending["t1"])
         gen, _ = self.worker.recv(self.timeout, "generate")
-        self.worker.call({"cmd": "fill"}, dealer_blob, timeout=self.timeout)
+        self._fill(dealer_blob)
         ch.send_json({"offline_done": batch, "server": {
             "plan_s": pending["plan_s"], "dealer_s": t_dealer, "generate_s": gen["s"], "tuples": gen["tuples"],
             "ring_elements": pending["elements"],
@@ -179,6 +179,13 @@ class _SSServer(EngineServer):
             "bytes_dealer_to_server": self.dealer.bytes_received - d_recv,
             "dealer_messages": self.dealer.messages - d_msgs, "dealer": self.dealer.where}})
         self.prepared = batch
+
+    def _dealer_answer(self, pending: dict) -> bytes | None:
+        """The dealer's tuples for this party (a hybrid session's may have been handed over already: `ss_seg`)."""
+        return self.dealer.finish(self.timeout)
+
+    def _fill(self, dealer_blob: bytes | None) -> None:
+        self.worker.call({"cmd": "fill"}, dealer_blob, timeout=self.timeout)
 
     def _online(self, ch: Channel, batch: int) -> None:
         d_msgs = self.dealer.messages

@@ -8,6 +8,7 @@
 * input ciphertexts come one per frame (the server works on each as it arrives); anything else is refused.
 """
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -42,13 +43,18 @@ def _spy(monkeypatch, cls, name, log, tag, result=None):
 
 def test_offline_phase_runs_while_the_first_he_segment_is_evaluated(monkeypatch):
     """Server side, per query: the dealer's request is sent (offline start) before the BFV segment runs and
-    awaited (collect) after it, before the first ss segment; the logits stay the reference's. The same
-    image twice gets two different client shares of the BFV result: no pad serves two queries."""
-    log, shares = [], []
+    collected after it, before the first ss segment; the dealer's answer is awaited (and handed to the party)
+    by a thread of its own, not by the collect, so it overlaps the BFV segment too; the logits stay the
+    reference's. The same image twice gets two different client shares of the BFV result: no pad serves two
+    queries."""
+    log, shares, waiters = [], [], []
     _spy(monkeypatch, sides._SSServer, "_offline_start", log, "start")
     _spy(monkeypatch, sides._SSServer, "_offline_collect", log, "collect")
     _spy(monkeypatch, LocalDealer, "start", log, "dealer_start")
     _spy(monkeypatch, LocalDealer, "finish", log, "dealer_wait")
+    wait = LocalDealer.finish
+    monkeypatch.setattr(LocalDealer, "finish", lambda self, *a: (waiters.append(threading.current_thread().name),
+                                                                 wait(self, *a))[1])
     _spy(monkeypatch, bfv_seg.BFVSegmentServer, "run", log, "bfv")
     _spy(monkeypatch, ss_seg.SSSegmentsServer, "segment", log, "ss")
     _spy(monkeypatch, bfv_seg.BFVSegmentClient, "share", [], "share", shares)
@@ -57,12 +63,13 @@ def test_offline_phase_runs_while_the_first_he_segment_is_evaluated(monkeypatch)
     x = np.asarray(X[:1], dtype=np.float64)
     with PrivateSession(g, "hybrid", plan="he:0,ss:1-", spawn="thread", **OPTS) as s:
         for _ in range(2):
-            del log[:]
+            del log[:], waiters[:]
             out = s.infer(x)
             np.testing.assert_allclose(out, run_reference(g, x), atol=1e-2)
-            order = [e for e in log if e in ("start>", "dealer_start>", "bfv>", "<bfv", "collect>", "dealer_wait>",
-                                             "ss>")]
-            assert order == ["start>", "dealer_start>", "bfv>", "<bfv", "collect>", "dealer_wait>", "ss>"], log
+            order = [e for e in log if e in ("start>", "dealer_start>", "bfv>", "<bfv", "collect>", "ss>")]
+            assert order == ["start>", "dealer_start>", "bfv>", "<bfv", "collect>", "ss>"], log
+            assert log.index("dealer_start>") < log.index("dealer_wait>") < log.index("<collect"), log
+            assert waiters == ["pi-hybrid-fill"]
     assert len(shares) == 2 and not np.array_equal(shares[0], shares[1])
 
 
