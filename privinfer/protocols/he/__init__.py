@@ -72,9 +72,9 @@ from .latency import CompiledPlan, LatencyPlan, SealBackend, plan_latency
 from .params import DEFAULT_VALUE_BITS, HEParams, mask_options, select_params, value_bits_from_data
 from .privacy import FloodPolicy
 from .program import build_program, check_he_graph
-from .result_noise import _TenSEALView, os_normal, rerandomize  # noqa: F401  (imported from here)
-from .sides import (PACKINGS, _batch_module, _HEClient, _HEServer, _KeyedContext,  # noqa: F401
-                    _load_public_tenseal, _tenseal_context)
+from .result_noise import os_normal, rerandomize  # noqa: F401  (imported from here: convert, planner, tests)
+from .sides import PACKINGS, _HEClient, _HEServer
+from .sides import _KeyedContext, _load_public_tenseal, _tenseal_context  # noqa: F401  (imported from here)
 
 __all__ = ["HE", "CKKSContext", "HEParams", "select_params", "plan_latency", "build_program", "rerandomize"]
 

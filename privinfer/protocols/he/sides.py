@@ -33,6 +33,7 @@ PACKINGS = ("latency", "batch")
 
 
 def _batch_module():
+    """The batch engine, imported only when a connection asks for batch packing (it pulls in more)."""
     try:
         return importlib.import_module("privinfer.protocols.he.batch")
     except ModuleNotFoundError as e:
@@ -40,7 +41,6 @@ def _batch_module():
             raise ParameterError("packing='batch' needs privinfer.protocols.he.batch (the batch-packing engine), "
                                  "which is not available in this build; use packing='latency'") from None
         raise
-
 
 
 def _tenseal_context(params: HEParams):
