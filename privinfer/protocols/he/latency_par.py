@@ -12,7 +12,8 @@ partial sums to its own before the fold and rescale. Same arithmetic, different 
 Wire (parent <-> helper, its private stdin/stdout pipe, JSON headers + raw payloads, nothing unpickled):
     lat_plan   once per compiled plan: each split step's terms, its share and its plaintext slot vectors
                (float64) with scale and level; the helper encodes them (the weights stay on the server).
-    lat_keys   once per connection: the client's public, relinearization and Galois keys, as received.
+    lat_keys   once per connection: its relinearization and Galois keys (as received the first time, else
+               serialized again: `ParSession`); the reply names connections the helper dropped to make room.
     lat_rot    per query and split step: the merged input ciphertexts -> one partial sum per output (or b"").
     lat_forget a connection's keys / a plan's plaintexts when they are gone.
 The helper holds only what the server holds (public keys, the server's own plaintexts); its side of these
