@@ -93,7 +93,7 @@ def _helper_main(wfd: int) -> None:  # pragma: no cover - runs in the child proc
             if op == "exit":
                 return
             if isinstance(op, str) and op.startswith("lat_"):  # a latency query's share (`latency_par`)
-                from .latency_par import handle
+                from .latency_par_helper import handle
                 rep = handle(header, payloads)
                 if rep is not None:
                     _send(wfd, rep[0], *rep[1])

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from .scratch import private_dir
 
 if TYPE_CHECKING:  # annotations only: the HE helper process imports this module without torch
-    from .params import HEParams
+    from .ckks_params import HEParams
 
 _scratch_lock = threading.Lock()
 _counter = iter(range(1 << 62))

@@ -4,7 +4,8 @@ Why a seam: one batch-packed query holds `groups = ceil(batch / slots)` independ
 ciphertext per input position each, image i of the group in slot i). Groups share nothing but the
 session's public context (public + relinearization keys) and the model, so they are embarrassingly
 parallel. An executor takes a session's public context once (`open`) and then evaluates the groups of
-each query (`evaluate`); the protocol (`he/__init__.py`) only calls these two methods.
+each query (`evaluate`); the protocol (`he/sides.py`, a connection's server side) only calls these two
+methods.
 
 * `LocalExecutor`: the groups one after another in this process, each with the batch engine's own
   parallelism (`threads`: numpy threads, plus its SEAL helper process with 2+).

@@ -164,7 +164,7 @@ class CompiledPlan:
                 p_scale, s_after = 1.0, 1.0
             item = _Compiled(st.kind, step=st)
             if st.kind == "rot":
-                from .convpack import compile_rot
+                from .convpack_eval import compile_rot
                 compile_rot(item, st, seg, backend, S, p_scale, level)
                 if isinstance(backend, SealBackend):
                     self._split(item, st, seg, S, p_scale, level)
@@ -206,7 +206,7 @@ class CompiledPlan:
         self.final_scale, self.final_level = s_cur, level
 
     def _split(self, item, st, seg, S, p_scale, level) -> None:
-        from .convpack import rot_vectors
+        from .convpack_eval import rot_vectors
         from .latency_par import split_rot
         mask = split_rot(st)
         if mask is not None:
@@ -239,7 +239,7 @@ class CompiledPlan:
             elif item.kind == "cube":
                 xs = [self._cube(be, x, item.const) for x in xs]
             elif item.kind == "rot":
-                from .convpack import evaluate_rot, merge_inputs, rot_partials
+                from .convpack_eval import evaluate_rot, merge_inputs, rot_partials
                 src = xs if xs is not None else cts
                 if par is not None and idx in self.splits:
                     merged = merge_inputs(be, st, src)

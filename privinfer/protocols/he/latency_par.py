@@ -6,17 +6,20 @@ is one chain of SEAL calls, so the server used one core while the client idled. 
 (`batch_helper`, the batch engine's second SEAL process), chosen by a cost model (rotations, products,
 ciphertexts moved) among three cuts -- by output ciphertext, by baby (a later part of the baby chain, with
 its ancestors recomputed) and by giant -- and only when the slower side is clearly under the serial cost.
-Both processes then run `convpack.rot_partials` on their share; the parent adds the helper's per-output
+Both processes then run `convpack_eval.rot_partials` on their share; the parent adds the helper's per-output
 partial sums to its own before the fold and rescale. Same arithmetic, different order of additions.
 
 Wire (parent <-> helper, its private stdin/stdout pipe, JSON headers + raw payloads, nothing unpickled):
     lat_plan   once per compiled plan: each split step's terms, its share and its plaintext slot vectors
                (float64) with scale and level; the helper encodes them (the weights stay on the server).
-    lat_keys   once per connection: the client's public, relinearization and Galois keys, as received.
+    lat_keys   once per connection: its relinearization and Galois keys (as received the first time, else
+               serialized again: `ParSession`); the reply names connections the helper dropped to make room.
     lat_rot    per query and split step: the merged input ciphertexts -> one partial sum per output (or b"").
     lat_forget a connection's keys / a plan's plaintexts when they are gone.
-The helper holds only what the server holds (public keys, the server's own plaintexts). Any helper failure
-(died, timed out, busy with another connection) makes the parent compute that share itself.
+The helper holds only what the server holds (public keys, the server's own plaintexts); its side of these
+messages, and its least-recently-used cache of connections' keys, is `latency_par_helper.py`. Any helper
+failure (died, timed out, busy with another connection, dropped the keys) makes the parent compute that
+share itself.
 PRIVINFER_HE_LATENCY_HELPER=0 (or PRIVINFER_HE_BATCH_HELPER=0) runs everything in-process, and so does a
 machine with no free core at that moment (`core_is_free`): the split costs ~30 % more CPU in all.
 """
@@ -41,8 +44,6 @@ MIN_GAIN = 0.85
 REPLY_TIMEOUT = 60.0
 #: seconds between two attempts to prepare a connection's helper share (after a busy machine or a new helper)
 RETRY_S = 30.0
-#: connections whose keys the helper keeps (oldest dropped first; ~25 MB each for minionn-mnist-he)
-MAX_SESSIONS = 4
 
 
 def enabled() -> bool:
@@ -77,7 +78,7 @@ def core_is_free() -> bool:
 # --- choosing a split ------------------------------------------------------------------------------
 def side_cost(st, mask: np.ndarray) -> float:
     """Cost of the terms `st.keys[mask]` of a `RotStep` on their own: babies (with ancestors), products,
-    additions and each output's Horner giants (as `convpack.rot_partials` runs them)."""
+    additions and each output's Horner giants (as `convpack_eval.rot_partials` runs them)."""
     keys = st.keys[mask]
     if not len(keys):
         return 0.0
@@ -186,7 +187,15 @@ def _warm(comp, params) -> None:
 
 class ParSession:
     """One connection's use of the helper: its keys there (sent in the background at set-up, when a core is
-    free, within 30 s; until they are loaded, queries run in-process), and the compiled plan's shares."""
+    free, within 30 s; until they are loaded, queries run in-process), and the compiled plan's shares.
+
+    How long the client's key blobs (~27 MB for minionn-mnist-he) stay in this process: for the connection's
+    first preparation attempt only. Once that attempt ends -- the helper loaded them, failed, or was not free
+    within 30 s -- or the connection closes, `blobs` is None. Any later preparation (a retry after a busy
+    machine, a new helper after one died, keys the helper dropped as least recently used) serializes the
+    relinearization and Galois keys again from this connection's context, which holds them for the server's
+    own share anyway: a few hundred ms of CPU in the rare case, instead of a second copy of the keys for the
+    whole connection."""
 
     def __init__(self, compiled, ctx, key_blobs: list[bytes], background: bool = True):
         self.compiled, self.ctx, self.blobs = compiled, ctx, key_blobs
@@ -206,7 +215,7 @@ class ParSession:
     def _retry(self) -> None:
         """Not ready (the machine was busy, or a new helper): prepare again in the background, at most
         every RETRY_S seconds, once a core is free."""
-        if time.monotonic() - self._tried >= RETRY_S and self.blobs is not None and core_is_free():
+        if time.monotonic() - self._tried >= RETRY_S and not self.closed and core_is_free():
             self._tried = time.monotonic()
             _in_background(self._prepare)
 
@@ -216,8 +225,21 @@ class ParSession:
         try:
             self._prepare_locked()
         finally:
+            self.blobs = None  # the first attempt is over: later ones serialize the keys again (`_key_blobs`)
             self._tried = time.monotonic()
             self._preparing.release()
+
+    def _key_blobs(self) -> list[bytes] | None:
+        """[public key, relinearization keys, Galois keys] for `lat_keys`: the client's blobs as received while
+        the first attempt has them, else the keys this connection's context loaded, serialized again (the
+        helper reads only the last two; the public key goes as b""). None once the connection is closed."""
+        if self.blobs is not None:
+            return self.blobs
+        ctx = self.ctx
+        if self.closed or ctx is None or ctx.relin_keys is None:
+            return None
+        from .context import dump
+        return [b"", dump(ctx.relin_keys), dump(ctx.galois_keys) if ctx.galois_keys is not None else b""]
 
     def _prepare_locked(self) -> None:
         from .batch_helper import _HelperFailed
@@ -227,12 +249,15 @@ class ParSession:
         if h is None:
             return
         try:
-            blobs = self.blobs
+            blobs = self._key_blobs()
             if self.closed or blobs is None:  # the connection ended while we waited: no helper slot for its keys
                 return
             _send_plan(h, self.compiled, self.ctx.params)
             h.send({"op": "lat_keys", "key": self.key, "plan": self.compiled.par_key}, *blobs)
-            h.reply()
+            del blobs
+            got = h.reply()
+            for other in got.get("evicted", ()):  # connections the helper dropped (least recently used)
+                h.known.discard(other)
             h.known.add(self.key)
             self.ready.set()
         except (_HelperFailed, ProtocolError):
@@ -247,7 +272,7 @@ class ParSession:
         busy: the caller evaluates the whole step)."""
         from .batch_helper import _HelperFailed, acquire_helper
         from .context import dump, load_into
-        from .convpack import rot_partials
+        from .convpack_eval import rot_partials
         import tenseal.sealapi as seal
         split = self.compiled.splits.get(idx)
         if split is None or not enabled():
@@ -288,8 +313,8 @@ class ParSession:
                     if len(got) == st.n_out:
                         theirs = [load_into(seal.Ciphertext(), self.ctx.seal, b, "helper share") if b else None
                                   for b in got]
-                except (_HelperFailed, ProtocolError):  # e.g. it dropped this connection's keys (MAX_SESSIONS),
-                    h.known.discard(self.key)  # or a reply that does not load: this share runs here; prepare again
+                except (_HelperFailed, ProtocolError):  # e.g. it dropped this connection's keys (least recently
+                    h.known.discard(self.key)  # used), or a reply that does not load: this share runs here; again
                     self.ready.clear()
             if theirs is None:
                 theirs = rot_partials(be, st, pts, xs, only=theirs_keys)
@@ -321,79 +346,4 @@ def _forget(ref, header: dict, known_key: str) -> None:
             h.lock.release()
 
 
-# --- the helper's side ------------------------------------------------------------------------------
-class _HelperState:
-    def __init__(self):
-        self.ctxs: dict = {}     # (N, bits) -> SEAL objects
-        self.plans: dict = {}    # plan -> {step: (RotStep-like, pts)}, plus "_ctx" and "_paths"
-        self.sessions: dict = {}  # key -> (plan, galois keys, relin keys)
-
-
-_state = _HelperState()
-
-
-def handle(header: dict, payloads: list[bytes]) -> tuple[dict, list[bytes]] | None:  # pragma: no cover - child
-    """One `lat_*` request in the helper process; returns the reply (None: no reply)."""
-    import tenseal.sealapi as seal
-    from .context import dump, levels, load_into, seal_context
-    from .convpack import RotStep, rot_partials
-    from .latency_eval import SealBackend
-    op = header["op"]
-    if op == "lat_forget":
-        _state.plans.pop(header.get("plan"), None)
-        _state.sessions.pop(header.get("key"), None)
-        return None
-    if op == "lat_plan":
-        ck = (int(header["N"]), tuple(int(b) for b in header["bits"]))
-        if ck not in _state.ctxs:
-            sc = seal_context(seal.SCHEME_TYPE.CKKS, ck[0], ck[1])
-            _state.ctxs[ck] = (sc, seal.CKKSEncoder(sc), seal.Evaluator(sc), [pid for pid, _ in levels(sc)])
-        sc, enc, ev, pids = _state.ctxs[ck]
-        S, n_out = int(header["slots"]), int(header["n_out"])
-        keys = np.frombuffer(payloads[0], dtype=np.int64).reshape(-1, 4)
-        mask = np.unpackbits(np.frombuffer(payloads[1], dtype=np.uint8))[:len(keys)].astype(bool)
-        vecs = np.frombuffer(payloads[2], dtype=np.float64).reshape(-1, S)
-        empty = np.zeros(0, dtype=np.int64)
-        st = RotStep(1, int(header["n_in"]), np.zeros((n_out, 1), dtype=np.int64), int(header["n1"]), keys,
-                     empty, empty, empty, empty)
-        st.out_idx = np.zeros((n_out, S), dtype=np.int64)
-        pts = {}
-        for i, r in enumerate(keys[mask]):
-            pt = seal.Plaintext()
-            enc.encode(vecs[i].tolist(), pids[int(header["level"])], float(header["scale"]), pt)
-            pts[tuple(int(v) for v in r)] = pt
-        plan = _state.plans.setdefault(header["plan"], {"_ctx": ck, "_paths": header["key_paths"]})
-        plan[int(header["step"])] = (st, pts)
-        return {"ok": True}, []
-    plan = _state.plans[header["plan"]]
-    sc, enc, ev, pids = _state.ctxs[plan["_ctx"]]
-    if op == "lat_keys":
-        gk = load_into(seal.GaloisKeys(), sc, payloads[2], "Galois keys") if payloads[2] else None
-        rk = load_into(seal.RelinKeys(), sc, payloads[1], "relinearization keys")
-        _state.sessions[header["key"]] = (gk, rk)
-        while len(_state.sessions) > MAX_SESSIONS:  # a parent that could not say "forget" (busy helper)
-            _state.sessions.pop(next(iter(_state.sessions)))
-        return {"ok": True}, []
-    if op == "lat_rot":
-        gk, rk = _state.sessions[header["key"]]
-        st, pts = plan[int(header["step"])]
-        view = _View(sc, ev, gk, rk)
-        be = SealBackend(view)
-        paths = {int(k): v for k, v in plan["_paths"].items()}
-        if paths:
-            from .rotkeys import ComposedRotations
-            be = ComposedRotations(be, paths, st.out_idx.shape[1])
-        xs = [load_into(seal.Ciphertext(), sc, b, "share input") for b in payloads]
-        out = rot_partials(be, st, pts, xs, only=set(pts))
-        return {"ok": True}, [dump(x) if x is not None else b"" for x in out]
-    return {"error": "other", "msg": f"unknown op {op!r}"}, []
-
-
-class _View:  # pragma: no cover - child
-    """What `SealBackend` reads of a context."""
-
-    def __init__(self, seal_ctx, evaluator, galois_keys, relin_keys):
-        self.seal, self.evaluator, self.galois_keys, self.relin_keys = seal_ctx, evaluator, galois_keys, relin_keys
-
-
-__all__ = ["split_rot", "side_cost", "ParSession", "warm", "enabled", "handle"]
+__all__ = ["split_rot", "side_cost", "ParSession", "warm", "enabled"]

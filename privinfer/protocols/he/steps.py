@@ -78,7 +78,7 @@ class HEDownload(Step):
 
     def run(self, ch: Channel, value: Value) -> Value:
         if not self.client:
-            from . import rerandomize
+            from .result_noise import rerandomize
             ch.send_blobs([self.ctx.ct_to_bytes(rerandomize(self.ctx, ct, self.flood_std)) for ct in value.data])
             return value.to(Kind.PLAIN_CLIENT)
         res = ch.recv_blobs()

@@ -3,6 +3,8 @@ the whole step, the split pays by its cost model, and a query through the helper
 also when the helper dies (the next query runs in-process, a new helper is prepared for later ones)."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
@@ -10,11 +12,14 @@ from torch import nn
 
 from privinfer.model import run_reference
 from privinfer.model.torch_layers import Square
-from privinfer.protocols.he import HE, _KeyedContext, batch_helper, convpack, latency_par, seeded
+from privinfer.protocols.he import HE, _KeyedContext, batch_helper, convpack_eval, latency_par, seeded
+from privinfer.protocols.he import latency_par_helper
 from privinfer.protocols.he.context import CKKSContext
-from privinfer.protocols.he.convpack import RotStep, evaluate_rot, merge_inputs, rot_partials
+from privinfer.protocols.he.convpack import RotStep
+from privinfer.protocols.he.convpack_eval import evaluate_rot, merge_inputs, rot_partials
 from privinfer.protocols.he.convpack_plan import plan_multi
 from privinfer.protocols.he.latency import NumpyBackend, SealBackend, client_vectors
+from privinfer.protocols.he.params import HEParams
 from privinfer.protocols.he.program import build_program
 
 from .test_convpack import _graph, conv_stacks
@@ -82,7 +87,7 @@ def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(m
     sctx = _KeyedContext(proto.ctx)
     sctx.load_public(blobs, plan.rotation_steps)
     par = latency_par.ParSession(comp, sctx, blobs, background=False)
-    assert par.ready.is_set()
+    assert par.ready.is_set() and par.blobs is None  # the helper has the keys: no second copy here
     enc = seeded.SeededEncryptor(cctx.seal, cctx.secret_key, cctx.encoder)
     x = np.random.default_rng(3).random(g.input_shape)
     up = [enc.encrypt(v, 2.0 ** params.input_scale_bits) for v in client_vectors(plan, x)]
@@ -115,7 +120,7 @@ def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(m
     assert np.abs(query(par) - ref).max() <= tol and par.used == used + len(comp.splits)
     # the server's own half fails after the helper was asked: the helper's unread reply would answer the next
     # request (another connection's, maybe), so that helper is marked broken and replaced; the next query is right
-    real = convpack.rot_partials
+    real = convpack_eval.rot_partials
 
     def failing(*a, **k):
         if k.get("only") is not None and not failing.done:
@@ -123,11 +128,11 @@ def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(m
             raise MemoryError("injected")
         return real(*a, **k)
     failing.done = False
-    monkeypatch.setattr(convpack, "rot_partials", failing)
+    monkeypatch.setattr(convpack_eval, "rot_partials", failing)
     old = batch_helper._helper
     with pytest.raises(MemoryError):
         query(par)
-    monkeypatch.setattr(convpack, "rot_partials", real)
+    monkeypatch.setattr(convpack_eval, "rot_partials", real)
     assert old.broken
     assert np.abs(query(par) - ref).max() <= tol
     # a closed connection is never prepared again (its keys take no helper slot)
@@ -146,3 +151,61 @@ def test_switched_off_by_the_environment_and_by_a_busy_machine(monkeypatch):
     assert not latency_par.core_is_free()
     monkeypatch.setattr(latency_par, "_runnable", lambda: None)  # no /proc: assume a free core
     assert latency_par.core_is_free()
+
+
+class _InProcessHelper:
+    """The helper's side (`latency_par_helper.handle`) behind the parent's `Helper` interface, in this process."""
+
+    def __init__(self):
+        self.lock, self.known, self.sent, self._rep = threading.Lock(), set(), [], None
+
+    def send(self, header, *payloads):
+        self.sent.append((header, payloads))
+        self._rep = latency_par_helper.handle(dict(header), list(payloads))
+
+    def reply(self, timeout=None, payloads=None):
+        header, data = self._rep
+        if payloads is not None:
+            payloads.extend(data)
+        return header
+
+    def alive(self):
+        return True
+
+
+class _Compiled:  # what ParSession and _send_plan read of a CompiledPlan (weak-referenceable)
+    def __init__(self, step, vecs, slots):
+        mask = np.ones(len(step.keys), dtype=bool)
+        self.splits = {0: (type("Item", (), {"step": step})(), mask, vecs, 2.0 ** 30, 0)}
+        self.plan = type("Plan", (), {"slots": slots, "key_paths": {}})()
+        self.par_key = None
+
+
+def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_parent(monkeypatch):
+    monkeypatch.setattr(latency_par_helper, "MAX_SESSIONS", 1)
+    monkeypatch.setattr(latency_par_helper, "_state", latency_par_helper._HelperState())
+    h = _InProcessHelper()
+    monkeypatch.setattr(latency_par, "_acquire", lambda wait, free_core=False: h.lock.acquire() and h)
+    monkeypatch.setattr(batch_helper, "_helper", h)  # the process-wide helper, which `close` tells to forget
+    params = HEParams(N=4096, coeff_mod_bit_sizes=(35, 30, 40), scale_bits=30, depth=1, slots=2048)
+    cctx = CKKSContext.create(params, [1])
+    blobs = cctx.public_blobs()
+    sctx = CKKSContext.for_params(params)
+    sctx.load_public(blobs, [1])
+    S = params.slots
+    step = RotStep(1, 1, np.zeros((1, S), dtype=np.int64), 1, np.zeros((1, 4), dtype=np.int64),
+                   *[np.zeros(0, dtype=np.int64)] * 4)
+    comp = _Compiled(step, np.random.default_rng(0).standard_normal((1, S)), S)
+    a = latency_par.ParSession(comp, sctx, blobs, background=False)
+    assert a.ready.is_set() and a.blobs is None and a.key in h.known
+    assert h.sent[-1][1] == tuple(blobs)  # the first preparation sends the client's blobs as received
+    b = latency_par.ParSession(comp, sctx, blobs, background=False)
+    assert b.key in h.known and a.key not in h.known  # the helper dropped a (its cache holds one) and said so
+    a.ready.clear()
+    a._prepare()  # a's retry: the keys serialized again from its context (the public key is not needed)
+    head, sent = h.sent[-1]
+    assert head["op"] == "lat_keys" and sent[0] == b"" and len(sent[2]) > 0 and sent[1:] != tuple(blobs[1:])
+    assert a.ready.is_set() and a.key in h.known and b.key not in h.known
+    a.close()
+    a._prepare()  # a closed connection is never prepared again
+    assert not a.ready.is_set() and a.key not in h.known and latency_par_helper._state.sessions.keys() == []
