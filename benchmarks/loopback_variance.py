@@ -10,8 +10,8 @@ dealer), one warm-up query and `--queries` timed ones; for every query: latency,
 and for every process of the session the CPU it last ran on (/proc/PID/task/*/stat field 39) and its
 voluntary / involuntary context switches during the query; Python GC collections in the client during the
 query. Then the probe again. `--pin`: every other session (interleaved A/B) pins the two CrypTen parties'
-threads to different cores (`privinfer.affinity.pin_parties`, as `privinfer bench` does) once the session is
-open; the others leave placement to the scheduler (`privinfer bench --no-pin`). `--same-core`: every other
+threads to different cores (`privinfer.affinity.pin_parties`, as `privinfer bench --pin` does) once the session is
+open; the others leave placement to the scheduler (`privinfer bench`, the default). `--same-core`: every other
 session pins both parties to the FIRST core instead (forced co-location: the mode free placement falls into?).
 
 What it separates: if session medians move with the probe, the machine's speed moves (host noise); if they

@@ -2,8 +2,9 @@
 # The planner's validation (issue #11's targets) in one script: calibration, the 3 networks x loopback/lan/wan
 # under `protocol auto`, single-protocol `ss` on wan for the plan-quality ratios, wide-mlp-mnist on mobile
 # (a hybrid that starts in HE: the offline phase overlapped), loopback measured again at the end (the
-# run-to-run check), once more with the parties left to the scheduler (`--no-pin`) for the A/B, and GAZELLE's
-# split on loopback against its price (`gazelle.txt`).
+# run-to-run check), and GAZELLE's split on loopback against its price (`gazelle.txt`). The 2PC parties are
+# placed by the scheduler, as in a user's session; PIN=1 pins them apart in the calibration and every bench
+# (`privinfer/affinity.py`: steadier under load, slower on an idle machine).
 #
 #     OUT=benchmarks/results/planner/session7 bash benchmarks/planner_validate.sh     # ~15 min idle, needs root
 #
@@ -13,6 +14,7 @@ set -euo pipefail
 PY=${PY:-python}
 OUT=${OUT:?set OUT to the output folder}
 mkdir -p "$OUT"
+if [ -n "${PIN:-}" ]; then export PRIVINFER_PIN_PARTIES=1; fi
 NETS="cryptonets-mnist mixed-mnist minionn-mnist"
 stamp() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$OUT/started"; uptime >> "$OUT/started"; }
 stamp start
@@ -33,8 +35,6 @@ $PY -m privinfer bench --protocol auto --model wide-mlp-mnist --network mobile -
 stamp mobile
 $PY -m privinfer bench --protocol auto --model $NETS --network loopback --samples 20 \
     --json "$OUT/auto_loopback_again.json" > "$OUT/bench5.log" 2>&1
-$PY -m privinfer bench --protocol auto --model $NETS --network loopback --samples 20 --no-pin \
-    --json "$OUT/auto_loopback_nopin.json" > "$OUT/bench6.log" 2>&1
 # a plan that starts in HE (GAZELLE's split): the offline phase overlapped with the prefix, predicted and measured
 GAZELLE="he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9"
 $PY -m privinfer bench --protocol hybrid -o plan=$GAZELLE -o hiding=perfect --model minionn-mnist --samples 20 \

@@ -8,9 +8,15 @@ a core, one party's polling threads take the core while the other one has work. 
 2 cores, under load 4-5): free placement, session medians 217-308 ms and 120-215 involuntary context
 switches per query in the server's party; parties pinned apart, 139-207 ms and 48-84 switches. A fixed
 kernel timed before and after every session did not follow the sessions (correlation -0.07): the spread is
-the placement, not the machine's speed. So `privinfer bench` and the planner's counting runs pin rank r's
-every thread to the r-th core they may use: the prediction and the measurement see the same placement (the
-one two machines, or two dedicated cores, give), and the run-to-run spread from placement is gone.
+the placement, not the machine's speed. So `privinfer bench --pin` and `privinfer profile --pin` pin rank
+r's every thread to the r-th core they may use: the prediction and the measurement see the same placement
+(the one two machines, or two dedicated cores, give), and the spread from placement under load is gone.
+
+Why off by default (session 7, idle machine): pinning costs more than it saves when nothing else runs. A
+pinned party's torch threads share one core while the other core idles between rounds: minionn-mnist `ss`
+measured 0.167-0.182 s pinned against 0.114-0.124 s free on loopback, and a user's `PrivateSession` is never
+pinned. So `privinfer bench` and the planner's calibration measure what a user gets (free placement) unless
+`--pin` is given to both; `ENV` carries the choice to the calibration's counting parties.
 
 Only the parties are pinned; the dealer, the sessions' orchestrating processes and everything else keep
 every core. With fewer than two usable cores nothing is pinned. Linux only (`/proc`); elsewhere a no-op.
@@ -19,6 +25,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+#: set to "1" (by `privinfer bench --pin` / `privinfer profile --pin`) to pin; the party processes inherit it
+ENV = "PRIVINFER_PIN_PARTIES"
+
+
+def enabled() -> bool:
+    """Whether this run pins its 2PC parties (off unless asked: see the module docstring)."""
+    return os.environ.get(ENV) == "1"
+
 
 #: process names (`protocols/ss/worker.child_setup`: "pi-ss-" + role, cut to 15 characters) -> party rank
 PARTY_NAMES = {"pi-ss-party0": 0, "pi-ss-party1": 1, "pi-ss-count0": 0, "pi-ss-count1": 1}

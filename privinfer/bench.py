@@ -56,9 +56,12 @@ def load_model_and_data(model: str | Graph, split: str = "test"):
 
 def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int = 10, warmup: int = 1,
               network: str = "loopback", options: dict | None = None, graph: Graph | None = None,
-              progress: bool = True, pin: bool = True) -> dict[str, Any]:
+              progress: bool = True, pin: bool | None = None) -> dict[str, Any]:
     """Measure one configuration and return one record. `pin`: the 2PC parties (if any) each on its own core
-    (`affinity.py`: their placement otherwise moves latencies by +-20 % between sessions on a small host)."""
+    (`affinity.py`; None: as `PRIVINFER_PIN_PARTIES` says, off by default: what a user's session gets)."""
+    if pin is None:
+        from .affinity import enabled
+        pin = enabled()
     profile = get_profile(network)
     if protocol == "he" and (options or {}).get("packing") == "batch" and "batch_size" not in options:
         options = {**options, "batch_size": int(batch)}  # parameters for the batch measured (a full slot group
@@ -158,8 +161,8 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
             "best_single_protocol_predicted_s": auto.single, "calibration": auto.calibration,
             "load": load} if auto else {}),
         **({"setup_timing": setup_timing} if setup_timing else {}),
-        # {party process: core} when pinned (affinity.py); {} with pin=False: placed by the scheduler
-        **({"party_cores": cores} if cores or not pin else {}),
+        # 2PC sessions: {party process: core} when pinned (affinity.py), {} when placed by the scheduler
+        **({"party_cores": cores} if cores or protocol in ("ss", "hybrid") else {}),
     }
 
 

@@ -162,6 +162,9 @@ def cmd_profile(a) -> None:
     from .planner.calibrate import run_profile
     if a.cheetah and not a.model:
         raise PrivinferError("--cheetah measures the networks named by --model: name at least one")
+    if a.pin:  # the counting parties (child processes) read it: `affinity.enabled`
+        from .affinity import ENV
+        os.environ[ENV] = "1"
     path = run_profile(a.output, ss=not a.no_ss)
     print(f"privinfer: wrote the calibration table {path}")
     if a.model:
@@ -255,6 +258,8 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     pr.add_argument("--no-ss", action="store_true", help="HE kernels only (keep the 2PC constants of the defaults)")
     pr.add_argument("--model", nargs="*", default=None,
                     help="also count these networks' plans again (2PC pieces re-timed on this machine; cached)")
+    pr.add_argument("--pin", action="store_true",
+                    help="count the 2PC pieces with each party on its own core (for `privinfer bench --pin`)")
     pr.add_argument("--cheetah", action="store_true",
                     help="also time a dealer-free (SPU) session on each --model, so that the planner can offer it")
     pr.set_defaults(func=cmd_profile)
@@ -325,9 +330,9 @@ def build_parser(with_options: bool = False) -> argparse.ArgumentParser:
     b.add_argument("--replot", action="store_true",
                    help="--matrix: redraw the plots and matrix.md from --out's JSON, measuring nothing")
     b.add_argument("-o", "--option", action="append", help="protocol option key=value (repeatable)")
-    b.add_argument("--no-pin", action="store_true",
-                   help="leave the 2PC parties where the scheduler puts them (default: each on its own core, as "
-                        "the planner's counting runs: privinfer/affinity.py)")
+    b.add_argument("--pin", action="store_true",
+                   help="each 2PC party on its own core (steadier under load, slower when idle; calibrate with "
+                        "`privinfer profile --pin` to compare with the planner: privinfer/affinity.py)")
     _add_policy_flags(b, network=False)
     b.set_defaults(func=cmd_bench)
     return p

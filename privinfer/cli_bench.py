@@ -1,6 +1,7 @@
 """`privinfer bench`: one configuration per record, or the whole matrix (`--matrix`); split from `cli.py`."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def cmd_bench(a) -> None:
         return _bench_matrix(a)
     a.model = a.model or ["minionn-mnist"]
     check_bench_args(a)
+    if getattr(a, "pin", False):  # the parties of every session below, and any calibration they trigger
+        from .affinity import ENV
+        os.environ[ENV] = "1"
     with contextlib.ExitStack() as stack:
         base = _parse_options(a.option)
         if a.dealer is not None:
@@ -86,7 +90,7 @@ def _bench(a, base: dict) -> None:
             for network in a.network:
                 for batch in a.batch:
                     records.append(run_bench(a.protocol, model, batch=batch, samples=a.samples, network=network,
-                                             options=opts, graph=graph, pin=not getattr(a, "no_pin", False)))
+                                             options=opts, graph=graph, pin=bool(getattr(a, "pin", False))))
     print(format_table(records))
     if a.json:
         write_records(records, a.json)

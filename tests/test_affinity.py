@@ -58,3 +58,12 @@ def test_party_names_are_the_workers_names():
     from privinfer.protocols.ss.worker import PROCESS_PREFIX
     roles = {"party0": 0, "party1": 1, "count0": 0, "count1": 1}
     assert {(PROCESS_PREFIX + r)[:15]: k for r, k in roles.items()} == affinity.PARTY_NAMES
+
+
+def test_pinning_is_opt_in(monkeypatch):
+    """A user's session is never pinned, so `privinfer bench` and the calibration measure free placement unless
+    `--pin` (which sets the variable for the counting parties too) is given."""
+    monkeypatch.delenv(affinity.ENV, raising=False)
+    assert not affinity.enabled()
+    monkeypatch.setenv(affinity.ENV, "1")
+    assert affinity.enabled()

@@ -240,14 +240,15 @@ def time_ss(models=("cryptonets-mnist", "minionn-mnist"), samples: int = 8) -> d
     offline = fixed + per dealer element (a line through the two), and the per-call overhead."""
     import numpy as np
     from .. import zoo
-    from ..affinity import pin_parties
+    from ..affinity import enabled, pin_parties
     from ..session import PrivateSession
     points = []
     for name in models:
         g = zoo.load_model(name)
         X, _ = zoo.load_dataset(name, "test")
         with PrivateSession(g, "ss", warn=False) as s:
-            pin_parties([os.getpid()])  # as `privinfer bench` runs them (affinity.py)
+            if enabled():  # `privinfer profile --pin`, as `privinfer bench --pin` runs them (affinity.py)
+                pin_parties([os.getpid()])
             offs, dealer = [], []
             for i in range(samples + 1):
                 s.infer(X[i:i + 1])
@@ -298,6 +299,8 @@ def run_profile(path: str | Path | None = None, rings=tuple(RINGS), ss: bool = T
              "cheetah": carry_cheetah(base, path)}
     t_start = time.perf_counter()
     table["load"] = {"start": machine_load()}
+    from ..affinity import enabled
+    table["parties_pinned"] = enabled()  # `privinfer profile --pin`: measure with `privinfer bench --pin` too
     for i, N in enumerate(rings):
         if progress:
             _bar(i, steps, f"HE kernels at N={N}")

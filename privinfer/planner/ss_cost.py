@@ -68,8 +68,9 @@ def interaction_scale(counted: list[dict], graph: Graph) -> float:
 def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn) -> None:
     from ..protocols.ss.worker import child_setup, end_child, party_init, recv_msg, report_error, send_msg
     child_setup(f"count{rank}")
-    from ..affinity import pin_self
-    pin_self(rank)  # the same placement as `privinfer bench`'s parties (affinity.py)
+    from ..affinity import enabled, pin_self
+    if enabled():  # `privinfer profile --pin`: the placement of `privinfer bench --pin`'s parties (affinity.py)
+        pin_self(rank)
     try:
         crypten, comm, prov = party_init(rank, rendezvous, opts)
         from ..model.ir import load_graph
