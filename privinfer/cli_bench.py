@@ -34,13 +34,13 @@ def check_bench_args(a) -> None:
 
 def cmd_bench(a) -> None:
     import contextlib
+    if getattr(a, "pin", False):  # the parties of every session below (the matrix's too), and any calibration
+        from .affinity import ENV
+        os.environ[ENV] = "1"
     if a.matrix:
         return _bench_matrix(a)
     a.model = a.model or ["minionn-mnist"]
     check_bench_args(a)
-    if getattr(a, "pin", False):  # the parties of every session below, and any calibration they trigger
-        from .affinity import ENV
-        os.environ[ENV] = "1"
     with contextlib.ExitStack() as stack:
         base = _parse_options(a.option)
         if a.dealer is not None:

@@ -19,9 +19,10 @@ phase (one dealer batch for every ss segment of the plan) before its first segme
 before the first 2PC step (`protocols/hybrid` `OfflineCollect`), so a plan that begins with HE segments pays
 max(prefix, offline) + the rest, not the sum. The offline phase is the `ss-offline` once cost plus each 2PC
 row's `offline_s` (its dealer tuples). That latency is no longer a sum of edge weights, so the search keeps,
-per state, labels (d, e): d = the latency so far, e = the latency so far if the offline phase had started
-only when it was collected (None while no 2PC row has been taken: then d is the HE prefix). A 2PC row adds
-its online part to both and its offline part to e, and d = max(d, e) as it goes (`_step`); d and e never
+per state, labels (d, e). With P the HE prefix, O the offline phase and R the rest so far: e = O + R (the
+path timed from the collect on, had the offline phase waited for nothing) and d = max(P + R, O + R) = max(P, O)
++ R, the latency so far; e is None while no 2PC row has been taken (then d = P). A 2PC row adds its online
+part to both and its offline part to e, and d = max(d + online, e) as it goes (`_step`); d and e never
 decrease along a path, so a label search in (d, e) order with Pareto pruning is exact (Martins' algorithm):
 a label is dropped only when another at the same state is no worse in both. Other objectives (bytes, client
 seconds) add, and every label has e = None: the search is plain Dijkstra. `path_value` is the closed form

@@ -9,6 +9,7 @@
 """
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -53,8 +54,10 @@ def test_offline_phase_runs_while_the_first_he_segment_is_evaluated(monkeypatch)
     _spy(monkeypatch, LocalDealer, "start", log, "dealer_start")
     _spy(monkeypatch, LocalDealer, "finish", log, "dealer_wait")
     wait = LocalDealer.finish
+    # a slow dealer: its answer takes 0.5 s more, so a wait that blocked the query would end before the BFV
+    # segment starts (review: without the delay, a join of the fill thread before the segment went unnoticed)
     monkeypatch.setattr(LocalDealer, "finish", lambda self, *a: (waiters.append(threading.current_thread().name),
-                                                                 wait(self, *a))[1])
+                                                                 time.sleep(0.5), wait(self, *a))[2])
     _spy(monkeypatch, bfv_seg.BFVSegmentServer, "run", log, "bfv")
     _spy(monkeypatch, ss_seg.SSSegmentsServer, "segment", log, "ss")
     _spy(monkeypatch, bfv_seg.BFVSegmentClient, "share", [], "share", shares)
@@ -69,6 +72,7 @@ def test_offline_phase_runs_while_the_first_he_segment_is_evaluated(monkeypatch)
             order = [e for e in log if e in ("start>", "dealer_start>", "bfv>", "<bfv", "collect>", "ss>")]
             assert order == ["start>", "dealer_start>", "bfv>", "<bfv", "collect>", "ss>"], log
             assert log.index("dealer_start>") < log.index("dealer_wait>") < log.index("<collect"), log
+            assert log.index("bfv>") < log.index("<dealer_wait"), log  # the BFV segment ran while the dealer worked
             assert waiters == ["pi-hybrid-fill"]
     assert len(shares) == 2 and not np.array_equal(shares[0], shares[1])
 
