@@ -12,10 +12,10 @@ the placement, not the machine's speed. So `privinfer bench --pin` and `privinfe
 r's every thread to the r-th core they may use: the prediction and the measurement see the same placement
 (the one two machines, or two dedicated cores, give), and the spread from placement under load is gone.
 
-Why off by default (session 7, idle machine): pinning costs more than it saves when nothing else runs. A
-pinned party's torch threads share one core while the other core idles between rounds: minionn-mnist `ss`
-measured 0.167-0.182 s pinned against 0.114-0.124 s free on loopback, and a user's `PrivateSession` is never
-pinned. So `privinfer bench` and the planner's calibration measure what a user gets (free placement) unless
+Why off by default (session 7, idle machine): pinning costs more than it saves when nothing else runs:
+minionn-mnist `ss` measured 0.167-0.182 s pinned against 0.112-0.124 s free on loopback (likely because every
+thread of a pinned party shares one core, while a free party spreads over both when the other waits; not
+verified), and a user's `PrivateSession` is never pinned. Pinned, `-o threads=N` cannot spread either. So `privinfer bench` and the planner's calibration measure what a user gets (free placement) unless
 `--pin` is given to both; `ENV` carries the choice to the calibration's counting parties.
 
 Only the parties are pinned; the dealer, the sessions' orchestrating processes and everything else keep

@@ -135,16 +135,28 @@ def _add(acc: dict, t: dict) -> None:
 
 class EngineServer(ServerSide):
     """A server side that runs its plan's steps for every query. Subclasses fill `chain` (after set-up if
-    they need the client's keys) and may override `prepare` (per-query work before the loop)."""
+    they need the client's keys) and may override `prepare` (per-query work before the loop), `after` (once
+    the answer is sent) and `abort` (a query failed); the loop itself is this class's, for every protocol."""
     #: the plan's steps on this side, in order (set in __init__, or in setup once keys exist)
     chain: Sequence[Step] = ()
 
     def prepare(self, ch: Channel, meta: dict) -> None:
         """Per query, before the loop (limits, the 2PC offline phase); `meta` is the client's QUERY."""
 
+    def after(self, ch: Channel, meta: dict) -> None:
+        """Per query, once the answer is sent (hybrid's `prefetch`: the next query's single-use material)."""
+
+    def abort(self) -> None:
+        """A query failed (before or after its answer): drop whatever was prepared for later queries."""
+
     def query(self, ch: Channel, meta: dict) -> None:
-        self.prepare(ch, meta)
-        run_steps(ch, self.chain, Value.expected(int(meta["batch"])))
+        try:
+            self.prepare(ch, meta)
+            run_steps(ch, self.chain, Value.expected(int(meta["batch"])))
+            self.after(ch, meta)
+        except BaseException:
+            self.abort()
+            raise
 
 
 class EngineClient(ClientSide):
@@ -155,6 +167,9 @@ class EngineClient(ClientSide):
     def prepare(self, ch: Channel, batch: int) -> dict:
         """Per query, before the loop; returns timing to add to the query's record."""
         return {}
+
+    def after(self, ch: Channel, batch: int) -> None:
+        """Per query, once the result is in (hybrid's `prefetch`: start the next query's offline phase)."""
 
     def finish_timing(self, timing: dict, elapsed_s: float) -> dict | None:
         """The query's `query_timing` from the summed step timings (None: the session uses the latency)."""
@@ -167,6 +182,7 @@ class EngineClient(ClientSide):
         if pre:
             _add(timing, pre)
         self.query_timing = self.finish_timing(timing, time.perf_counter() - t0)
+        self.after(ch, int(x.shape[0]))
         return out.data
 
 

@@ -146,15 +146,13 @@ class _HybridServer(EngineServer):
         elif self.ss is not None:  # one dealer batch for every ss segment of the plan, collected by the chain's
             self.ss._offline_start(ch, B)  # OfflineCollect step: it runs while the HE segments before it do
 
-    def query(self, ch: Channel, meta: dict) -> None:
-        try:
-            super().query(ch, meta)
-            if self.ahead is not None:
-                self.ahead.after(ch, int(meta["batch"]))
-        except BaseException:
-            if self.ahead is not None:
-                self.ahead.drop()
-            raise
+    def after(self, ch: Channel, meta: dict) -> None:
+        if self.ahead is not None:
+            self.ahead.after(ch, int(meta["batch"]))
+
+    def abort(self) -> None:
+        if self.ahead is not None:
+            self.ahead.drop()
 
     def close(self) -> None:
         if self.ahead is not None:
@@ -264,11 +262,9 @@ class _HybridClient(EngineClient):
             self.ss._offline_start(ch, batch)
         return {"offline_s": time.perf_counter() - t0}
 
-    def query(self, ch: Channel, x: np.ndarray) -> np.ndarray:
-        out = super().query(ch, x)
+    def after(self, ch: Channel, batch: int) -> None:
         if self.ahead is not None:
-            self.ahead.after(ch, int(x.shape[0]))
-        return out
+            self.ahead.after(ch, batch)
 
     def finish_timing(self, timing: dict, elapsed_s: float) -> dict:
         out = {"offline_s": 0.0, "online_s": 0.0, "side_bytes_client_to_server": 0, "side_bytes_server_to_client": 0,
