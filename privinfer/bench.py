@@ -30,7 +30,21 @@ RECORD_FIELDS = ("protocol", "model", "batch", "network", "samples", "latency_s"
                  "bytes_client_to_server", "bytes_server_to_client", "bytes_dealer", "setup_bytes", "rounds",
                  "accuracy_plain", "accuracy_plain_full", "accuracy_private", "argmax_agreement", "max_abs_err",
                  "full_split_images", "peak_rss_mb", "cpu_s", "rtt_emulated_links", "rtt_missing_links", "network_profile",
-                 "privacy")
+                 "privacy", "options")
+
+
+def _recorded_options(options: dict | None) -> dict:
+    """The server and client options a record was measured with (e.g. `prefetch`, `plan`, `circuit_privacy`), so
+    that two records can be told apart; secrets are never written, other values as JSON allows."""
+    out = {}
+    for k, v in (options or {}).items():
+        if "secret" in k:
+            out[k] = "<redacted>" if v is not None else None
+        elif isinstance(v, (str, int, float, bool, type(None))):
+            out[k] = v
+        else:
+            out[k] = repr(v)
+    return out
 
 
 def _quantiles(values: list[float]) -> dict:
@@ -152,6 +166,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         # the profile as measured (profiles may be retuned later; plots of old records use these numbers)
         "network_profile": {"rate_mbit": profile.rate_mbit, "rtt_ms": profile.rtt_ms},
         "privacy": stats.privacy,
+        "options": _recorded_options(options),
         **({"plan": stats.privacy["layer_protocols"]} if "layer_protocols" in stats.privacy else {}),
         **({"link_rtt_ms_measured": {k: round(v, 3) for k, v in link.items()}} if link else {}),
         **({"auto": True, "plan": auto.layer_protocols, "plan_string": auto.plan_string,

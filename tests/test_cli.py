@@ -204,3 +204,14 @@ def test_noisy_banner_echoes_the_split():
             assert f"client runs layers [0, 3) = {', '.join(g.names[:3])}" in _protocol_banner(srv)
         finally:
             srv.shutdown()
+
+
+def test_records_name_their_options_and_never_a_secret():
+    """Two records of one protocol measured with different options (e.g. hybrid's prefetch) are told apart by
+    `options`; a dealer secret never reaches a results file."""
+    from privinfer.bench import _recorded_options
+    got = _recorded_options({"prefetch": True, "plan": "he:0,ss:1-", "server_secret": b"k" * 32,
+                             "client_secret": None, "clip": [1.0, 2.0]})
+    assert got == {"prefetch": True, "plan": "he:0,ss:1-", "server_secret": "<redacted>", "client_secret": None,
+                   "clip": "[1.0, 2.0]"}
+    json.dumps(got)
