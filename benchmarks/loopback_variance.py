@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privinfer.affinity import pin_parties
+from privinfer.affinity import descendants, pin_parties
 
 
 def probe(reps: int = 5) -> float:
@@ -51,24 +51,6 @@ def probe(reps: int = 5) -> float:
             (x * 3 + 7) & ((1 << 40) - 1)
         out.append(time.perf_counter() - t0)
     return statistics.median(out[1:])
-
-
-def _tree(pid: int) -> list[int]:
-    """pid and its descendants (from /proc/*/stat ppid)."""
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
 
 
 def _proc_state(pid: int) -> dict | None:
@@ -121,7 +103,7 @@ def one_session(graph, X, queries: int, pin: bool = False, same: bool = False) -
     t_open = time.perf_counter()
     with PrivateSession(graph, "ss") as sess:
         rec["setup_s"] = time.perf_counter() - t_open
-        pids = _tree(os.getpid())
+        pids = descendants([os.getpid()])
         rec["pinned"] = (_same_core([os.getpid()]) if same else pin_parties([os.getpid()])) if pin else {}
         rec["same_core"] = bool(same and pin)
         for i in range(queries + 1):
