@@ -60,17 +60,12 @@ class MaskAhead:
         self.ahead = None
 
 
-class ServerAhead:
-    """The server's half: `after(ch, B)` once the answer is sent; `start(ch, B)` in place of starting the
-    offline phase in `prepare`."""
+class _OfflineAhead:
+    """The 2PC offline phase of one side, maybe started ahead: `start(ch, B)` in place of starting it in
+    `prepare`."""
 
-    def __init__(self, ss, chain: list):
-        from ..ss.steps import SSSegment
-        from .steps import BFVSegmentStep
+    def __init__(self, ss):
         self.ss = ss
-        #: [(SSSegment or None, BFVSegmentStep)]: each BFV segment's step with the ss step before it (its mask)
-        self.pairs = [(a if isinstance(a, SSSegment) else None, b) for a, b in zip([None] + list(chain), chain)
-                      if isinstance(b, BFVSegmentStep)]
         self.batch: int | None = None  # the batch whose offline phase was started ahead (None: none pending)
 
     def start(self, ch: Channel, batch: int) -> None:
@@ -80,6 +75,18 @@ class ServerAhead:
         if ahead is not None:  # made for another batch: finished (the pipes stay in step), then replaced
             self.ss._offline_collect(ch, ahead)
         self.ss._offline_start(ch, batch)
+
+
+class ServerAhead(_OfflineAhead):
+    """The server's half: `after(ch, B)` once the answer is sent."""
+
+    def __init__(self, ss, chain: list):
+        from ..ss.steps import SSSegment
+        from .steps import BFVSegmentStep
+        super().__init__(ss)
+        #: [(SSSegment or None, BFVSegmentStep)]: each BFV segment's step with the ss step before it (its mask)
+        self.pairs = [(a if isinstance(a, SSSegment) else None, b) for a, b in zip([None] + list(chain), chain)
+                      if isinstance(b, BFVSegmentStep)]
 
     def after(self, ch: Channel, batch: int) -> None:
         if self.ss is not None:
@@ -98,25 +105,19 @@ class ServerAhead:
             bfv_step.drop()
 
 
-class ClientAhead:
+class ClientAhead(_OfflineAhead):
     """The client's half: `after(ch, B)` once the result is in (reads the server's offline message, starts its
-    party's generation); `start(ch, B)` in place of starting the offline phase in `prepare`."""
+    party's generation)."""
 
     def __init__(self, ss):
-        self.ss = ss
-        self.batch: int | None = None
+        super().__init__(ss)
         self.error: PrivinferError | None = None
 
     def start(self, ch: Channel, batch: int) -> None:
         if self.error is not None:  # the prefetch after the last answer failed: this query cannot run
             e, self.error = self.error, None
             raise e
-        ahead, self.batch = self.batch, None
-        if ahead == batch:
-            return
-        if ahead is not None:
-            self.ss._offline_collect(ch, ahead)
-        self.ss._offline_start(ch, batch)
+        super().start(ch, batch)
 
     def after(self, ch: Channel, batch: int) -> None:
         try:

@@ -23,7 +23,7 @@ from .auth import client_authenticate, key_id, load_secret
 from .dealer import LocalDealer, RemoteDealer, relay_client_handshake
 from .worker import ChildProcess, ifname_for, party_main
 from .precision import check_precision
-from .query_record import QueryRecord as _Acc
+from .query_record import QueryRecord
 
 if TYPE_CHECKING:  # the protocol class imports this module
     from . import SecretSharing
@@ -315,7 +315,7 @@ class _SSClient(EngineClient):
 
     def run_segment(self, ch: Channel, k: int, x: np.ndarray) -> tuple[np.ndarray, dict]:
         """The whole graph on this client's input (its share; the server's is zero), revealed to it."""
-        outs, acc = [], _Acc()
+        outs, acc = [], QueryRecord()
         pos = 0
         for n in _chunks(int(x.shape[0]), int(self.copts["max_chunk"])):
             if self.prepared is not None and self.prepared[0] == n:
