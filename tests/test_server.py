@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import privinfer
-from privinfer.errors import PeerError, PrivinferError, ProtocolError
+from privinfer.errors import PeerError, PeerResourceLimitError, PrivinferError, ProtocolError
 from privinfer.transport import FrameType, connect as raw_connect
 from privinfer.transport.frames import HEADER
 
@@ -91,7 +91,17 @@ def test_idle_client_times_out_and_session_limit(server):
     for s in idle:
         assert read_reply(s).find(b"timed out") > 0  # the server's read timeout (2 s) ends them
         s.close()
-    assert_serves(server)
+    # the server frees a session's slot once it has closed it, just after the client read the error: a
+    # connection made at once may still find 4 open (seen once in make test); within 5 s it must be served
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            assert_serves(server)
+            break
+        except PeerResourceLimitError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_unknown_option_and_protocol():
