@@ -15,7 +15,8 @@ from torch import fx, nn
 import torch.nn.functional as F
 
 from ..errors import ShapeError, UnsupportedLayerError
-from .ir import AvgPool2d, Conv2d, Flatten, Graph, Linear, MaxPool2d, Poly, ReLU
+from .ir import Graph
+from .layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Poly, ReLU, _pair
 from .torch_layers import PolyAct, Square
 
 SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d",
@@ -189,10 +190,6 @@ class _AdaptivePending:
 
     def __init__(self, output_size):
         self.output_size = _pair(output_size)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 _KNOWN = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d,
