@@ -194,8 +194,8 @@ class ParSession:
     within 30 s -- or the connection closes, `blobs` is None. Any later preparation (a retry after a busy
     machine, a new helper after one died, keys the helper dropped as least recently used) serializes the
     relinearization and Galois keys again from this connection's context, which holds them for the server's
-    own share anyway: a few hundred ms of CPU in the rare case, instead of a second copy of the keys for the
-    whole connection."""
+    own share anyway: a few hundred ms of CPU in the rare case (done before the helper's lock is taken, so other
+    connections' queries keep the helper meanwhile), instead of a second copy of the keys for the whole connection."""
 
     def __init__(self, compiled, ctx, key_blobs: list[bytes], background: bool = True):
         self.compiled, self.ctx, self.blobs = compiled, ctx, key_blobs
@@ -245,12 +245,16 @@ class ParSession:
         from .batch_helper import _HelperFailed
         if self.closed:
             return
+        # serialize (a retry: ~0.27 s for minionn-mnist-he's keys) *before* taking the helper, whose lock every
+        # other connection's query and preparation needs meanwhile; the copy lives until this attempt ends
+        blobs = self._key_blobs()
+        if blobs is None:
+            return
         h = _acquire(wait=30.0, free_core=self.background)
         if h is None:
             return
         try:
-            blobs = self._key_blobs()
-            if self.closed or blobs is None:  # the connection ended while we waited: no helper slot for its keys
+            if self.closed:  # the connection ended while we waited: no helper slot for its keys
                 return
             _send_plan(h, self.compiled, self.ctx.params)
             h.send({"op": "lat_keys", "key": self.key, "plan": self.compiled.par_key}, *blobs)

@@ -181,8 +181,9 @@ class _Compiled:  # what ParSession and _send_plan read of a CompiledPlan (weak-
         self.par_key = None
 
 
-def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_parent(monkeypatch):
-    monkeypatch.setattr(latency_par_helper, "MAX_SESSIONS", 1)
+def _in_process_helper(monkeypatch, sessions: int):
+    """(helper, compiled one-step plan, server context, client key blobs) with the helper's side in-process."""
+    monkeypatch.setattr(latency_par_helper, "MAX_SESSIONS", sessions)
     monkeypatch.setattr(latency_par_helper, "_state", latency_par_helper._HelperState())
     h = _InProcessHelper()
     monkeypatch.setattr(latency_par, "_acquire", lambda wait, free_core=False: h.lock.acquire() and h)
@@ -196,6 +197,11 @@ def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_p
     step = RotStep(1, 1, np.zeros((1, S), dtype=np.int64), 1, np.zeros((1, 4), dtype=np.int64),
                    *[np.zeros(0, dtype=np.int64)] * 4)
     comp = _Compiled(step, np.random.default_rng(0).standard_normal((1, S)), S)
+    return h, comp, sctx, blobs
+
+
+def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_parent(monkeypatch):
+    h, comp, sctx, blobs = _in_process_helper(monkeypatch, 1)
     a = latency_par.ParSession(comp, sctx, blobs, background=False)
     assert a.ready.is_set() and a.blobs is None and a.key in h.known
     assert h.sent[-1][1] == tuple(blobs)  # the first preparation sends the client's blobs as received
@@ -209,3 +215,23 @@ def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_p
     a.close()
     a._prepare()  # a closed connection is never prepared again
     assert not a.ready.is_set() and a.key not in h.known and latency_par_helper._state.sessions.keys() == []
+
+
+def test_a_retry_serializes_the_keys_before_it_takes_the_helper(monkeypatch):
+    """The helper's lock is what every other connection's query needs: a retry's re-serialization of the keys
+    (~0.27 s for minionn-mnist-he) happens before the lock is taken, and the keys still reach the helper."""
+    from privinfer.protocols.he import context
+    h, comp, sctx, blobs = _in_process_helper(monkeypatch, 2)
+    a = latency_par.ParSession(comp, sctx, blobs, background=False)
+    held = []
+    real_dump = context.dump
+
+    def dump(obj):
+        held.append(h.lock.locked())
+        return real_dump(obj)
+    monkeypatch.setattr(context, "dump", dump)
+    a.ready.clear()
+    a._prepare()
+    assert held == [False, False]  # relinearization and Galois keys, both serialized with the helper free
+    assert a.ready.is_set() and h.sent[-1][0]["op"] == "lat_keys" and len(h.sent[-1][1][2]) > 0
+    assert not h.lock.locked()
