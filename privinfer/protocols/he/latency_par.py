@@ -8,6 +8,9 @@ ciphertexts moved) among three cuts -- by output ciphertext, by baby (a later pa
 its ancestors recomputed) and by giant -- and only when the slower side is clearly under the serial cost.
 Both processes then run `convpack_eval.rot_partials` on their share; the parent adds the helper's per-output
 partial sums to its own before the fold and rescale. Same arithmetic, different order of additions.
+A dense layer's one-ciphertext diagonal step (`latency_plan.DiagStep`: minionn-mnist-he's 1024-to-100 layer, ~20 %
+of a query's CPU, was serial) is shared the same way through `diag_view`, the `RotStep` that performs its very
+rotations and products; its fold (the rotate-and-sum after the products) stays with the parent.
 
 Wire (parent <-> helper, its private stdin/stdout pipe, JSON headers + raw payloads, nothing unpickled):
     lat_plan   once per compiled plan: each split step's terms, its share and its plaintext slot vectors
@@ -129,6 +132,21 @@ def split_rot(st) -> np.ndarray | None:
         if cost < best:
             best, best_mask = cost, mask
     return best_mask if best <= MIN_GAIN * serial else None
+
+
+def diag_view(st, slots: int):
+    """A one-ciphertext diagonal step (`latency_plan.DiagStep`) as the `RotStep` whose `rot_partials` performs
+    the very same rotations -- babies (same chain, hence the same Galois keys), products, Horner giants by n1 --
+    with its plaintexts keyed (0, 0, giant, baby), so that `split_rot` and the helper can share it (the step's
+    fold stays with the parent). None when the two would rotate differently (then it is not shared)."""
+    from .convpack import RotStep
+    used = st.used_j()
+    if not used:
+        return None
+    keys = np.array([(0, 0, j // st.n1, j % st.n1) for j in used], dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    view = RotStep(1, 1, np.asarray(st.out.tiled(slots))[None, :], int(st.n1), keys, empty, empty, empty, empty)
+    return view if view.baby_chain(0) == list(st.baby_chain()) else None
 
 
 # --- the parent's side ------------------------------------------------------------------------------
@@ -350,4 +368,4 @@ def _forget(ref, header: dict, known_key: str) -> None:
             h.lock.release()
 
 
-__all__ = ["split_rot", "side_cost", "ParSession", "warm", "enabled"]
+__all__ = ["split_rot", "side_cost", "diag_view", "ParSession", "warm", "enabled"]
