@@ -10,6 +10,8 @@
    alternating the order. Wall times, and a load-independent projection for an idle 2-core machine: the
    parent's CPU outside the split steps plus, per split step, the slower side's CPU (parent thread or helper
    process). The machine's load average is recorded: on a shared machine the wall times are orientation only.
+4. Per item of the compiled plan, the serial CPU (thread time; the item's rescale and bias included), and per
+   split step the parent's and the helper's CPU: where the split gains little, and what stays serial.
 """
 from __future__ import annotations
 
@@ -140,34 +142,59 @@ def main() -> None:
     rec = []
     run_rot = par.run_rot
 
-    def timed(*args):
+    def timed(be, idx, *args):
         t0, h0 = time.thread_time(), batch_helper._helper.cpu_seconds()
-        r = run_rot(*args)
-        rec.append((time.thread_time() - t0, batch_helper._helper.cpu_seconds() - h0))
+        r = run_rot(be, idx, *args)
+        rec.append((time.thread_time() - t0, batch_helper._helper.cpu_seconds() - h0, idx))
         return r
     par.run_rot = timed
     X, _ = zoo.load_dataset(a.model, "test")
     enc = seeded.SeededEncryptor(cctx.seal, cctx.secret_key, cctx.encoder)
     walls, cpu_serial, proj = collections.defaultdict(list), [], []
+    per_item, per_split, alone = collections.defaultdict(list), collections.defaultdict(list), []
+
+    class _Clock(list):  # `evaluate(trace=...)` appends once per item: the thread CPU at each item's end
+        def append(self, _):
+            super().append(time.thread_time())
     for i in range(a.images):
         up = [enc.encrypt(v, 2.0 ** params.input_scale_bits) for v in client_vectors(plan, X[i].reshape(g.input_shape))]
         for mode in (("serial", "helper") if i % 2 == 0 else ("helper", "serial")):
             cts = [seeded.load(sctx.seal, b, n_primes=top, scale=2.0 ** params.input_scale_bits) for b in up]
             rec.clear()
+            clock = _Clock()
             t0, w0 = time.thread_time(), time.perf_counter()
-            comp.evaluate(cts, backend=SealBackend(sctx), par=par if mode == "helper" else None)
+            comp.evaluate(cts, backend=SealBackend(sctx), par=par if mode == "helper" else None, trace=clock)
             cpu = time.thread_time() - t0
             walls[mode].append(time.perf_counter() - w0)
             if mode == "serial":
                 cpu_serial.append(cpu)
+                for k, (start, end) in enumerate(zip([t0] + clock[:-1], clock)):
+                    per_item[f"{k}:{comp.items[k].kind}"].append(end - start)
             else:
-                proj.append(cpu - sum(r[0] for r in rec) + sum(max(r) for r in rec))
+                proj.append(cpu - sum(r[0] for r in rec) + sum(max(r[:2]) for r in rec))
+                alone.append(cpu - sum(r[0] for r in rec))
+                for parent, helper, idx in rec:
+                    per_split[idx].append((parent, helper))
+    # where the serial CPU goes (item: its ops, its rescale and bias), and each split step's two sides
+    items = {k: float(np.median(v)) for k, v in per_item.items()}
+    splits = {f"{i}:{comp.items[i].kind}": {"parent_cpu_s": float(np.median([p for p, _ in v])),
+                                            "helper_cpu_s": float(np.median([h for _, h in v])),
+                                            "serial_cpu_s": items.get(f"{i}:{comp.items[i].kind}")}
+              for i, v in sorted(per_split.items())}
+    outside = float(np.median(alone))  # the parent alone: other items, and the split items' folds and rescales
+    for k, v in items.items():
+        print(f"serial item {k:8s} {v * 1e3:6.0f} ms CPU")
+    for k, v in splits.items():
+        print(f"split  item {k:8s} parent {v['parent_cpu_s'] * 1e3:4.0f} ms, helper {v['helper_cpu_s'] * 1e3:4.0f} ms CPU")
+    print(f"the parent alone (helper mode: not in a shared step's terms): {outside * 1e3:.0f} ms CPU")
     rec_out = {"model": a.model, "params": params.describe(), "load_avg": os.getloadavg(), "op_ms": costs,
                "ops": rows, "serial_floor_ms": floor, "floor_without_rotations_ms": no_rot,
                "wall_serial_s": float(np.median(walls["serial"])), "wall_helper_s": float(np.median(walls["helper"])),
                "cpu_serial_s": float(np.median(cpu_serial)), "projected_idle_helper_s": float(np.median(proj)),
-               "helper_steps_used": par.used, "images": a.images}
-    print(json.dumps({k: v for k, v in rec_out.items() if k not in ("ops", "op_ms")}, indent=1))
+               "helper_steps_used": par.used, "images": a.images, "serial_item_cpu_s": items, "split_steps": splits,
+               "cpu_parent_alone_s": outside}
+    print(json.dumps({k: v for k, v in rec_out.items() if k not in ("ops", "op_ms", "serial_item_cpu_s", "split_steps")},
+                     indent=1))
     par.close()
     if a.out:
         with open(a.out, "w") as f:

@@ -175,12 +175,21 @@ class CompiledPlan:
                     item.pts[c] = backend.encode(w, p_scale, level)
             else:
                 P = st.period
+                share = self._diag_view(item, st, S, share=isinstance(backend, SealBackend))
+                theirs = {} if share is None else {(int(a), int(b)): None for _, _, a, b in item.view.keys[share]}
                 for j in st.used_j():
                     a, b = divmod(j, st.n1)
                     r, k = st.rows[j], st.cols[j]
                     d = np.where(r >= 0, seg.A[np.maximum(r, 0), np.maximum(k, 0)], 0.0)
                     d = np.roll(np.tile(d, S // P), a * st.n1)
                     item.pts[(a, b)] = backend.encode(d, p_scale, level)
+                    if (a, b) in theirs:
+                        theirs[(a, b)] = d  # the helper's share: its slot vectors (only those are kept)
+                if item.view is not None:
+                    item.view_pts = {(0, 0, a, b): pt for (a, b), pt in item.pts.items()}
+                if theirs:
+                    self.splits[len(self.items)] = (_Compiled("rot", step=item.view), share,
+                                                    np.stack(list(theirs.values())), float(p_scale), int(level))
             level += 1
             out_rows = st.out_idx if st.kind == "rot" else [st.out.tiled(S)]
             item.bias = []
@@ -212,6 +221,16 @@ class CompiledPlan:
         if mask is not None:
             vecs = rot_vectors(st, seg, S, rows=np.flatnonzero(mask))
             self.splits[len(self.items)] = (item, mask, vecs, float(p_scale), int(level))
+
+    @staticmethod
+    def _diag_view(item, st, S, share: bool):
+        """A diagonal step as a `RotStep` (`latency_par.diag_view`: the same babies, Horner giants and plaintexts,
+        keyed (0, 0, giant, baby)) in `item.view` (None: not shareable), and the helper's share of its terms
+        (None: none). Its fold, rescale and bias stay with the parent. `share`: a SEAL plan, whose split steps the
+        helper may take (any backend gets the view: the tests split numpy plans by hand)."""
+        from .latency_par import diag_view, split_rot
+        item.view = diag_view(st, S)
+        return split_rot(item.view) if share and item.view is not None else None
 
     def evaluate(self, cts: list, trace: list | None = None, backend=None, all_outputs: bool = False, par=None):
         """Run the plan on the input ciphertexts (or vectors); `backend` overrides the compile-time one
@@ -252,6 +271,12 @@ class CompiledPlan:
                 for c in range(st.n_ct):
                     t = be.mul_plain(cts[c], item.pts[c])
                     acc = t if acc is None else be.add(acc, t)
+                xs = [self._finish(be, acc, st.fold, item.bias[0])]
+            elif par is not None and idx in self.splits:  # a diagonal step, shared with the helper
+                from .convpack_eval import rot_partials
+                src = xs[0] if xs is not None else cts[0]
+                view, pts = item.view, item.view_pts
+                acc = (par.run_rot(be, idx, view, pts, [src]) or rot_partials(be, view, pts, [src]))[0]
                 xs = [self._finish(be, acc, st.fold, item.bias[0])]
             else:
                 src = xs[0] if xs is not None else cts[0]

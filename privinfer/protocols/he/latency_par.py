@@ -8,6 +8,9 @@ ciphertexts moved) among three cuts -- by output ciphertext, by baby (a later pa
 its ancestors recomputed) and by giant -- and only when the slower side is clearly under the serial cost.
 Both processes then run `convpack_eval.rot_partials` on their share; the parent adds the helper's per-output
 partial sums to its own before the fold and rescale. Same arithmetic, different order of additions.
+A dense layer's one-ciphertext diagonal step (`latency_plan.DiagStep`: minionn-mnist-he's 1024-to-100 layer, ~20 %
+of a query's CPU, was serial) is shared the same way through `diag_view`, the `RotStep` that performs its very
+rotations and products; its fold (the rotate-and-sum after the products) stays with the parent.
 
 Wire (parent <-> helper, its private stdin/stdout pipe, JSON headers + raw payloads, nothing unpickled):
     lat_plan   once per compiled plan: each split step's terms, its share and its plaintext slot vectors
@@ -131,6 +134,21 @@ def split_rot(st) -> np.ndarray | None:
     return best_mask if best <= MIN_GAIN * serial else None
 
 
+def diag_view(st, slots: int):
+    """A one-ciphertext diagonal step (`latency_plan.DiagStep`) as the `RotStep` whose `rot_partials` performs
+    the very same rotations -- babies (same chain, hence the same Galois keys), products, Horner giants by n1 --
+    with its plaintexts keyed (0, 0, giant, baby), so that `split_rot` and the helper can share it (the step's
+    fold stays with the parent). None when the two would rotate differently (then it is not shared)."""
+    from .convpack import RotStep
+    used = st.used_j()
+    if not used:
+        return None
+    keys = np.array([(0, 0, j // st.n1, j % st.n1) for j in used], dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    view = RotStep(1, 1, np.asarray(st.out.tiled(slots))[None, :], int(st.n1), keys, empty, empty, empty, empty)
+    return view if view.baby_chain(0) == list(st.baby_chain()) else None
+
+
 # --- the parent's side ------------------------------------------------------------------------------
 def _acquire(wait: float, free_core: bool = False):
     """The helper, locked for us, waiting up to `wait` seconds while another job holds it (None: none).
@@ -194,8 +212,8 @@ class ParSession:
     within 30 s -- or the connection closes, `blobs` is None. Any later preparation (a retry after a busy
     machine, a new helper after one died, keys the helper dropped as least recently used) serializes the
     relinearization and Galois keys again from this connection's context, which holds them for the server's
-    own share anyway: a few hundred ms of CPU in the rare case, instead of a second copy of the keys for the
-    whole connection."""
+    own share anyway: a few hundred ms of CPU in the rare case (done before the helper's lock is taken, so other
+    connections' queries keep the helper meanwhile), instead of a second copy of the keys for the whole connection."""
 
     def __init__(self, compiled, ctx, key_blobs: list[bytes], background: bool = True):
         self.compiled, self.ctx, self.blobs = compiled, ctx, key_blobs
@@ -245,12 +263,16 @@ class ParSession:
         from .batch_helper import _HelperFailed
         if self.closed:
             return
+        # serialize (a retry: ~0.27 s for minionn-mnist-he's keys) *before* taking the helper, whose lock every
+        # other connection's query and preparation needs meanwhile; the copy lives until this attempt ends
+        blobs = self._key_blobs()
+        if blobs is None:
+            return
         h = _acquire(wait=30.0, free_core=self.background)
         if h is None:
             return
         try:
-            blobs = self._key_blobs()
-            if self.closed or blobs is None:  # the connection ended while we waited: no helper slot for its keys
+            if self.closed:  # the connection ended while we waited: no helper slot for its keys
                 return
             _send_plan(h, self.compiled, self.ctx.params)
             h.send({"op": "lat_keys", "key": self.key, "plan": self.compiled.par_key}, *blobs)
@@ -346,4 +368,4 @@ def _forget(ref, header: dict, known_key: str) -> None:
             h.lock.release()
 
 
-__all__ = ["split_rot", "side_cost", "ParSession", "warm", "enabled"]
+__all__ = ["split_rot", "side_cost", "diag_view", "ParSession", "warm", "enabled"]

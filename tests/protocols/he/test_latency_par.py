@@ -18,7 +18,7 @@ from privinfer.protocols.he.context import CKKSContext
 from privinfer.protocols.he.convpack import RotStep
 from privinfer.protocols.he.convpack_eval import evaluate_rot, merge_inputs, rot_partials
 from privinfer.protocols.he.convpack_plan import plan_multi
-from privinfer.protocols.he.latency import NumpyBackend, SealBackend, client_vectors
+from privinfer.protocols.he.latency import CompiledPlan, NumpyBackend, SealBackend, client_vectors, plan_latency
 from privinfer.protocols.he.params import HEParams
 from privinfer.protocols.he.program import build_program
 
@@ -181,8 +181,9 @@ class _Compiled:  # what ParSession and _send_plan read of a CompiledPlan (weak-
         self.par_key = None
 
 
-def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_parent(monkeypatch):
-    monkeypatch.setattr(latency_par_helper, "MAX_SESSIONS", 1)
+def _in_process_helper(monkeypatch, sessions: int):
+    """(helper, compiled one-step plan, server context, client key blobs) with the helper's side in-process."""
+    monkeypatch.setattr(latency_par_helper, "MAX_SESSIONS", sessions)
     monkeypatch.setattr(latency_par_helper, "_state", latency_par_helper._HelperState())
     h = _InProcessHelper()
     monkeypatch.setattr(latency_par, "_acquire", lambda wait, free_core=False: h.lock.acquire() and h)
@@ -196,6 +197,11 @@ def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_p
     step = RotStep(1, 1, np.zeros((1, S), dtype=np.int64), 1, np.zeros((1, 4), dtype=np.int64),
                    *[np.zeros(0, dtype=np.int64)] * 4)
     comp = _Compiled(step, np.random.default_rng(0).standard_normal((1, S)), S)
+    return h, comp, sctx, blobs
+
+
+def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_parent(monkeypatch):
+    h, comp, sctx, blobs = _in_process_helper(monkeypatch, 1)
     a = latency_par.ParSession(comp, sctx, blobs, background=False)
     assert a.ready.is_set() and a.blobs is None and a.key in h.known
     assert h.sent[-1][1] == tuple(blobs)  # the first preparation sends the client's blobs as received
@@ -209,3 +215,102 @@ def test_key_blobs_live_for_the_first_preparation_only_and_evictions_reach_the_p
     a.close()
     a._prepare()  # a closed connection is never prepared again
     assert not a.ready.is_set() and a.key not in h.known and latency_par_helper._state.sessions.keys() == []
+
+
+def test_a_retry_serializes_the_keys_before_it_takes_the_helper(monkeypatch):
+    """The helper's lock is what every other connection's query needs: a retry's re-serialization of the keys
+    (~0.27 s for minionn-mnist-he) happens before the lock is taken, and the keys still reach the helper."""
+    from privinfer.protocols.he import context
+    h, comp, sctx, blobs = _in_process_helper(monkeypatch, 2)
+    a = latency_par.ParSession(comp, sctx, blobs, background=False)
+    held = []
+    real_dump = context.dump
+
+    def dump(obj):
+        held.append(h.lock.locked())
+        return real_dump(obj)
+    monkeypatch.setattr(context, "dump", dump)
+    a.ready.clear()
+    a._prepare()
+    assert held == [False, False]  # relinearization and Galois keys, both serialized with the helper free
+    assert a.ready.is_set() and h.sent[-1][0]["op"] == "lat_keys" and len(h.sent[-1][1][2]) > 0
+    assert not h.lock.locked()
+
+
+def _dense_cnn():
+    """A convolution, then a hidden dense layer: a one-ciphertext diagonal step (`DiagStep`) between two RotSteps."""
+    return _graph((1, 12, 12), [nn.Conv2d(1, 4, 3), Square(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(100, 32),
+                                Square(), nn.Linear(32, 4)], 5)
+
+
+class _ShareHere:
+    """`ParSession.run_rot`'s arithmetic in this process: the share `masks[idx]` and the rest, summed."""
+
+    def __init__(self):
+        self.masks, self.used = {}, 0
+
+    def run_rot(self, be, idx, st_, pts, xs):
+        theirs = {tuple(int(v) for v in r) for r in st_.keys[self.masks[idx]]}
+        a = rot_partials(be, st_, pts, xs, only=set(pts) - theirs)
+        b = rot_partials(be, st_, pts, xs, only=theirs)
+        self.used += 1
+        return [u if w is None else w if u is None else be.add(u, w) for u, w in zip(a, b)]
+
+
+def test_a_diagonal_step_shared_through_its_view_is_the_same_step():
+    """A dense layer's diagonal step, evaluated as its `RotStep` view (`diag_view`) with any share computed apart,
+    gives the serial step's result, and rotates by the plan's own Galois keys only."""
+    g = _dense_cnn()
+    prog = build_program(g)
+    prog.conv_packing = "on"
+    plan = plan_latency(prog, 1024)  # the channel packing, its Galois keys limited (babies chained) as HE plans it
+    S = plan.slots
+    comp = CompiledPlan(plan, prog, NumpyBackend(S))
+    diag = [i for i, it in enumerate(comp.items) if it.kind == "diag"]
+    assert diag, "the hidden dense layer should be a diagonal step"
+    rng = np.random.default_rng(5)
+    x = rng.random(g.input_shape)
+    serial = comp.evaluate(list(client_vectors(plan, x)))
+    ref = run_reference(g, x[None])[0]
+    assert np.allclose(serial[plan.output_slots()], ref, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    for i in diag:
+        view = comp.items[i].view
+        assert view is not None and view.key_steps(S) <= set(plan.raw_rotation_steps())
+        assert view.n_rotations() == len(comp.items[i].step.baby_chain()) + max(comp.items[i].step.giants())
+        cuts = [rng.random(len(view.keys)) < 0.5, latency_par.split_rot(view)] + list(latency_par._candidates(view))[:4]
+        for mask in [m for m in cuts if m is not None]:
+            par = _ShareHere()
+            par.masks[i] = mask
+            comp.splits = {i: (None, mask, None, 1.0, 0)}
+            shared = comp.evaluate(list(client_vectors(plan, x)), par=par)
+            assert par.used == 1 and np.allclose(shared, serial, atol=1e-9 * max(1.0, np.abs(serial).max()))
+
+
+@pytest.mark.slow  # a SEAL set-up and the helper process; `test_a_diagonal_step_shared_...` covers the arithmetic
+def test_a_diagonal_step_shared_with_the_helper_process_gives_the_serial_answer(monkeypatch):
+    monkeypatch.setattr(latency_par, "core_is_free", lambda: True)
+    g = _graph((1, 16, 16), [nn.Conv2d(1, 8, 3), Square(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(392, 64),
+                             Square(), nn.Linear(64, 6)], 5)
+    proto = HE(g, circuit_privacy="fast", conv_packing="on")
+    params, plan, comp = proto.latency_params, proto.plan, proto.compiled
+    diag = [i for i in comp.splits if comp.items[i].kind == "diag"]
+    assert diag, "the 392x64 dense layer's diagonal step should be shared"
+    cctx = CKKSContext.create(params, plan.rotation_steps)
+    blobs = cctx.public_blobs()
+    sctx = _KeyedContext(proto.ctx)
+    sctx.load_public(blobs, plan.rotation_steps)
+    par = latency_par.ParSession(comp, sctx, blobs, background=False)
+    enc = seeded.SeededEncryptor(cctx.seal, cctx.secret_key, cctx.encoder)
+    x = np.random.default_rng(4).random(g.input_shape)
+    up = [enc.encrypt(v, 2.0 ** params.input_scale_bits) for v in client_vectors(plan, x)]
+    n_primes = len(params.coeff_mod_bit_sizes) - 1
+
+    def query(p):
+        cts = [seeded.load(sctx.seal, b, n_primes=n_primes, scale=2.0 ** params.input_scale_bits) for b in up]
+        return cctx.decrypt_ct(comp.evaluate(cts, backend=SealBackend(sctx), par=p))[plan.output_slots()]
+    ref = run_reference(g, x[None])[0]
+    serial, shared = query(None), query(par)
+    par.close()
+    assert par.used == len(comp.splits)
+    tol = 1e-2 * max(1.0, np.abs(ref).max())
+    assert np.abs(shared - ref).max() <= tol and np.abs(shared - serial).max() <= tol
