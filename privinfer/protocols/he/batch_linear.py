@@ -43,7 +43,10 @@ def limb_bits(l1: float) -> int:
     return int(np.floor(53 - np.log2(max(l1, 1.0)) - 1e-9))
 
 
-_ROWS = 32  # rows per chunk in the elementwise passes: every temporary (rows x column block) stays in L2
+# rows per chunk in the elementwise passes: keeps every temporary inside L2. Not smaller: with two threads,
+# every numpy call hands the GIL over, and 32-row chunks (4x the calls) made the conv ~30% slower on 2
+# threads although ~15% faster on one (measured on cryptonets-mnist)
+_ROWS = 128
 
 
 def _reduce_into(out: np.ndarray, G: np.ndarray, t_count: int, b: int, dblk: int, q: int,
@@ -190,10 +193,8 @@ def apply_linear(op: IntLinear, X: np.ndarray, primes: list, size: int, n: int, 
             raise ParameterError(f"integer weights too large for exact float64 products (row L1 {op.l1:.3g})")
         tcounts = [max(1, -(-q.bit_length() // b_max)) for q in primes[:L]]
         bits = [-(-q.bit_length() // t) for q, t in zip(primes[:L], tcounts)]  # even limbs, each <= b_max
-        # columns per task: keep the input limbs and the products (n_in + n_out rows of T limbs) near 16 MB
-        # (measured on cryptonets-mnist: its conv, 784 -> 845 rows, runs ~15% faster at 512 columns than at
-        # 1024; its dense layer, 845 -> 100, is no faster below 1024) and a column block inside one polynomial
-        target = col_block or max(256, min(n, int(16e6 / (8 * (max(n_in, 1) + op.n_out) * max(tcounts)))))
+        # columns per task: keep the limb matrix near 16 MB and a column block inside one polynomial
+        target = col_block or max(256, min(n, int(16e6 / (8 * max(n_in, 1) * max(tcounts)))))
         cb = 1 << int(np.floor(np.log2(target)))
         cb = min(cb, n)
         for li in range(L):
