@@ -33,6 +33,18 @@ def test_counts_are_the_real_kernels(graph, cache):
     assert counts(graph) == data  # cached
 
 
+def test_counts_record_each_rounds_slack(graph, cache):
+    """Each counted piece keeps, per 2PC round, one slack sample per timed run (the late party's loopback wait
+    above the exchange floor, `ss_cost.round_slack`), and the floor it was measured against."""
+    from privinfer.planner import ss_cost
+    relu = next(p for p in counts(graph)["ss"] if p["piece"] == [2, 3])
+    assert 0 < relu["floor_s"] < 0.05
+    assert len(relu["slack"]) == relu["rounds"] and all(len(r) == ss_cost.REPS for r in relu["slack"])
+    assert all(-relu["floor_s"] <= x < 1.0 for r in relu["slack"] for x in r)
+    assert ss_cost.piece_cost(relu, {"ss": {"offline_s_per_dealer_element": 0.0}}).slack == tuple(
+        tuple(r) for r in relu["slack"])
+
+
 @pytest.mark.parametrize("network", ["loopback", "mobile", "1mbit:100ms"])
 def test_plans_are_executable_and_explained(graph, cache, network):
     plan = make_plan(graph, network, calibration=None)
