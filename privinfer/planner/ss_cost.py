@@ -8,7 +8,9 @@ parties on loopback, with the dealer's tuples replaced by zero tuples of the rig
 `record` mode: same messages, no dealer) and counts, per piece: bytes each way and rounds (the counting
 communicator), dealer elements (the recorded tuple requests), and the online wall time: the median of REPS runs
 after one warm-up run, all pieces timed round-robin (`_interleaved`) (CrypTen's first call of a kernel pays one-off costs), since a query's latency is quoted
-as a median too; the minimum of 3, used before, came out below the median query on an idle machine.
+as a median too; the minimum of 3, used before, came out below the median query on an idle machine. And per
+round of every timed run, the late party's wait above the loopback exchange floor (`round_slack`): what a
+link's round trip hides rather than adds to (`cost.Cost.slack`).
 
 Pieces: every single layer, plus every ReLU+MaxPool pair (cheaper as one segment). Results are cached on disk
 by the graph's architecture digest (`cache.py`), so a network is counted once per machine (~10-20 s).
