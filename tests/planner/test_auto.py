@@ -45,6 +45,16 @@ def test_counts_record_each_rounds_slack(graph, cache):
         tuple(r) for r in relu["slack"])
 
 
+def test_explain_says_what_the_rounds_add(graph, cache):
+    """On a link, `explain()` gives the rounds' seconds beside rounds x RTT (they differ by the slack)."""
+    from privinfer.planner.auto import price_plan
+    plan = price_plan(graph, f"ss:0-{len(graph) - 1}", "lan", calibration=None)
+    c = plan.cost
+    assert c.slack and 0 <= c.rounds_s(0.0005) <= c.rounds * 0.0005
+    assert f"its rounds add {c.rounds_s(0.0005) * 1e3:.1f} ms on this link, where {c.rounds} x RTT would be" in plan.explain()
+    assert "its rounds add" not in price_plan(graph, f"ss:0-{len(graph) - 1}", "loopback", calibration=None).explain()
+
+
 @pytest.mark.parametrize("network", ["loopback", "mobile", "1mbit:100ms"])
 def test_plans_are_executable_and_explained(graph, cache, network):
     plan = make_plan(graph, network, calibration=None)
