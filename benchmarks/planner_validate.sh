@@ -14,7 +14,9 @@ set -euo pipefail
 PY=${PY:-python}
 OUT=${OUT:?set OUT to the output folder}
 mkdir -p "$OUT"
-if [ -n "${PIN:-}" ]; then export PRIVINFER_PIN_PARTIES=1; fi
+# PIN=1: the environment pins the calibration's parties, `--pin` each bench's (the variable alone reaches only the former)
+PINARG=""
+if [ -n "${PIN:-}" ]; then export PRIVINFER_PIN_PARTIES=1; PINARG="--pin"; fi
 NETS="cryptonets-mnist mixed-mnist minionn-mnist"
 stamp() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$OUT/started"; uptime >> "$OUT/started"; }
 stamp start
@@ -22,22 +24,22 @@ if [ -z "${SKIP_PROFILE:-}" ]; then
   $PY -m privinfer profile --model $NETS wide-mlp-mnist > "$OUT/profile.log" 2>&1
   stamp profiled
 fi
-$PY -m privinfer bench --protocol auto --model $NETS --network loopback lan --samples 20 \
+$PY -m privinfer bench $PINARG --protocol auto --model $NETS --network loopback lan --samples 20 \
     --json "$OUT/auto_loopback_lan.json" > "$OUT/bench1.log" 2>&1
 stamp loopback+lan
-$PY -m privinfer bench --protocol auto --model $NETS --network wan --samples 5 --json "$OUT/auto_wan.json" \
+$PY -m privinfer bench $PINARG --protocol auto --model $NETS --network wan --samples 5 --json "$OUT/auto_wan.json" \
     > "$OUT/bench2.log" 2>&1
-$PY -m privinfer bench --protocol ss --model mixed-mnist minionn-mnist --network wan --samples 5 \
+$PY -m privinfer bench $PINARG --protocol ss --model mixed-mnist minionn-mnist --network wan --samples 5 \
     --json "$OUT/ss_wan.json" > "$OUT/bench3.log" 2>&1
 stamp wan
-$PY -m privinfer bench --protocol auto --model wide-mlp-mnist --network mobile --samples 5 \
+$PY -m privinfer bench $PINARG --protocol auto --model wide-mlp-mnist --network mobile --samples 5 \
     --json "$OUT/auto_wide_mobile.json" > "$OUT/bench4.log" 2>&1
 stamp mobile
-$PY -m privinfer bench --protocol auto --model $NETS --network loopback --samples 20 \
+$PY -m privinfer bench $PINARG --protocol auto --model $NETS --network loopback --samples 20 \
     --json "$OUT/auto_loopback_again.json" > "$OUT/bench5.log" 2>&1
 # a plan that starts in HE (GAZELLE's split): the offline phase overlapped with the prefix, predicted and measured
 GAZELLE="he:0,ss:1-2,he:3,ss:4-5,he:6-7,ss:8,he:9"
-$PY -m privinfer bench --protocol hybrid -o plan=$GAZELLE -o hiding=perfect --model minionn-mnist --samples 20 \
+$PY -m privinfer bench $PINARG --protocol hybrid -o plan=$GAZELLE -o hiding=perfect --model minionn-mnist --samples 20 \
     --json "$OUT/hybrid_gazelle.json" > "$OUT/bench7.log" 2>&1
 $PY - "$OUT/hybrid_gazelle.json" "$GAZELLE" > "$OUT/gazelle.txt" <<'PYEOF'
 import json, sys

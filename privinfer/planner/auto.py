@@ -151,6 +151,10 @@ class Plan:
         lines += ["", f"total: {self.predicted_latency_s():.3f} s predicted on {net.name} (compute {c.compute_s:.3f} s, "
                       f"{c.rounds} rounds, {_size(c.bytes_up)} up, {_size(c.bytes_down)} down, dealer "
                       f"{_size(c.dealer_bytes)})"]
+        if c.slack and net.rtt_ms:  # 2PC rounds hide part of a short round trip (cost.Cost.slack)
+            lines.append(f"  its rounds add {c.rounds_s(net.rtt_ms / 1e3) * 1e3:.1f} ms on this link, where "
+                         f"{c.rounds} x RTT would be {c.rounds * net.rtt_ms:.1f} ms: each 2PC round hides its "
+                         f"loopback wait in the round trip")
         if self.offline_overlap_s() > 0:
             lines.append(f"  the 2PC offline phase runs while the HE prefix does: {self.offline_overlap_s():.3f} s "
                          f"less than the two in sequence")

@@ -8,6 +8,16 @@ depth consumed. A `NetworkProfile(rate, rtt)` prices it:
 
     latency = compute + rounds x RTT + wire bytes / rate
 
+where a 2PC exchange round whose loopback wait had slack x (`Cost.slack`) adds max(0, RTT - x), not RTT.
+Why: `compute` is measured on loopback and already holds every round's loopback wait. A CrypTen round is a
+gloo exchange, and gloo sends to a posted receive only, so on a link the party that starts the round last
+waits one full RTT (traced on `wan`: 41 ms per round, RTT 40 ms); the scheduling delays and the peer's late
+start that made up its loopback wait above the exchange floor (the slack) pass during that round trip instead
+of after it. So RTT -> 0 gives the loopback figure, a long RTT gives rounds x RTT less the slack, and the short
+links in between pay less than an RTT per round (mixed-mnist under `lan`, traced: 0.25 ms per round, RTT 0.5
+ms; rounds x RTT over-predicted it by 37 %). Request/reply rounds (privinfer's channel, the dealer) have no
+slack recorded and pay the full RTT.
+
 `compute` is client_s + server_s when the parties take turns (HE: the server evaluates while the client
 waits), and max(client_s, server_s) when they compute at the same time (`overlap`: 2PC parties run in
 lockstep, and our 2PC figures are wall times of the pair); likewise their wire bytes are the larger direction
@@ -37,6 +47,17 @@ class Cost:
     overlap: bool = False  # client and server compute at the same time (2PC): max, not sum
     wall_s: float | None = None  # set on sums: the compute wall time of the parts, in sequence
     link_bytes: int | None = None  # set on sums: the bytes that occupy the link, in sequence (see `wire`)
+    #: 2PC exchange rounds measured on loopback: per round, one sample per timed run of the late party's wait
+    #: above the loopback exchange floor (seconds; `ss_cost.round_slack`). These rounds (the first len(slack)
+    #: of `rounds`) cost max(0, RTT - slack) each on a link; the others (request/reply) a full RTT
+    slack: tuple = ()
+
+    def rounds_s(self, rtt_s: float) -> float:
+        """Seconds the link's round trips add to this cost's loopback-measured compute (see the module docstring)."""
+        added = max(0, self.rounds - len(self.slack)) * rtt_s
+        for samples in self.slack:
+            added += sum(max(0.0, rtt_s - x) - max(0.0, -x) for x in samples) / len(samples)
+        return added
 
     @property
     def wire(self) -> int:
@@ -62,7 +83,7 @@ class Cost:
                     bytes_up=self.bytes_up + other.bytes_up, bytes_down=self.bytes_down + other.bytes_down,
                     rounds=self.rounds + other.rounds, depth=max(self.depth, other.depth),
                     dealer_bytes=self.dealer_bytes + other.dealer_bytes, wall_s=self.compute_s + other.compute_s,
-                    link_bytes=self.wire + other.wire)
+                    link_bytes=self.wire + other.wire, slack=self.slack + other.slack)
 
     def scaled(self, k: float) -> "Cost":
         return replace(self, client_s=self.client_s * k, server_s=self.server_s * k,
@@ -72,12 +93,13 @@ class Cost:
         return {"client_s": self.client_s, "server_s": self.server_s, "bytes_up": int(self.bytes_up),
                 "bytes_down": int(self.bytes_down), "rounds": int(self.rounds), "depth": int(self.depth),
                 "dealer_bytes": int(self.dealer_bytes), "overlap": self.overlap, "wall_s": self.wall_s,
-                "link_bytes": self.link_bytes}
+                "link_bytes": self.link_bytes, "slack": [list(r) for r in self.slack]}
 
     @classmethod
     def from_json(cls, d: dict) -> "Cost":
         return cls(**{k: d[k] for k in ("client_s", "server_s", "bytes_up", "bytes_down", "rounds", "depth",
-                                         "dealer_bytes", "overlap", "wall_s", "link_bytes") if k in d})
+                                         "dealer_bytes", "overlap", "wall_s", "link_bytes") if k in d},
+                   slack=tuple(tuple(float(x) for x in r) for r in d.get("slack", ())))
 
 
 @dataclass(frozen=True)
@@ -93,7 +115,7 @@ class NetworkProfile:
 
     def latency(self, c: Cost) -> float:
         """Seconds per query for cost `c` on this link (see the module docstring)."""
-        return c.compute_s + c.rounds * self.rtt_ms / 1e3 + self.transfer_s(c.wire)
+        return c.compute_s + c.rounds_s(self.rtt_ms / 1e3) + self.transfer_s(c.wire)
 
     def describe(self) -> str:
         rate = "unlimited" if not self.rate_mbit else f"{self.rate_mbit:g} Mbit/s each way"

@@ -8,7 +8,9 @@ parties on loopback, with the dealer's tuples replaced by zero tuples of the rig
 `record` mode: same messages, no dealer) and counts, per piece: bytes each way and rounds (the counting
 communicator), dealer elements (the recorded tuple requests), and the online wall time: the median of REPS runs
 after one warm-up run, all pieces timed round-robin (`_interleaved`) (CrypTen's first call of a kernel pays one-off costs), since a query's latency is quoted
-as a median too; the minimum of 3, used before, came out below the median query on an idle machine.
+as a median too; the minimum of 3, used before, came out below the median query on an idle machine. And per
+round of every timed run, the late party's wait above the loopback exchange floor (`round_slack`): what a
+link's round trip hides rather than adds to (`cost.Cost.slack`).
 
 Pieces: every single layer, plus every ReLU+MaxPool pair (cheaper as one segment). Results are cached on disk
 by the graph's architecture digest (`cache.py`), so a network is counted once per machine (~10-20 s).
@@ -25,6 +27,7 @@ from .cost import Cost
 
 REPS = 5
 PRECISION_BITS = 16
+FLOOR_EXCHANGES = 40  # tiny exchanges timed for the loopback exchange floor (~10 ms)
 
 
 def pieces(graph: Graph) -> list[tuple[int, int]]:
@@ -86,9 +89,10 @@ def _count_party(rank: int, rendezvous: str, graph_blob: bytes, opts: dict, conn
             jobs.append(({"kind": kind, "shape": list(shape)}, functools.partial(
                 _run_handover, crypten, comm, rank, kind, tuple(shape), int(t), pool, t2)))
         out = _interleaved(jobs, comm, prov, int(opts["reps"]), plan_elements)
+        floor = _exchange_waits(comm, FLOOR_EXCHANGES)
         results = [r for r in out if "piece" in r]
         hand = [r for r in out if "kind" in r]
-        send_msg(conn, {"ok": "counts", "pieces": results, "handovers": hand})
+        send_msg(conn, {"ok": "counts", "pieces": results, "handovers": hand, "floor": floor})
         recv_msg(conn)  # wait for "exit": the peer may still be reading our last message
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, typed
         report_error(conn, e)
@@ -163,18 +167,60 @@ def _interleaved(jobs, comm, prov, reps: int, plan_elements) -> list[dict]:
     the whole counting run, every job sees the same mix of quiet and busy moments."""
     runs: list[list[float]] = [[] for _ in jobs]
     last: list[dict] = [{} for _ in jobs]
-    for _ in range(reps + 1):
+    waits: list[list[list[float]]] = [[] for _ in jobs]  # per job, per timed run: each round's exchange wait
+    for rep in range(reps + 1):
         for k, (_, fn) in enumerate(jobs):
             prov.mode, prov.recorded = "record", []
+            comm.schedule = []
             dt, before = fn()
             after = comm.counters.as_dict()
             runs[k].append(dt)
+            n_rounds = after["rounds"] - before["rounds"]  # one schedule entry per counted round, the job's last
+            if rep:
+                waits[k].append([t1 - t0 for t0, t1 in comm.schedule[len(comm.schedule) - n_rounds:]])
             last[k] = {"bytes_sent": after["bytes_sent"] - before["bytes_sent"],
                        "bytes_received": after["bytes_received"] - before["bytes_received"],
                        "rounds": after["rounds"] - before["rounds"],
                        "dealer_elements": int(plan_elements(list(prov.recorded)))}
     prov.mode, prov.recorded = "online", []
-    return [{**key, "s": statistics.median(r[1:]), **c} for (key, _), r, c in zip(jobs, runs, last)]
+    comm.schedule = None
+    return [{**key, "s": statistics.median(r[1:]), **c, "waits": w} for (key, _), r, c, w in zip(jobs, runs, last, waits)]
+
+
+def _exchange_waits(comm, n: int) -> list[float]:
+    """Each party's wait in `n` exchanges of one element (after one warm-up): this machine's loopback exchange
+    floor, the part of a round's wait that a link's propagation delay adds to rather than hides
+    (`round_slack`)."""
+    import torch
+    x = torch.zeros(1, dtype=torch.long)
+    comm.all_reduce(x)
+    comm.schedule = []
+    for _ in range(n):
+        comm.all_reduce(x)
+    out = [t1 - t0 for t0, t1 in comm.schedule]
+    comm.schedule = None
+    return out
+
+
+def round_slack(w0: list[list[float]], w1: list[list[float]], floor: float) -> list[list[float]]:
+    """Per round, one sample per timed run: the late party's wait (the smaller of the two parties' waits: the
+    early one also waits for the late one's compute) above the exchange floor, in seconds.
+
+    Why: CrypTen's round is a gloo exchange, and gloo sends only to a posted receive (a rendezvous), so on a link
+    with round trip RTT the late party waits the floor + RTT (traced: 41 ms on `wan`, 40 ms RTT). On loopback it
+    waited w = floor + slack: the wait includes scheduling delays and the peer's late start, and those happen
+    during the link's round trip, not after it. So the link adds max(0, RTT - slack) per round, not RTT
+    (`cost.Cost.slack`; traced on mixed-mnist under `lan`: 0.25 ms per round, where RTT is 0.5 ms)."""
+    if len(w0) != len(w1) or any(len(a) != len(b) for a, b in zip(w0, w1)):
+        raise ProtocolError("the counting parties disagree on a piece's rounds")
+    if not w0:
+        return []
+    return [[round(min(a[k], b[k]) - floor, 7) for a, b in zip(w0, w1)] for k in range(len(w0[0]))]
+
+
+def exchange_floor(f0: list[float], f1: list[float]) -> float:
+    """The median, over the tiny exchanges of `_exchange_waits`, of the late party's wait (seconds)."""
+    return statistics.median(min(a, b) for a, b in zip(f0, f1)) if f0 and len(f0) == len(f1) else 0.0
 
 
 def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handovers=None) -> list[dict]:
@@ -198,10 +244,13 @@ def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handove
         for p in parties:
             p.close()
         dealer.close()
+    floor = exchange_floor(res[0].get("floor", []), res[1].get("floor", []))
     if handovers:
         return [{"kind": r1["kind"], "shape": r1["shape"], "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
                  "bytes_down": r1["bytes_received"], "rounds": max(r0["rounds"], r1["rounds"]),
-                 "dealer_elements": r0["dealer_elements"]} for r0, r1 in zip(res[0]["handovers"], res[1]["handovers"])]
+                 "dealer_elements": r0["dealer_elements"], "floor_s": floor,
+                 "slack": round_slack(r0["waits"], r1["waits"], floor)}
+                for r0, r1 in zip(res[0]["handovers"], res[1]["handovers"])]
     out = []
     for r0, r1 in zip(res[0]["pieces"], res[1]["pieces"]):
         if r0["piece"] != r1["piece"]:
@@ -209,7 +258,8 @@ def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handove
         # rank 1 is the client: what it sends goes up
         out.append({"piece": r1["piece"], "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
                     "bytes_down": r1["bytes_received"], "rounds": max(r0["rounds"], r1["rounds"]),
-                    "dealer_elements": r0["dealer_elements"]})
+                    "dealer_elements": r0["dealer_elements"], "floor_s": floor,
+                    "slack": round_slack(r0["waits"], r1["waits"], floor)})
     return out
 
 
@@ -220,7 +270,8 @@ def piece_cost(p: dict, cal: dict, scale: float = 1.0) -> Cost:
     off = offline_share_s(p, cal)
     s = p["s"] * scale
     return Cost(client_s=s + off, server_s=s + off, bytes_up=p["bytes_up"], bytes_down=p["bytes_down"],
-                rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True)
+                rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True,
+                slack=tuple(tuple(r) for r in p.get("slack", ())))
 
 
 def offline_share_s(p: dict, cal: dict) -> float:

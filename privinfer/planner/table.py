@@ -38,7 +38,7 @@ from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import OFFLINE, Row
 
-CACHE_VERSION = 4  # 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
+CACHE_VERSION = 5  # 5: per-round slack (ss_cost.round_slack); 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
 FUSED_VERSION = 2  # the fused hand-overs of the cached counts (`fused.py`, added when missing); 2: each at its neighbours' t
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
@@ -184,6 +184,8 @@ def _add_fused(graph: Graph, data: dict, say) -> bool:
             row = data["fused"].setdefault(f["key"], {**f, "t": [], "s": 0.0, "bytes_up": 0, "bytes_down": 0,
                                                       "rounds": 0, "dealer_elements": 0})
             row["t"].append([ti, to])
+            if r["s"] >= row["s"]:  # the dearest count's rounds, with its own slack
+                row["slack"] = r.get("slack", [])
             for k in ("s", "bytes_up", "bytes_down", "rounds", "dealer_elements"):
                 row[k] = max(row[k], r[k])
     return True

@@ -33,6 +33,28 @@ def test_counts_are_the_real_kernels(graph, cache):
     assert counts(graph) == data  # cached
 
 
+def test_counts_record_each_rounds_slack(graph, cache):
+    """Each counted piece keeps, per 2PC round, one slack sample per timed run (the late party's loopback wait
+    above the exchange floor, `ss_cost.round_slack`), and the floor it was measured against."""
+    from privinfer.planner import ss_cost
+    relu = next(p for p in counts(graph)["ss"] if p["piece"] == [2, 3])
+    assert 0 < relu["floor_s"] < 0.05
+    assert len(relu["slack"]) == relu["rounds"] and all(len(r) == ss_cost.REPS for r in relu["slack"])
+    assert all(-relu["floor_s"] <= x < 1.0 for r in relu["slack"] for x in r)
+    assert ss_cost.piece_cost(relu, {"ss": {"offline_s_per_dealer_element": 0.0}}).slack == tuple(
+        tuple(r) for r in relu["slack"])
+
+
+def test_explain_says_what_the_rounds_add(graph, cache):
+    """On a link, `explain()` gives the rounds' seconds beside rounds x RTT (they differ by the slack)."""
+    from privinfer.planner.auto import price_plan
+    plan = price_plan(graph, f"ss:0-{len(graph) - 1}", "lan", calibration=None)
+    c = plan.cost
+    assert c.slack and 0 <= c.rounds_s(0.0005) <= c.rounds * 0.0005
+    assert f"its rounds add {c.rounds_s(0.0005) * 1e3:.1f} ms on this link, where {c.rounds} x RTT would be" in plan.explain()
+    assert "its rounds add" not in price_plan(graph, f"ss:0-{len(graph) - 1}", "loopback", calibration=None).explain()
+
+
 @pytest.mark.parametrize("network", ["loopback", "mobile", "1mbit:100ms"])
 def test_plans_are_executable_and_explained(graph, cache, network):
     plan = make_plan(graph, network, calibration=None)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -210,6 +211,17 @@ def install_communicator(crypten) -> "PairCommunicator":
             self.peer = 1 - self.rank
             self.counters = CommCounters()
             self.dry = False
+            self.schedule = None  # a list: every round's (post, done) perf_counter times are appended (ss_cost)
+            trace = os.environ.get("PRIVINFER_COMM_TRACE")  # a folder: every round to rank<r>-<pid>.tsv
+            self._trace = open(os.path.join(trace, f"rank{self.rank}-{os.getpid()}.tsv"), "a", buffering=1) \
+                if trace and self.rank < 2 else None
+
+        def _mark(self, kind, t0, nbytes):
+            t1 = time.perf_counter()
+            if self.schedule is not None:
+                self.schedule.append((t0, t1))
+            if self._trace is not None:
+                self._trace.write(f"{kind}\t{t0:.7f}\t{t1:.7f}\t{nbytes}\n")
 
         def _flat(self, tensors):
             if len(tensors) == 1:
@@ -235,10 +247,12 @@ def install_communicator(crypten) -> "PairCommunicator":
                 return res if batched else res[0]
             mine = self._flat([t.data for t in tensors])
             theirs = torch.empty_like(mine)
+            t0 = time.perf_counter()
             s = dist.isend(mine, self.peer, group=self.main_group)
             r = dist.irecv(theirs, self.peer, group=self.main_group)
             s.wait()
             r.wait()
+            self._mark("x", t0, mine.nelement() * 8)
             c = self.counters
             c.bytes_sent += mine.nelement() * 8
             c.bytes_received += theirs.nelement() * 8
@@ -256,14 +270,17 @@ def install_communicator(crypten) -> "PairCommunicator":
             mine = self._flat([t.data for t in tensors])
             c = self.counters
             c.rounds += 1
+            t0 = time.perf_counter()
             if dst == self.rank:
                 theirs = torch.empty_like(mine)
                 dist.recv(theirs, self.peer, group=self.main_group)
+                self._mark("r", t0, theirs.nelement() * 8)
                 c.bytes_received += theirs.nelement() * 8
                 c.messages_received += 1
                 res = self._split(self._combine(mine, theirs, op), tensors)
                 return res if batched else res[0]
             dist.send(mine, self.peer, group=self.main_group)
+            self._mark("s", t0, mine.nelement() * 8)
             c.bytes_sent += mine.nelement() * 8
             c.messages_sent += 1
             return None

@@ -1,0 +1,112 @@
+"""The per-round link cost of 2PC exchange rounds (privinfer/planner/cost.py `Cost.rounds_s`, ss_cost.round_slack):
+hand-computed values, its limits (RTT -> 0 gives the loopback figure, a long RTT gives rounds x RTT less the
+slack), composition, the JSON round trip, and the exact search over rows that carry slack."""
+import random
+
+import pytest
+
+from privinfer.errors import ProtocolError
+from privinfer.planner import ss_cost
+from privinfer.planner.cost import Cost, NetworkProfile
+from privinfer.planner.search import NoPlanError, Row, brute_force, shortest
+
+
+def test_rounds_s_by_hand():
+    # round 1: samples 1 ms and 3 ms of slack; round 2: none; round 3: no sample (request/reply): full RTT
+    c = Cost(rounds=3, slack=((0.001, 0.003), (0.0,)))
+    # RTT 2 ms: round 1 adds mean(1 ms, 0) = 0.5 ms, round 2 adds 2 ms, round 3 adds 2 ms
+    assert c.rounds_s(0.002) == pytest.approx(0.0045)
+    assert c.rounds_s(0.0005) == pytest.approx(0.0 + 0.0005 + 0.0005)
+    # the old model where nothing was recorded: rounds x RTT
+    assert Cost(rounds=4).rounds_s(0.04) == pytest.approx(0.16)
+
+
+def test_negative_slack_is_loopback_at_zero_rtt():
+    """A round that waited less than the floor (slack < 0) adds nothing at RTT 0 and exactly the RTT above it."""
+    c = Cost(rounds=1, slack=((-0.0001,),))
+    assert c.rounds_s(0.0) == 0.0
+    assert c.rounds_s(0.001) == pytest.approx(0.001)  # max(0, 1.1 ms) - 0.1 ms: the link's RTT exactly
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_limits(seed):
+    rng = random.Random(seed)
+    slack = tuple(tuple(rng.uniform(-2e-4, 3e-3) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 30)))
+    c = Cost(client_s=0.05, server_s=0.05, overlap=True, rounds=len(slack) + 2, slack=slack)
+    # RTT -> 0: the loopback figure (compute), for any slack
+    assert c.rounds_s(0.0) == 0.0
+    assert NetworkProfile("x", None, 0.0).latency(c) == pytest.approx(0.05)
+    assert c.rounds_s(1e-9) == pytest.approx(0.0, abs=1e-6)
+    # RTT beyond every slack sample: rounds x RTT less each round's mean positive slack
+    rtt = 0.04
+    hidden = sum(sum(max(0.0, x) for x in r) / len(r) for r in slack)
+    assert c.rounds_s(rtt) == pytest.approx(c.rounds * rtt - hidden)
+    assert c.rounds * rtt - c.rounds_s(rtt) <= len(slack) * 3e-3 + 1e-12
+    # between: non-decreasing and never above rounds x RTT
+    prev = 0.0
+    for k in range(1, 50):
+        v = c.rounds_s(k * 1e-4)
+        assert prev - 1e-12 <= v <= c.rounds * k * 1e-4 + 1e-12
+        prev = v
+
+
+def test_sums_carry_the_slack_and_price_like_their_parts():
+    a = Cost(client_s=0.01, server_s=0.01, overlap=True, rounds=2, bytes_up=1000, slack=((0.0005,), (0.002, 0.0)))
+    b = Cost(client_s=0.02, server_s=0.03, rounds=1)  # a request/reply part: no slack
+    lan = NetworkProfile("lan", 1000.0, 0.5)
+    s = a + b
+    assert s.slack == a.slack and s.rounds == 3
+    assert lan.latency(s) == pytest.approx(lan.latency(a) + lan.latency(b))
+
+
+def test_json_round_trip_keeps_the_slack():
+    c = Cost(client_s=0.1, rounds=2, slack=((0.001, -0.0001), (0.0,)), overlap=True)
+    d = Cost.from_json(c.to_json())
+    assert d == c and d.rounds_s(0.002) == c.rounds_s(0.002)
+    old = {k: v for k, v in c.to_json().items() if k != "slack"}  # a plan written before the slack
+    assert Cost.from_json(old).rounds_s(0.002) == pytest.approx(0.004)
+
+
+def test_round_slack_and_floor_by_hand():
+    # two timed runs of a 2-round piece; each round's slack is the late (smaller) party's wait above the floor
+    w0 = [[0.0010, 0.0020], [0.0012, 0.0003]]
+    w1 = [[0.0015, 0.0005], [0.0011, 0.0009]]
+    assert ss_cost.round_slack(w0, w1, 0.0001) == [[pytest.approx(0.0009), pytest.approx(0.0010)],
+                                                   [pytest.approx(0.0004), pytest.approx(0.0002)]]
+    assert ss_cost.round_slack([], [], 0.0001) == []
+    with pytest.raises(ProtocolError):
+        ss_cost.round_slack(w0, [[0.001]], 0.0)
+    assert ss_cost.exchange_floor([1e-4, 3e-4, 2e-4], [2e-4, 1e-4, 5e-4]) == pytest.approx(1e-4)
+    assert ss_cost.exchange_floor([], []) == 0.0
+
+
+def test_a_piece_counted_before_the_slack_pays_rounds_x_rtt():
+    p = {"piece": [0, 1], "s": 0.01, "bytes_up": 0, "bytes_down": 0, "rounds": 3, "dealer_elements": 0}
+    c = ss_cost.piece_cost(p, {"ss": {"offline_s_per_dealer_element": 0.0}})
+    assert c.slack == () and c.rounds_s(0.04) == pytest.approx(0.12)
+    c2 = ss_cost.piece_cost({**p, "slack": [[0.001], [0.001], [0.001]]}, {"ss": {"offline_s_per_dealer_element": 0.0}})
+    assert c2.rounds_s(0.04) == pytest.approx(0.117)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_dp_equals_brute_force_with_slack(seed):
+    """Rows whose rounds carry slack: the search is still exact (each row's latency is its own)."""
+    rng = random.Random(seed)
+    n = rng.randint(1, 4)
+
+    def cost():
+        k = rng.randint(0, 6)
+        return Cost(client_s=rng.uniform(0, 0.01), server_s=rng.uniform(0, 0.01), overlap=True,
+                    rounds=k + rng.randint(0, 2), bytes_up=rng.randint(0, 10**5),
+                    slack=tuple(tuple(rng.uniform(-1e-4, 2e-3) for _ in range(3)) for _ in range(k)))
+    rows = [Row("convert", 0, 0, "client", "shares", Cost()), Row("convert", n, n, "shares", "client", cost())]
+    for a in range(n):
+        for b in range(a + 1, min(n, a + 2) + 1):
+            if rng.random() < 0.8:
+                rows.append(Row("ss", a, b, "shares", "shares", cost()))
+    f = NetworkProfile("lan", 1000.0, 0.5).latency
+    try:
+        expect, _ = brute_force(rows, n, f)
+    except NoPlanError:
+        return
+    assert shortest(rows, n, f)[0] == pytest.approx(expect, rel=1e-9, abs=1e-12)
