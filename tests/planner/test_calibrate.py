@@ -65,3 +65,11 @@ def test_he_kernels_are_timed():
     validate({"version": calibrate.VERSION, "he": {"4096": ops}, "ss": json.loads(DEFAULTS.read_text())["ss"]}, "t")
     # a key switch (rotation) costs more than a plaintext addition on any machine
     assert ops["rotate"] > ops["add_plain"]
+
+
+@pytest.mark.slow  # ~4 s: a real `ss` session (CrypTen parties); the table's checks are the fast tests above
+def test_segment_overhead_is_a_real_empty_query():
+    """The per-segment overhead is measured: the online time of a real `ss` query of a Flatten-only network."""
+    from privinfer.planner.calibrate import time_segment_overhead
+    empty = time_segment_overhead((1, 8, 8), samples=3)
+    assert 0 < empty < 0.5
