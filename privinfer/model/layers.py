@@ -50,6 +50,18 @@ def _as_array(a, name: str) -> np.ndarray:
     return arr
 
 
+def _set_weight_and_bias(layer, ndim: int, name: str, unit: str) -> None:
+    """Check and store a weighted layer's weight (`ndim`-D float64) and bias (one per output; None: zeros)."""
+    w = _as_array(layer.weight, f"{name} weight")
+    if w.ndim != ndim:
+        raise ShapeError(f"{name} weight must be {ndim}-D, got shape {w.shape}")
+    b = np.zeros(w.shape[0]) if layer.bias is None else _as_array(layer.bias, f"{name} bias")
+    if b.shape != (w.shape[0],):
+        raise ShapeError(f"{name} bias shape {b.shape} does not match {w.shape[0]} {unit}")
+    object.__setattr__(layer, "weight", w)
+    object.__setattr__(layer, "bias", b)
+
+
 @dataclass(frozen=True, eq=False)
 class Conv2d:
     """2-D convolution; `padding` is (top, bottom, left, right) so one-sided pads fold in."""
@@ -60,13 +72,7 @@ class Conv2d:
     kind = "conv2d"
 
     def __post_init__(self):
-        object.__setattr__(self, "weight", _as_array(self.weight, "conv weight"))
-        if self.weight.ndim != 4:
-            raise ShapeError(f"conv weight must be 4-D, got shape {self.weight.shape}")
-        b = np.zeros(self.weight.shape[0]) if self.bias is None else _as_array(self.bias, "conv bias")
-        if b.shape != (self.weight.shape[0],):
-            raise ShapeError(f"conv bias shape {b.shape} does not match {self.weight.shape[0]} maps")
-        object.__setattr__(self, "bias", b)
+        _set_weight_and_bias(self, 4, "conv", "maps")
         object.__setattr__(self, "stride", _positive(_pair(self.stride), "conv stride"))
         p = tuple(int(v) for v in self.padding)
         if len(p) == 2:
@@ -107,13 +113,7 @@ class Linear:
     kind = "linear"
 
     def __post_init__(self):
-        object.__setattr__(self, "weight", _as_array(self.weight, "linear weight"))
-        if self.weight.ndim != 2:
-            raise ShapeError(f"linear weight must be 2-D, got shape {self.weight.shape}")
-        b = np.zeros(self.weight.shape[0]) if self.bias is None else _as_array(self.bias, "linear bias")
-        if b.shape != (self.weight.shape[0],):
-            raise ShapeError(f"linear bias shape {b.shape} does not match {self.weight.shape[0]} outputs")
-        object.__setattr__(self, "bias", b)
+        _set_weight_and_bias(self, 2, "linear", "outputs")
 
     def out_shape(self, s: Shape) -> Shape:
         if len(s) != 1 or s[0] != self.weight.shape[1]:

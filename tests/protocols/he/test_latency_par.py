@@ -76,28 +76,34 @@ def test_split_only_where_it_pays_by_the_cost_model():
     assert latency_par.split_rot(one) is None  # one term: nothing to share
 
 
-def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(monkeypatch):
-    busy = []
-    monkeypatch.setattr(latency_par, "core_is_free", lambda: not busy)  # the machine's load is not ours to test
-    g = _small_cnn()
-    proto = HE(g, circuit_privacy="fast", conv_packing="on")
+def _helper_session(proto, g, seed: int):
+    """A client's keys loaded into a server context with the helper prepared (in the foreground), and
+    `query(par)`: one encrypted image evaluated serially (par=None) or shared with the helper, decrypted."""
     params, plan, comp = proto.latency_params, proto.plan, proto.compiled
     cctx = CKKSContext.create(params, plan.rotation_steps)
     blobs = cctx.public_blobs()
     sctx = _KeyedContext(proto.ctx)
     sctx.load_public(blobs, plan.rotation_steps)
     par = latency_par.ParSession(comp, sctx, blobs, background=False)
-    assert par.ready.is_set() and par.blobs is None  # the helper has the keys: no second copy here
     enc = seeded.SeededEncryptor(cctx.seal, cctx.secret_key, cctx.encoder)
-    x = np.random.default_rng(3).random(g.input_shape)
+    x = np.random.default_rng(seed).random(g.input_shape)
     up = [enc.encrypt(v, 2.0 ** params.input_scale_bits) for v in client_vectors(plan, x)]
     n_primes = len(params.coeff_mod_bit_sizes) - 1
 
     def query(p):
         cts = [seeded.load(sctx.seal, b, n_primes=n_primes, scale=2.0 ** params.input_scale_bits) for b in up]
         return cctx.decrypt_ct(comp.evaluate(cts, backend=SealBackend(sctx), par=p))[plan.output_slots()]
+    return par, query, run_reference(g, x[None])[0]
 
-    ref = run_reference(g, x[None])[0]
+
+def test_query_through_the_helper_equals_the_serial_one_and_survives_its_death(monkeypatch):
+    busy = []
+    monkeypatch.setattr(latency_par, "core_is_free", lambda: not busy)  # the machine's load is not ours to test
+    g = _small_cnn()
+    proto = HE(g, circuit_privacy="fast", conv_packing="on")
+    comp = proto.compiled
+    par, query, ref = _helper_session(proto, g, seed=3)
+    assert par.ready.is_set() and par.blobs is None  # the helper has the keys: no second copy here
     serial, shared = query(None), query(par)
     assert par.used == len(comp.splits)  # every split step had a share computed in the helper
     tol = 1e-2 * max(1.0, np.abs(ref).max())
@@ -292,23 +298,10 @@ def test_a_diagonal_step_shared_with_the_helper_process_gives_the_serial_answer(
     g = _graph((1, 16, 16), [nn.Conv2d(1, 8, 3), Square(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(392, 64),
                              Square(), nn.Linear(64, 6)], 5)
     proto = HE(g, circuit_privacy="fast", conv_packing="on")
-    params, plan, comp = proto.latency_params, proto.plan, proto.compiled
+    comp = proto.compiled
     diag = [i for i in comp.splits if comp.items[i].kind == "diag"]
     assert diag, "the 392x64 dense layer's diagonal step should be shared"
-    cctx = CKKSContext.create(params, plan.rotation_steps)
-    blobs = cctx.public_blobs()
-    sctx = _KeyedContext(proto.ctx)
-    sctx.load_public(blobs, plan.rotation_steps)
-    par = latency_par.ParSession(comp, sctx, blobs, background=False)
-    enc = seeded.SeededEncryptor(cctx.seal, cctx.secret_key, cctx.encoder)
-    x = np.random.default_rng(4).random(g.input_shape)
-    up = [enc.encrypt(v, 2.0 ** params.input_scale_bits) for v in client_vectors(plan, x)]
-    n_primes = len(params.coeff_mod_bit_sizes) - 1
-
-    def query(p):
-        cts = [seeded.load(sctx.seal, b, n_primes=n_primes, scale=2.0 ** params.input_scale_bits) for b in up]
-        return cctx.decrypt_ct(comp.evaluate(cts, backend=SealBackend(sctx), par=p))[plan.output_slots()]
-    ref = run_reference(g, x[None])[0]
+    par, query, ref = _helper_session(proto, g, seed=4)
     serial, shared = query(None), query(par)
     par.close()
     assert par.used == len(comp.splits)
