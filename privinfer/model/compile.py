@@ -189,6 +189,8 @@ class _AdaptivePending:
     kind = "adaptive"
 
     def __init__(self, output_size):
+        if output_size is None or (isinstance(output_size, (tuple, list)) and None in output_size):
+            raise _unsupported(f"AdaptiveAvgPool2d({output_size!r}): a size of None (keep the input's) is not supported")
         self.output_size = _pair(output_size)
 
 

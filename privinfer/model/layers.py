@@ -2,8 +2,8 @@
 name to its class.
 
 Why apart from `ir.py`: a layer knows its own parameters, shape rule and JSON spec; the Graph (`ir.py`) only
-chains them and owns the file format. Every module that needs to tell kinds apart reads `LAYER_KINDS` or a
-layer's own `kind`, never a list of its own.
+chains them and owns the file format. New code tells kinds apart by `LAYER_KINDS` or a layer's own `kind`;
+some protocol modules still keep short lists of the kinds they support (noted, not yet moved here).
 """
 from __future__ import annotations
 

@@ -14,9 +14,10 @@ gloo exchange, and gloo sends to a posted receive only, so on a link the party t
 waits one full RTT (traced on `wan`: 41 ms per round, RTT 40 ms); the scheduling delays and the peer's late
 start that made up its loopback wait above the exchange floor (the slack) pass during that round trip instead
 of after it. So RTT -> 0 gives the loopback figure, a long RTT gives rounds x RTT less the slack, and the short
-links in between pay less than an RTT per round (mixed-mnist under `lan`, traced: 0.25 ms per round, RTT 0.5
-ms; rounds x RTT over-predicted it by 37 %). Request/reply rounds (privinfer's channel, the dealer) have no
-slack recorded and pay the full RTT.
+links in between pay less than an RTT per round (session 8, idle: rounds x RTT over-predicted mixed-mnist under
+`lan` by 21-35 %, this rule by 8-18 %). The round's loopback copy time (its bytes at loopback's cost per byte)
+is not slack: a link pays for bytes at its own rate. Request/reply rounds (privinfer's channel, the dealer)
+have no slack recorded and pay the full RTT.
 
 `compute` is client_s + server_s when the parties take turns (HE: the server evaluates while the client
 waits), and max(client_s, server_s) when they compute at the same time (`overlap`: 2PC parties run in
@@ -29,6 +30,7 @@ wire alone, cannot do). The built-in profiles are `privinfer.netem`'s
 from __future__ import annotations
 
 import re
+import statistics
 from dataclasses import dataclass, field, replace
 
 from ..errors import ParameterError
@@ -48,15 +50,18 @@ class Cost:
     wall_s: float | None = None  # set on sums: the compute wall time of the parts, in sequence
     link_bytes: int | None = None  # set on sums: the bytes that occupy the link, in sequence (see `wire`)
     #: 2PC exchange rounds measured on loopback: per round, one sample per timed run of the late party's wait
-    #: above the loopback exchange floor (seconds; `ss_cost.round_slack`). These rounds (the first len(slack)
+    #: above the loopback exchange floor and copy time (seconds; `ss_cost.round_slack`). These rounds (the first len(slack)
     #: of `rounds`) cost max(0, RTT - slack) each on a link; the others (request/reply) a full RTT
     slack: tuple = ()
 
     def rounds_s(self, rtt_s: float) -> float:
-        """Seconds the link's round trips add to this cost's loopback-measured compute (see the module docstring)."""
+        """Seconds the link's round trips add to this cost's loopback-measured compute (see the module docstring):
+        per 2PC round max(0, RTT - its median slack) (the median, as the compute is the median of the same
+        runs: a run slowed by a burst of load neither prices the compute nor discounts the rounds; a round
+        without samples pays the full RTT), a full RTT per other round."""
         added = max(0, self.rounds - len(self.slack)) * rtt_s
         for samples in self.slack:
-            added += sum(max(0.0, rtt_s - x) - max(0.0, -x) for x in samples) / len(samples)
+            added += max(0.0, rtt_s - max(0.0, statistics.median(samples))) if samples else rtt_s
         return added
 
     @property

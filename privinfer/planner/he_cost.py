@@ -12,7 +12,7 @@ load/re-randomize are timed on that same context (milliseconds) once per paramet
 counts (`table.py`), so a plan does not change from one call to the next.
 
 Selecting parameters is the slow part (a large first convolution takes tens of seconds at N=32768); results
-are cached on disk by the sub-graph's digest (`cache.py`).
+are cached on disk by the sub-graph's digest (`table.py`: `<cache root>/planner/counts/`).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ round of every timed run, the late party's wait above the loopback exchange floo
 link's round trip hides rather than adds to (`cost.Cost.slack`).
 
 Pieces: every single layer, plus every ReLU+MaxPool pair (cheaper as one segment). Results are cached on disk
-by the graph's architecture digest (`cache.py`), so a network is counted once per machine (~10-20 s).
+by the graph's architecture digest (`table.py`: `<cache root>/planner/counts/`), so a network is counted once per machine (~10-20 s).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from .cost import Cost
 
 REPS = 5
 PRECISION_BITS = 16
-FLOOR_EXCHANGES = 40  # tiny exchanges timed for the loopback exchange floor (~10 ms)
+FLOOR_EXCHANGES = 40  # exchanges timed for the loopback exchange floor (~10 ms) and its cost per byte (~30 ms)
+FLOOR_LARGE = 1 << 16  # elements of the large exchanges (512 KB: a large round's size, cryptonets' is 682 KB)
 
 
 def pieces(graph: Graph) -> list[tuple[int, int]]:
@@ -167,7 +168,7 @@ def _interleaved(jobs, comm, prov, reps: int, plan_elements) -> list[dict]:
     the whole counting run, every job sees the same mix of quiet and busy moments."""
     runs: list[list[float]] = [[] for _ in jobs]
     last: list[dict] = [{} for _ in jobs]
-    waits: list[list[list[float]]] = [[] for _ in jobs]  # per job, per timed run: each round's exchange wait
+    waits: list[list[list]] = [[] for _ in jobs]  # per job, per timed run: each round's [wait, bytes]
     for rep in range(reps + 1):
         for k, (_, fn) in enumerate(jobs):
             prov.mode, prov.recorded = "record", []
@@ -177,7 +178,7 @@ def _interleaved(jobs, comm, prov, reps: int, plan_elements) -> list[dict]:
             runs[k].append(dt)
             n_rounds = after["rounds"] - before["rounds"]  # one schedule entry per counted round, the job's last
             if rep:
-                waits[k].append([t1 - t0 for t0, t1 in comm.schedule[len(comm.schedule) - n_rounds:]])
+                waits[k].append([[t1 - t0, nb] for t0, t1, nb in comm.schedule[len(comm.schedule) - n_rounds:]])
             last[k] = {"bytes_sent": after["bytes_sent"] - before["bytes_sent"],
                        "bytes_received": after["bytes_received"] - before["bytes_received"],
                        "rounds": after["rounds"] - before["rounds"],
@@ -187,40 +188,54 @@ def _interleaved(jobs, comm, prov, reps: int, plan_elements) -> list[dict]:
     return [{**key, "s": statistics.median(r[1:]), **c, "waits": w} for (key, _), r, c, w in zip(jobs, runs, last, waits)]
 
 
-def _exchange_waits(comm, n: int) -> list[float]:
-    """Each party's wait in `n` exchanges of one element (after one warm-up): this machine's loopback exchange
-    floor, the part of a round's wait that a link's propagation delay adds to rather than hides
-    (`round_slack`)."""
+def _exchange_waits(comm, n: int) -> dict:
+    """Each party's wait in `n` exchanges of one element and in `n` of FLOOR_LARGE elements (after one warm-up
+    each): this machine's loopback exchange floor and its cost per byte, the parts of a round's wait that a
+    link adds to rather than hides (`round_slack`; a link's bytes are priced at its own rate)."""
     import torch
-    x = torch.zeros(1, dtype=torch.long)
-    comm.all_reduce(x)
-    comm.schedule = []
-    for _ in range(n):
+    out = {"large_bytes": 8 * FLOOR_LARGE}
+    for key, size in (("small", 1), ("large", FLOOR_LARGE)):
+        x = torch.zeros(size, dtype=torch.long)
         comm.all_reduce(x)
-    out = [t1 - t0 for t0, t1 in comm.schedule]
+        comm.schedule = []
+        for _ in range(n):
+            comm.all_reduce(x)
+        out[key] = [t1 - t0 for t0, t1, _ in comm.schedule]
     comm.schedule = None
     return out
 
 
-def round_slack(w0: list[list[float]], w1: list[list[float]], floor: float) -> list[list[float]]:
+def round_slack(w0: list, w1: list, floor: float, per_byte: float = 0.0) -> list[list[float]]:
     """Per round, one sample per timed run: the late party's wait (the smaller of the two parties' waits: the
-    early one also waits for the late one's compute) above the exchange floor, in seconds.
+    early one also waits for the late one's compute) above the exchange floor and the round's loopback copy
+    time (its bytes x `per_byte`: a link pays for its bytes at its own rate, so that part is not slack), in
+    seconds. `w0`, `w1`: each party's runs, each a list of [wait, bytes] per round.
 
     Why: CrypTen's round is a gloo exchange, and gloo sends only to a posted receive (a rendezvous), so on a link
     with round trip RTT the late party waits the floor + RTT (traced: 41 ms on `wan`, 40 ms RTT). On loopback it
     waited w = floor + slack: the wait includes scheduling delays and the peer's late start, and those happen
     during the link's round trip, not after it. So the link adds max(0, RTT - slack) per round, not RTT
-    (`cost.Cost.slack`; traced on mixed-mnist under `lan`: 0.25 ms per round, where RTT is 0.5 ms)."""
-    if len(w0) != len(w1) or any(len(a) != len(b) for a, b in zip(w0, w1)):
+    (`cost.Cost.slack`)."""
+    if len(w0) != len(w1) or any(len(a) != len(b) for a, b in zip(w0, w1)) or \
+            any(len(run) != len(w0[0]) for run in w0):
         raise ProtocolError("the counting parties disagree on a piece's rounds")
     if not w0:
         return []
-    return [[round(min(a[k], b[k]) - floor, 7) for a, b in zip(w0, w1)] for k in range(len(w0[0]))]
+    return [[round(min(a[k][0], b[k][0]) - floor - per_byte * max(a[k][1], b[k][1]), 7) for a, b in zip(w0, w1)]
+            for k in range(len(w0[0]))]
 
 
-def exchange_floor(f0: list[float], f1: list[float]) -> float:
-    """The median, over the tiny exchanges of `_exchange_waits`, of the late party's wait (seconds)."""
-    return statistics.median(min(a, b) for a, b in zip(f0, f1)) if f0 and len(f0) == len(f1) else 0.0
+def exchange_floor(f0: dict, f1: dict) -> tuple[float, float]:
+    """(floor seconds, seconds per byte) from both parties' `_exchange_waits`: the median late-party wait of the
+    one-element exchanges, and the large exchanges' median above it per byte ((0, 0) when missing)."""
+    def late(key):
+        a, b = f0.get(key) or [], f1.get(key) or []
+        return statistics.median(min(x, y) for x, y in zip(a, b)) if a and len(a) == len(b) else None
+    floor, large = late("small"), late("large")
+    if floor is None:
+        return 0.0, 0.0
+    per_byte = max(0.0, (large - floor) / f0["large_bytes"]) if large is not None and f0.get("large_bytes") else 0.0
+    return floor, per_byte
 
 
 def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handovers=None) -> list[dict]:
@@ -244,22 +259,23 @@ def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handove
         for p in parties:
             p.close()
         dealer.close()
-    floor = exchange_floor(res[0].get("floor", []), res[1].get("floor", []))
-    if handovers:
-        return [{"kind": r1["kind"], "shape": r1["shape"], "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
-                 "bytes_down": r1["bytes_received"], "rounds": max(r0["rounds"], r1["rounds"]),
-                 "dealer_elements": r0["dealer_elements"], "floor_s": floor,
-                 "slack": round_slack(r0["waits"], r1["waits"], floor)}
-                for r0, r1 in zip(res[0]["handovers"], res[1]["handovers"])]
+    return combine_counts(res[0], res[1], bool(handovers))
+
+
+def combine_counts(res0: dict, res1: dict, handovers: bool = False) -> list[dict]:
+    """Both counting parties' reports (rank 0 = server, 1 = client) -> one row per piece (or hand-over): the
+    slower party's seconds, bytes each way (what the client sends goes up), rounds, dealer elements, and each
+    round's slack from *both* parties' waits against the exchange floor they measured."""
+    floor, per_byte = exchange_floor(res0.get("floor") or {}, res1.get("floor") or {})
     out = []
-    for r0, r1 in zip(res[0]["pieces"], res[1]["pieces"]):
-        if r0["piece"] != r1["piece"]:
+    for r0, r1 in zip(res0["handovers" if handovers else "pieces"], res1["handovers" if handovers else "pieces"]):
+        key = {"kind": r1["kind"], "shape": r1["shape"]} if handovers else {"piece": r1["piece"]}
+        if (r0["kind"], r0["shape"]) != (r1["kind"], r1["shape"]) if handovers else r0["piece"] != r1["piece"]:
             raise ProtocolError("the counting parties disagree on the pieces")
-        # rank 1 is the client: what it sends goes up
-        out.append({"piece": r1["piece"], "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
+        out.append({**key, "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
                     "bytes_down": r1["bytes_received"], "rounds": max(r0["rounds"], r1["rounds"]),
-                    "dealer_elements": r0["dealer_elements"], "floor_s": floor,
-                    "slack": round_slack(r0["waits"], r1["waits"], floor)})
+                    "dealer_elements": r0["dealer_elements"], "floor_s": floor, "floor_s_per_byte": per_byte,
+                    "slack": round_slack(r0["waits"], r1["waits"], floor, per_byte)})
     return out
 
 

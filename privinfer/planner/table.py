@@ -38,7 +38,7 @@ from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import OFFLINE, Row
 
-CACHE_VERSION = 5  # 5: per-round slack (ss_cost.round_slack); 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
+CACHE_VERSION = 6  # 6: the slack less each round's loopback copy time; 5: per-round slack (ss_cost.round_slack); 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
 FUSED_VERSION = 2  # the fused hand-overs of the cached counts (`fused.py`, added when missing); 2: each at its neighbours' t
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features

@@ -218,3 +218,9 @@ def test_split_as_digits_means_the_index():
     g = compile_model(m)  # BatchNorm folded: the layer named "2" now sits at index 1
     assert g.names[1] == "2"
     assert g.index("2") == g.index(2) == 2
+
+
+def test_adaptive_pool_with_a_none_size_is_a_typed_refusal():
+    """AdaptiveAvgPool2d((None, 2)) keeps one input dimension: refused with the typed error, not a TypeError."""
+    with pytest.raises(UnsupportedLayerError, match="None"):
+        compile_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d((None, 2))), (1, 8, 8))

@@ -40,7 +40,7 @@ def test_counts_record_each_rounds_slack(graph, cache):
     relu = next(p for p in counts(graph)["ss"] if p["piece"] == [2, 3])
     assert 0 < relu["floor_s"] < 0.05
     assert len(relu["slack"]) == relu["rounds"] and all(len(r) == ss_cost.REPS for r in relu["slack"])
-    assert all(-relu["floor_s"] <= x < 1.0 for r in relu["slack"] for x in r)
+    assert relu["floor_s_per_byte"] >= 0 and all(abs(x) < 1.0 for r in relu["slack"] for x in r)
     assert ss_cost.piece_cost(relu, {"ss": {"offline_s_per_dealer_element": 0.0}}).slack == tuple(
         tuple(r) for r in relu["slack"])
 

@@ -14,9 +14,14 @@ from privinfer.planner.search import NoPlanError, Row, brute_force, shortest
 def test_rounds_s_by_hand():
     # round 1: samples 1 ms and 3 ms of slack; round 2: none; round 3: no sample (request/reply): full RTT
     c = Cost(rounds=3, slack=((0.001, 0.003), (0.0,)))
-    # RTT 2 ms: round 1 adds mean(1 ms, 0) = 0.5 ms, round 2 adds 2 ms, round 3 adds 2 ms
-    assert c.rounds_s(0.002) == pytest.approx(0.0045)
+    # RTT 2 ms: round 1's median slack is 2 ms, it adds 0; round 2 adds 2 ms, round 3 adds 2 ms
+    assert c.rounds_s(0.002) == pytest.approx(0.004)
+    assert c.rounds_s(0.0025) == pytest.approx(0.0005 + 0.0025 + 0.0025)
     assert c.rounds_s(0.0005) == pytest.approx(0.0 + 0.0005 + 0.0005)
+    # the median, not the mean: one run slowed by a burst of load does not discount the round
+    assert Cost(rounds=1, slack=((0.0, 0.0, 0.05),)).rounds_s(0.04) == pytest.approx(0.04)
+    # a round recorded without samples pays the full RTT (no division by zero)
+    assert Cost(rounds=1, slack=((),)).rounds_s(0.04) == pytest.approx(0.04)
     # the old model where nothing was recorded: rounds x RTT
     assert Cost(rounds=4).rounds_s(0.04) == pytest.approx(0.16)
 
@@ -37,9 +42,10 @@ def test_limits(seed):
     assert c.rounds_s(0.0) == 0.0
     assert NetworkProfile("x", None, 0.0).latency(c) == pytest.approx(0.05)
     assert c.rounds_s(1e-9) == pytest.approx(0.0, abs=1e-6)
-    # RTT beyond every slack sample: rounds x RTT less each round's mean positive slack
+    # RTT beyond every slack sample: rounds x RTT less each round's positive median slack
     rtt = 0.04
-    hidden = sum(sum(max(0.0, x) for x in r) / len(r) for r in slack)
+    hidden = sum(max(0.0, sorted(r)[len(r) // 2] if len(r) % 2 else (sorted(r)[len(r) // 2 - 1] + sorted(r)[len(r) // 2]) / 2)
+                 for r in slack)
     assert c.rounds_s(rtt) == pytest.approx(c.rounds * rtt - hidden)
     assert c.rounds * rtt - c.rounds_s(rtt) <= len(slack) * 3e-3 + 1e-12
     # between: non-decreasing and never above rounds x RTT
@@ -56,6 +62,10 @@ def test_sums_carry_the_slack_and_price_like_their_parts():
     lan = NetworkProfile("lan", 1000.0, 0.5)
     s = a + b
     assert s.slack == a.slack and s.rounds == 3
+    a2 = Cost(client_s=0.01, server_s=0.01, overlap=True, rounds=1, slack=((0.0001,),))
+    both = a + a2  # both sides' slack is kept, in order, and each part is priced as alone
+    assert both.slack == a.slack + a2.slack
+    assert both.rounds_s(0.0005) == pytest.approx(a.rounds_s(0.0005) + a2.rounds_s(0.0005))
     assert lan.latency(s) == pytest.approx(lan.latency(a) + lan.latency(b))
 
 
@@ -67,17 +77,46 @@ def test_json_round_trip_keeps_the_slack():
     assert Cost.from_json(old).rounds_s(0.002) == pytest.approx(0.004)
 
 
+def _runs(waits, nbytes):
+    """Per timed run, per round: [wait, bytes] (as the counting parties report them)."""
+    return [[[w, b] for w, b in zip(run, nbytes)] for run in waits]
+
+
 def test_round_slack_and_floor_by_hand():
     # two timed runs of a 2-round piece; each round's slack is the late (smaller) party's wait above the floor
-    w0 = [[0.0010, 0.0020], [0.0012, 0.0003]]
-    w1 = [[0.0015, 0.0005], [0.0011, 0.0009]]
+    w0 = _runs([[0.0010, 0.0020], [0.0012, 0.0003]], [8, 8])
+    w1 = _runs([[0.0015, 0.0005], [0.0011, 0.0009]], [8, 8])
     assert ss_cost.round_slack(w0, w1, 0.0001) == [[pytest.approx(0.0009), pytest.approx(0.0010)],
                                                    [pytest.approx(0.0004), pytest.approx(0.0002)]]
+    # a round of 100 KB at 2 ns per byte spent 0.2 ms copying on loopback: not slack (the link prices its bytes)
+    big0, big1 = _runs([[0.0010]], [100_000]), _runs([[0.0015]], [100_000])
+    assert ss_cost.round_slack(big0, big1, 0.0001, 2e-9) == [[pytest.approx(0.0007)]]
     assert ss_cost.round_slack([], [], 0.0001) == []
     with pytest.raises(ProtocolError):
-        ss_cost.round_slack(w0, [[0.001]], 0.0)
-    assert ss_cost.exchange_floor([1e-4, 3e-4, 2e-4], [2e-4, 1e-4, 5e-4]) == pytest.approx(1e-4)
-    assert ss_cost.exchange_floor([], []) == 0.0
+        ss_cost.round_slack(w0, _runs([[0.001]], [8]), 0.0)
+    with pytest.raises(ProtocolError):  # runs of one party with different round counts: typed, not IndexError
+        ss_cost.round_slack(_runs([[0.001, 0.002]], [8, 8]) + _runs([[0.001]], [8]),
+                            _runs([[0.001, 0.002]], [8, 8]) + _runs([[0.001]], [8]), 0.0)
+    f0 = {"small": [1e-4, 3e-4, 2e-4], "large": [6e-4, 9e-4, 7e-4], "large_bytes": 500_000}
+    f1 = {"small": [2e-4, 1e-4, 5e-4], "large": [8e-4, 6e-4, 9e-4], "large_bytes": 500_000}
+    floor, per_byte = ss_cost.exchange_floor(f0, f1)
+    assert floor == pytest.approx(1e-4) and per_byte == pytest.approx((6e-4 - 1e-4) / 500_000)  # late waits 6, 6, 7 x 1e-4
+    assert ss_cost.exchange_floor({}, {}) == (0.0, 0.0)
+
+
+def test_counts_pair_each_round_of_both_parties():
+    """`combine_counts` pairs party 0's round k with party 1's round k (the late party's wait is the smaller),
+    takes bytes up from the client (rank 1), and prices the slack against the floor both measured."""
+    floor = {"small": [1e-4] * 3, "large": [1e-4] * 3, "large_bytes": 8}
+    r0 = {"piece": [0, 1], "s": 0.010, "bytes_sent": 100, "bytes_received": 200, "rounds": 2, "dealer_elements": 5,
+          "waits": _runs([[0.0030, 0.0002]], [8, 8])}
+    r1 = {"piece": [0, 1], "s": 0.012, "bytes_sent": 200, "bytes_received": 100, "rounds": 2, "dealer_elements": 5,
+          "waits": _runs([[0.0004, 0.0025]], [8, 8])}
+    (row,) = ss_cost.combine_counts({"pieces": [r0], "floor": floor}, {"pieces": [r1], "floor": floor})
+    assert row["s"] == 0.012 and row["bytes_up"] == 200 and row["bytes_down"] == 100 and row["rounds"] == 2
+    assert row["slack"] == [[pytest.approx(0.0003)], [pytest.approx(0.0001)]]
+    with pytest.raises(ProtocolError):
+        ss_cost.combine_counts({"pieces": [r0], "floor": floor}, {"pieces": [{**r1, "piece": [1, 2]}], "floor": floor})
 
 
 def test_a_piece_counted_before_the_slack_pays_rounds_x_rtt():

@@ -54,7 +54,8 @@ def _reduce_into(out: np.ndarray, G: np.ndarray, t_count: int, b: int, dblk: int
     """out = (sum_t G[:, t*dblk:(t+1)*dblk] * 2^(b t) + bias) mod q, exactly.
 
     The G blocks hold exact integers (|.| < 2^53). A = the sum mod 2^64 (wrapping int64 arithmetic),
-    F = sum / q in float64 (absolute error < 2^-20 given the limb bound), Q = floor(F) is floor(sum / q)
+    F = sum / q in float64 (absolute error about 2^(1-b) for limb width b, a small fraction of the one unit the fix-up below absorbs;
+    2^-20 only for wide limbs), Q = floor(F) is floor(sum / q)
     except in rare near-integer cases off by one, so A - Q q is the true remainder, or in rare cases
     off by +-q: those few entries are found with one comparison and fixed.
 

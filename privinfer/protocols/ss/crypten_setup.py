@@ -198,6 +198,23 @@ class CommCounters:
         return dict(vars(self))
 
 
+def _open_trace(rank: int):
+    """`PRIVINFER_COMM_TRACE=DIR` (a debugging aid, `benchmarks/round_trace.py`): this party appends every round
+    (kind, post, done, bytes) to DIR/rank<r>-<pid>.tsv, one line per round, unbounded, for as long as the
+    process lives: set it for a measurement, never on a long-running server. None when unset, for the dealer,
+    or when the file cannot be opened (a warning; the party runs untraced)."""
+    trace = os.environ.get("PRIVINFER_COMM_TRACE")
+    if not trace or rank >= 2:
+        return None
+    try:
+        os.makedirs(trace, exist_ok=True)
+        return open(os.path.join(trace, f"rank{rank}-{os.getpid()}.tsv"), "a", buffering=1)
+    except OSError as e:
+        import sys
+        print(f"privinfer: warning: PRIVINFER_COMM_TRACE={trace!r}: {e}; this party is not traced", file=sys.stderr)
+        return None
+
+
 def install_communicator(crypten) -> "PairCommunicator":
     """Turn the initialized DistributedCommunicator instance into a PairCommunicator."""
     from crypten.communicator import DistributedCommunicator
@@ -211,15 +228,13 @@ def install_communicator(crypten) -> "PairCommunicator":
             self.peer = 1 - self.rank
             self.counters = CommCounters()
             self.dry = False
-            self.schedule = None  # a list: every round's (post, done) perf_counter times are appended (ss_cost)
-            trace = os.environ.get("PRIVINFER_COMM_TRACE")  # a folder: every round to rank<r>-<pid>.tsv
-            self._trace = open(os.path.join(trace, f"rank{self.rank}-{os.getpid()}.tsv"), "a", buffering=1) \
-                if trace and self.rank < 2 else None
+            self.schedule = None  # a list: every round's (post, done, bytes) is appended (ss_cost)
+            self._trace = _open_trace(self.rank)
 
         def _mark(self, kind, t0, nbytes):
             t1 = time.perf_counter()
             if self.schedule is not None:
-                self.schedule.append((t0, t1))
+                self.schedule.append((t0, t1, nbytes))
             if self._trace is not None:
                 self._trace.write(f"{kind}\t{t0:.7f}\t{t1:.7f}\t{nbytes}\n")
 

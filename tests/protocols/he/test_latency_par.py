@@ -307,3 +307,25 @@ def test_a_diagonal_step_shared_with_the_helper_process_gives_the_serial_answer(
     assert par.used == len(comp.splits)
     tol = 1e-2 * max(1.0, np.abs(ref).max())
     assert np.abs(shared - ref).max() <= tol and np.abs(shared - serial).max() <= tol
+
+
+def test_the_helper_gets_the_diagonal_steps_own_vectors_in_term_order(monkeypatch):
+    """The slot vectors the server sends the helper for its share of a diagonal step are the step's own
+    plaintext vectors, in the order of the share's terms (the helper encodes them by position): the fast
+    counterpart of the slow test through the helper process."""
+    from privinfer.protocols.he import latency_eval
+    monkeypatch.setattr(latency_eval, "SealBackend", NumpyBackend)  # compile as the server does, on vectors
+    g = _graph((1, 16, 16), [nn.Conv2d(1, 8, 3), Square(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(392, 64),
+                             Square(), nn.Linear(64, 6)], 5)  # the slow test's network
+    prog = build_program(g)
+    prog.conv_packing = "on"
+    plan = plan_latency(prog, 2048)
+    comp = CompiledPlan(plan, prog, NumpyBackend(plan.slots))
+    diag = [i for i in comp.splits if comp.items[i].kind == "diag"]
+    assert diag, "the 392x64 dense layer's diagonal step should be shared"
+    for i in diag:
+        _, share, vecs, _, _ = comp.splits[i]
+        keys = comp.items[i].view.keys[share]
+        assert 0 < len(keys) == len(vecs) < len(comp.items[i].view.keys)
+        for (_, _, a, b), v in zip(keys, vecs):
+            np.testing.assert_array_equal(v, comp.items[i].pts[(int(a), int(b))])
