@@ -10,7 +10,7 @@ SPU_STAMP := $(SPU_VENV)/.privinfer-spu-installed
 ORION_VENV := .venv-orion
 ORION_STAMP := $(ORION_VENV)/.privinfer-orion-installed
 
-.PHONY: venv spu orion demo test fuzz bench clean
+.PHONY: venv spu orion demo test test-slow fuzz bench clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,9 @@ demo: $(STAMP) $(SPU_STAMP)
 
 test: $(STAMP) $(SPU_STAMP)
 	PRIVINFER_REQUIRE_SPU=1 $(BIN)/python -m pytest -q -m 'not slow'
+
+test-slow: $(STAMP) $(SPU_STAMP)
+	PRIVINFER_REQUIRE_SPU=1 $(BIN)/python -m pytest -q -m slow
 
 fuzz: $(STAMP) $(SPU_STAMP)
 	PRIVINFER_REQUIRE_SPU=1 PRIVINFER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s tests/test_fuzz.py

@@ -28,6 +28,7 @@ from .cost import Cost
 REPS = 5
 PRECISION_BITS = 16
 FLOOR_EXCHANGES = 40  # exchanges timed for the loopback exchange floor (~10 ms) and its cost per byte (~30 ms)
+SUSPECT_FLOOR_S = 0.0005  # a loopback one-element exchange slower than this: parties not running at once
 FLOOR_LARGE = 1 << 16  # elements of the large exchanges (512 KB: a large round's size, cryptonets' is 682 KB)
 
 
@@ -242,7 +243,29 @@ def count_pieces(graph: Graph, reps: int = REPS, timeout: float = 300.0, handove
     """Run every piece between two real CrypTen parties (rank 0 = server, 1 = client) on loopback.
     With `handovers` ([(kind, shape, t), (kind, shape, t, (kernel, stride) or None) or (kind, shape, t, pool,
     t2)]): count those mod-t hand-overs instead (no pieces; kinds: HANDOVER_KINDS; t2: lift_relu_reduce's
-    next modulus)."""
+    next modulus).
+
+    A counting run whose one-element exchanges waited more than SUSPECT_FLOOR_S is counted once more, and the
+    run with the lower floor is kept. Why: the scheduler sometimes places both parties on one core for a whole
+    run (README, "Why loopback used to miss"); then every round waits ~1.8 ms instead of ~0.1 ms and every piece
+    is slower (session 8, idle: mixed-mnist's counts priced its `ss` at 0.059 s, against 0.038 s in the run
+    before and 0.044-0.051 s measured). The floor is a direct probe of that placement."""
+    rows = _count_once(graph, reps, timeout, handovers)
+    if _floor(rows) > SUSPECT_FLOOR_S:
+        import sys
+        print(f"privinfer: the 2PC counting parties exchanged slowly (floor {_floor(rows) * 1e3:.2f} ms: likely "
+              f"sharing one core); counting once more", file=sys.stderr, flush=True)
+        again = _count_once(graph, reps, timeout, handovers)
+        rows = min((rows, again), key=_floor)
+    return rows
+
+
+def _floor(rows: list[dict]) -> float:
+    return rows[0]["floor_s"] if rows else 0.0
+
+
+def _count_once(graph: Graph, reps: int, timeout: float, handovers) -> list[dict]:
+    """One counting run (`count_pieces`): two fresh party processes and a dealer."""
     from ..protocols.ss.dealer import LocalDealer
     from ..protocols.ss.worker import ChildProcess, warm_up
     from ..transport.ports import free_port

@@ -149,3 +149,14 @@ def test_dp_equals_brute_force_with_slack(seed):
     except NoPlanError:
         return
     assert shortest(rows, n, f)[0] == pytest.approx(expect, rel=1e-9, abs=1e-12)
+
+
+def test_a_counting_run_with_a_slow_exchange_floor_is_counted_again(monkeypatch, capsys):
+    """Parties placed on one core show it in the floor: that run is repeated once and the lower floor kept."""
+    slow = [{"piece": [0, 1], "s": 0.05, "floor_s": 0.0018}]
+    fast = [{"piece": [0, 1], "s": 0.03, "floor_s": 0.0001}]
+    runs = [slow, fast]
+    monkeypatch.setattr(ss_cost, "_count_once", lambda *a: runs.pop(0))
+    assert ss_cost.count_pieces(None) == fast and "once more" in capsys.readouterr().err
+    runs[:] = [fast, slow]
+    assert ss_cost.count_pieces(None) == fast and runs == [slow]  # a quiet run is not repeated
