@@ -54,7 +54,7 @@ test: $(STAMP) $(SPU_STAMP)
 	PRIVINFER_REQUIRE_SPU=1 $(BIN)/python -m pytest -q -m 'not slow'
 
 test-slow: $(STAMP) $(SPU_STAMP)
-	PRIVINFER_REQUIRE_SPU=1 $(BIN)/python -m pytest -q -m slow
+	PRIVINFER_REQUIRE_SPU=1 $(BIN)/python -m pytest -q -m slow --ignore=tests/test_fuzz.py  # the fuzz module's slow tests: make fuzz
 
 fuzz: $(STAMP) $(SPU_STAMP)
 	PRIVINFER_REQUIRE_SPU=1 PRIVINFER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s tests/test_fuzz.py
