@@ -270,7 +270,7 @@ def time_segment_overhead(input_shape: tuple, samples: int = 8) -> float:
     counted layers (`ss_cost.reveal_cost`): the call to both party processes and the reveal.
 
     Why measured and not shipped: the default (2 ms) was a guess; on session 8's idle machine this query took
-    1.2 ms, and on a 15 ms network (cryptonets-mnist) the difference is 5 % of the prediction."""
+    0.9-1.2 ms, and on a 15 ms network (cryptonets-mnist) the difference is 5 % of the prediction."""
     import numpy as np
     from ..affinity import enabled, pin_parties
     from ..model.ir import Graph

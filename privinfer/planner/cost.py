@@ -15,7 +15,7 @@ waits one full RTT (traced on `wan`: 41 ms per round, RTT 40 ms); the scheduling
 start that made up its loopback wait above the exchange floor (the slack) pass during that round trip instead
 of after it. So RTT -> 0 gives the loopback figure, a long RTT gives rounds x RTT less the slack, and the short
 links in between pay less than an RTT per round (session 8, idle: rounds x RTT over-predicted mixed-mnist under
-`lan` by 21-35 %, this rule by 8-18 %). The round's loopback copy time (its bytes at loopback's cost per byte)
+`lan` by 21-42 % in four runs, this rule by 8-30 %). The round's loopback copy time (its bytes at loopback's cost per byte)
 is not slack: a link pays for bytes at its own rate. Request/reply rounds (privinfer's channel, the dealer)
 have no slack recorded and pay the full RTT.
 
