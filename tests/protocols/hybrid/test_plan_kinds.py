@@ -16,7 +16,11 @@ from privinfer.zoo import load_dataset, load_model
 
 OPTS = {"circuit_privacy": "fast", "mpc_timeout": 30.0}
 NOISELESS_TOL = 1e-5   # noisy at epsilon = inf: float32 on the wire (tests/protocols/noisy)
-HE_TOL = 3e-2          # an HE segment returning to the client: the `he` fast-mode tolerance
+HE_TOL = 3e-2          # an HE segment returning to the client (fresh client input, as `he` on its own)
+#: an HE segment whose input is the client's plaintext conv output (up to ~2.2 here, not pixels in [0, 1]): CKKS error
+#: grows with the input's magnitude. Measured (session 8, 25 queries, logits up to 60): max error median
+#: 0.016, max 0.026, once 0.034 in a full run (3e-2 was flaky); 5e-2 is below 1e-3 of the logits' scale
+HE_AFTER_PLAIN_TOL = 5e-2
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,7 @@ def test_client_segment_then_he(g):
         out = s.infer(X)
         assert s.stats.privacy["guarantee"] == "cryptographic-input-only"
     ref = run_reference(g, X)
-    assert np.max(np.abs(out - ref)) < HE_TOL and np.all(out.argmax(1) == ref.argmax(1))
+    assert np.max(np.abs(out - ref)) < HE_AFTER_PLAIN_TOL and np.all(out.argmax(1) == ref.argmax(1))
 
 
 @pytest.mark.slow
