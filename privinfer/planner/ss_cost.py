@@ -290,10 +290,11 @@ def combine_counts(res0: dict, res1: dict, handovers: bool = False) -> list[dict
     slower party's seconds, bytes each way (what the client sends goes up), rounds, dealer elements, and each
     round's slack from *both* parties' waits against the exchange floor they measured."""
     floor, per_byte = exchange_floor(res0.get("floor") or {}, res1.get("floor") or {})
+    rows, names = ("handovers", ("kind", "shape")) if handovers else ("pieces", ("piece",))
     out = []
-    for r0, r1 in zip(res0["handovers" if handovers else "pieces"], res1["handovers" if handovers else "pieces"]):
-        key = {"kind": r1["kind"], "shape": r1["shape"]} if handovers else {"piece": r1["piece"]}
-        if (r0["kind"], r0["shape"]) != (r1["kind"], r1["shape"]) if handovers else r0["piece"] != r1["piece"]:
+    for r0, r1 in zip(res0[rows], res1[rows]):
+        key = {k: r1[k] for k in names}
+        if key != {k: r0[k] for k in names}:
             raise ProtocolError("the counting parties disagree on the pieces")
         out.append({**key, "s": max(r0["s"], r1["s"]), "bytes_up": r1["bytes_sent"],
                     "bytes_down": r1["bytes_received"], "rounds": max(r0["rounds"], r1["rounds"]),
