@@ -41,6 +41,7 @@ class Plan:
     value: float
     calibration: str
     single: dict = field(default_factory=dict)  # best single-protocol plan per protocol: {name: latency s}
+    declined_hybrid_s: float | None = None  # a hybrid's predicted latency, declined for a single protocol (HYBRID_MARGIN)
 
     @property
     def cost(self) -> Cost:
@@ -99,7 +100,8 @@ class Plan:
                 "rows": [{"label": r.label, "protocol": r.protocol, "start": r.start, "stop": r.stop,
                           "kind_in": r.kind_in, "kind_out": r.kind_out, "cost": r.cost.to_json(),
                           "latency_s": self.network.latency(r.cost), "info": r.info} for r in self.rows],
-                "best_single_protocol_latency_s": self.single, "calibration": self.calibration,
+                "best_single_protocol_latency_s": self.single, "declined_hybrid_latency_s": self.declined_hybrid_s,
+                "calibration": self.calibration,
                 "privacy": self.privacy()}
 
     def privacy(self) -> str:
@@ -161,6 +163,9 @@ class Plan:
         if self.single:
             lines.append("best single-protocol plans under the same policy: " + ", ".join(
                 f"{k} {v:.3f} s" for k, v in sorted(self.single.items(), key=lambda kv: kv[1])))
+        if self.declined_hybrid_s is not None:
+            lines.append(f"  a hybrid plan predicted {self.declined_hybrid_s:.3f} s was declined: it is not "
+                         f"{HYBRID_MARGIN:.0%} faster than {self.protocol}, within its pricing error")
         lines += [f"privacy: {self.privacy()}", f"costs: {self.calibration}"]
         return "\n".join(lines)
 
@@ -195,6 +200,14 @@ def single_protocol_rows(rows: list[Row], name: str, n: int) -> list[Row]:
     return [r for r in rows if r.protocol == name]
 
 
+#: with the latency objective, a hybrid plan is chosen only when it is predicted at least this much faster than the
+#: best single-protocol plan under the same policy. Why: its conversions and short-link rounds add pricing error
+#: (session 8, idle: mixed-mnist on `lan`, a hybrid predicted 0.8 % faster than `ss` ran 8 % slower, 58 ms against
+#: 54 ms, two interleaved benches each), and the chosen plan should never be more than 5 % slower than the best
+#: single protocol. Bytes and client seconds are counted, not timed, and get no margin.
+HYBRID_MARGIN = 0.05
+
+
 def make_plan(graph: Graph, network=DEFAULT_NETWORK, policy: Policy | None = None, objective: str = "latency",
               calibration=None, progress=None) -> Plan:
     """The best plan for `graph` (counts cached per network, costs from the calibration table)."""
@@ -214,14 +227,20 @@ def make_plan(graph: Graph, network=DEFAULT_NETWORK, policy: Policy | None = Non
                               f"calibration file)") from None
         raise
     allowed = [r for r in rows if policy.allows(r)]
-    single = {}
+    single, paths = {}, {}
     for name in ("ss", "he", "cheetah", "noisy"):
         try:
-            _, p = shortest(single_protocol_rows(allowed, name, n), n, prof.latency, overlap=True)
-            single[name] = round(path_latency(p, prof), 6)
+            _, paths[name] = shortest(single_protocol_rows(allowed, name, n), n, prof.latency, overlap=True)
+            single[name] = round(path_latency(paths[name], prof), 6)
         except NoPlanError:
             pass
-    return Plan(graph, path, prof, policy, objective, value, cal.get("source", "calibration"), single)
+    declined = None
+    if objective == "latency" and single and protocol_of(path, n) == "hybrid":
+        best = min(single, key=single.get)
+        if path_latency(paths[best], prof) <= value * (1 + HYBRID_MARGIN):
+            declined, path = value, paths[best]
+            value = path_latency(path, prof)
+    return Plan(graph, path, prof, policy, objective, value, cal.get("source", "calibration"), single, declined)
 
 
 def price_plan(graph: Graph, plan: str, network=DEFAULT_NETWORK, policy: Policy | None = None,
