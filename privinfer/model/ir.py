@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ShapeError, UnsupportedLayerError
 from .layers import (LAYER_KINDS, WEIGHTED_KINDS, AvgPool2d, Conv2d, Flatten, Layer, Linear,  # noqa: F401
-                     MaxPool2d, Poly, ReLU, Shape, _pair, check_range)
+                     MaxPool2d, Poly, ReLU, Shape, check_range)
 
 MAX_GRAPH_BYTES = 1 << 30  # largest graph file (and largest parameter count x 8) accepted
 

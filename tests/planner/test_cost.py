@@ -2,6 +2,7 @@
 hand-computed values, its limits (RTT -> 0 gives the loopback figure, a long RTT gives rounds x RTT less the
 slack), composition, the JSON round trip, and the exact search over rows that carry slack."""
 import random
+import statistics
 
 import pytest
 
@@ -44,8 +45,7 @@ def test_limits(seed):
     assert c.rounds_s(1e-9) == pytest.approx(0.0, abs=1e-6)
     # RTT beyond every slack sample: rounds x RTT less each round's positive median slack
     rtt = 0.04
-    hidden = sum(max(0.0, sorted(r)[len(r) // 2] if len(r) % 2 else (sorted(r)[len(r) // 2 - 1] + sorted(r)[len(r) // 2]) / 2)
-                 for r in slack)
+    hidden = sum(max(0.0, statistics.median(r)) for r in slack)
     assert c.rounds_s(rtt) == pytest.approx(c.rounds * rtt - hidden)
     assert c.rounds * rtt - c.rounds_s(rtt) <= len(slack) * 3e-3 + 1e-12
     # between: non-decreasing and never above rounds x RTT
