@@ -46,19 +46,23 @@ def _counted(graph: Graph) -> list[tuple[int, int]]:
     return out + ([(0, len(graph))] if (0, len(graph)) not in out else [])
 
 
-def interaction_scale(counted: list[dict], graph: Graph) -> float:
-    """Whole-network seconds / the cheapest chain of pieces, both timed in the same counting run.
+def interaction_scale(counted: list[dict], graph: Graph, whole_s: float | None = None) -> float:
+    """Whole-network seconds / the cheapest chain of pieces.
 
-    Why: a piece timed alone, six times in a row, keeps its tensors in the CPU's caches; in a query the layers
-    follow one another and evict each other's. Measured on the idle machine, minionn-mnist's online phase took
-    0.195 s where its pieces summed to about 0.14 s, and mixed-mnist's matched. Scaling every piece by this
-    network's own ratio keeps each piece's share and makes the chain sum to the measured whole. 1 for counts
-    made before the whole was timed; clamped to [0.5, 3] against a disturbed run. Since the pieces are timed
-    round-robin (each evicts the others' tensors, as in a query) the ratio is near 1: minionn-mnist 1.05,
-    where six runs in a row gave 1.29 (planner-acc session)."""
+    Why: a piece timed alone keeps its tensors in the CPU's caches; in a query the layers follow one another and
+    evict each other's. Measured on the idle machine, minionn-mnist's online phase took 0.195 s where its pieces
+    summed to about 0.14 s. Scaling every piece by this network's own ratio keeps each piece's share and makes
+    the chain sum to the measured whole. The whole is `whole_s` when given: the real `ss` engine's online time
+    of the network less its per-segment overhead (`table.counts` times it beside the pieces). Why the engine
+    and not the counting run's own whole-network job: counting runs minutes apart priced the same network
+    +-15-20 % apart (session 8, idle: cryptonets-mnist 14.9-18.9 ms, mixed-mnist 37.8-50.7 ms) while the
+    engine measured within +-10 %, and the counting harness ran ~3 ms slower than the engine on a 9 ms network.
+    Without `whole_s`, the counting run's whole; 1 for counts made before the whole was timed; clamped to
+    [0.5, 3] against a disturbed run."""
     n = len(graph)
     regular = set(pieces(graph))
-    whole = next((p["s"] for p in counted if tuple(p["piece"]) == (0, n)), None)
+    whole = whole_s if whole_s is not None and whole_s > 0 else \
+        next((p["s"] for p in counted if tuple(p["piece"]) == (0, n)), None)
     best = [0.0] + [float("inf")] * n
     for i in range(n):
         for p in counted:

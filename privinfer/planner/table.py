@@ -38,7 +38,7 @@ from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import OFFLINE, Row
 
-CACHE_VERSION = 6  # 6: the slack less each round's loopback copy time; 5: per-round slack (ss_cost.round_slack); 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
+CACHE_VERSION = 7  # 7: the ss engine times the whole network (`engine`, the pieces' scale); 6: the slack less each round's loopback copy time; 5: per-round slack (ss_cost.round_slack); 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
 FUSED_VERSION = 2  # the fused hand-overs of the cached counts (`fused.py`, added when missing); 2: each at its neighbours' t
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
@@ -80,6 +80,8 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
     say("2PC pieces: counting bytes, rounds and dealer tuples on CrypTen parties")
     load = machine_load()
     data = {"version": CACHE_VERSION, "ss": ss_cost.count_pieces(graph), "he": {}}
+    say("2PC engine: the whole network in two ss sessions (the pieces' scale)")
+    data["engine"] = _time_engine(graph)
     data["load"] = {"start": load, "end": machine_load()}
     warn_if_loaded(max(data["load"].values(), key=lambda v: v["load_average_1min"] or 0), "the 2PC pieces were")
     n = len(graph)
@@ -95,6 +97,26 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
     _add_fused(graph, data, say)
     _write(path, data)
     return data
+
+
+def _time_engine(graph: Graph) -> dict | None:
+    """The real `ss` engine's online seconds for the whole network (`calibrate.time_ss_online`, two sessions),
+    right after the pieces were counted: `ss_cost.interaction_scale` scales the pieces to it. None when the
+    engine cannot run it (the pieces' own whole is used then)."""
+    from ..errors import PrivinferError
+    from .calibrate import time_ss_online
+    try:
+        return time_ss_online(graph, samples=8, sessions=2)
+    except PrivinferError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _engine_whole(data: dict, cal: dict) -> float | None:
+    """The engine's online seconds less the per-segment overhead that `ss_cost.reveal_cost` adds back."""
+    eng = data.get("engine") or {}
+    if not eng.get("online_s"):
+        return None
+    return max(0.0, float(eng["online_s"]) - float(cal["ss"]["segment_overhead_s"]))
 
 
 def _write(path, data: dict) -> None:
@@ -218,7 +240,8 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
     rows: list[Row] = []
     once = (OFFLINE, ss_cost.offline_once(cal))
     dealer = frozenset({"dealer"})
-    scale, regular = ss_cost.interaction_scale(data["ss"], graph), set(ss_cost.pieces(graph))
+    scale = ss_cost.interaction_scale(data["ss"], graph, _engine_whole(data, cal))
+    regular = set(ss_cost.pieces(graph))
     # where the engine always fuses (`fused.py`), the plain hand-over never runs: a lift at i when a fused row
     # leaves bfv_out at i; a mod-t opening at j when one ends in bfv_in at j right after the fused ReLU (or pool)
     fz = data.get("fused", {}).values()

@@ -205,6 +205,29 @@ def test_pieces_are_scaled_to_the_whole_network_timed_with_them(graph):
     assert interaction_scale(pieces, graph) == 1.0  # counts from before the whole was timed
     assert interaction_scale(pieces + [{"piece": [0, 4], "s": 0.15}], graph) == pytest.approx(1.5)
     assert interaction_scale(pieces + [{"piece": [0, 4], "s": 5.0}], graph) == 3.0  # a disturbed run is clamped
+    from privinfer.planner.calibrate import combine_sessions
+    assert combine_sessions([0.042, 0.012]) == 0.012  # a session with both parties on one core is dropped
+    assert combine_sessions([0.010, 0.012]) == pytest.approx(0.011)
+    # the real engine's whole (less its per-segment overhead) wins over the counting run's own
+    assert interaction_scale(pieces + [{"piece": [0, 4], "s": 0.15}], graph, whole_s=0.08) == pytest.approx(0.8)
+    assert interaction_scale(pieces + [{"piece": [0, 4], "s": 0.15}], graph, whole_s=None) == pytest.approx(1.5)
+
+
+def test_the_pieces_are_scaled_to_the_engines_whole_network(graph, cache):
+    """`counts` times the whole network on the real ss engine (two sessions) right after the pieces; the ss
+    rows (one per layer here: no MaxPool) then sum to the engine's online time less one segment's overhead."""
+    from privinfer.planner.calibrate import load_calibration
+    from privinfer.planner.table import build_rows
+    data = counts(graph)
+    eng = data["engine"]
+    assert len(eng["sessions"]) == 2 and 0 < min(eng["sessions"]) <= eng["online_s"] <= 1.3 * min(eng["sessions"]) < 5
+    cal = load_calibration(None, warn=False)
+    rows = [r for r in build_rows(graph, cal, data) if r.protocol == "ss" and r.kind_in == r.kind_out == "shares"]
+    assert sorted((r.start, r.stop) for r in rows) == [(i, i + 1) for i in range(len(graph))]
+    online = sum(r.cost.client_s - r.offline_s for r in rows)
+    whole = eng["online_s"] - cal["ss"]["segment_overhead_s"]
+    chain = sum(p["s"] for p in data["ss"] if p["piece"][1] - p["piece"][0] == 1)
+    assert online == pytest.approx(min(3 * chain, max(0.5 * chain, whole)), rel=1e-9)
 
 
 @pytest.mark.parametrize("hybrid_s,chosen", [(0.099, "ss"), (0.090, "hybrid")])
