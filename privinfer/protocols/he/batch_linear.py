@@ -202,6 +202,11 @@ def apply_linear(op: IntLinear, X: np.ndarray, primes: list, size: int, n: int, 
             for c0 in range(0, D, cb):
                 tasks.append((li, c0, min(D, c0 + cb)))
         inv_perm_needed = not np.array_equal(op.perm, np.arange(op.n_out))
+        # the gathers below run with mode="clip" (no defensive copies), which would clamp a stray index
+        # silently: refuse any out of range here, once per call
+        for _, insel, _ in op.blocks:
+            if not isinstance(insel, slice) and len(insel) and (int(np.min(insel)) < 0 or int(np.max(insel)) >= n_in):
+                raise ParameterError(f"linear map block reads inputs outside 0..{n_in - 1}")
 
         def run(task):
             li, c0, c1 = task
@@ -215,7 +220,9 @@ def apply_linear(op: IntLinear, X: np.ndarray, primes: list, size: int, n: int, 
                     np.matmul(Wf, Xs[insel], out=G[rows])
                 else:
                     src = _scratch("take", (len(insel), T * d), np.float64)
-                    np.take(Xs, insel, axis=0, out=src)
+                    # mode="clip": with the default "raise" and out=, numpy copies `out` first and writes it
+                    # back afterwards (two extra passes over src); insel is built in range by conv_blocks
+                    np.take(Xs, insel, axis=0, out=src, mode="clip")
                     np.matmul(Wf, src, out=G[rows])
             br = bias_res[li] if c0 < n else None  # bias only on polynomial 0 (columns [0, N))
             res = out[li, :, c0:c1] if not inv_perm_needed else _scratch("res", (op.n_out, d), np.uint64)

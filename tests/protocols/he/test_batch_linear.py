@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as hst
 
+from privinfer.errors import ParameterError
+
 pytest.importorskip("tenseal")
 bl = importlib.import_module("privinfer.protocols.he.batch_linear")
 bst = importlib.import_module("privinfer.protocols.he.batch_stages")
@@ -93,3 +95,18 @@ def test_conv_operator_is_exact_mod_every_prime(cin, cout, h, w, k, s, wbits, ta
         if bias is not None:
             ref[:, :n] += bias[:, None]
         assert (Y[li].astype(object) == ref % q).all(), f"prime {li}"
+
+
+def test_block_with_out_of_range_input_is_refused():
+    """The block gathers clip instead of raising (no defensive copies of the gathered rows), so apply_linear
+    checks every block's input indices first: a stray index is a ParameterError, never a clamped, wrong
+    product. (Before the check numpy raised a bare IndexError from inside a worker thread.)"""
+    q = PRIMES[0]
+    X = np.zeros((1, 3, 2 * 4), dtype=np.uint64)
+    for bad in ([0, 3], [-1, 1]):
+        op = bl.IntLinear(3, 1, [(slice(0, 1), np.array(bad), np.ones((1, 2)))], np.arange(1), 2.0, None)
+        with pytest.raises(ParameterError, match="outside"):
+            bl.apply_linear(op, X, [q], 2, 4, threads=1)
+    ok = bl.IntLinear(3, 1, [(slice(0, 1), np.array([0, 2]), np.ones((1, 2)))], np.arange(1), 2.0, None)
+    X[0, 0], X[0, 2] = 5, q - 1
+    assert bl.apply_linear(ok, X, [q], 2, 4, threads=1)[0, 0].tolist() == [4] * 8
