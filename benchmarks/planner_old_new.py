@@ -1,42 +1,56 @@
-"""The planner's prediction for each validation record under the per-round slack model and under the old one
-(every round a full RTT), from the same calibration and counts: the A/B of the model, not of the machine.
+"""The planner's prediction for each validation record under this session's round rule and under the earlier
+ones, from the same calibration and counts: the A/B of the model, not of the machine.
 
     PRIVINFER_CACHE=... python benchmarks/planner_old_new.py OUT/auto_*.json
 
-Why a script: the measurement is one run; the two models differ only in how they price its rounds, so the
-same records and the same counted pieces price both (a `Cost` without `slack` is the old model exactly)."""
+Rules: `total` (session 9, `cost.Cost.rounds_s`: a piece's exchange rounds add max(0, rounds x RTT - their
+total slack)), `per round` (session 8: each round max(0, RTT - its median slack)), `rounds x RTT` (before).
+Why a script: the measurement is one run; the rules differ only in how they price its rounds, so the same
+records and the same counted pieces price all of them. The link is priced as measured (`bench.link_as_measured`:
+the gloo round trip and the per-byte cost the bench timed on it) and nominal."""
 from __future__ import annotations
 
 import json
+import statistics
 import sys
-from dataclasses import replace
 
 from privinfer import zoo
+from privinfer.bench import link_as_measured
 from privinfer.planner.auto import price_plan
-from privinfer.planner.cost import NetworkProfile, PROFILES
-from privinfer.planner.search import path_latency
+from privinfer.planner.cost import PROFILES, Cost, NetworkProfile
+from privinfer.planner.search import path_latency, path_value
+
+
+def _per_round(c: Cost, rtt_s: float) -> float:
+    """Session 8's rule: each 2PC round max(0, RTT - its median slack), the other rounds a full RTT."""
+    measured = [r for r in c.slack if r]
+    return max(0, c.rounds - len(measured)) * rtt_s + sum(max(0.0, rtt_s - max(0.0, statistics.median(r)))
+                                                         for r in measured)
+
+
+def _latency(rows, prof: NetworkProfile, rounds) -> float:
+    f = lambda c: c.compute_s + rounds(c, prof.rtt_ms / 1e3) + prof.transfer_s(c.wire)  # noqa: E731
+    return path_value(rows, f, overlap=True)
 
 
 def main(paths: list[str]) -> None:
-    print("| model | network | plan | measured | new: as measured; nominal | error | old: as measured; nominal | error |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | network | plan | measured | total rule: as measured; nominal | error | per-round rule: as measured "
+          "| error | rounds x RTT: as measured | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         for r in json.load(open(path)):
             if not r.get("auto"):
                 continue
             nominal = PROFILES[r["network"]]
-            link = r.get("link_rtt_ms_measured") or {}
-            rtt = link.get("gloo", link.get("tcp")) if link else None
-            measured = NetworkProfile(nominal.name, nominal.rate_mbit, rtt) if rtt is not None else nominal
+            measured = link_as_measured(nominal, r.get("link_rtt_ms_measured") or {})
             plan = price_plan(zoo.load_model(r["model"]), r["plan_string"], nominal, calibration=r["calibration"])
-            old_rows = [replace(x, cost=replace(x.cost, slack=())) for x in plan.rows]
             m = r["latency_s"]["median"]
             new = (path_latency(plan.rows, measured), path_latency(plan.rows, nominal))
-            old = (path_latency(old_rows, measured), path_latency(old_rows, nominal))
+            per = _latency(plan.rows, measured, _per_round)
+            old = _latency(plan.rows, measured, lambda c, rtt: c.rounds * rtt)
             print(f"| {r['model']} | {r['network']} | `{r['plan_string']}` | {m:.3f} s | {new[0]:.3f} s; {new[1]:.3f} s | "
-                  f"{100 * (new[0] / m - 1):+.0f}%; {100 * (new[1] / m - 1):+.0f}% | {old[0]:.3f} s; {old[1]:.3f} s | "
-                  f"{100 * (old[0] / m - 1):+.0f}%; {100 * (old[1] / m - 1):+.0f}% |")
-
+                  f"{100 * (new[0] / m - 1):+.0f}%; {100 * (new[1] / m - 1):+.0f}% | {per:.3f} s | "
+                  f"{100 * (per / m - 1):+.0f}% | {old:.3f} s | {100 * (old / m - 1):+.0f}% |")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -45,7 +45,8 @@ def _rtt(link: dict | None) -> str:
         return "—"
     if isinstance(link, (int, float)):  # the first records of session 6 kept raw TCP's only
         return f"tcp {link:.2f} ms"
-    return " / ".join(f"{k} {v:.2f} ms" for k, v in sorted(link.items()))
+    rtt = " / ".join(f"{k} {v:.2f} ms" for k, v in sorted(link.items()) if k in ("gloo", "tcp"))
+    return rtt + (f"; {link['link_ns_per_byte']:.1f} ns/byte" if "link_ns_per_byte" in link else "")
 
 
 def _pinned(r: dict) -> str:

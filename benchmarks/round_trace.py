@@ -6,8 +6,9 @@ round (kind: x = exchange, s/r = one-way send/recv; post and done times, `time.p
 every process on the host; bytes) to DIR/rank<r>-<pid>.tsv (protocols/ss/crypten_setup.py). This script
 matches the two parties' rounds and prints, per trace folder, the late party's wait, the early party's
 finish after the late one's post, the imbalance, and the query span; with --loopback it also replays that
-loopback trace onto links: rounds x RTT (the old model) and max(wait, floor + RTT) per round (the new one,
-`planner/cost.py`), to compare with the measured spans of the other folders.
+loopback trace onto links under three round rules (rounds x RTT; max(0, RTT - slack) per round, session 8;
+max(0, rounds x RTT - total slack), session 9 and `planner/cost.py`), to compare with the measured spans of the
+other folders.
 
     d=/tmp/tr-lan; mkdir -p $d; PRIVINFER_COMM_TRACE=$d python -m privinfer bench --protocol ss \\
         --model mixed-mnist --network lan --samples 10 --json $d/rec.json
@@ -68,16 +69,20 @@ def describe(folder: str, qs) -> None:
     print(f"  query span (first post .. last done):   {ms([span(*q) for q in qs])}")
 
 
-def replay(qs, floor_s: float, rtt_s: float, rate_mbit: float | None) -> tuple[float, float]:
-    """Median predicted span on a link from loopback queries: (old: + rounds x RTT, new: + max(0, RTT - slack)
-    per round), both + bytes / rate (the larger direction: an exchange sends both ways at once)."""
-    old, new = [], []
+def replay(qs, floor_s: float, rtt_s: float, rate_mbit: float | None) -> tuple[float, float, float]:
+    """Median predicted span on a link from loopback queries, + bytes / rate (the larger direction: an exchange
+    sends both ways at once) under three round rules: every round + RTT (before session 8); each round +
+    max(0, RTT - its slack) (session 8); the query's rounds + max(0, rounds x RTT - their total slack) (session 9,
+    `cost.Cost.rounds_s`: the link's round trip replaces each round's loopback wait above the floor)."""
+    rtt_model, per_round, total = [], [], []
     for q0, q1 in qs:
         wire = max(sum(r[3] for r in q0), sum(r[3] for r in q1)) * 8 / (rate_mbit * 1e6) if rate_mbit else 0.0
-        slack = [w - floor_s for w in late_waits(q0, q1)]
-        old.append(span(q0, q1) + len(q0) * rtt_s + wire)
-        new.append(span(q0, q1) + wire + sum(max(0.0, rtt_s - x) - max(0.0, -x) for x in slack))
-    return statistics.median(old), statistics.median(new)
+        slack = [max(0.0, w - floor_s) for w in late_waits(q0, q1)]
+        base = span(q0, q1) + wire
+        rtt_model.append(base + len(q0) * rtt_s)
+        per_round.append(base + sum(max(0.0, rtt_s - x) for x in slack))
+        total.append(base + max(0.0, len(slack) * rtt_s - sum(slack)))
+    return statistics.median(rtt_model), statistics.median(per_round), statistics.median(total)
 
 
 def main(argv=None) -> None:
@@ -94,10 +99,9 @@ def main(argv=None) -> None:
         qs = load(a.loopback, a.rounds)
         for spec in a.link:
             name, rtt, rate = spec.split(":")
-            old, new = replay(qs, a.floor_ms / 1e3, float(rtt) / 1e3, float(rate) or None)
+            old, per, tot = replay(qs, a.floor_ms / 1e3, float(rtt) / 1e3, float(rate) or None)
             print(f"replay of {a.loopback} on {name} ({rtt} ms, {rate} Mbit/s): rounds x RTT {1e3 * old:.2f} ms, "
-                  f"slack model {1e3 * new:.2f} ms")
-
+                  f"per-round slack {1e3 * per:.2f} ms, total slack {1e3 * tot:.2f} ms")
 
 if __name__ == "__main__":
     main()

@@ -171,7 +171,7 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
         **({"link_rtt_ms_measured": {k: round(v, 3) for k, v in link.items()}} if link else {}),
         **({"auto": True, "plan": auto.layer_protocols, "plan_string": auto.plan_string,
             # the prediction for the link as measured (its round trip from `link_rtt_ms`), and for the nominal one
-            "predicted_latency_s": round(auto.predicted_latency_s(_as_measured(auto.network, link)), 6),
+            "predicted_latency_s": round(auto.predicted_latency_s(link_as_measured(auto.network, link)), 6),
             "predicted_latency_nominal_s": round(auto.predicted_latency_s(), 6),
             "best_single_protocol_predicted_s": auto.single, "calibration": auto.calibration,
             "load": load} if auto else {}),
@@ -181,14 +181,20 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
     }
 
 
-def _as_measured(nominal, link: dict):
-    """The planner's profile of the link as emulated: its rate, and the round trip measured on it (gloo's where
-    the plan's rounds are the 2PC parties', else raw TCP's)."""
+def link_as_measured(nominal, link: dict):
+    """The planner's profile of the link as emulated: the round trip measured on it (gloo's where the plan's
+    rounds are the 2PC parties', else raw TCP's) and, where gloo's large messages were timed, the rate a byte
+    gets beyond loopback's copy (`netem.link_rtt_ms`; the nominal rate when that is not slower)."""
     from .planner.cost import NetworkProfile
     if not link:
         return nominal
-    rtt = link.get("gloo", link["tcp"])
-    return NetworkProfile(f"{nominal.name} (measured RTT {rtt:.2f} ms)", nominal.rate_mbit, rtt)
+    rtt = link.get("gloo", link.get("tcp", nominal.rtt_ms))
+    rate = nominal.rate_mbit
+    ns = link.get("link_ns_per_byte")
+    if ns and rate and 8e3 / ns < rate:  # 1 byte per ns = 8000 Mbit/s
+        rate = 8e3 / ns
+    label = f"measured RTT {rtt:.2f} ms" + (f", {rate:.0f} Mbit/s" if rate != nominal.rate_mbit else "")
+    return NetworkProfile(f"{nominal.name} ({label})", rate, rtt)
 
 
 def _inner_links(protocol: str, options: dict) -> tuple[str, ...]:

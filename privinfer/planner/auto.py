@@ -13,7 +13,7 @@ from ..model.ir import Graph
 from .calibrate import load_calibration
 from .cost import Cost, NetworkProfile, PROFILES, parse_network
 from .plan import plan_string as _plan_string, Segment
-from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, path_latency, shortest, total_cost
+from .search import OBJECTIVES, NoPlanError, Policy, Row, choose, path_latency, path_value, shortest, total_cost
 from .table import build_rows, counts
 
 #: options `protocol="auto"` takes (the rest go to the chosen protocol)
@@ -86,7 +86,13 @@ class Plan:
     def offline_overlap_s(self, network=None) -> float:
         """What the overlap saves against running the offline phase and the HE prefix one after the other."""
         net = parse_network(network or self.network)
-        return max(0.0, net.latency(self.cost) - path_latency(self.rows, net))
+        return max(0.0, path_value(self.rows, net.latency) - path_latency(self.rows, net))
+
+    def rounds_s(self, network=None) -> float:
+        """What the link's round trips add to this plan, each row priced apart as the search prices it (a row's
+        2PC rounds give back at most their own round trips: `cost.Cost.rounds_s`)."""
+        rtt = parse_network(network or self.network).rtt_ms / 1e3
+        return sum(r.cost.rounds_s(rtt) for r in self.rows)
 
     def to_json(self) -> dict:
         c = self.cost
@@ -153,10 +159,10 @@ class Plan:
         lines += ["", f"total: {self.predicted_latency_s():.3f} s predicted on {net.name} (compute {c.compute_s:.3f} s, "
                       f"{c.rounds} rounds, {_size(c.bytes_up)} up, {_size(c.bytes_down)} down, dealer "
                       f"{_size(c.dealer_bytes)})"]
-        if c.slack and net.rtt_ms:  # 2PC rounds hide part of a short round trip (cost.Cost.slack)
-            lines.append(f"  its rounds add {c.rounds_s(net.rtt_ms / 1e3) * 1e3:.1f} ms on this link, where "
-                         f"{c.rounds} x RTT would be {c.rounds * net.rtt_ms:.1f} ms: each 2PC round hides its "
-                         f"loopback wait in the round trip")
+        if c.slack and net.rtt_ms:  # the link's round trips replace the 2PC rounds' loopback waits (cost.Cost.slack)
+            lines.append(f"  its rounds add {self.rounds_s() * 1e3:.1f} ms on this link, where {c.rounds} x RTT would "
+                         f"be {c.rounds * net.rtt_ms:.1f} ms: a round trip replaces the loopback wait (slack) of "
+                         f"each 2PC round")
         if self.offline_overlap_s() > 0:
             lines.append(f"  the 2PC offline phase runs while the HE prefix does: {self.offline_overlap_s():.3f} s "
                          f"less than the two in sequence")

@@ -8,16 +8,22 @@ depth consumed. A `NetworkProfile(rate, rtt)` prices it:
 
     latency = compute + rounds x RTT + wire bytes / rate
 
-where a 2PC exchange round whose loopback wait had slack x (`Cost.slack`) adds max(0, RTT - x), not RTT.
-Why: `compute` is measured on loopback and already holds every round's loopback wait. A CrypTen round is a
-gloo exchange, and gloo sends to a posted receive only, so on a link the party that starts the round last
-waits one full RTT (traced on `wan`: 41 ms per round, RTT 40 ms); the scheduling delays and the peer's late
-start that made up its loopback wait above the exchange floor (the slack) pass during that round trip instead
-of after it. So RTT -> 0 gives the loopback figure, a long RTT gives rounds x RTT less the slack, and the short
-links in between pay less than an RTT per round (session 8, idle: rounds x RTT over-predicted mixed-mnist under
-`lan` by 21-42 % in four runs, this rule by 8-30 %). The round's loopback copy time (its bytes at loopback's cost per byte)
-is not slack: a link pays for bytes at its own rate. Request/reply rounds (privinfer's channel, the dealer)
-have no slack recorded and pay the full RTT.
+where the 2PC exchange rounds of a piece together add max(0, rounds x RTT - their loopback slack), not rounds x
+RTT (`Cost.rounds_s`). Why: `compute` is measured on loopback and already holds every round's loopback wait. A
+CrypTen round is a gloo exchange, and gloo sends to a posted receive only, so on a link the party that starts
+the round last waits one full RTT (traced on `wan`: 41 ms per round, RTT 40 ms). What it waited on loopback
+above the exchange floor (the slack: this virtual machine's wake-up delays, ~0.1-3 ms per round, heavy-tailed)
+is replaced by that round trip rather than added to it. Traced per round on the idle machine (session 9,
+`benchmarks/round_trace.py`): on `lan` (0.8 ms RTT as delivered) the late party's wait is tight (p25-p75
+0.85-1.0 ms on mixed-mnist) where on loopback it was 0.14-1.7 ms, so mixed-mnist's 32 rounds took the same
+47.3 ms on `lan` as on loopback (47.2 ms). Pricing each round alone at max(0, RTT - its slack) (session 8's
+rule) gave +17 ms there, because a round whose loopback wait was long cannot give back more than its RTT;
+replacing the piece's total slack by rounds x RTT gives +3.9 ms; on minionn-mnist (+48.0 ms measured) and
+cryptonets-mnist (+12.1 ms) the two rules give +27.7 / +52.6 and +8.2 / +8.6 ms: the sum rule is the one
+within 10 % of each query (a short link's bytes cost more than its nominal rate here: README). RTT -> 0 gives
+the loopback figure; a long RTT gives rounds x RTT less the slack. The round's loopback copy time (its bytes at
+loopback's cost per byte) is not slack: a link pays for bytes at its own rate. Request/reply rounds
+(privinfer's channel, the dealer) have no slack recorded and pay the full RTT.
 
 `compute` is client_s + server_s when the parties take turns (HE: the server evaluates while the client
 waits), and max(client_s, server_s) when they compute at the same time (`overlap`: 2PC parties run in
@@ -50,19 +56,27 @@ class Cost:
     wall_s: float | None = None  # set on sums: the compute wall time of the parts, in sequence
     link_bytes: int | None = None  # set on sums: the bytes that occupy the link, in sequence (see `wire`)
     #: 2PC exchange rounds measured on loopback: per round, one sample per timed run of the late party's wait
-    #: above the loopback exchange floor and copy time (seconds; `ss_cost.round_slack`). These rounds (the first len(slack)
-    #: of `rounds`) cost max(0, RTT - slack) each on a link; the others (request/reply) a full RTT
+    #: above the loopback exchange floor and copy time (seconds; `ss_cost.round_slack`). These rounds (the first
+    #: len(slack) of `rounds`) add max(0, their count x RTT - their total slack) on a link (`rounds_s`); the
+    #: others (request/reply) a full RTT each
     slack: tuple = ()
 
     def rounds_s(self, rtt_s: float) -> float:
         """Seconds the link's round trips add to this cost's loopback-measured compute (see the module docstring):
-        per 2PC round max(0, RTT - its median slack) (the median, as the compute is the median of the same
-        runs: a run slowed by a burst of load neither prices the compute nor discounts the rounds; a round
-        without samples pays the full RTT), a full RTT per other round."""
-        added = max(0, self.rounds - len(self.slack)) * rtt_s
-        for samples in self.slack:
-            added += max(0.0, rtt_s - max(0.0, statistics.median(samples))) if samples else rtt_s
-        return added
+        the 2PC rounds with slack samples add max(0, their count x RTT - their total slack), where the total is
+        the median over the timed runs of each run's sum (a run slowed by a burst of load neither prices the
+        compute nor discounts the rounds; negative samples, waits below the floor, count as 0); a round without
+        samples, and every other round, pays the full RTT."""
+        measured = [r for r in self.slack if r]
+        added = (self.rounds - len(measured)) * rtt_s if self.rounds > len(measured) else 0.0
+        if not measured:
+            return added
+        runs = {len(r) for r in measured}
+        if len(runs) == 1:  # one sample per timed run in every round: the runs' totals
+            total = statistics.median(sum(max(0.0, r[k]) for r in measured) for k in range(runs.pop()))
+        else:  # counts of different runs put together: each round's mean
+            total = sum(statistics.fmean(max(0.0, x) for x in r) for r in measured)
+        return added + max(0.0, len(measured) * rtt_s - total)
 
     @property
     def wire(self) -> int:

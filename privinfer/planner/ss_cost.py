@@ -218,9 +218,10 @@ def round_slack(w0: list, w1: list, floor: float, per_byte: float = 0.0) -> list
 
     Why: CrypTen's round is a gloo exchange, and gloo sends only to a posted receive (a rendezvous), so on a link
     with round trip RTT the late party waits the floor + RTT (traced: 41 ms on `wan`, 40 ms RTT). On loopback it
-    waited w = floor + slack: the wait includes scheduling delays and the peer's late start, and those happen
-    during the link's round trip, not after it. So the link adds max(0, RTT - slack) per round, not RTT
-    (`cost.Cost.slack`)."""
+    waited w = floor + slack: the wait includes scheduling and wake-up delays, and the link's round trip takes
+    their place (traced on `lan`: the late party's wait is the round trip, tight, where loopback's was
+    heavy-tailed). So a piece's rounds add max(0, rounds x RTT - their total slack), not rounds x RTT
+    (`cost.Cost.rounds_s`)."""
     if len(w0) != len(w1) or any(len(a) != len(b) for a, b in zip(w0, w1)) or \
             any(len(run) != len(w0[0]) for run in w0):
         raise ProtocolError("the counting parties disagree on a piece's rounds")

@@ -50,8 +50,9 @@ def test_explain_says_what_the_rounds_add(graph, cache):
     from privinfer.planner.auto import price_plan
     plan = price_plan(graph, f"ss:0-{len(graph) - 1}", "lan", calibration=None)
     c = plan.cost
-    assert c.slack and 0 <= c.rounds_s(0.0005) <= c.rounds * 0.0005
-    assert f"its rounds add {c.rounds_s(0.0005) * 1e3:.1f} ms on this link, where {c.rounds} x RTT would be" in plan.explain()
+    added = sum(r.cost.rounds_s(0.0005) for r in plan.rows)  # each row apart, as the search prices them
+    assert c.slack and added == plan.rounds_s() and 0 <= added <= c.rounds * 0.0005 + 1e-12
+    assert f"its rounds add {added * 1e3:.1f} ms on this link, where {c.rounds} x RTT would be" in plan.explain()
     assert "its rounds add" not in price_plan(graph, f"ss:0-{len(graph) - 1}", "loopback", calibration=None).explain()
 
 

@@ -13,18 +13,23 @@ from privinfer.planner.search import NoPlanError, Row, brute_force, shortest
 
 
 def test_rounds_s_by_hand():
-    # round 1: samples 1 ms and 3 ms of slack; round 2: none; round 3: no sample (request/reply): full RTT
-    c = Cost(rounds=3, slack=((0.001, 0.003), (0.0,)))
-    # RTT 2 ms: round 1's median slack is 2 ms, it adds 0; round 2 adds 2 ms, round 3 adds 2 ms
-    assert c.rounds_s(0.002) == pytest.approx(0.004)
-    assert c.rounds_s(0.0025) == pytest.approx(0.0005 + 0.0025 + 0.0025)
-    assert c.rounds_s(0.0005) == pytest.approx(0.0 + 0.0005 + 0.0005)
-    # the median, not the mean: one run slowed by a burst of load does not discount the round
+    # two timed runs; round 1: slack 1 ms then 3 ms; round 2: 0 and 1 ms; round 3: no sample (request/reply)
+    c = Cost(rounds=3, slack=((0.001, 0.003), (0.0, 0.001)))
+    # the runs' totals are 1 ms and 4 ms (median 2.5 ms): the two exchange rounds add max(0, 2 RTT - 2.5 ms),
+    # the request/reply round a full RTT
+    assert c.rounds_s(0.002) == pytest.approx(0.0015 + 0.002)
+    assert c.rounds_s(0.001) == pytest.approx(0.0 + 0.001)  # the slack can hide the whole round trip, no more
+    # the link replaces the piece's total wait, not each round's alone: round 1's long wait gives back what
+    # round 2 pays (each round alone at max(0, RTT - slack) would add 0 + 2 ms at RTT 2 ms)
+    assert Cost(rounds=2, slack=((0.004,), (0.0,))).rounds_s(0.002) == pytest.approx(0.0)
+    # the median over runs: one run slowed by a burst of load does not discount the rounds
     assert Cost(rounds=1, slack=((0.0, 0.0, 0.05),)).rounds_s(0.04) == pytest.approx(0.04)
     # a round recorded without samples pays the full RTT (no division by zero)
     assert Cost(rounds=1, slack=((),)).rounds_s(0.04) == pytest.approx(0.04)
     # the old model where nothing was recorded: rounds x RTT
     assert Cost(rounds=4).rounds_s(0.04) == pytest.approx(0.16)
+    # rounds counted with different numbers of runs: each round's mean
+    assert Cost(rounds=2, slack=((0.001, 0.003), (0.001,))).rounds_s(0.004) == pytest.approx(0.008 - 0.002 - 0.001)
 
 
 def test_negative_slack_is_loopback_at_zero_rtt():
@@ -37,15 +42,20 @@ def test_negative_slack_is_loopback_at_zero_rtt():
 @pytest.mark.parametrize("seed", range(5))
 def test_limits(seed):
     rng = random.Random(seed)
-    slack = tuple(tuple(rng.uniform(-2e-4, 3e-3) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 30)))
+    runs = rng.choice([1, 3, 5, None])  # None: rounds with different numbers of samples
+    slack = tuple(tuple(rng.uniform(-2e-4, 3e-3) for _ in range(runs or rng.randint(1, 5)))
+                  for _ in range(rng.randint(1, 30)))
     c = Cost(client_s=0.05, server_s=0.05, overlap=True, rounds=len(slack) + 2, slack=slack)
     # RTT -> 0: the loopback figure (compute), for any slack
     assert c.rounds_s(0.0) == 0.0
     assert NetworkProfile("x", None, 0.0).latency(c) == pytest.approx(0.05)
     assert c.rounds_s(1e-9) == pytest.approx(0.0, abs=1e-6)
-    # RTT beyond every slack sample: rounds x RTT less each round's positive median slack
+    # a long RTT: rounds x RTT less the total positive slack (median of the runs' totals, or each round's mean)
     rtt = 0.04
-    hidden = sum(max(0.0, statistics.median(r)) for r in slack)
+    if runs:
+        hidden = statistics.median(sum(max(0.0, r[k]) for r in slack) for k in range(runs))
+    else:
+        hidden = sum(statistics.fmean(max(0.0, x) for x in r) for r in slack)
     assert c.rounds_s(rtt) == pytest.approx(c.rounds * rtt - hidden)
     assert c.rounds * rtt - c.rounds_s(rtt) <= len(slack) * 3e-3 + 1e-12
     # between: non-decreasing and never above rounds x RTT
@@ -57,16 +67,19 @@ def test_limits(seed):
 
 
 def test_sums_carry_the_slack_and_price_like_their_parts():
-    a = Cost(client_s=0.01, server_s=0.01, overlap=True, rounds=2, bytes_up=1000, slack=((0.0005,), (0.002, 0.0)))
+    a = Cost(client_s=0.01, server_s=0.01, overlap=True, rounds=2, bytes_up=1000, slack=((0.0005,), (0.002,)))
     b = Cost(client_s=0.02, server_s=0.03, rounds=1)  # a request/reply part: no slack
     lan = NetworkProfile("lan", 1000.0, 0.5)
     s = a + b
     assert s.slack == a.slack and s.rounds == 3
-    a2 = Cost(client_s=0.01, server_s=0.01, overlap=True, rounds=1, slack=((0.0001,),))
-    both = a + a2  # both sides' slack is kept, in order, and each part is priced as alone
-    assert both.slack == a.slack + a2.slack
-    assert both.rounds_s(0.0005) == pytest.approx(a.rounds_s(0.0005) + a2.rounds_s(0.0005))
     assert lan.latency(s) == pytest.approx(lan.latency(a) + lan.latency(b))
+    # both sides' slack is kept, in order; a sum prices its exchange rounds as one piece (a plan prices each of
+    # its rows apart: search.path_value), so parts whose slack exceeds their round trips give the excess back
+    a2 = Cost(client_s=0.01, server_s=0.01, overlap=True, rounds=1, slack=((0.0001,),))
+    both = a + a2
+    assert both.slack == a.slack + a2.slack
+    assert a.rounds_s(0.0005) == 0.0 and a2.rounds_s(0.0005) == pytest.approx(0.0004)
+    assert both.rounds_s(0.0005) == pytest.approx(max(0.0, 3 * 0.0005 - 0.0026))
 
 
 def test_json_round_trip_keeps_the_slack():
