@@ -46,6 +46,7 @@ def _rtt(link: dict | None) -> str:
     if isinstance(link, (int, float)):  # the first records of session 6 kept raw TCP's only
         return f"tcp {link:.2f} ms"
     rtt = " / ".join(f"{k} {v:.2f} ms" for k, v in sorted(link.items()) if k in ("gloo", "tcp"))
+    # session 9a's records also carry the per-byte cost of large gloo messages (not used for pricing: bench.py)
     return rtt + (f"; {link['link_ns_per_byte']:.1f} ns/byte" if "link_ns_per_byte" in link else "")
 
 

@@ -71,27 +71,21 @@ for _ in range(int(sys.argv[3])):
         if not b: break
         c.sendall(b)
 '''
-# a gloo ping-pong (what CrypTen's parties exchange): rank, address, port, rounds, interface; then GLOO_BIG_ROUNDS
-# ping-pongs of GLOO_BIG_ELEMENTS float32 each; rank 1 prints the two phases' seconds
-GLOO_BIG_ELEMENTS = 65536  # 256 KB: a large 2PC round's message (minionn-mnist's largest exchange is 144 KB)
-GLOO_BIG_ROUNDS = 5
+# a gloo ping-pong (what CrypTen's parties exchange): rank, address, port, rounds, interface; rank 1 prints seconds
 GLOO = r'''
-import os, sys, time, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 rank, addr, port, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-big_n, big_rounds = int(sys.argv[6]), int(sys.argv[7])
 os.environ["GLOO_SOCKET_IFNAME"] = sys.argv[5]
 dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=2)
-out = []
-for t, n in ((torch.zeros(1), rounds), (torch.zeros(big_n), big_rounds)):
-    dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        if rank == 0:
-            dist.send(t, 1); dist.recv(t, 1)
-        else:
-            dist.recv(t, 0); dist.send(t, 0)
-    out.append(time.perf_counter() - t0)
-if rank == 1: print(f"{out[0]:.6f} {out[1]:.6f}", flush=True)
+t = torch.zeros(1)
+dist.barrier()
+import time; t0 = time.perf_counter()
+for _ in range(rounds):
+    if rank == 0:
+        dist.send(t, 1); dist.recv(t, 1)
+    else:
+        dist.recv(t, 0); dist.send(t, 0)
+if rank == 1: print(f"{time.perf_counter() - t0:.6f}", flush=True)
 dist.destroy_process_group()
 '''
 
@@ -203,46 +197,32 @@ def _reap(proc: subprocess.Popen, wait: float) -> None:
         proc.wait()
 
 
-def gloo_rounds(ns: str | None, ip: str, port: int, rounds: int, big_rounds: int = GLOO_BIG_ROUNDS) -> tuple[float, float]:
-    """Seconds for `rounds` one-element gloo send/recv ping-pongs between a rank in the namespace and one here,
-    and for `big_rounds` ping-pongs of GLOO_BIG_ELEMENTS float32 after them. `ns=None`: both ranks here
-    (loopback, the baseline of `link_rtt_ms`'s per-byte figure)."""
-    tag = ns.split("-", 1)[1] if ns else f"lo{os.getpid()}"
-    iface = f"pin{tag}" if ns else "lo"
-    args = [str(port), str(rounds)]
-    big = [str(GLOO_BIG_ELEMENTS), str(big_rounds)]
-    r0 = subprocess.Popen((["ip", "netns", "exec", ns] if ns else []) + [sys.executable, "-c", GLOO, "0", ip, *args,
-                           iface, *big], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def gloo_rounds(ns: str, ip: str, port: int, rounds: int) -> float:
+    """Seconds for `rounds` gloo send/recv ping-pongs between a rank in the namespace and one here."""
+    tag = ns.split("-", 1)[1]
+    r0 = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", GLOO, "0", ip, str(port), str(rounds),
+                           f"pin{tag}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         try:
-            r1 = subprocess.run([sys.executable, "-c", GLOO, "1", ip, *args, f"pih{tag}" if ns else "lo", *big],
+            r1 = subprocess.run([sys.executable, "-c", GLOO, "1", ip, str(port), str(rounds), f"pih{tag}"],
                                 capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
             raise PrivinferError(f"the gloo link check did not finish in 120 s (its peer in the namespace exited "
                                  f"with {r0.poll()})") from None
         if r1.returncode:
             raise PrivinferError(f"the gloo link check failed: {r1.stderr.strip()[-500:]}")
-        small, large = (float(v) for v in r1.stdout.strip().splitlines()[-1].split())
-        return small, large
+        return float(r1.stdout.strip().splitlines()[-1])
     finally:
         _reap(r0, 30)
 
 
-def _gloo_ns_per_byte(small_s: float, rounds: int, large_s: float, big_rounds: int) -> float:
-    """Nanoseconds per byte of one large gloo message beyond a one-element one (a ping-pong sends it twice)."""
-    return 1e9 * (large_s / big_rounds - small_s / rounds) / (2 * 4 * GLOO_BIG_ELEMENTS)
-
-
 def link_rtt_ms(ns: str, ip: str, port: int, rounds: int = 50, gloo: bool = False) -> dict:
     """The round trip the emulated link delivers (ms), as the mean of `rounds` ping-pongs: {"tcp": raw TCP (what
-    privinfer's channel, SPU and a dealer use), "gloo": gloo send/recv (CrypTen's parties), when asked}; with
-    gloo also "link_ns_per_byte": what a byte of a large gloo message costs on this link beyond what it costs
-    on loopback (the same ping-pongs between two local processes, timed right after).
+    privinfer's channel, SPU and a dealer use), "gloo": gloo send/recv (CrypTen's parties), when asked}.
     Why measure it: the relay's own per-packet cost (a Python process waking for every packet, both ways) adds
-    about 0.2-0.5 ms per round trip to the nominal RTT (idle machine, `lan`: 0.7-1.0 ms delivered): nothing on
-    `wan` (40 ms) but a large share of `lan`'s 0.5 ms; and on `lan` a byte of a 2PC round cost ~11.5 ns beyond
-    loopback where 1 Gbit/s is 8 ns (session 9, traced per round). The planner's prediction for the link as
-    measured uses these figures (`privinfer bench`), beside the one for the nominal link."""
+    about 0.5-1 ms per TCP round trip and 1-3.5 ms per gloo round trip to the nominal RTT (idle machine, `lan`):
+    nothing on `wan` (40 ms) but several times `lan`'s 0.5 ms. The planner's prediction for the link as measured
+    uses these figures (`privinfer bench`), beside the one for the nominal link."""
     echo = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO, ip, str(port), "1"],
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -253,15 +233,7 @@ def link_rtt_ms(ns: str, ip: str, port: int, rounds: int = 50, gloo: bool = Fals
         _reap(echo, 10)
         echo.stdout.close()
     if gloo:
-        small, large = gloo_rounds(ns, ip, port + 1, rounds)
-        out["gloo"] = 1e3 * small / rounds
-        from .transport.ports import free_port
-        for _ in range(3):  # both local ranks on one core (a ~3 ms ping-pong, README) is not loopback's baseline
-            lo_small, lo_large = gloo_rounds(None, "127.0.0.1", free_port("127.0.0.1"), rounds)
-            if lo_small / rounds < 1e-3:
-                break
-        link = _gloo_ns_per_byte(small, rounds, large, GLOO_BIG_ROUNDS)
-        out["link_ns_per_byte"] = max(0.0, link - _gloo_ns_per_byte(lo_small, rounds, lo_large, GLOO_BIG_ROUNDS))
+        out["gloo"] = 1e3 * gloo_rounds(ns, ip, port + 1, rounds) / rounds
     return out
 
 

@@ -58,7 +58,5 @@ def test_the_measured_link_rtt_is_at_least_the_nominal_one():
     """What `privinfer bench` prices an emulated link with (`link_rtt_ms`): a real round trip, never below RTT."""
     with netem.namespace(netem.NetworkProfile("test", 100.0, 10.0)) as (ns, ip):
         ms = netem.link_rtt_ms(ns, ip, 7996, rounds=10, gloo=True)
-    assert set(ms) == {"tcp", "gloo", "link_ns_per_byte"}
-    assert all(10.0 <= ms[k] < 1000.0 for k in ("tcp", "gloo")), ms
-    # a large gloo message's bytes cost the link's rate (100 Mbit/s: 80 ns per byte) beyond loopback's copy
-    assert 40.0 <= ms["link_ns_per_byte"] < 400.0, ms
+    assert set(ms) == {"tcp", "gloo"}
+    assert all(10.0 <= v < 1000.0 for v in ms.values()), ms

@@ -17,10 +17,11 @@ is replaced by that round trip rather than added to it. Traced per round on the 
 `benchmarks/round_trace.py`): on `lan` (0.8 ms RTT as delivered) the late party's wait is tight (p25-p75
 0.85-1.0 ms on mixed-mnist) where on loopback it was 0.14-1.7 ms, so mixed-mnist's 32 rounds took the same
 47.3 ms on `lan` as on loopback (47.2 ms). Pricing each round alone at max(0, RTT - its slack) (session 8's
-rule) gave +17 ms there, because a round whose loopback wait was long cannot give back more than its RTT;
-replacing the piece's total slack by rounds x RTT gives +3.9 ms; on minionn-mnist (+48.0 ms measured) and
-cryptonets-mnist (+12.1 ms) the two rules give +27.7 / +52.6 and +8.2 / +8.6 ms: the sum rule is the one
-within 10 % of each query (a short link's bytes cost more than its nominal rate here: README). RTT -> 0 gives
+rule) replays that trace onto `lan` as 64.6 ms, because a round whose loopback wait was long cannot give back
+more than its own RTT; replacing the query's total slack by rounds x RTT gives 52.4 ms (minionn-mnist: 150.1 /
+125.5 ms against 145.2 measured; cryptonets-mnist: 17.7 / 16.5 against 21.3; `round_trace.py --loopback`).
+Which slack: the counted pieces' rounds wait less than a query's (`engine_time`), so `table.slack_scale`
+scales them to the total the real engine's traced rounds waited. RTT -> 0 gives
 the loopback figure; a long RTT gives rounds x RTT less the slack. The round's loopback copy time (its bytes at
 loopback's cost per byte) is not slack: a link pays for bytes at its own rate. Request/reply rounds
 (privinfer's channel, the dealer) have no slack recorded and pay the full RTT.

@@ -308,15 +308,15 @@ def combine_counts(res0: dict, res1: dict, handovers: bool = False) -> list[dict
     return out
 
 
-def piece_cost(p: dict, cal: dict, scale: float = 1.0) -> Cost:
+def piece_cost(p: dict, cal: dict, scale: float = 1.0, slack_scale: float = 1.0) -> Cost:
     """A counted piece: online seconds (the pair's wall time, times the network's `interaction_scale`), bytes,
-    rounds, and its share of the offline phase (dealer elements x seconds per element; the fixed part is the
-    plan's `once` cost)."""
+    rounds with their slack (times the network's `table.slack_scale`), and its share of the offline phase
+    (dealer elements x seconds per element; the fixed part is the plan's `once` cost)."""
     off = offline_share_s(p, cal)
     s = p["s"] * scale
     return Cost(client_s=s + off, server_s=s + off, bytes_up=p["bytes_up"], bytes_down=p["bytes_down"],
                 rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True,
-                slack=tuple(tuple(r) for r in p.get("slack", ())))
+                slack=tuple(tuple(x * slack_scale for x in r) for r in p.get("slack", ())))
 
 
 def offline_share_s(p: dict, cal: dict) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from .cost import Cost
 from .plan import PLAN_PROTOCOLS, HE_MAX_POLY_DEGREE
 from .search import OFFLINE, Row
 
-CACHE_VERSION = 7  # 7: the ss engine times the whole network (`engine`, the pieces' scale); 6: the slack less each round's loopback copy time; 5: per-round slack (ss_cost.round_slack); 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
+CACHE_VERSION = 8  # 8: the engine's rounds traced (`engine.slack_s`, `slack_scale`); 7: the ss engine times the whole network (`engine`, the pieces' scale); 6: the slack less each round's loopback copy time; 5: per-round slack (ss_cost.round_slack); 4: timed round-robin (ss_cost._interleaved); 3: the whole network is timed too (ss_cost.interaction_scale); 2: medians; 1: minima
 BFV_VERSION = 3  # the BFV part of the cached counts (added when missing); 3: the lane packing
 FUSED_VERSION = 2  # the fused hand-overs of the cached counts (`fused.py`, added when missing); 2: each at its neighbours' t
 NOISY_FEATURE_OVERHEAD = 64  # frame and tensor header bytes around the noisy features
@@ -81,7 +82,7 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
     load = machine_load()
     data = {"version": CACHE_VERSION, "ss": ss_cost.count_pieces(graph), "he": {}}
     say("2PC engine: the whole network in two ss sessions (the pieces' scale)")
-    data["engine"] = _time_engine(graph)
+    data["engine"] = _time_engine(graph, data["ss"])
     data["load"] = {"start": load, "end": machine_load()}
     warn_if_loaded(max(data["load"].values(), key=lambda v: v["load_average_1min"] or 0), "the 2PC pieces were")
     n = len(graph)
@@ -99,16 +100,21 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
     return data
 
 
-def _time_engine(graph: Graph) -> dict | None:
-    """The real `ss` engine's online seconds for the whole network (`calibrate.time_ss_online`, two sessions),
-    right after the pieces were counted: `ss_cost.interaction_scale` scales the pieces to it. None when the
-    engine cannot run it (the pieces' own whole is used then)."""
+def _time_engine(graph: Graph, rows: list[dict]) -> dict:
+    """The real `ss` engine on the whole network, right after its pieces were counted (`engine_time`): its
+    online seconds (the pieces' scale) and its rounds' total slack against the floor this counting measured
+    (the pieces' slack scale). An error entry when the engine cannot run it (the pieces' own figures are used)."""
     from ..errors import PrivinferError
-    from .calibrate import time_ss_online
+    from .engine_time import slack_total, time_engine
     try:
-        return time_ss_online(graph, samples=8, sessions=2)
+        eng = time_engine(graph)
     except PrivinferError as e:
         return {"error": f"{type(e).__name__}: {e}"}
+    queries = eng.pop("queries", None)
+    floor = rows[0].get("floor_s", 0.0) if rows else 0.0
+    per_byte = rows[0].get("floor_s_per_byte", 0.0) if rows else 0.0
+    eng["slack_s"] = slack_total(queries, floor, per_byte) if queries else None
+    return eng
 
 
 def _engine_whole(data: dict, cal: dict) -> float | None:
@@ -117,6 +123,21 @@ def _engine_whole(data: dict, cal: dict) -> float | None:
     if not eng.get("online_s"):
         return None
     return max(0.0, float(eng["online_s"]) - float(cal["ss"]["segment_overhead_s"]))
+
+
+def slack_scale(data: dict, graph: Graph) -> float:
+    """The engine's total round slack per query / the counted chain's (the single-layer pieces: the median over
+    the timed runs of each run's total), clamped to [0.25, 4]; 1 without an engine trace. Why: see
+    `engine_time` (the counted pieces' rounds wait less than a query's)."""
+    eng = data.get("engine") or {}
+    if eng.get("slack_s") is None:
+        return 1.0
+    chain = [r for p in data["ss"] if p["piece"][1] - p["piece"][0] == 1 for r in p.get("slack", ()) if r]
+    runs = {len(r) for r in chain}
+    if len(runs) != 1:
+        return 1.0
+    counted = statistics.median(sum(max(0.0, r[k]) for r in chain) for k in range(runs.pop()))
+    return 1.0 if counted <= 0 else min(4.0, max(0.25, float(eng["slack_s"]) / counted))
 
 
 def _write(path, data: dict) -> None:
@@ -241,6 +262,7 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
     once = (OFFLINE, ss_cost.offline_once(cal))
     dealer = frozenset({"dealer"})
     scale = ss_cost.interaction_scale(data["ss"], graph, _engine_whole(data, cal))
+    slack_k = slack_scale(data, graph)
     regular = set(ss_cost.pieces(graph))
     # where the engine always fuses (`fused.py`), the plain hand-over never runs: a lift at i when a fused row
     # leaves bfv_out at i; a mod-t opening at j when one ends in bfv_in at j right after the fused ReLU (or pool)
@@ -251,7 +273,7 @@ def build_rows(graph: Graph, cal: dict, data: dict, *, he: bool = True) -> list[
         a, b = p["piece"]
         if (a, b) not in regular:
             continue  # the whole network, timed only for the scale
-        rows.append(Row("ss", a, b, "shares", "shares", ss_cost.piece_cost(p, cal, scale), dealer, once,
+        rows.append(Row("ss", a, b, "shares", "shares", ss_cost.piece_cost(p, cal, scale, slack_k), dealer, once,
                         {"layers": list(graph.names[a:b])}, offline_s=ss_cost.offline_share_s(p, cal)))
     for i in range(n + 1):
         if i == 0:

@@ -222,6 +222,7 @@ def test_the_pieces_are_scaled_to_the_engines_whole_network(graph, cache):
     data = counts(graph)
     eng = data["engine"]
     assert len(eng["sessions"]) == 2 and 0 < min(eng["sessions"]) <= eng["online_s"] <= 1.3 * min(eng["sessions"]) < 5
+    assert eng["kept"] and eng["slack_s"] is not None and eng["slack_s"] >= 0  # its rounds were traced
     cal = load_calibration(None, warn=False)
     rows = [r for r in build_rows(graph, cal, data) if r.protocol == "ss" and r.kind_in == r.kind_out == "shares"]
     assert sorted((r.start, r.stop) for r in rows) == [(i, i + 1) for i in range(len(graph))]

@@ -1,0 +1,106 @@
+"""The real `ss` engine run on the whole network, its 2PC rounds traced: what the counted pieces are scaled to.
+
+Why: the planner prices a plan from pieces counted one at a time (`ss_cost.count_pieces`), but a query is the
+pieces in sequence, and two of its costs only show there:
+
+* the online seconds (pieces timed alone run warmer; counting runs minutes apart priced the same network
+  +-15-20 % apart where the engine measured within +-10 %): `ss_cost.interaction_scale` scales the pieces to
+  the engine's whole;
+* the rounds' loopback waits above the exchange floor (the slack that a link's round trip replaces,
+  `cost.Cost.rounds_s`): traced per round on the idle machine (session 9), a mixed-mnist query's rounds waited
+  ~28 ms in all where the counted pieces' rounds waited 9-20 ms (this virtual machine's wake-up delays depend
+  on what runs between rounds), so `lan` was over-priced by ~30 %; the pieces' slack is scaled to the engine's.
+
+The sessions run in a child process started with PRIVINFER_COMM_TRACE (`protocols/ss/crypten_setup.py`): the
+party processes come from a fork server that keeps the environment it was started with, so the variable must
+be set before the first 2PC process of that Python process. The traces go to a private temporary directory.
+
+    python -m privinfer.planner.engine_time GRAPH.npz SAMPLES SESSIONS OUT.json   (the child; internal)
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from ..errors import PrivinferError
+
+
+def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 600.0) -> dict:
+    """`calibrate.time_ss_online` of `graph` in a child process, plus per kept session and query (warm-up
+    excluded) its exchange rounds as (late party's wait, bytes): {"online_s", "sessions", "kept", "samples",
+    "queries": [[[wait, bytes], ...], ...]} ("queries" is absent when the traces cannot be paired)."""
+    from ..model.ir import save_graph
+    with tempfile.TemporaryDirectory(prefix="privinfer-engine-") as tmp:  # mode 0700
+        path, out, trace = (os.path.join(tmp, n) for n in ("graph.npz", "out.json", "trace"))
+        save_graph(graph, path)
+        env = {**os.environ, "PRIVINFER_COMM_TRACE": trace}
+        try:
+            r = subprocess.run([sys.executable, "-m", "privinfer.planner.engine_time", path, str(samples),
+                                str(sessions), out], env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise PrivinferError(f"the ss engine timing did not finish in {timeout:.0f} s") from None
+        if r.returncode:
+            raise PrivinferError(f"the ss engine timing failed: {r.stderr.strip()[-500:]}")
+        with open(out) as f:
+            res = json.load(f)
+        per_session = read_traces(trace, samples + 1)
+        if per_session is not None and len(per_session) == len(res["sessions"]):
+            res["queries"] = [q for k in res["kept"] for q in per_session[k]]
+    return res
+
+
+def read_traces(folder: str, queries: int) -> list | None:
+    """Per session (in time order), per query after the first, its exchange rounds as [late wait, bytes]: each
+    session's two party traces (rank0-PID.tsv, rank1-PID.tsv) paired by start time. None when the files do not
+    pair up into whole queries (a trace is a measurement aid: the planner then keeps the counted slack)."""
+    def load(rank):
+        runs = []
+        for f in glob.glob(os.path.join(folder, f"rank{rank}-*.tsv")):
+            with open(f) as fh:
+                rows = [line.split() for line in fh if line.strip()]
+            if rows:
+                runs.append([(k, float(a), float(b), int(n)) for k, a, b, n in rows])
+        return sorted(runs, key=lambda rows: rows[0][1])
+    try:
+        r0, r1 = load(0), load(1)
+    except (OSError, ValueError):
+        return None
+    if not r0 or len(r0) != len(r1):
+        return None
+    out = []
+    for a, b in zip(r0, r1):
+        if len(a) != len(b) or len(a) % queries or any((x[0] == "x") != (y[0] == "x") for x, y in zip(a, b)):
+            return None
+        n = len(a) // queries
+        out.append([[[min(x[2] - x[1], y[2] - y[1]), max(x[3], y[3])] for x, y in zip(a[i * n:(i + 1) * n],
+                                                                                   b[i * n:(i + 1) * n])
+                     if x[0] == "x"] for i in range(1, queries)])
+    return out
+
+
+def slack_total(queries: list, floor: float, per_byte: float) -> float | None:
+    """The median over queries of the rounds' total slack: each round's late wait above the exchange floor and
+    its loopback copy time (`ss_cost.round_slack`'s definition), negative ones as 0."""
+    if not queries:
+        return None
+    return statistics.median(sum(max(0.0, w - floor - per_byte * nb) for w, nb in q) for q in queries)
+
+
+def _main(argv: list[str]) -> None:  # pragma: no cover - the child process (time_engine drives it end to end)
+    from ..model.ir import load_graph
+    from .calibrate import SESSION_OUTLIER, time_ss_online
+    path, samples, sessions, out = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    res = time_ss_online(load_graph(path), samples=samples, sessions=sessions)
+    fastest = min(res["sessions"])
+    res["kept"] = [i for i, m in enumerate(res["sessions"]) if m <= SESSION_OUTLIER * fastest]
+    with open(out, "w") as f:
+        json.dump(res, f)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main(sys.argv[1:])
