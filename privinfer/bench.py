@@ -182,17 +182,22 @@ def run_bench(protocol: str, model: str | Graph, *, batch: int = 1, samples: int
 
 
 def link_as_measured(nominal, link: dict):
-    """The planner's profile of the link as emulated: its rate, and the round trip measured on it (gloo's where
-    the plan's rounds are the 2PC parties', else raw TCP's).
+    """The planner's profile of the link as emulated: its nominal rate, and the round trip measured on it by the
+    raw TCP ping-pong (`netem.link_rtt_ms`).
 
-    Why not the rate measured too: timed with 256 KB gloo ping-pongs (session 9), `lan` delivered 8.3-8.4 ns per
+    Why TCP's and not gloo's ping-pong (recorded too): gloo's is timed between two fresh processes, and where the
+    scheduler puts those moves it more than the link does (session 9, idle, `lan`: gloo 0.83, 0.88 and 1.15 ms in
+    one validation run where TCP gave 0.68-0.73; two fresh local gloo processes ping-pong in 0.1 or 3.3 ms
+    depending on whether they share a core). The parties' own rounds pay the link's round trip plus their
+    loopback exchange floor, which the loopback-measured compute already holds.
+    Why not a rate measured too: timed with 256 KB gloo ping-pongs (session 9), `lan` delivered 8.3-8.4 ns per
     byte beyond loopback (its nominal 8), and `wan` 143-163 (nominal 80: a fresh connection's receive window,
     not what the parties' warmed-up links see; `ss` on cryptonets-mnist measured within 1 % of the nominal
     rate's prediction): the nominal rate is the better figure on both."""
     from .planner.cost import NetworkProfile
     if not link:
         return nominal
-    rtt = link.get("gloo", link.get("tcp", nominal.rtt_ms))
+    rtt = link.get("tcp", link.get("gloo", nominal.rtt_ms))
     return NetworkProfile(f"{nominal.name} (measured RTT {rtt:.2f} ms)", nominal.rate_mbit, rtt)
 
 
@@ -220,7 +225,7 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile, sampler: 
         save_graph(graph, path)
         on_start = (lambda pid: sampler.add("server", pid)) if sampler is not None else None
         on_link = None
-        if link is not None:  # the link's round trips as delivered; gloo's when CrypTen parties cross it
+        if link is not None:  # the link's round trips as delivered (TCP's prices it; gloo's recorded when CrypTen parties cross it)
             gloo = protocol in ("ss", "hybrid")
             on_link = lambda ns, ip: link.update(netem.link_rtt_ms(ns, ip, 7701, gloo=gloo))  # noqa: E731
         with server_in_namespace(path, protocol, server_opts, profile, on_start=on_start, on_link=on_link) as (host, port):
