@@ -127,9 +127,6 @@ class RotStep:
     #: rotate-and-add steps after the products (before the rescale): a result may be summed from two slots
     #: (`rot_step(fold=F)`): out[s] = acc[s] + acc[s + F]
     fold: tuple = ()
-    #: d > 1: a chain of single steps 1..n takes its multiples of d by key d from b - d instead (set by
-    #: `rotkeys.jump_babies`): as many rotations, but a helper's share from d up needs none of 1..d-1
-    baby_jump: int = 0
     kind = "rot"
 
     @property
@@ -157,9 +154,6 @@ class RotStep:
             d = jumps[0] if jumps else 1
             if all(b - 1 in have or b - d in have for b in need):
                 cache[c] = [(b, b - 1, 1) if b - 1 in have else (b, b - d, d) for b in need]
-                j = self.baby_jump
-                if j > 1 and not jumps:  # 1..n by single steps: multiples of j by key j
-                    cache[c] = [(b, b - j, j) if b % j == 0 else (b, b - 1, 1) for b in need]
             else:
                 cache[c] = [(b, b - (1 << (b.bit_length() - 1)), 1 << (b.bit_length() - 1))
                             for b in _baby_order(need)]
@@ -190,8 +184,6 @@ class RotStep:
         head = f"rot:{self.merge}:{self.n_in}:{self.n1}:{self.col_mult!r}".encode()
         if self.fold:
             head += f":fold{list(self.fold)}".encode()
-        if self.baby_jump:
-            head += f":jump{self.baby_jump}".encode()
         return head + b"".join(np.ascontiguousarray(p, dtype=np.int64).tobytes() for p in parts)
 
 

@@ -14,8 +14,7 @@ rotations and products; its fold (the rotate-and-sum after the products) stays w
 
 Wire (parent <-> helper, its private stdin/stdout pipe, JSON headers + raw payloads, nothing unpickled):
     lat_plan   once per compiled plan: each split step's terms, its share and its plaintext slot vectors
-               (float64) with scale and level, and its baby chain's jump (`rotkeys.jump_babies`); the helper
-               encodes them (the weights stay on the server).
+               (float64) with scale and level; the helper encodes them (the weights stay on the server).
     lat_keys   once per connection: its relinearization and Galois keys (as received the first time, else
                serialized again: `ParSession`); the reply names connections the helper dropped to make room.
     lat_rot    per query and split step: the merged input ciphertexts -> one partial sum per output (or b"").
@@ -118,14 +117,8 @@ def _candidates(st):
 
 def split_rot(st) -> np.ndarray | None:
     """The helper's share of a `RotStep` (a boolean mask over `st.keys`), or None when no cut pays."""
-    serial, best, best_mask = best_split(st)
-    return best_mask if best_mask is not None and best <= MIN_GAIN * serial else None
-
-
-def best_split(st) -> tuple[float, float, np.ndarray | None]:
-    """(serial cost, the slower side's cost of the best cut, its helper share or None) of a `RotStep`."""
     if len(st.keys) < 2:
-        return 0.0, 0.0, None
+        return None
     every = np.ones(len(st.keys), dtype=bool)
     serial = side_cost(st, every)
     best, best_mask = serial, None
@@ -138,7 +131,7 @@ def best_split(st) -> tuple[float, float, np.ndarray | None]:
         cost = max(mine, theirs)
         if cost < best:
             best, best_mask = cost, mask
-    return serial, best, best_mask
+    return best_mask if best <= MIN_GAIN * serial else None
 
 
 def diag_view(st, slots: int):
@@ -152,8 +145,7 @@ def diag_view(st, slots: int):
         return None
     keys = np.array([(0, 0, j // st.n1, j % st.n1) for j in used], dtype=np.int64)
     empty = np.zeros(0, dtype=np.int64)
-    view = RotStep(1, 1, np.asarray(st.out.tiled(slots))[None, :], int(st.n1), keys, empty, empty, empty, empty,
-                   baby_jump=int(st.baby_jump))
+    view = RotStep(1, 1, np.asarray(st.out.tiled(slots))[None, :], int(st.n1), keys, empty, empty, empty, empty)
     return view if view.baby_chain(0) == list(st.baby_chain()) else None
 
 
@@ -180,7 +172,6 @@ def _send_plan(h, comp, params) -> None:
         st = item.step
         head = {"op": "lat_plan", "plan": comp.par_key, "step": idx, "N": params.N,
                 "bits": list(params.coeff_mod_bit_sizes), "n_in": st.n_in, "n_out": st.n_out, "n1": st.n1,
-                "baby_jump": int(st.baby_jump),
                 "slots": comp.plan.slots, "scale": scale, "level": level,
                 "key_paths": {str(k): v for k, v in comp.plan.key_paths.items()}}
         h.send(head, np.ascontiguousarray(st.keys, dtype=np.int64).tobytes(), np.packbits(mask).tobytes(),

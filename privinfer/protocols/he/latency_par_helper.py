@@ -91,7 +91,7 @@ def handle(header: dict, payloads: list[bytes]) -> tuple[dict, list[bytes]] | No
         vecs = np.frombuffer(payloads[2], dtype=np.float64).reshape(-1, S)
         empty = np.zeros(0, dtype=np.int64)
         st = RotStep(1, int(header["n_in"]), np.zeros((n_out, 1), dtype=np.int64), int(header["n1"]), keys,
-                     empty, empty, empty, empty, baby_jump=int(header.get("baby_jump", 0)))
+                     empty, empty, empty, empty)
         st.out_idx = np.zeros((n_out, S), dtype=np.int64)
         pts = {}
         for i, r in enumerate(keys[mask]):

@@ -90,8 +90,6 @@ class DiagStep:
     #: 0: babies by powers of two (b from b - highbit(b)); 1: a chain of single steps (b from b - 1, key 1 only),
     #: set by `rotkeys.limit_keys` when the babies are 1..n1-1 (same rotations, fewer keys)
     baby_step: int = 0
-    #: with baby_step 1, d > 1: the multiples of d come from b - d by key d (`rotkeys.jump_babies`)
-    baby_jump: int = 0
     kind = "diag"
 
     @property
@@ -110,9 +108,7 @@ class DiagStep:
     def baby_chain(self) -> list[tuple[int, int, int]]:
         """[(baby, from baby, rotation step)] in evaluation order."""
         if self.baby_step:
-            j = self.baby_jump
-            return [(b, b - j, j) if j > 1 and b % j == 0 else (b, b - 1, 1)
-                    for b in range(1, max(self.babies(), default=0) + 1)]
+            return [(b, b - 1, 1) for b in range(1, max(self.babies(), default=0) + 1)]
         return [(b, b - (1 << (b.bit_length() - 1)), 1 << (b.bit_length() - 1)) for b in _baby_order(self.babies())]
 
 
@@ -204,8 +200,6 @@ class LatencyPlan:
                 h.update(f"diag:{st.period}:{st.n1}:{st.n2}:{st.fold}".encode())
                 if st.baby_step:
                     h.update(f"babies:{st.baby_step}".encode())
-                if st.baby_jump:
-                    h.update(f"jump:{st.baby_jump}".encode())
         return h.hexdigest()[:32]
 
     def describe(self) -> str:

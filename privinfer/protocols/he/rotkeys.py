@@ -9,8 +9,6 @@ MAX_EXTRA_ROTATIONS_PER_KEY more rotations per image. The plan records `key_path
 `rotation_steps` -- the keys the client generates -- are then exactly those the evaluation uses, and
 `ComposedRotations` performs each composed rotation as its path. Beyond that threshold, keys are still dropped
 (cheapest first) while the plan needs more than MAX_GALOIS_KEYS: the key upload is part of every session's set-up.
-Then `jump_babies` may add one key back (JUMP_KEYS), n1/2, for dense layers' chains of single-step babies: the
-same rotations, but the HE helper's share of such a step no longer recomputes the first half of the chain.
 """
 from __future__ import annotations
 
@@ -27,12 +25,6 @@ MAX_EXTRA_ROTATIONS_PER_KEY = 3
 #: and keys are dropped, cheapest first whatever they cost, down to this many: 6 Galois keys at N=16384 with 6
 #: primes (3.6 MB each, + 3.6 MB relinearization + 1.4 MB public key) keep a client's key upload under 30 MB
 MAX_GALOIS_KEYS = 6
-#: one key more than that for `jump_babies` (minionn-mnist-he: a 7th key, 3.6 MB more, 28.9 MiB = 30.3e6 bytes in
-#: all, against 25.4 MiB)
-JUMP_KEYS = 1
-#: ... for chains of at least 2 * JUMP_MIN - 1 babies: on a shorter chain the helper saves fewer rotations than a
-#: key's worth (and keys 2 and 4 stay out of the plans, as the single-step chains intend)
-JUMP_MIN = 8
 
 
 class _CountingBackend:
@@ -98,49 +90,7 @@ def limit_keys(plan: LatencyPlan, prog: Program) -> LatencyPlan:
         keys.discard(best[1])
         removed.update(best[2])
     plan.key_paths = {int(r): [int(v) for v in p] for r, p in removed.items()}
-    jump_babies(plan)
     return plan
-
-
-def _shareable(st, slots: int):
-    """The `RotStep` whose terms the HE helper would share (a diagonal step's view), or None."""
-    from .latency import DiagStep
-    from .latency_par import diag_view
-    if isinstance(st, DiagStep):
-        return diag_view(st, slots) if st.baby_step == 1 else None
-    return st if getattr(st, "kind", "") == "rot" else None
-
-
-def jump_babies(plan: LatencyPlan) -> None:
-    """Baby chains of single steps 1..n (a dense layer's, key 1 only) take their multiples of n1/2 by that key
-    instead, where this lowers the slower side of the helper's best share (`latency_par.best_split`) and the
-    key is one the plan has, or one more (up to MAX_GALOIS_KEYS + JUMP_KEYS). Why: the same number of
-    rotations, but the helper's share from n1/2 up no longer recomputes babies 1..n1/2-1 (minionn-mnist-he:
-    FC1's and FC2's chains of 15, ~20 % less on the slower side of each)."""
-    import dataclasses
-    from .latency_par import best_split
-    keys, gains = set(plan.rotation_steps), {}
-    for i, st in enumerate(plan.steps):
-        view = _shareable(st, plan.slots)
-        d = int(getattr(st, "n1", 0)) // 2
-        if view is None or d < JUMP_MIN or d in plan.key_paths or st.baby_jump:
-            continue
-        if any({s for _, _, s in view.baby_chain(c)} != {1} or len(view.baby_chain(c)) < d
-               for c in range(view.n_in)):
-            continue
-        trial = dataclasses.replace(st, baby_jump=d)
-        tview = _shareable(trial, plan.slots)
-        if tview is None:
-            continue
-        before, after = best_split(view)[1], best_split(tview)[1]
-        if after < before:
-            gains.setdefault(d, []).append((i, trial))
-    for d, trials in sorted(gains.items()):
-        if d not in keys and len(keys) >= MAX_GALOIS_KEYS + JUMP_KEYS:
-            continue
-        keys.add(d)
-        for i, trial in trials:
-            plan.steps[i] = trial
 
 
 def _chain_babies(st) -> None:
@@ -157,14 +107,14 @@ def _resplit(st, n1: int):
     from .convpack import RotStep
     from .latency import DiagStep
     if isinstance(st, DiagStep):
-        new = dataclasses.replace(st, n1=n1, n2=max(j // n1 for j in st.used_j()) + 1, baby_step=0, baby_jump=0)
+        new = dataclasses.replace(st, n1=n1, n2=max(j // n1 for j in st.used_j()) + 1, baby_step=0)
         _chain_babies(new)
         return new
     if isinstance(st, RotStep) and (st.keys[:, 2] >= 0).all():
         j = st.keys[:, 2] * st.n1 + st.keys[:, 3]
         keys = st.keys.copy()
         keys[:, 2], keys[:, 3] = j // n1, j % n1
-        return dataclasses.replace(st, n1=n1, keys=keys, baby_jump=0)
+        return dataclasses.replace(st, n1=n1, keys=keys)
     return None
 
 

@@ -268,22 +268,18 @@ def test_dense_middle_segment_babies_chain_by_one(hidden, n_out, seed):
 
 def test_minionn_mnist_he_plan_keys_and_lola_fold():
     """The zoo's minionn-mnist-he (public structure only, as the server plans it): conv2 reads every channel
-    twice and folds (200 plaintexts, not 400), the dense layers' babies chain by one with a jump by 8 (for the
-    helper's share, `rotkeys.jump_babies`), and the client makes at most `MAX_GALOIS_KEYS` Galois keys plus that
-    one (`JUMP_KEYS`), none of them 2 or 4."""
+    twice and folds (200 plaintexts, not 400), the dense layer's babies chain by one, and the client makes at
+    most `MAX_GALOIS_KEYS` Galois keys, none of them 2 or 4."""
     from privinfer.protocols.he.latency_plan import DiagStep
-    from privinfer.protocols.he.rotkeys import JUMP_KEYS, MAX_GALOIS_KEYS
+    from privinfer.protocols.he.rotkeys import MAX_GALOIS_KEYS
     from privinfer.zoo import load_model
     plan = plan_latency(build_program(load_model("minionn-mnist-he"), structure_only=True), 8192)
     rots = [s for s in plan.steps if isinstance(s, RotStep)]
     assert rots[0].grid.dup == 2 and rots[1].fold == (4096,) and len(rots[1].keys) == 200
-    assert [(s.baby_step, s.baby_jump) for s in plan.steps if isinstance(s, DiagStep)] == [(1, 8)]
-    assert [s.baby_jump for s in rots] == [0, 0, 8]  # the convolutions keep their {1, row stride} chains
-    assert len(plan.rotation_steps) <= MAX_GALOIS_KEYS + JUMP_KEYS and not {2, 4} & set(plan.rotation_steps)
-    # the dense layers' giants re-split to 16 (the convolutions' row stride): 8 is only the babies' jump (no
-    # giant by 8), and no 16 composed of 8s
-    assert [s.n1 for s in plan.steps if isinstance(s, DiagStep)] + [rots[-1].n1] == [16, 16]
-    assert 16 in plan.rotation_steps and 16 not in plan.key_paths and 8 not in plan.key_paths
+    assert [s.baby_step for s in plan.steps if isinstance(s, DiagStep)] == [1]
+    assert len(plan.rotation_steps) <= MAX_GALOIS_KEYS and not {2, 4} & set(plan.rotation_steps)
+    # the dense layers' giants re-split to 16 (the convolutions' row stride): no key 8, no 16 composed of 8s
+    assert 8 not in plan.rotation_steps and 16 in plan.rotation_steps and 16 not in plan.key_paths
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
