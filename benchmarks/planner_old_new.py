@@ -6,8 +6,10 @@ ones, from the same calibration and counts: the A/B of the model, not of the mac
 Rules: `total` (session 9, `cost.Cost.rounds_s`: a piece's exchange rounds add max(0, rounds x RTT - their
 total slack)), `per round` (session 8: each round max(0, RTT - its median slack)), `rounds x RTT` (before).
 Why a script: the measurement is one run; the rules differ only in how they price its rounds, so the same
-records and the same counted pieces price all of them. The link is priced as measured (`bench.link_as_measured`:
-the gloo round trip and the per-byte cost the bench timed on it) and nominal."""
+records and the same counted pieces price all of them (with the current calibration and counts, `PRIVINFER_CACHE`:
+run it right after the validation, before anything recounts; the per-round rule then sees the slack the planner
+prices with, the engine's per round). The link is priced as measured (`bench.link_as_measured`: the TCP round
+trip the bench timed on it, at the nominal rate) and nominal."""
 from __future__ import annotations
 
 import json

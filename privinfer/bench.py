@@ -190,10 +190,10 @@ def link_as_measured(nominal, link: dict):
     one validation run where TCP gave 0.68-0.73; two fresh local gloo processes ping-pong in 0.1 or 3.3 ms
     depending on whether they share a core). The parties' own rounds pay the link's round trip plus their
     loopback exchange floor, which the loopback-measured compute already holds.
-    Why not a rate measured too: timed with 256 KB gloo ping-pongs (session 9), `lan` delivered 8.3-8.4 ns per
-    byte beyond loopback (its nominal 8), and `wan` 143-163 (nominal 80: a fresh connection's receive window,
-    not what the parties' warmed-up links see; `ss` on cryptonets-mnist measured within 1 % of the nominal
-    rate's prediction): the nominal rate is the better figure on both."""
+    Why not a rate measured too: timed with 256 KB gloo ping-pongs (session 9, run 9a), `lan` delivered 3.6-8.4 ns
+    per byte beyond loopback (its nominal 8), and `wan` 143-163 (nominal 80: a fresh connection's receive
+    window, not what the parties' warmed-up links see; `ss` on cryptonets-mnist measured 1-3 % above the
+    nominal rate's prediction): the nominal rate is the better figure on both."""
     from .planner.cost import NetworkProfile
     if not link:
         return nominal

@@ -13,18 +13,21 @@ RTT (`Cost.rounds_s`). Why: `compute` is measured on loopback and already holds 
 CrypTen round is a gloo exchange, and gloo sends to a posted receive only, so on a link the party that starts
 the round last waits one full RTT (traced on `wan`: 41 ms per round, RTT 40 ms). What it waited on loopback
 above the exchange floor (the slack: this virtual machine's wake-up delays, ~0.1-3 ms per round, heavy-tailed)
-is replaced by that round trip rather than added to it. Traced per round on the idle machine (session 9,
-`benchmarks/round_trace.py`): on `lan` (0.8 ms RTT as delivered) the late party's wait is tight (p25-p75
-0.85-1.0 ms on mixed-mnist) where on loopback it was 0.14-1.7 ms, so mixed-mnist's 32 rounds took the same
-47.3 ms on `lan` as on loopback (47.2 ms). Pricing each round alone at max(0, RTT - its slack) (session 8's
-rule) replays that trace onto `lan` as 64.6 ms, because a round whose loopback wait was long cannot give back
-more than its own RTT; replacing the query's total slack by rounds x RTT gives 52.4 ms (minionn-mnist: 150.1 /
-125.5 ms against 145.2 measured; cryptonets-mnist: 17.7 / 16.5 against 21.3; `round_trace.py --loopback`).
-Which slack: the counted pieces' rounds wait less than a query's (`engine_time`), so `table.slack_scale`
-scales them to the total the real engine's traced rounds waited. RTT -> 0 gives
-the loopback figure; a long RTT gives rounds x RTT less the slack. The round's loopback copy time (its bytes at
-loopback's cost per byte) is not slack: a link pays for bytes at its own rate. Request/reply rounds
-(privinfer's channel, the dealer) have no slack recorded and pay the full RTT.
+is replaced by that round trip rather than added to it. Traced per round on a quiet machine (session 9, load
+~2 from the measurement's own processes, `benchmarks/results/planner/session9-traces/`): on `lan` (0.8 ms RTT
+as delivered) the late party's wait is tight (p25-p75 0.85-1.0 ms on mixed-mnist) where on loopback it was
+0.14-1.7 ms, and mixed-mnist's 32 rounds took 47.3 ms on `lan` against 47.2 ms on loopback. Replayed onto `lan`
+per query (`round_trace.py --loopback`), session 8's rule (each round alone max(0, RTT - its slack): a long
+wait gives back no more than its own RTT) gives mixed-mnist 64.6 ms and this rule 52.4 ms; on minionn-mnist
+(145.2 ms measured) 150.1 and 125.5 ms, on cryptonets-mnist (21.3 ms) 17.7 and 16.5 ms: this rule is the
+better one where rounds are many and small, session 8's where they carry more bytes (both within 25 %).
+Which slack: a plan's rows are priced apart (`search.path_value`), and what the counted pieces wait is not what
+a query's rounds wait, so every 2PC row is priced with the real engine's slack per round (`engine_time`,
+`table.engine_slack_per_round`): each row then adds its rounds x max(0, RTT - slack), and the rows add up to
+the query's rule. Without an engine trace the counted samples are used (`rounds_s`: the median over runs of
+each run's total). RTT -> 0 gives the loopback figure; a long RTT gives rounds x RTT less the slack. The round's
+loopback copy time (its bytes at loopback's cost per byte) is not slack: a link pays for bytes at its own rate.
+Request/reply rounds (privinfer's channel, the dealer) have no slack recorded and pay the full RTT.
 
 `compute` is client_s + server_s when the parties take turns (HE: the server evaluates while the client
 waits), and max(client_s, server_s) when they compute at the same time (`overlap`: 2PC parties run in
@@ -98,7 +101,10 @@ class Cost:
         return int(self.bytes_up + self.bytes_down)
 
     def __add__(self, other: "Cost") -> "Cost":
-        """Sequential composition (the parts of a plan run one after another)."""
+        """Sequential composition (the parts of a plan run one after another). A sum prices its 2PC rounds as one
+        piece: the same as its parts when every round has one slack figure (the engine's per round, as the
+        planner's rows do), not when parts carry counted samples (a part's excess slack then offsets another's
+        rounds); plans price their rows apart (`search.path_value`)."""
         return Cost(client_s=self.client_s + other.client_s, server_s=self.server_s + other.server_s,
                     bytes_up=self.bytes_up + other.bytes_up, bytes_down=self.bytes_down + other.bytes_down,
                     rounds=self.rounds + other.rounds, depth=max(self.depth, other.depth),

@@ -3,17 +3,18 @@
 Why: the planner prices a plan from pieces counted one at a time (`ss_cost.count_pieces`), but a query is the
 pieces in sequence, and two of its costs only show there:
 
-* the online seconds (pieces timed alone run warmer; counting runs minutes apart priced the same network
-  +-15-20 % apart where the engine measured within +-10 %): `ss_cost.interaction_scale` scales the pieces to
-  the engine's whole;
+* the online seconds (four calibrations minutes apart priced the same network up to 27 % apart in session 8,
+  while the bench measured each within ~10 %): `ss_cost.interaction_scale` scales the pieces to the engine's;
 * the rounds' loopback waits above the exchange floor (the slack that a link's round trip replaces,
-  `cost.Cost.rounds_s`): traced per round on the idle machine (session 9), a mixed-mnist query's rounds waited
-  ~28 ms in all where the counted pieces' rounds waited 9-20 ms (this virtual machine's wake-up delays depend
-  on what runs between rounds), so `lan` was over-priced by ~30 %; the pieces' slack is scaled to the engine's.
+  `cost.Cost.rounds_s`): it is this virtual machine's wake-up delay, and what pieces timed alone wait is not
+  what a query's rounds wait, in either direction (session 9: mixed-mnist's counted chain 12-38 ms per run
+  against 8.8-21.3 ms per engine session; minionn-mnist's 22-49 against 51 ms). The planner prices every 2PC
+  round with the engine's slack per round (`table.engine_slack_per_round`).
 
 The sessions run in a child process started with PRIVINFER_COMM_TRACE (`protocols/ss/crypten_setup.py`): the
 party processes come from a fork server that keeps the environment it was started with, so the variable must
-be set before the first 2PC process of that Python process. The traces go to a private temporary directory.
+be set before the first 2PC process of that Python process. The child runs in a private temporary directory
+(0700) that also holds the traces, with this package first on its path (never the caller's working directory).
 
     python -m privinfer.planner.engine_time GRAPH.npz SAMPLES SESSIONS OUT.json   (the child; internal)
 """
@@ -27,25 +28,35 @@ import subprocess
 import sys
 import tempfile
 
-from ..errors import PrivinferError
 
 
 def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 600.0) -> dict:
     """`calibrate.time_ss_online` of `graph` in a child process, plus per kept session and query (warm-up
     excluded) its exchange rounds as (late party's wait, bytes): {"online_s", "sessions", "kept", "samples",
-    "queries": [[[wait, bytes], ...], ...]} ("queries" is absent when the traces cannot be paired)."""
+    "queries": [[[wait, bytes], ...], ...]} ("queries" is absent when the traces cannot be paired).
+    A child that fails is a `WorkerDied`, one that outlives `timeout` a `TimeoutError_` (its whole process
+    group, parties and dealer included, is killed)."""
+    import signal
+    from pathlib import Path
+    from ..errors import TimeoutError_, WorkerDied
     from ..model.ir import save_graph
-    with tempfile.TemporaryDirectory(prefix="privinfer-engine-") as tmp:  # mode 0700
+    root = str(Path(__file__).resolve().parents[2])  # the directory that holds this `privinfer` package
+    with tempfile.TemporaryDirectory(prefix="privinfer-engine-", ignore_cleanup_errors=True) as tmp:  # 0700
         path, out, trace = (os.path.join(tmp, n) for n in ("graph.npz", "out.json", "trace"))
         save_graph(graph, path)
-        env = {**os.environ, "PRIVINFER_COMM_TRACE": trace}
+        env = {**os.environ, "PRIVINFER_COMM_TRACE": trace,
+               "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        proc = subprocess.Popen([sys.executable, "-m", "privinfer.planner.engine_time", path, str(samples),
+                                 str(sessions), out], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            r = subprocess.run([sys.executable, "-m", "privinfer.planner.engine_time", path, str(samples),
-                                str(sessions), out], env=env, capture_output=True, text=True, timeout=timeout)
+            _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise PrivinferError(f"the ss engine timing did not finish in {timeout:.0f} s") from None
-        if r.returncode:
-            raise PrivinferError(f"the ss engine timing failed: {r.stderr.strip()[-500:]}")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TimeoutError_(f"the ss engine timing did not finish in {timeout:.0f} s") from None
+        if proc.returncode:
+            raise WorkerDied(f"the ss engine timing failed (exit {proc.returncode}): {err.strip()[-500:]}")
         with open(out) as f:
             res = json.load(f)
         per_session = read_traces(trace, samples + 1)

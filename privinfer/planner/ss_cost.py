@@ -54,9 +54,9 @@ def interaction_scale(counted: list[dict], graph: Graph, whole_s: float | None =
     summed to about 0.14 s. Scaling every piece by this network's own ratio keeps each piece's share and makes
     the chain sum to the measured whole. The whole is `whole_s` when given: the real `ss` engine's online time
     of the network less its per-segment overhead (`table.counts` times it beside the pieces). Why the engine
-    and not the counting run's own whole-network job: counting runs minutes apart priced the same network
-    +-15-20 % apart (session 8, idle: cryptonets-mnist 14.9-18.9 ms, mixed-mnist 37.8-50.7 ms) while the
-    engine measured within +-10 %, and the counting harness ran ~3 ms slower than the engine on a 9 ms network.
+    and not the counting run's own whole-network job: four calibrations minutes apart predicted the same network
+    at 14.9-18.9 ms (cryptonets-mnist) and 37.8-50.7 ms (mixed-mnist) (session 8, idle), while the bench measured
+    14.5-16.5 and 40-50 ms; and a query is what the engine runs, not what the counting harness runs.
     Without `whole_s`, the counting run's whole; 1 for counts made before the whole was timed; clamped to
     [0.5, 3] against a disturbed run."""
     n = len(graph)
@@ -308,15 +308,17 @@ def combine_counts(res0: dict, res1: dict, handovers: bool = False) -> list[dict
     return out
 
 
-def piece_cost(p: dict, cal: dict, scale: float = 1.0, slack_scale: float = 1.0) -> Cost:
+def piece_cost(p: dict, cal: dict, scale: float = 1.0, slack_per_round: float | None = None) -> Cost:
     """A counted piece: online seconds (the pair's wall time, times the network's `interaction_scale`), bytes,
-    rounds with their slack (times the network's `table.slack_scale`), and its share of the offline phase
-    (dealer elements x seconds per element; the fixed part is the plan's `once` cost)."""
+    rounds with their slack (the real engine's slack per round, `table.engine_slack_per_round`, where there is
+    one; else the counted samples), and its share of the offline phase (dealer elements x seconds per element;
+    the fixed part is the plan's `once` cost)."""
     off = offline_share_s(p, cal)
     s = p["s"] * scale
+    counted = tuple(tuple(r) for r in p.get("slack", ()))
+    slack = counted if slack_per_round is None else tuple((float(slack_per_round),) for _ in counted)
     return Cost(client_s=s + off, server_s=s + off, bytes_up=p["bytes_up"], bytes_down=p["bytes_down"],
-                rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True,
-                slack=tuple(tuple(x * slack_scale for x in r) for r in p.get("slack", ())))
+                rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True, slack=slack)
 
 
 def offline_share_s(p: dict, cal: dict) -> float:

@@ -214,24 +214,6 @@ def test_pieces_are_scaled_to_the_whole_network_timed_with_them(graph):
     assert interaction_scale(pieces + [{"piece": [0, 4], "s": 0.15}], graph, whole_s=None) == pytest.approx(1.5)
 
 
-def test_the_pieces_are_scaled_to_the_engines_whole_network(graph, cache):
-    """`counts` times the whole network on the real ss engine (two sessions) right after the pieces; the ss
-    rows (one per layer here: no MaxPool) then sum to the engine's online time less one segment's overhead."""
-    from privinfer.planner.calibrate import load_calibration
-    from privinfer.planner.table import build_rows
-    data = counts(graph)
-    eng = data["engine"]
-    assert len(eng["sessions"]) == 2 and 0 < min(eng["sessions"]) <= eng["online_s"] <= 1.3 * min(eng["sessions"]) < 5
-    assert eng["kept"] and eng["slack_s"] is not None and eng["slack_s"] >= 0  # its rounds were traced
-    cal = load_calibration(None, warn=False)
-    rows = [r for r in build_rows(graph, cal, data) if r.protocol == "ss" and r.kind_in == r.kind_out == "shares"]
-    assert sorted((r.start, r.stop) for r in rows) == [(i, i + 1) for i in range(len(graph))]
-    online = sum(r.cost.client_s - r.offline_s for r in rows)
-    whole = eng["online_s"] - cal["ss"]["segment_overhead_s"]
-    chain = sum(p["s"] for p in data["ss"] if p["piece"][1] - p["piece"][0] == 1)
-    assert online == pytest.approx(min(3 * chain, max(0.5 * chain, whole)), rel=1e-9)
-
-
 @pytest.mark.parametrize("hybrid_s,chosen", [(0.099, "ss"), (0.090, "hybrid")])
 def test_a_hybrid_must_beat_the_best_single_protocol_by_the_margin(graph, monkeypatch, hybrid_s, chosen):
     """With the latency objective a hybrid within HYBRID_MARGIN (5 %) of the best single protocol is declined

@@ -66,7 +66,7 @@ def test_limits(seed):
         prev = v
 
 
-def test_sums_carry_the_slack_and_price_like_their_parts():
+def test_sums_carry_the_slack_and_pool_it():
     a = Cost(client_s=0.01, server_s=0.01, overlap=True, rounds=2, bytes_up=1000, slack=((0.0005,), (0.002,)))
     b = Cost(client_s=0.02, server_s=0.03, rounds=1)  # a request/reply part: no slack
     lan = NetworkProfile("lan", 1000.0, 0.5)
@@ -80,6 +80,11 @@ def test_sums_carry_the_slack_and_price_like_their_parts():
     assert both.slack == a.slack + a2.slack
     assert a.rounds_s(0.0005) == 0.0 and a2.rounds_s(0.0005) == pytest.approx(0.0004)
     assert both.rounds_s(0.0005) == pytest.approx(max(0.0, 3 * 0.0005 - 0.0026))
+    # with one slack figure per round (the engine's, as the planner's rows carry) a sum prices like its parts
+    e1 = Cost(rounds=3, slack=((0.0003,),) * 2)
+    e2 = Cost(rounds=1, slack=((0.0003,),))
+    assert (e1 + e2).rounds_s(0.0005) == pytest.approx(e1.rounds_s(0.0005) + e2.rounds_s(0.0005))
+    assert e1.rounds_s(0.0005) == pytest.approx(2 * 0.0002 + 0.0005)
 
 
 def test_json_round_trip_keeps_the_slack():

@@ -1,9 +1,24 @@
-"""The engine's traced rounds (privinfer/planner/engine_time.py): pairing both parties' traces into queries, the
-rounds' total slack, and the scale `table.slack_scale` puts on the counted pieces' slack."""
-import pytest
+"""The engine's traced rounds (privinfer/planner/engine_time.py, table._time_engine): pairing both parties' traces
+into queries, the rounds' total slack, the slack per round every 2PC row is priced with, the child process's
+failures (typed), and once (slow) the real thing."""
+import os
+import sys
 
+import pytest
+import torch
+
+from privinfer.errors import TimeoutError_, WorkerDied
+from privinfer.model import compile_model
+from privinfer.planner import engine_time, table
 from privinfer.planner.engine_time import read_traces, slack_total
-from privinfer.planner.table import slack_scale
+from privinfer.planner.table import engine_slack_per_round
+
+
+@pytest.fixture(scope="module")
+def graph():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    return compile_model(net, (1, 4, 4), (0.0, 1.0))
 
 
 def _write(folder, name, rows):
@@ -30,12 +45,65 @@ def test_traces_pair_into_queries_and_one_way_rounds_are_left_out(tmp_path):
     assert read_traces(str(tmp_path), 3) is None
 
 
-def test_the_counted_slack_is_scaled_to_the_engines():
-    data = {"ss": [{"piece": [0, 1], "slack": [[0.001, 0.002, 0.003]]},
-                   {"piece": [1, 2], "slack": [[0.001, 0.000, 0.001]]},
-                   {"piece": [0, 2], "slack": [[0.5, 0.5, 0.5]]}],  # the whole network's job: not the chain
-            "engine": {"slack_s": 0.006}}
-    assert slack_scale(data, None) == pytest.approx(3.0)  # the chain runs total 2, 2 and 4 ms: median 2 ms
-    assert slack_scale({**data, "engine": {"slack_s": 1.0}}, None) == 4.0  # clamped
-    assert slack_scale({**data, "engine": {"slack_s": None}}, None) == 1.0
-    assert slack_scale({**data, "engine": {}}, None) == 1.0
+def test_every_2pc_row_is_priced_with_the_engines_slack_per_round(graph, cache, monkeypatch):
+    """With an engine trace, every counted 2PC row carries the engine's slack per round, so a plan's rows add up
+    to the query's rule (rounds x max(0, RTT - slack)); a failed or skipped timing falls back to the pieces."""
+    import json
+    from privinfer.planner.calibrate import load_calibration
+    data = table.counts(graph)  # counted once for the module (the suite runs without the engine)
+    assert data["engine"] == {"skipped": "PRIVINFER_PLANNER_ENGINE=0"} and engine_slack_per_round(data) is None
+    monkeypatch.setenv("PRIVINFER_PLANNER_ENGINE", "1")
+    fake = {"online_s": 0.02, "sessions": [0.02, 0.021], "kept": [0, 1], "samples": 8,
+            "queries": [[[0.0011, 8], [0.0031, 8]], [[0.0011, 8], [0.0051, 8]]]}
+    monkeypatch.setattr(engine_time, "time_engine", lambda g: json.loads(json.dumps(fake)))
+    said = []
+    eng = table._time_engine(graph, data["ss"], said.append)
+    floor = data["ss"][0]["floor_s"] + 8 * data["ss"][0]["floor_s_per_byte"]  # the floor and 8 bytes' copy time
+    totals = [max(0.0, 0.0011 - floor) + max(0.0, w - floor) for w in (0.0031, 0.0051)]
+    assert eng["exchange_rounds"] == 2 and eng["slack_s"] == pytest.approx(sum(totals) / 2)
+    assert "queries" not in eng  # the raw rounds are not cached
+    withe = {**data, "engine": eng}
+    s_bar = engine_slack_per_round(withe)
+    assert s_bar == pytest.approx(eng["slack_s"] / 2)
+    ss = [r for r in table.build_rows(graph, load_calibration(None, warn=False), withe)
+          if r.protocol == "ss" and r.kind_in == r.kind_out == "shares"]
+    assert ss and all(x == (s_bar,) for r in ss for x in r.cost.slack)
+    rtt = 0.004  # each row adds its exchange rounds x (RTT - slack) and a full RTT per other round
+    for r in ss:
+        assert r.cost.rounds_s(rtt) == pytest.approx(len(r.cost.slack) * (rtt - s_bar)
+                                                      + (r.cost.rounds - len(r.cost.slack)) * rtt)
+
+    def boom(g):
+        raise WorkerDied("the child died")
+    monkeypatch.setattr(engine_time, "time_engine", boom)
+    eng = table._time_engine(graph, data["ss"], said.append)
+    assert "WorkerDied" in eng["error"] and engine_slack_per_round({"engine": eng}) is None
+    assert any("could not be timed" in m for m in said)
+    path = table._cache_file(graph)  # a cached failure is tried again on the next read
+    path.write_text(json.dumps({**data, "engine": eng}))
+    monkeypatch.setattr(engine_time, "time_engine", lambda g: json.loads(json.dumps(fake)))
+    assert table.counts(graph)["engine"]["exchange_rounds"] == 2
+    assert json.loads(path.read_text())["engine"]["exchange_rounds"] == 2
+
+
+def test_a_child_that_fails_or_hangs_is_a_typed_error(graph, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(WorkerDied, match="exit 1"):
+        engine_time.time_engine(graph)
+    script = tmp_path / "hang"
+    script.write_text("#!/bin/sh\nsleep 30\n")
+    script.chmod(0o700)
+    monkeypatch.setattr(sys, "executable", str(script))
+    with pytest.raises(TimeoutError_, match="did not finish"):
+        engine_time.time_engine(graph, timeout=0.5)
+
+
+@pytest.mark.slow  # ~15 s: two real ss sessions in a child process, after the pieces' counting
+def test_the_real_engine_times_and_traces_the_whole_network(graph, monkeypatch, tmp_path):
+    monkeypatch.setenv("PRIVINFER_CACHE", str(tmp_path))
+    monkeypatch.setenv("PRIVINFER_PLANNER_ENGINE", "1")
+    data = table.counts(graph, refresh=True)
+    eng = data["engine"]
+    assert len(eng["sessions"]) == 2 and eng["kept"] and 0 < eng["online_s"] < 5
+    assert eng["slack_s"] is not None and eng["slack_s"] >= 0 and eng["exchange_rounds"] >= 1
+    assert os.listdir(tmp_path / "planner" / "counts")  # cached
