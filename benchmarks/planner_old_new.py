@@ -3,12 +3,13 @@ ones, from the same calibration and counts: the A/B of the model, not of the mac
 
     PRIVINFER_CACHE=... python benchmarks/planner_old_new.py OUT/auto_*.json
 
-Rules: `total` (session 9, `cost.Cost.rounds_s`: a piece's exchange rounds add max(0, rounds x RTT - their
-total slack)), `per round` (session 8: each round max(0, RTT - its median slack)), `rounds x RTT` (before).
+Rules: `total` (session 9, `cost.Cost.rounds_s` with the engine's slack per round: every row adds its rounds x
+max(0, RTT - slack), the rows add up to the query's rounds x RTT - total slack), `per round` (session 8: each
+round max(0, RTT - its counted median slack)), `rounds x RTT` (before).
 Why a script: the measurement is one run; the rules differ only in how they price its rounds, so the same
 records and the same counted pieces price all of them (with the current calibration and counts, `PRIVINFER_CACHE`:
-run it right after the validation, before anything recounts; the per-round rule then sees the slack the planner
-prices with, the engine's per round). The link is priced as measured (`bench.link_as_measured`: the TCP round
+run it right after the validation, before anything recounts; the per-round rule uses the counted pieces' own
+samples, as session 8 did). The link is priced as measured (`bench.link_as_measured`: the TCP round
 trip the bench timed on it, at the nominal rate) and nominal."""
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sys
 
 from privinfer import zoo
 from privinfer.bench import link_as_measured
+from privinfer.planner import table
 from privinfer.planner.auto import price_plan
 from privinfer.planner.cost import PROFILES, Cost, NetworkProfile
 from privinfer.planner.search import path_latency, path_value
@@ -28,6 +30,16 @@ def _per_round(c: Cost, rtt_s: float) -> float:
     measured = [r for r in c.slack if r]
     return max(0, c.rounds - len(measured)) * rtt_s + sum(max(0.0, rtt_s - max(0.0, statistics.median(r)))
                                                          for r in measured)
+
+
+def _counted_slack_plan(graph, r: dict):
+    """The record's plan priced with the counted pieces' own slack samples, not the engine's per round."""
+    saved = table.engine_slack_per_round
+    table.engine_slack_per_round = lambda data: None
+    try:
+        return price_plan(graph, r["plan_string"], PROFILES[r["network"]], calibration=r["calibration"])
+    finally:
+        table.engine_slack_per_round = saved
 
 
 def _latency(rows, prof: NetworkProfile, rounds) -> float:
@@ -45,10 +57,12 @@ def main(paths: list[str]) -> None:
                 continue
             nominal = PROFILES[r["network"]]
             measured = link_as_measured(nominal, r.get("link_rtt_ms_measured") or {})
-            plan = price_plan(zoo.load_model(r["model"]), r["plan_string"], nominal, calibration=r["calibration"])
+            graph = zoo.load_model(r["model"])
+            plan = price_plan(graph, r["plan_string"], nominal, calibration=r["calibration"])
             m = r["latency_s"]["median"]
             new = (path_latency(plan.rows, measured), path_latency(plan.rows, nominal))
-            per = _latency(plan.rows, measured, _per_round)
+            counted = _counted_slack_plan(graph, r)  # session 8 priced each round with its counted samples
+            per = _latency(counted.rows, measured, _per_round)
             old = _latency(plan.rows, measured, lambda c, rtt: c.rounds * rtt)
             print(f"| {r['model']} | {r['network']} | `{r['plan_string']}` | {m:.3f} s | {new[0]:.3f} s; {new[1]:.3f} s | "
                   f"{100 * (new[0] / m - 1):+.0f}%; {100 * (new[1] / m - 1):+.0f}% | {per:.3f} s | "

@@ -30,7 +30,7 @@ import tempfile
 
 
 
-def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 600.0) -> dict:
+def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 300.0) -> dict:
     """`calibrate.time_ss_online` of `graph` in a child process, plus per kept session and query (warm-up
     excluded) its exchange rounds as (late party's wait, bytes): {"online_s", "sessions", "kept", "samples",
     "queries": [[[wait, bytes], ...], ...]} ("queries" is absent when the traces cannot be paired).
@@ -40,19 +40,27 @@ def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 600
     from pathlib import Path
     from ..errors import TimeoutError_, WorkerDied
     from ..model.ir import save_graph
+    import site
     root = str(Path(__file__).resolve().parents[2])  # the directory that holds this `privinfer` package
+    # a source checkout goes first on the child's path; an installed package is found where it is installed
+    # (site-packages on PYTHONPATH would come before the standard library)
+    installed = root in {*site.getsitepackages(), site.getusersitepackages()}
     with tempfile.TemporaryDirectory(prefix="privinfer-engine-", ignore_cleanup_errors=True) as tmp:  # 0700
         path, out, trace = (os.path.join(tmp, n) for n in ("graph.npz", "out.json", "trace"))
         save_graph(graph, path)
         env = {**os.environ, "PRIVINFER_COMM_TRACE": trace,
-               "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+               "PYTHONPATH": os.pathsep.join(([] if installed else [root])
+                                             + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         proc = subprocess.Popen([sys.executable, "-m", "privinfer.planner.engine_time", path, str(samples),
                                  str(sessions), out], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended just now
+                pass
             proc.communicate()
             raise TimeoutError_(f"the ss engine timing did not finish in {timeout:.0f} s") from None
         if proc.returncode:

@@ -316,7 +316,8 @@ def piece_cost(p: dict, cal: dict, scale: float = 1.0, slack_per_round: float | 
     off = offline_share_s(p, cal)
     s = p["s"] * scale
     counted = tuple(tuple(r) for r in p.get("slack", ()))
-    slack = counted if slack_per_round is None else tuple((float(slack_per_round),) for _ in counted)
+    # a round counted without samples (none timed) keeps paying a full RTT
+    slack = counted if slack_per_round is None else tuple((float(slack_per_round),) if r else () for r in counted)
     return Cost(client_s=s + off, server_s=s + off, bytes_up=p["bytes_up"], bytes_down=p["bytes_down"],
                 rounds=p["rounds"], dealer_bytes=8 * p["dealer_elements"], overlap=True, slack=slack)
 

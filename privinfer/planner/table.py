@@ -74,8 +74,8 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
         except json.JSONDecodeError:
             data = {}  # a damaged cache file is counted again (and replaced)
         if data.get("version") == CACHE_VERSION:
-            if "error" in (data.get("engine") or {}):  # an engine timing that failed is tried again
-                data["engine"] = _time_engine(graph, data["ss"], say)
+            if "skipped" in (data.get("engine") or {}) and _engine_enabled():
+                data["engine"] = _time_engine(graph, data["ss"], say)  # counted with the engine off: add it
                 _write(path, data)
             if _add_io(data, say) | _add_bfv(graph, data, say) | _add_fused(graph, data, say):
                 _write(path, data)
@@ -102,13 +102,18 @@ def counts(graph: Graph, progress=None, refresh: bool = False) -> dict:
     return data
 
 
+def _engine_enabled() -> bool:
+    return os.environ.get("PRIVINFER_PLANNER_ENGINE", "1") != "0"
+
+
 def _time_engine(graph: Graph, rows: list[dict], say) -> dict:
     """The real `ss` engine on the whole network, right after its pieces were counted (`engine_time`): its
     online seconds (the pieces' scale) and its rounds' total slack against the floor this counting measured
-    (`engine_slack_per_round`). An error entry when the engine cannot run it (said, not cached: the next
-    `counts` tries again; the pieces' own figures are used meanwhile). PRIVINFER_PLANNER_ENGINE=0 skips it
-    (the test suite's small networks)."""
-    if os.environ.get("PRIVINFER_PLANNER_ENGINE", "1") == "0":
+    (`engine_slack_per_round`). An error entry when the engine cannot run it (said; kept until the network is
+    counted again, `privinfer profile --model`, so that a failure that always happens is not paid on every plan;
+    the pieces' own figures are used meanwhile). PRIVINFER_PLANNER_ENGINE=0 skips it (the test suite; a later
+    `counts` with the engine on adds it to the cached counts)."""
+    if not _engine_enabled():
         return {"skipped": "PRIVINFER_PLANNER_ENGINE=0"}
     from .engine_time import slack_total, time_engine
     try:

@@ -178,3 +178,14 @@ def test_a_counting_run_with_a_slow_exchange_floor_is_counted_again(monkeypatch,
     assert ss_cost.count_pieces(None) == fast and "once more" in capsys.readouterr().err
     runs[:] = [fast, slow]
     assert ss_cost.count_pieces(None) == fast and runs == [slow]  # a quiet run is not repeated
+
+
+def test_piece_cost_gives_the_engines_slack_to_timed_rounds_only():
+    """`piece_cost(slack_per_round=...)` replaces each timed round's samples by the engine's slack per round; a
+    round counted without samples keeps paying a full RTT."""
+    p = {"s": 0.01, "bytes_up": 8, "bytes_down": 8, "rounds": 3, "dealer_elements": 0, "slack": [[0.001, 0.002], []]}
+    cal = {"ss": {"offline_s_per_dealer_element": 0.0}}
+    assert ss_cost.piece_cost(p, cal).slack == ((0.001, 0.002), ())
+    c = ss_cost.piece_cost(p, cal, slack_per_round=0.0004)
+    assert c.slack == ((0.0004,), ())
+    assert c.rounds_s(0.001) == pytest.approx((0.001 - 0.0004) + 2 * 0.001)
