@@ -225,7 +225,7 @@ def _open_session(graph: Graph, protocol: str, options: dict, profile, sampler: 
         save_graph(graph, path)
         on_start = (lambda pid: sampler.add("server", pid)) if sampler is not None else None
         on_link = None
-        if link is not None:  # the link's round trips as delivered (TCP's prices it; gloo's recorded when CrypTen parties cross it)
+        if link is not None:  # the link's round trips as delivered (TCP's prices it; gloo's is recorded too)
             gloo = protocol in ("ss", "hybrid")
             on_link = lambda ns, ip: link.update(netem.link_rtt_ms(ns, ip, 7701, gloo=gloo))  # noqa: E731
         with server_in_namespace(path, protocol, server_opts, profile, on_start=on_start, on_link=on_link) as (host, port):

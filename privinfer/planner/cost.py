@@ -20,7 +20,8 @@ as delivered) the late party's wait is tight (p25-p75 0.85-1.0 ms on mixed-mnist
 per query (`round_trace.py --loopback`), session 8's rule (each round alone max(0, RTT - its slack): a long
 wait gives back no more than its own RTT) gives mixed-mnist 64.6 ms and this rule 52.4 ms; on minionn-mnist
 (145.2 ms measured) 150.1 and 125.5 ms, on cryptonets-mnist (21.3 ms) 17.7 and 16.5 ms: this rule is the
-better one where rounds are many and small, session 8's where they carry more bytes (both within 25 %).
+better one where rounds are many and small (mixed-mnist +11 % against +37 %), session 8's where they carry
+more bytes (minionn-mnist +3 % against -14 %, cryptonets-mnist -17 % against -23 %).
 Which slack: a plan's rows are priced apart (`search.path_value`), and what the counted pieces wait is not what
 a query's rounds wait, so every 2PC row is priced with the real engine's slack per round (`engine_time`,
 `table.engine_slack_per_round`): each row then adds its rounds x max(0, RTT - slack), and the rows add up to

@@ -14,7 +14,8 @@ pieces in sequence, and two of its costs only show there:
 The sessions run in a child process started with PRIVINFER_COMM_TRACE (`protocols/ss/crypten_setup.py`): the
 party processes come from a fork server that keeps the environment it was started with, so the variable must
 be set before the first 2PC process of that Python process. The child runs in a private temporary directory
-(0700) that also holds the traces, with this package first on its path (never the caller's working directory).
+(0700) that also holds the traces, never in the caller's working directory; a source checkout of this package
+goes first on its path, an installed one is found where it is installed.
 
     python -m privinfer.planner.engine_time GRAPH.npz SAMPLES SESSIONS OUT.json   (the child; internal)
 """
@@ -29,7 +30,6 @@ import sys
 import tempfile
 
 
-
 def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 300.0) -> dict:
     """`calibrate.time_ss_online` of `graph` in a child process, plus per kept session and query (warm-up
     excluded) its exchange rounds as (late party's wait, bytes): {"online_s", "sessions", "kept", "samples",
@@ -37,10 +37,10 @@ def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 300
     A child that fails is a `WorkerDied`, one that outlives `timeout` a `TimeoutError_` (its whole process
     group, parties and dealer included, is killed)."""
     import signal
+    import site
     from pathlib import Path
     from ..errors import TimeoutError_, WorkerDied
     from ..model.ir import save_graph
-    import site
     root = str(Path(__file__).resolve().parents[2])  # the directory that holds this `privinfer` package
     # a source checkout goes first on the child's path; an installed package is found where it is installed
     # (site-packages on PYTHONPATH would come before the standard library)
