@@ -103,12 +103,27 @@ def rot_vectors(st, seg, S: int, rows=None) -> np.ndarray:
     return d
 
 
+def is_zero_plaintext(pt) -> bool:
+    """A plaintext that encodes nothing (a SEAL plaintext's `is_zero`, a reference backend's all-zero vector).
+
+    Why: SEAL refuses a product by the zero polynomial ("result ciphertext is transparent": it would be no
+    encryption at all), and a pruned network's weights make whole terms zero (a zeroed channel, zeroed inputs of
+    a dense layer). Such a term adds exactly nothing, so compilation leaves it out."""
+    test = getattr(pt, "is_zero", None)
+    if callable(test):
+        return bool(test())
+    return isinstance(pt, np.ndarray) and not np.any(pt)
+
+
 def compile_rot(item, st, seg, backend, S: int, p_scale: float, level: int) -> None:
-    """One plaintext per (output ct, input ct, giant, baby) of a `convpack.RotStep`, pre-rotated by -g*n1."""
+    """One plaintext per (output ct, input ct, giant, baby) of a `convpack.RotStep`, pre-rotated by -g*n1; a
+    term whose weights are all zero has none (`is_zero_plaintext`)."""
     d = rot_vectors(st, seg, S)
     for i, (o, c, g, b) in enumerate(st.keys):
-        item.pts[(int(o), int(c), int(g), int(b))] = backend.encode(d[i], p_scale, level)
+        pt = backend.encode(d[i], p_scale, level)
+        if not is_zero_plaintext(pt):
+            item.pts[(int(o), int(c), int(g), int(b))] = pt
 
 
 
-__all__ = ["evaluate_rot", "merge_inputs", "rot_partials", "compile_rot", "rot_vectors"]
+__all__ = ["evaluate_rot", "merge_inputs", "rot_partials", "compile_rot", "rot_vectors", "is_zero_plaintext"]

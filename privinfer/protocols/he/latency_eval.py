@@ -11,6 +11,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
+from ...errors import ShapeError
 from .latency_plan import ActStep, GatherStep, LatencyPlan
 
 if TYPE_CHECKING:  # annotations only: the HE helper process imports this module without torch
@@ -169,11 +170,15 @@ class CompiledPlan:
                 if isinstance(backend, SealBackend):
                     self._split(item, st, seg, S, p_scale, level)
             elif isinstance(st, GatherStep):
+                from .convpack_eval import is_zero_plaintext
                 for c in range(st.n_ct):
                     r, g = st.rows[c], st.gather[c]
                     w = np.where(r >= 0, seg.A[np.maximum(r, 0), np.maximum(g, 0)], 0.0)
-                    item.pts[c] = backend.encode(w, p_scale, level)
+                    pt = backend.encode(w, p_scale, level)
+                    if not is_zero_plaintext(pt):  # all-zero weights (a pruned network) add nothing
+                        item.pts[c] = pt
             else:
+                from .convpack_eval import is_zero_plaintext
                 P = st.period
                 share = self._diag_view(item, st, S, share=isinstance(backend, SealBackend))
                 theirs = {} if share is None else {(int(a), int(b)): None for _, _, a, b in item.view.keys[share]}
@@ -182,7 +187,9 @@ class CompiledPlan:
                     r, k = st.rows[j], st.cols[j]
                     d = np.where(r >= 0, seg.A[np.maximum(r, 0), np.maximum(k, 0)], 0.0)
                     d = np.roll(np.tile(d, S // P), a * st.n1)
-                    item.pts[(a, b)] = backend.encode(d, p_scale, level)
+                    pt = backend.encode(d, p_scale, level)
+                    if not is_zero_plaintext(pt):  # an all-zero diagonal (a pruned network) adds nothing
+                        item.pts[(a, b)] = pt
                     if (a, b) in theirs:
                         theirs[(a, b)] = d  # the helper's share: its slot vectors (only those are kept)
                 if item.view is not None:
@@ -268,9 +275,11 @@ class CompiledPlan:
                 xs = [self._finish(be, acc, st.fold, bias) for acc, bias in zip(accs, item.bias)]
             elif item.kind == "gather":
                 acc = None
-                for c in range(st.n_ct):
-                    t = be.mul_plain(cts[c], item.pts[c])
+                for c, pt in item.pts.items():
+                    t = be.mul_plain(cts[c], pt)
                     acc = t if acc is None else be.add(acc, t)
+                if acc is None:
+                    raise ShapeError("every weight of this layer is zero: nothing to evaluate")
                 xs = [self._finish(be, acc, st.fold, item.bias[0])]
             elif par is not None and idx in self.splits:  # a diagonal step, shared with the helper
                 from .convpack_eval import rot_partials
@@ -287,6 +296,8 @@ class CompiledPlan:
                 for (a, b), pt in item.pts.items():
                     t = be.mul_plain(babies[b], pt)
                     inners[a] = t if a not in inners else be.add(inners[a], t)
+                if not inners:
+                    raise ShapeError("every weight of this layer is zero: nothing to evaluate")
                 acc = None
                 for a in range(max(inners), -1, -1):
                     if acc is not None:

@@ -97,7 +97,8 @@ def handle(header: dict, payloads: list[bytes]) -> tuple[dict, list[bytes]] | No
         for i, r in enumerate(keys[mask]):
             pt = seal.Plaintext()
             enc.encode(vecs[i].tolist(), pids[int(header["level"])], float(header["scale"]), pt)
-            pts[tuple(int(v) for v in r)] = pt
+            if not pt.is_zero():  # all-zero weights (a pruned network): SEAL refuses the product, and it adds nothing
+                pts[tuple(int(v) for v in r)] = pt
         plan = _state.plans.setdefault(header["plan"], {"_ctx": ck, "_paths": header["key_paths"]})
         plan[int(header["step"])] = (st, pts)
         return {"ok": True}, []

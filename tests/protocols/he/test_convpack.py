@@ -318,3 +318,37 @@ def test_output_phase_that_reads_only_padding_takes_another_layout():
     plan = plan_multi(prog, 1024)
     assert plan is not None
     _check_limited_keys(g, prog, plan)
+
+
+def test_a_pruned_network_runs_on_seal_and_matches_the_reference():
+    """A pruned network (a zeroed channel in each convolution, zeroed inputs of the dense layer) makes whole
+    terms' plaintexts zero, and SEAL refuses a product by the zero polynomial ("result ciphertext is
+    transparent"); such terms add nothing and are left out (`convpack_eval.is_zero_plaintext`). Fails without
+    that with SEAL's RuntimeError; compared with the reference executor on SEAL ciphertexts."""
+    from privinfer.protocols.he import HE, CKKSContext
+    from privinfer.protocols.he import seeded
+    from privinfer.protocols.he.__init__ import _KeyedContext
+    from privinfer.protocols.he.latency import SealBackend
+    torch.manual_seed(5)
+    layers = [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3), Square(), nn.Flatten(),
+              nn.Linear(200, 6)]
+    with torch.no_grad():
+        layers[0].weight[5].zero_(), layers[0].bias[5].zero_()
+        layers[3].weight[2].zero_(), layers[3].bias[2].zero_()
+        layers[6].weight[:, :50] = 0
+    g = _graph((1, 16, 16), layers, 5)
+    proto = HE(g, circuit_privacy="fast", conv_packing="on")
+    params, plan = proto.latency_params, proto.plan
+    rot = [it for it in proto.compiled.items if it.kind == "rot"]
+    assert rot and sum(len(it.pts) for it in rot) < sum(len(it.step.keys) for it in rot)  # zero terms left out
+    client = CKKSContext.create(params, plan.rotation_steps)
+    server = _KeyedContext(proto.ctx)
+    server.load_public(client.public_blobs(), plan.rotation_steps)
+    x = np.random.default_rng(3).random((1, 16, 16))
+    scale = 2.0 ** params.input_scale_bits
+    enc = seeded.SeededEncryptor(client.seal, client.secret_key, client.encoder)
+    cts = [seeded.load(server.seal, enc.encrypt(v, scale), n_primes=len(params.coeff_mod_bit_sizes) - 1, scale=scale)
+           for v in client_vectors(plan, x)]
+    out = client.decrypt_ct(proto.compiled.evaluate(cts, backend=SealBackend(server)))
+    ref = run_reference(g, x[None])[0]
+    assert np.abs(out[plan.output_slots()] - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
