@@ -186,15 +186,29 @@ def test_sparse_patterns_equal_the_composed_all_ones_maps(g):
         assert np.array_equal(seg.pattern, want)
 
 
+def _seal_slots(proto, x):
+    """Every output slot of `proto`'s compiled latency plan on `x`, evaluated on real SEAL ciphertexts: the
+    client's keys and seeded upload, the server's keyed context (no session, no helper process)."""
+    from privinfer.protocols.he import CKKSContext, seeded
+    from privinfer.protocols.he.__init__ import _KeyedContext
+    from privinfer.protocols.he.latency import SealBackend
+    params, plan = proto.latency_params, proto.plan
+    client = CKKSContext.create(params, plan.rotation_steps)
+    server = _KeyedContext(proto.ctx)
+    server.load_public(client.public_blobs(), plan.rotation_steps)
+    scale = 2.0 ** params.input_scale_bits
+    enc = seeded.SeededEncryptor(client.seal, client.secret_key, client.encoder)
+    cts = [seeded.load(server.seal, enc.encrypt(v, scale), n_primes=len(params.coeff_mod_bit_sizes) - 1, scale=scale)
+           for v in client_vectors(plan, x)]
+    return client.decrypt_ct(proto.compiled.evaluate(cts, backend=SealBackend(server)))
+
+
 def test_fast_mode_folds_the_output_mask_into_the_last_segment():
     """A channel-packed plan ends on a `RotStep` that writes each logit once and multiplies every other slot by
     plaintext zeros: fast mode then spends no prime (or q0 bits) on a separate 0/1 mask. Attack: decrypt the
     whole reply (before the flood) and look for anything but the logits in the other slots."""
-    from privinfer.protocols.he import HE, CKKSContext
-    from privinfer.protocols.he import seeded
-    from privinfer.protocols.he.__init__ import _KeyedContext
+    from privinfer.protocols.he import HE
     from privinfer.protocols.he.convpack_plan import clean_output
-    from privinfer.protocols.he.latency import SealBackend
     from privinfer.protocols.he.params import mask_options
     g = _graph((1, 16, 16), [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3),
                              Square(), nn.Flatten(), nn.Linear(200, 6)], 5)
@@ -205,15 +219,8 @@ def test_fast_mode_folds_the_output_mask_into_the_last_segment():
     assert not mask_options(params)["mask"] and all(it.kind not in ("mask", "mask0") for it in proto.compiled.items)
     flood = HE(g, circuit_privacy="flood", conv_packing="on").latency_params  # the flood keeps its mask level
     assert flood.notes["structure"][-1] == "mask"
-    client = CKKSContext.create(params, plan.rotation_steps)
-    server = _KeyedContext(proto.ctx)
-    server.load_public(client.public_blobs(), plan.rotation_steps)
     x = np.random.default_rng(3).random((1, 16, 16))
-    scale = 2.0 ** params.input_scale_bits
-    enc = seeded.SeededEncryptor(client.seal, client.secret_key, client.encoder)
-    cts = [seeded.load(server.seal, enc.encrypt(v, scale), n_primes=len(params.coeff_mod_bit_sizes) - 1, scale=scale)
-           for v in client_vectors(plan, x)]
-    out = client.decrypt_ct(proto.compiled.evaluate(cts, backend=SealBackend(server)))
+    out = _seal_slots(proto, x)
     ref = run_reference(g, x[None])[0]
     slots = plan.output_slots()
     assert np.abs(out[slots] - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
@@ -325,10 +332,7 @@ def test_a_pruned_network_runs_on_seal_and_matches_the_reference():
     terms' plaintexts zero, and SEAL refuses a product by the zero polynomial ("result ciphertext is
     transparent"); such terms add nothing and are left out (`convpack_eval.is_zero_plaintext`). Fails without
     that with SEAL's RuntimeError; compared with the reference executor on SEAL ciphertexts."""
-    from privinfer.protocols.he import HE, CKKSContext
-    from privinfer.protocols.he import seeded
-    from privinfer.protocols.he.__init__ import _KeyedContext
-    from privinfer.protocols.he.latency import SealBackend
+    from privinfer.protocols.he import HE
     torch.manual_seed(5)
     layers = [nn.Conv2d(1, 16, 3), Square(), nn.AvgPool2d(2), nn.Conv2d(16, 8, 3), Square(), nn.Flatten(),
               nn.Linear(200, 6)]
@@ -338,17 +342,10 @@ def test_a_pruned_network_runs_on_seal_and_matches_the_reference():
         layers[6].weight[:, :50] = 0
     g = _graph((1, 16, 16), layers, 5)
     proto = HE(g, circuit_privacy="fast", conv_packing="on")
-    params, plan = proto.latency_params, proto.plan
+    plan = proto.plan
     rot = [it for it in proto.compiled.items if it.kind == "rot"]
     assert rot and sum(len(it.pts) for it in rot) < sum(len(it.step.keys) for it in rot)  # zero terms left out
-    client = CKKSContext.create(params, plan.rotation_steps)
-    server = _KeyedContext(proto.ctx)
-    server.load_public(client.public_blobs(), plan.rotation_steps)
     x = np.random.default_rng(3).random((1, 16, 16))
-    scale = 2.0 ** params.input_scale_bits
-    enc = seeded.SeededEncryptor(client.seal, client.secret_key, client.encoder)
-    cts = [seeded.load(server.seal, enc.encrypt(v, scale), n_primes=len(params.coeff_mod_bit_sizes) - 1, scale=scale)
-           for v in client_vectors(plan, x)]
-    out = client.decrypt_ct(proto.compiled.evaluate(cts, backend=SealBackend(server)))
+    out = _seal_slots(proto, x)
     ref = run_reference(g, x[None])[0]
     assert np.abs(out[plan.output_slots()] - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
