@@ -36,8 +36,15 @@ class RecordingBackend(NumpyBackend):
         return super().rotate(ct, k)
 
 
-def _graph(shape, layers, seed):
+def _graph(shape, layers, seed, reinit=True):
+    """The compiled network of `layers`; its weights are a function of `seed` alone (`reinit`): the layers
+    were built, and drew their initial weights, before this call, from whatever state the global torch RNG
+    was in (test order, hypothesis draws). `reinit=False` keeps weights that the caller set."""
     torch.manual_seed(seed)
+    if reinit:
+        for layer in layers:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
     m = nn.Sequential(*layers)
     m.input_shape = shape
     return compile_model(m)
@@ -340,7 +347,7 @@ def test_a_pruned_network_runs_on_seal_and_matches_the_reference():
         layers[0].weight[5].zero_(), layers[0].bias[5].zero_()
         layers[3].weight[2].zero_(), layers[3].bias[2].zero_()
         layers[6].weight[:, :50] = 0
-    g = _graph((1, 16, 16), layers, 5)
+    g = _graph((1, 16, 16), layers, 5, reinit=False)
     proto = HE(g, circuit_privacy="fast", conv_packing="on")
     plan = proto.plan
     rot = [it for it in proto.compiled.items if it.kind == "rot"]
