@@ -33,7 +33,8 @@ import tempfile
 def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 300.0) -> dict:
     """`calibrate.time_ss_online` of `graph` in a child process, plus per kept session and query (warm-up
     excluded) its exchange rounds as (late party's wait, bytes): {"online_s", "sessions", "kept", "samples",
-    "queries": [[[wait, bytes], ...], ...]} ("queries" is absent when the traces cannot be paired).
+    "queries": [[[wait, bytes], ...], ...]}; when the traces cannot be paired, "untraced" (why) instead of
+    "queries".
     A child that fails is a `WorkerDied`, one that outlives `timeout` a `TimeoutError_` (its whole process
     group, parties and dealer included, is killed)."""
     import signal
@@ -68,7 +69,11 @@ def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 300
         with open(out) as f:
             res = json.load(f)
         per_session = read_traces(trace, samples + 1)
-        if per_session is not None and len(per_session) == len(res["sessions"]):
+        if per_session is None:
+            res["untraced"] = "the parties' round traces did not pair into whole queries"
+        elif len(per_session) != len(res["sessions"]):
+            res["untraced"] = f"traces of {len(per_session)} sessions for {len(res['sessions'])} run"
+        else:
             res["queries"] = [q for k in res["kept"] for q in per_session[k]]
     return res
 

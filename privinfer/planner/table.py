@@ -122,6 +122,9 @@ def _time_engine(graph: Graph, rows: list[dict], say) -> dict:
         say(f"the ss engine could not be timed ({type(e).__name__}: {e}); pricing from the pieces alone")
         return {"error": f"{type(e).__name__}: {e}"}
     queries = eng.pop("queries", None)
+    if not queries:
+        say(f"the ss engine's rounds were not traced ({eng.get('untraced', 'no traced query')}); each 2PC round "
+            "is priced with the counted pieces' slack")
     floor = rows[0].get("floor_s", 0.0) if rows else 0.0
     per_byte = rows[0].get("floor_s_per_byte", 0.0) if rows else 0.0
     eng["slack_s"] = slack_total(queries, floor, per_byte) if queries else None
