@@ -111,6 +111,58 @@ class _Counting(NumpyBackend):
         return self._n("square", a)
 
 
+def _step_shape(item, slots: int):
+    """(babies, baby-chain depth, Horner rotations per output, fold rotations, products) of a linear item, as
+    `convpack_eval.rot_partials` (or a dense diagonal step through its `RotStep` view) runs it."""
+    st = item.step
+    if item.kind == "diag":
+        st = latency_par.diag_view(item.step, slots)
+        if st is None:
+            return None
+    elif item.kind != "rot":
+        return None
+    keys, babies, depth = st.keys, 0, 0
+    for c in range(st.n_in):
+        prev = {b: p for b, p, _ in st.baby_chain(c)}
+        need = {int(b) for b in keys[keys[:, 1] == c, 3]} - {0}
+        on_path = set()
+        for b in need:
+            d = 0
+            while b != 0:
+                on_path.add(b)
+                b, d = prev[b], d + 1
+            depth = max(depth, d)
+        babies += len(on_path)
+    horner = [int(max(keys[keys[:, 0] == o, 2].max(), 0) - min(keys[keys[:, 0] == o, 2].min(), 0))
+              for o in range(st.n_out) if (keys[:, 0] == o).any()]
+    return babies, depth, horner, len(item.step.fold or ()) * max(1, len(horner)), len(keys)
+
+
+def two_core_floor(comp, slots: int, costs: dict, levels: list, serial_ms: float) -> dict:
+    """A lower bound for one image on two cores at these op costs, whatever the schedule and with free moves
+    between the cores: per linear step, the larger of its work / 2 and its dependency chain (the deepest baby,
+    then its longest Horner chain, then its fold: each rotation waits for the one before); the rest of the
+    query (squares, rescales, bias) at half its serial cost. Why: it says how far any two-core schedule of this
+    plan could go, apart from how well `latency_par` splits it (issue 13's 0.5 s target)."""
+    lin_work = lin_floor = 0.0
+    steps = []
+    for idx, item in enumerate(comp.items):
+        shape = _step_shape(item, slots)
+        if shape is None:
+            continue
+        babies, depth, horner, fold, prods = shape
+        c = costs[levels[idx]]
+        rot, mul = c["rotate"], c["mul_plain"] + c["add"]
+        work = (babies + sum(horner) + fold) * rot + prods * mul
+        chain = (depth + max(horner, default=0) + (fold // max(1, len(horner)))) * rot
+        lin_work += work
+        lin_floor += max(chain, work / 2)
+        steps.append({"item": f"{idx}:{item.kind}", "primes": levels[idx], "babies": babies, "baby_depth": depth,
+                      "horner": horner, "fold": fold, "products": prods, "work_ms": work, "chain_ms": chain})
+    rest = max(0.0, serial_ms - lin_work)
+    return {"steps": steps, "linear_floor_ms": lin_floor, "rest_ms": rest, "floor_ms": lin_floor + rest / 2}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="minionn-mnist-he")
@@ -127,7 +179,8 @@ def main() -> None:
     costs = op_costs(sctx)
     top = len(params.coeff_mod_bit_sizes) - 1
     be = _Counting(plan.slots)
-    comp.evaluate([top] * plan.input.n_ct, backend=be)
+    levels = []  # the data primes each item starts at (the counting backend's values are those counts)
+    comp.evaluate([top] * plan.input.n_ct, backend=be, trace=levels)
     rows, floor, no_rot = [], 0.0, 0.0
     for (n, name), k in sorted(be.count.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         ms = k * costs[n][name]
@@ -136,6 +189,14 @@ def main() -> None:
         rows.append({"primes": n, "op": name, "count": k, "ms_each": costs[n][name], "ms": ms})
         print(f"primes {n} {name:9s} {k:4d} x {costs[n][name]:6.2f} ms = {ms:7.1f} ms")
     print(f"serial floor {floor:.0f} ms per image; without any rotation {no_rot:.0f} ms")
+    levels = [top] + [x if isinstance(x, int) else max(x) for x in levels]
+    floor2 = two_core_floor(comp, plan.slots, costs, levels, floor)
+    for st in floor2["steps"]:
+        print(f"two cores: item {st['item']:7s} at {st['primes']} primes: {st['babies']} babies (chain depth "
+              f"{st['baby_depth']}), Horner {st['horner']}, fold {st['fold']}, {st['products']} products: work "
+              f"{st['work_ms']:.0f} ms, dependency chain {st['chain_ms']:.0f} ms")
+    print(f"two-core floor (any schedule, free moves) {floor2['floor_ms']:.0f} ms per image "
+          f"(linear steps {floor2['linear_floor_ms']:.0f} ms, the rest {floor2['rest_ms']:.0f} ms at half)")
     # paired: serial vs helper share
     latency_par.core_is_free = lambda: True
     par = latency_par.ParSession(comp, sctx, blobs, background=False)
@@ -189,6 +250,7 @@ def main() -> None:
     print(f"the parent alone (helper mode: not in a shared step's terms): {outside * 1e3:.0f} ms CPU")
     rec_out = {"model": a.model, "params": params.describe(), "load_avg": os.getloadavg(), "op_ms": costs,
                "ops": rows, "serial_floor_ms": floor, "floor_without_rotations_ms": no_rot,
+               "two_core_floor_ms": floor2["floor_ms"], "two_core_floor": floor2,
                "wall_serial_s": float(np.median(walls["serial"])), "wall_helper_s": float(np.median(walls["helper"])),
                "cpu_serial_s": float(np.median(cpu_serial)), "projected_idle_helper_s": float(np.median(proj)),
                "helper_steps_used": par.used, "images": a.images, "serial_item_cpu_s": items, "split_steps": splits,
