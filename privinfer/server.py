@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -40,6 +41,8 @@ class Server(ThreadedListener):
         self.protocol_cls = get_protocol(protocol)
         server_opts, _ = split_options(self.protocol_cls, options)
         self.protocol = self.protocol_cls(self.graph, **server_opts)
+        if self.protocol.privacy_warning:  # options that buy less privacy than they cost
+            print(f"privinfer: warning: {self.protocol.privacy_warning}", file=sys.stderr, flush=True)
         self.timeout, self.max_batch, self.max_frame = timeout, max_batch, max_frame
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions

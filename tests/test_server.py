@@ -181,3 +181,19 @@ def test_serve_accepts_input_shape_for_a_conv_first_model():
                 s.infer(np.full((1, 7, 7), 3.0))
     finally:
         srv.shutdown()
+
+
+def test_a_protocols_privacy_warning_is_printed_when_the_server_starts(monkeypatch, capsys):
+    """Options that buy less privacy than they cost (`he` flood mode where its parameters cannot reach the
+    target: `FloodPolicy.shortfall`) are said once, when the server is built; a protocol without one says nothing."""
+    from privinfer import server as server_mod
+    from privinfer.protocols.plain import Plain
+
+    privinfer.Server(tiny_model(), "plain")
+    assert "warning" not in capsys.readouterr().err
+
+    class Warned(Plain):
+        privacy_warning = "he: circuit_privacy='flood' reaches 9.6 of the 30 statistical bits"
+    monkeypatch.setattr(server_mod, "get_protocol", lambda name: Warned)
+    privinfer.Server(tiny_model(), "plain")
+    assert capsys.readouterr().err.strip() == f"privinfer: warning: {Warned.privacy_warning}"

@@ -103,6 +103,12 @@ class Protocol:
             raise UnsupportedLayerError(f"protocol {cls.name!r} cannot run layer(s) {', '.join(bad)}; "
                                         f"supported: {', '.join(cls.supported_kinds)}")
 
+    @property
+    def privacy_warning(self) -> str | None:
+        """A line the server prints when it starts, where the operator's options buy less privacy than their
+        cost suggests (`he`: flood mode on parameters that cannot reach its target); None for most."""
+        return None
+
     def server_side(self, client_options: dict) -> ServerSide:
         raise NotImplementedError
 

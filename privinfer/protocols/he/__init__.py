@@ -176,6 +176,12 @@ class HE(Protocol):
         return self._build_latency()[0]
 
     @property
+    def privacy_warning(self) -> str | None:
+        """Said when a server starts (`Server`): circuit-private mode asked for where its parameters cannot
+        reach the target (`FloodPolicy.shortfall`)."""
+        return self.policy.shortfall(self.latency_params)
+
+    @property
     def plan(self) -> LatencyPlan:
         return self._build_latency()[1]
 

@@ -154,6 +154,24 @@ class FloodPolicy:
             out["not_protected"].append("averaging across sessions: the query cap is per key")
         return out
 
+    def shortfall(self, params) -> str | None:
+        """What the server operator is told when "flood" was asked for and these parameters cannot reach its
+        target (None otherwise). Why: the mode's parameters cost ~10x (minionn-mnist-he: N=32768, ~400 MB of
+        keys, 7.6 s per image against 0.8 s in fast mode), and where they fall short nothing is claimed about
+        the weights and no cap is enforced; the operator should know before choosing it for such a network."""
+        if self.mode != "flood":
+            return None
+        rep = self.report(params)
+        if rep["guarantee"] == "cryptographic":
+            return None
+        bits, margin = rep.get("statistical_security_bits"), rep.get("flood_margin_bits")
+        k = f"about 2^{2 * margin:.0f} replies" if margin is not None and margin > 0 else "a few replies"
+        return (f"he: circuit_privacy='flood' reaches {bits} of the {self.statistical_security} statistical bits "
+                f"it aims at on these parameters ({params.describe()}), so the weights are not claimed "
+                f"({rep['guarantee']}) and no query cap is enforced: averaging {k} to one input brings its flood "
+                f"down to the evaluation error. circuit_privacy='fast' makes the same claim on the smallest "
+                f"parameters")
+
 
 
 def evaluation_noise_terms(params) -> dict:

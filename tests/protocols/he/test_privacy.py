@@ -304,8 +304,16 @@ def test_circuit_private_parameters_reach_the_target_where_the_chain_allows(mode
     assert (rep["statistical_security_bits"] >= 30) == reached, rep
     assert rep["guarantee"] == ("cryptographic" if reached else "cryptographic-input-only")
     assert rep["model_private"] == reached
-    fast = FloodPolicy.make("fast").report(select_params(g, "latency", value_bits=params.value_bits, mask=True))
+    fast_params = select_params(g, "latency", value_bits=params.value_bits, mask=True)
+    fast = FloodPolicy.make("fast").report(fast_params)
     assert fast["guarantee"] == "cryptographic-input-only" and not fast["model_private"]
+    # the operator is told where flood mode falls short (the server prints it when it starts), never otherwise
+    said = FloodPolicy.make("flood").shortfall(params)
+    assert (said is None) == reached
+    if not reached:
+        assert f"reaches {rep['statistical_security_bits']} of the 30 statistical bits" in said
+        assert f"N={params.N}" in said and "no query cap" in said and "'fast'" in said
+    assert FloodPolicy.make("fast").shortfall(fast_params) is None
 
 
 def test_the_flood_is_gaussian_from_the_os():
