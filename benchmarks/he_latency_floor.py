@@ -5,7 +5,8 @@
 1. SEAL op costs per level at the model's parameters (min of 5 repetitions: the least-loaded figure):
    rotation (key switch), mul_plain, add, rescale, square + relinearization.
 2. The plan's op counts per step and level (a counting backend), priced with (1): the serial floor, and the
-   floor with no rotations at all (what products and squares alone cost).
+   floor with no rotations at all (what products and squares alone cost); and the two-core floor, a bound for
+   any schedule of the plan on two cores with free moves between them (`two_core_floor`).
 3. Paired, in-process: each image evaluated serially and with the helper's share (`latency_par`, forced on),
    alternating the order. Wall times, and a load-independent projection for an idle 2-core machine: the
    parent's CPU outside the split steps plus, per split step, the slower side's CPU (parent thread or helper
@@ -111,54 +112,68 @@ class _Counting(NumpyBackend):
         return self._n("square", a)
 
 
-def _step_shape(item, slots: int):
-    """(babies, baby-chain depth, Horner rotations per output, fold rotations, products) of a linear item, as
-    `convpack_eval.rot_partials` (or a dense diagonal step through its `RotStep` view) runs it."""
+def _step_shape(item, plan):
+    """(babies, baby-chain depth, per output: its giant chain and its giant rotations, fold rotations per output,
+    products) of a linear item, in rotations as `convpack_eval.rot_partials` (or a dense diagonal step through
+    its `RotStep` view) runs them: a step without a Galois key of its own counts as the keyed rotations that
+    compose it (`plan.key_paths`). The positive and the negative giants are two Horner chains, independent of
+    each other: the longer one is the output's chain, both are its work. None for a non-linear item."""
     st = item.step
     if item.kind == "diag":
-        st = latency_par.diag_view(item.step, slots)
+        st = latency_par.diag_view(item.step, plan.slots)
         if st is None:
             return None
     elif item.kind != "rot":
         return None
+
+    def cost(step):
+        return len(plan.key_paths.get(int(step), [step]))
     keys, babies, depth = st.keys, 0, 0
     for c in range(st.n_in):
-        prev = {b: p for b, p, _ in st.baby_chain(c)}
-        need = {int(b) for b in keys[keys[:, 1] == c, 3]} - {0}
+        link = {b: (p, cost(k)) for b, p, k in st.baby_chain(c)}
         on_path = set()
-        for b in need:
+        for b in {int(b) for b in keys[keys[:, 1] == c, 3]} - {0}:
             d = 0
             while b != 0:
-                on_path.add(b)
-                b, d = prev[b], d + 1
+                prev, k = link[b]
+                if b not in on_path:
+                    on_path.add(b)
+                    babies += k
+                b, d = prev, d + k
             depth = max(depth, d)
-        babies += len(on_path)
-    horner = [int(max(keys[keys[:, 0] == o, 2].max(), 0) - min(keys[keys[:, 0] == o, 2].min(), 0))
-              for o in range(st.n_out) if (keys[:, 0] == o).any()]
-    return babies, depth, horner, len(item.step.fold or ()) * max(1, len(horner)), len(keys)
+    giants = []
+    for o in range(st.n_out):
+        lo, hi = st.giants(o)
+        up, down = hi * cost(st.n1), -lo * cost(plan.slots - st.n1)
+        giants.append((max(up, down), up + down))
+    fold = sum(cost(f) for f in (item.step.fold or ()))
+    return babies, depth, giants, fold, len(keys)
 
 
-def two_core_floor(comp, slots: int, costs: dict, levels: list, serial_ms: float) -> dict:
+def two_core_floor(comp, costs: dict, levels: list, serial_ms: float) -> dict:
     """A lower bound for one image on two cores at these op costs, whatever the schedule and with free moves
     between the cores: per linear step, the larger of its work / 2 and its dependency chain (the deepest baby,
-    then its longest Horner chain, then its fold: each rotation waits for the one before); the rest of the
-    query (squares, rescales, bias) at half its serial cost. Why: it says how far any two-core schedule of this
-    plan could go, apart from how well `latency_par` splits it (issue 13's 0.5 s target)."""
+    then its longest giant chain, then its fold: each rotation waits for the one before); the rest of the query
+    (squares, rescales, bias, gathers) at half its serial cost. It adds the steps up, so it assumes each step
+    waits for its whole input: true of minionn-mnist-he (conv2 sums conv1's four outputs before its babies, the
+    dense steps have one input), not of every plan. Why: it says how far any two-core schedule of this plan could
+    go, apart from how well `latency_par` splits it (issue 13's 0.5 s target)."""
     lin_work = lin_floor = 0.0
     steps = []
     for idx, item in enumerate(comp.items):
-        shape = _step_shape(item, slots)
+        shape = _step_shape(item, comp.plan)
         if shape is None:
             continue
-        babies, depth, horner, fold, prods = shape
+        babies, depth, giants, fold, prods = shape
         c = costs[levels[idx]]
         rot, mul = c["rotate"], c["mul_plain"] + c["add"]
-        work = (babies + sum(horner) + fold) * rot + prods * mul
-        chain = (depth + max(horner, default=0) + (fold // max(1, len(horner)))) * rot
+        work = (babies + sum(w for _, w in giants) + fold * len(giants)) * rot + prods * mul
+        chain = (depth + max((g for g, _ in giants), default=0) + fold) * rot
         lin_work += work
         lin_floor += max(chain, work / 2)
         steps.append({"item": f"{idx}:{item.kind}", "primes": levels[idx], "babies": babies, "baby_depth": depth,
-                      "horner": horner, "fold": fold, "products": prods, "work_ms": work, "chain_ms": chain})
+                      "giant_chains": [g for g, _ in giants], "fold": fold, "products": prods, "work_ms": work,
+                      "chain_ms": chain})
     rest = max(0.0, serial_ms - lin_work)
     return {"steps": steps, "linear_floor_ms": lin_floor, "rest_ms": rest, "floor_ms": lin_floor + rest / 2}
 
@@ -190,10 +205,11 @@ def main() -> None:
         print(f"primes {n} {name:9s} {k:4d} x {costs[n][name]:6.2f} ms = {ms:7.1f} ms")
     print(f"serial floor {floor:.0f} ms per image; without any rotation {no_rot:.0f} ms")
     levels = [top] + [x if isinstance(x, int) else max(x) for x in levels]
-    floor2 = two_core_floor(comp, plan.slots, costs, levels, floor)
+    floor2 = two_core_floor(comp, costs, levels, floor)
     for st in floor2["steps"]:
-        print(f"two cores: item {st['item']:7s} at {st['primes']} primes: {st['babies']} babies (chain depth "
-              f"{st['baby_depth']}), Horner {st['horner']}, fold {st['fold']}, {st['products']} products: work "
+        print(f"two cores: item {st['item']:7s} at {st['primes']} primes: {st['babies']} baby rotations (chain "
+              f"depth {st['baby_depth']}), giant chains {st['giant_chains']}, fold {st['fold']}, {st['products']} "
+              f"products: work "
               f"{st['work_ms']:.0f} ms, dependency chain {st['chain_ms']:.0f} ms")
     print(f"two-core floor (any schedule, free moves) {floor2['floor_ms']:.0f} ms per image "
           f"(linear steps {floor2['linear_floor_ms']:.0f} ms, the rest {floor2['rest_ms']:.0f} ms at half)")

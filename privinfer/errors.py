@@ -57,3 +57,8 @@ class WorkerDied(ProtocolError):
 class PrivacyChoiceError(ProtocolError):
     """The server chose (protocol "auto", or a hybrid plan) to give the client less privacy than the client
     accepted: no input privacy (`plain`), or a DP release the client did not opt into with an epsilon."""
+
+
+class OptionRefusedError(ProtocolError):
+    """The server refuses a client option its operator did not allow (e.g. `he` batch packing on a server whose
+    flood mode protects its weights: batch replies would not)."""

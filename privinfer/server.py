@@ -28,7 +28,8 @@ class Server(ThreadedListener):
     def __init__(self, model: Any, protocol: str = "plain", host: str = "127.0.0.1", port: int = 0, *,
                  timeout: float = DEFAULT_TIMEOUT, max_sessions: int = DEFAULT_MAX_SESSIONS,
                  max_batch: int = DEFAULT_MAX_BATCH, max_frame: int = DEFAULT_MAX_FRAME,
-                 torch_threads: int | None = 1, input_shape=None, input_range=None, **options):
+                 torch_threads: int | None = 1, input_shape=None, input_range=None, warn: bool = True,
+                 **options):
         if torch_threads:  # clients run in parallel threads; intra-op threads on tiny tensors only spin
             import torch
             torch.set_num_threads(torch_threads)
@@ -41,7 +42,7 @@ class Server(ThreadedListener):
         self.protocol_cls = get_protocol(protocol)
         server_opts, _ = split_options(self.protocol_cls, options)
         self.protocol = self.protocol_cls(self.graph, **server_opts)
-        if self.protocol.privacy_warning:  # options that buy less privacy than they cost
+        if warn and self.protocol.privacy_warning:  # options that buy less privacy than they cost
             print(f"privinfer: warning: {self.protocol.privacy_warning}", file=sys.stderr, flush=True)
         self.timeout, self.max_batch, self.max_frame = timeout, max_batch, max_frame
         self._slots = threading.BoundedSemaphore(max_sessions)

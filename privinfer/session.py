@@ -277,6 +277,7 @@ class PrivateSession(RemoteSession):
 
     The server runs in its own process (``spawn="process"``, the default) or in a thread of this
     process (``spawn="thread"``); either way client and server talk over a loopback TCP channel.
+    ``warn=False`` also silences the server's start-up warning (`Protocol.privacy_warning`).
     """
 
     def __init__(self, model: Any, protocol: str = "plain", *, spawn: str = "process",
@@ -301,10 +302,11 @@ class PrivateSession(RemoteSession):
             if spawn == "thread":
                 from .server import Server
                 # torch_threads=None: a thread-mode server must not change this process's torch settings
-                self._server = Server(graph, protocol, timeout=timeout, torch_threads=None, **server_opts).start()
+                self._server = Server(graph, protocol, timeout=timeout, torch_threads=None, warn=warn,
+                                      **server_opts).start()
                 port = self._server.port
             else:
-                port = self._start_process(graph, protocol, server_opts, timeout)
+                port = self._start_process(graph, protocol, server_opts, timeout, warn)
         try:
             super().__init__(tcp_connect("127.0.0.1", port, timeout=timeout), protocol, progress=progress,
                              warn=warn, **client_opts)
@@ -312,11 +314,12 @@ class PrivateSession(RemoteSession):
             self._stop_server()
             raise
 
-    def _start_process(self, graph: Graph, protocol: str, server_opts: dict, timeout: float) -> int:
+    def _start_process(self, graph: Graph, protocol: str, server_opts: dict, timeout: float, warn: bool) -> int:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_server_process, daemon=False, name=f"privinfer-server-{protocol}",
-                                 args=(graph_to_bytes(graph), protocol, server_opts, {"timeout": timeout}, child))
+                                 args=(graph_to_bytes(graph), protocol, server_opts, {"timeout": timeout, "warn": warn},
+                                       child))
         with no_main_reimport():  # no `if __name__ == "__main__":` guard needed in the caller's script
             self._proc.start()
         atexit.register(self._stop_server)

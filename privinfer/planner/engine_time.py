@@ -68,13 +68,20 @@ def time_engine(graph, samples: int = 8, sessions: int = 2, timeout: float = 300
             raise WorkerDied(f"the ss engine timing failed (exit {proc.returncode}): {err.strip()[-500:]}")
         with open(out) as f:
             res = json.load(f)
-        per_session = read_traces(trace, samples + 1)
-        if per_session is None:
-            res["untraced"] = "the parties' round traces did not pair into whole queries"
-        elif len(per_session) != len(res["sessions"]):
-            res["untraced"] = f"traces of {len(per_session)} sessions for {len(res['sessions'])} run"
-        else:
-            res["queries"] = [q for k in res["kept"] for q in per_session[k]]
+        attach_traces(res, read_traces(trace, samples + 1))
+    return res
+
+
+def attach_traces(res: dict, per_session: list | None) -> dict:
+    """The kept sessions' traced queries into `res["queries"]`, or why there are none into `res["untraced"]`
+    (`_time_engine` says it, and every 2PC round is then priced with the counted pieces' slack)."""
+    if per_session is None:
+        res["untraced"] = "the parties' round traces did not pair into whole queries"
+    elif len(per_session) != len(res["sessions"]):
+        res["untraced"] = (f"{len(per_session)} traced session(s) for the {len(res['sessions'])} the engine "
+                           f"timed")
+    else:
+        res["queries"] = [q for k in res["kept"] for q in per_session[k]]
     return res
 
 

@@ -88,6 +88,7 @@ def test_a_shaped_row_median_is_a_typical_query_not_the_mean_with_a_slow_one():
     median was their mean, and `lan` read 472 ms against the 122 ms its loopback twin's model predicts."""
     from privinfer.bench import _quantiles
     from privinfer.benchsuite.runner import SHAPED_SAMPLES
+    assert SHAPED_SAMPLES >= 3 and SHAPED_SAMPLES % 2 == 1  # an odd count: the median is one of the queries
     slow, typical = 0.82, 0.12  # seconds: the matrix's lan figures for cheetah / tenseal-mnist
     lat = [slow] + [typical] * (SHAPED_SAMPLES - 1)
     assert _quantiles(lat)["median"] == typical

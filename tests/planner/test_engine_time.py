@@ -69,11 +69,17 @@ def test_every_2pc_row_is_priced_with_the_engines_slack_per_round(graph, cache, 
           if r.protocol == "ss" and r.kind_in == r.kind_out == "shares"]
     assert ss and all(x == (s_bar,) for r in ss for x in r.cost.slack)
     assert not said
-    untraced = {k: v for k, v in fake.items() if k != "queries"} | {"untraced": "traces of 1 sessions for 2 run"}
+    # traces that do not fit the sessions the engine timed: no queries, and the reason goes on
+    res = {k: v for k, v in fake.items() if k != "queries"}
+    one = [[[[0.0011, 8], [0.0031, 8]]]]  # one session's traced queries, for the two sessions timed
+    assert engine_time.attach_traces(dict(res), None)["untraced"].startswith("the parties' round traces")
+    untraced = engine_time.attach_traces(dict(res), one)
+    assert "queries" not in untraced and untraced["untraced"] == "1 traced session(s) for the 2 the engine timed"
+    assert engine_time.attach_traces(dict(res), one * 2)["queries"] == one[0] * 2  # both sessions kept
     monkeypatch.setattr(engine_time, "time_engine", lambda g: dict(untraced))
     eng_u = table._time_engine(graph, data["ss"], said.append)
     assert engine_slack_per_round({"engine": eng_u}) is None and eng_u["online_s"] == 0.02  # the scale is kept
-    assert said and "not traced (traces of 1 sessions for 2 run)" in said.pop()
+    assert said and "not traced (1 traced session(s) for the 2 the engine timed)" in said.pop()
     rtt = 0.004  # each row adds its exchange rounds x (RTT - slack) and a full RTT per other round
     for r in ss:
         assert r.cost.rounds_s(rtt) == pytest.approx(len(r.cost.slack) * (rtt - s_bar)

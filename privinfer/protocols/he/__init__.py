@@ -63,7 +63,7 @@ import time
 
 import numpy as np
 
-from ...errors import ParameterError, PrivinferError, ProtocolError
+from ...errors import OptionRefusedError, ParameterError, PrivinferError, ProtocolError
 from ...model.ir import Graph
 from ..base import ClientSide, Protocol, ServerSide, register
 from . import executor as hex_
@@ -115,9 +115,11 @@ class HE(Protocol):
     summary = "CKKS homomorphic encryption (SEAL via TenSEAL): input encrypted, weights stay on the server"
     server_options = {"calibration": None, "value_bits": None, "max_batch": 64, "flood_std": None,
                       "circuit_privacy": "flood", "max_queries": None, "statistical_security": 30,
-                      "executor": None, "conv_packing": "auto",
+                      "executor": None, "conv_packing": "auto", "allow_batch": None,
                       "progress": False}  # print the preparation steps on stderr (CLI serve, PrivateSession)  # batch packing: "local", "ray", "ray://HOST:PORT" or an executor
     client_options = {"packing": "latency", "batch_size": None}
+    #: one machine (PrivateSession, the loopback bench): the client is the operator, batch packing is its choice
+    local_session_defaults = {"allow_batch": True}
     supported_kinds = ("conv2d", "linear", "avgpool2d", "flatten", "poly")
 
     @classmethod
@@ -141,6 +143,8 @@ class HE(Protocol):
         o = self.options
         self.policy = FloodPolicy.make(o["circuit_privacy"], o["flood_std"], o["max_queries"], o["statistical_security"])
         self.flood_std = self.policy.flood_std
+        if o["allow_batch"] not in (None, True, False):
+            raise ParameterError(f"he: allow_batch must be true, false or unset, got {o['allow_batch']!r}")
         self._lock = threading.Lock()
         self._latency = None
         self._batch_params: dict[int, HEParams] = {}
@@ -176,9 +180,18 @@ class HE(Protocol):
         return self._build_latency()[0]
 
     @property
+    def batch_allowed(self) -> bool:
+        """Whether clients may ask for batch packing. Its replies claim the input only (a flood below the batch
+        engine's evaluation error, no cap), so a flood-mode server refuses it unless its operator allows it
+        (`allow_batch=True`): otherwise any client could average batch replies around the weights that the
+        latency replies' flood protects. Fast mode claims nothing about the weights: allowed."""
+        allow = self.options["allow_batch"]
+        return self.policy.mode != "flood" if allow is None else bool(allow)
+
+    @property
     def privacy_warning(self) -> str | None:
         """Said when a server starts (`Server`): circuit-private mode asked for where its parameters cannot
-        reach the target (`FloodPolicy.shortfall`)."""
+        reach the target (`FloodPolicy.shortfall`). (`allow_batch=True` in flood mode is said by its name.)"""
         return self.policy.shortfall(self.latency_params)
 
     @property
@@ -197,6 +210,10 @@ class HE(Protocol):
         packing = client_options.get("packing", "latency")
         if packing not in PACKINGS:
             raise ProtocolError(f"packing must be one of {PACKINGS}, got {packing!r}")
+        if packing == "batch" and not self.batch_allowed:
+            raise OptionRefusedError("this server protects its weights with circuit_privacy='flood', which batch "
+                                     "packing would not: batch packing is refused here (the operator can allow it "
+                                     "with allow_batch=true)")
         if packing == "latency":
             from . import latency_par
             latency_par.warm(self.compiled, self.latency_params)  # helper + plan shares while keys come

@@ -156,22 +156,25 @@ class FloodPolicy:
 
     def shortfall(self, params) -> str | None:
         """What the server operator is told when "flood" was asked for and these parameters cannot reach its
-        target (None otherwise). Why: the mode's parameters cost ~10x (minionn-mnist-he: N=32768, ~400 MB of
-        keys, 7.6 s per image against 0.8 s in fast mode), and where they fall short nothing is claimed about
-        the weights and no cap is enforced; the operator should know before choosing it for such a network."""
+        target (None otherwise). Why: the mode's parameters cost ~10x (minionn-mnist-he: N=32768, ~380 MiB of
+        keys, ~8 s per image against ~0.9 s in fast mode), and where they fall short nothing is claimed about the
+        weights and no cap is enforced; the operator should know before choosing it for such a network."""
         if self.mode != "flood":
             return None
         rep = self.report(params)
         if rep["guarantee"] == "cryptographic":
             return None
-        bits, margin = rep.get("statistical_security_bits"), rep.get("flood_margin_bits")
-        k = f"about 2^{2 * margin:.0f} replies" if margin is not None and margin > 0 else "a few replies"
-        return (f"he: circuit_privacy='flood' reaches {bits} of the {self.statistical_security} statistical bits "
-                f"it aims at on these parameters ({params.describe()}), so the weights are not claimed "
-                f"({rep['guarantee']}) and no query cap is enforced: averaging {k} to one input brings its flood "
-                f"down to the evaluation error. circuit_privacy='fast' makes the same claim on the smallest "
-                f"parameters")
-
+        margin = rep.get("flood_margin_bits")
+        if margin is None or margin <= 0:
+            per_reply = "its flood is below the evaluation error, so one reply shows the weights' error"
+        else:
+            q = 2 * margin - math.log2(64)  # replies at which the statistical bound reaches 0 bits
+            per_reply = (f"its flood is {margin} bits above the evaluation error per reply, and the "
+                         f"statistical bound is spent after about 2^{q:.0f} replies to one input")
+        return (f"he: circuit_privacy='flood' falls short of its {self.statistical_security}-bit target on these "
+                f"parameters ({params.describe()}): {per_reply}; nothing is claimed about the weights "
+                f"({rep['guarantee']}) and no query cap is enforced. circuit_privacy='fast' makes the same claim "
+                f"on the smallest parameters, with no flood margin at all")
 
 
 def evaluation_noise_terms(params) -> dict:

@@ -311,8 +311,11 @@ def test_circuit_private_parameters_reach_the_target_where_the_chain_allows(mode
     said = FloodPolicy.make("flood").shortfall(params)
     assert (said is None) == reached
     if not reached:
-        assert f"reaches {rep['statistical_security_bits']} of the 30 statistical bits" in said
-        assert f"N={params.N}" in said and "no query cap" in said and "'fast'" in said
+        q = 2 * rep["flood_margin_bits"] - 6  # the LMSS bound 2m - log2(64 q) reaches 0 at q = 2^(2m - 6)
+        assert f"falls short of its 30-bit target" in said and f"after about 2^{q:.0f} replies" in said
+        assert f"N={params.N}" in said and "no query cap" in said and "no flood margin at all" in said
+        tiny = FloodPolicy.make("flood", flood_std=2.0 ** -40).shortfall(params)  # a flood below the error
+        assert "below the evaluation error" in tiny and "bits above" not in tiny
     assert FloodPolicy.make("fast").shortfall(fast_params) is None
 
 

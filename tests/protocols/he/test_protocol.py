@@ -253,6 +253,31 @@ def test_batch_packing_integration(cryptonets_like):
     assert np.abs(got - run_reference(g, x)).max() <= TOL
 
 
+def test_a_flood_mode_server_refuses_batch_packing_unless_its_operator_allows_it():
+    """Batch replies claim the input only (a flood below the batch engine's evaluation error, no cap): a server
+    whose flood mode protects its weights must not hand them to any client that asks for batch packing (review
+    finding H1, session 10). Refused with a typed error unless allow_batch=True; fast mode serves it; one-machine
+    sessions (the client is the operator) allow it by default."""
+    g = linear_chain_graph()
+    assert not HE(g).batch_allowed and HE(g, allow_batch=True).batch_allowed and HE(g, **FAST).batch_allowed
+    # the start-up warning (`Server` prints it): only where flood mode falls short of its target
+    assert HE(g).privacy_warning is None and HE(g, **FAST).privacy_warning is None
+    assert "falls short of its 30-bit target" in HE(g, flood_std=2.0 ** -40).privacy_warning
+    assert not HE(g, circuit_privacy="fast", allow_batch=False).batch_allowed
+    with pytest.raises(ParameterError, match="allow_batch"):
+        HE(g, allow_batch="yes")
+    srv = privinfer.Server(g, "he").start()
+    try:
+        with pytest.raises(PeerError, match="OptionRefusedError.*allow_batch=true"):
+            privinfer.connect("127.0.0.1", srv.port, "he", packing="batch")
+        with privinfer.connect("127.0.0.1", srv.port, "he") as s:  # the latency packing is served as before
+            x = np.random.default_rng(2).random((1, *g.input_shape))
+            assert np.abs(s.infer(x) - run_reference(g, x)).max() <= 0.2
+    finally:
+        srv.shutdown()
+    assert HE.local_session_defaults["allow_batch"] is True
+
+
 def test_concurrent_clients(cryptonets_like):
     g, srv = cryptonets_like
     x = np.random.default_rng(6).random((2, 1, 28, 28))
