@@ -54,6 +54,8 @@ in `sides.py`, the result's re-randomization and flood in `result_noise.py`, the
 Packings: `packing="latency"` (default; `latency.py`: one image per query, any number of convolutions and
 linear layers) or `packing="batch"` (`batch.py`, written separately: one image per slot, N/2 images per slot
 group, up to `executor.MAX_GROUPS` groups per query, evaluated in this process or as Ray tasks: `executor.py`).
+Batch replies claim the input only, so a server in flood mode refuses them unless its operator allows them
+(`allow_batch=True`; `HE.batch_allowed`).
 """
 from __future__ import annotations
 
