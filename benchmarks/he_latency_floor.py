@@ -113,11 +113,13 @@ class _Counting(NumpyBackend):
 
 
 def _step_shape(item, plan):
-    """(babies, baby-chain depth, per output: its giant chain and its giant rotations, fold rotations per output,
-    products) of a linear item, in rotations as `convpack_eval.rot_partials` (or a dense diagonal step through
-    its `RotStep` view) runs them: a step without a Galois key of its own counts as the keyed rotations that
-    compose it (`plan.key_paths`). The positive and the negative giants are two Horner chains, independent of
-    each other: the longer one is the output's chain, both are its work. None for a non-linear item."""
+    """(baby rotations, the step's dependency chain, giant rotations, fold rotations per output, outputs,
+    products) of a linear item, in rotations as `convpack_eval.rot_partials` (or a dense diagonal step through its
+    `RotStep` view) runs them. A step without a Galois key of its own counts as the keyed rotations that compose
+    it (`plan.key_paths`). The chain: a term (o, c, g, b) waits for its baby (the rotations on b's path from the
+    input), then its product's sum passes through |g| giant rotations of its output's Horner chain (positive and
+    negative giants are two chains, independent of each other), so the step's chain is the largest baby depth +
+    giant distance over its terms, then the fold. None for a non-linear item."""
     st = item.step
     if item.kind == "diag":
         st = latency_par.diag_view(item.step, plan.slots)
@@ -128,32 +130,35 @@ def _step_shape(item, plan):
 
     def cost(step):
         return len(plan.key_paths.get(int(step), [step]))
-    keys, babies, depth = st.keys, 0, 0
+    up, down = cost(st.n1), cost(plan.slots - st.n1)
+    babies, depth = 0, {}
     for c in range(st.n_in):
         link = {b: (p, cost(k)) for b, p, k in st.baby_chain(c)}
-        on_path = set()
-        for b in {int(b) for b in keys[keys[:, 1] == c, 3]} - {0}:
-            d = 0
-            while b != 0:
-                prev, k = link[b]
-                if b not in on_path:
-                    on_path.add(b)
+        counted = set()
+        for b in {int(b) for b in st.keys[st.keys[:, 1] == c, 3]} - {0}:
+            d, x = 0, b
+            while x != 0:
+                prev, k = link[x]
+                if x not in counted:
+                    counted.add(x)
                     babies += k
-                b, d = prev, d + k
-            depth = max(depth, d)
-    giants = []
+                x, d = prev, d + k
+            depth[(c, b)] = d
+    chain = max(depth.get((int(c), int(b)), 0) + (int(g) * up if g > 0 else -int(g) * down)
+                for _, c, g, b in st.keys)
+    giants = 0
     for o in range(st.n_out):
         lo, hi = st.giants(o)
-        up, down = hi * cost(st.n1), -lo * cost(plan.slots - st.n1)
-        giants.append((max(up, down), up + down))
+        giants += hi * up - lo * down
     fold = sum(cost(f) for f in (item.step.fold or ()))
-    return babies, depth, giants, fold, len(keys)
+    return babies, chain, giants, fold, st.n_out, len(st.keys)
 
 
 def two_core_floor(comp, costs: dict, levels: list, serial_ms: float) -> dict:
     """A lower bound for one image on two cores at these op costs, whatever the schedule and with free moves
-    between the cores: per linear step, the larger of its work / 2 and its dependency chain (the deepest baby,
-    then its longest giant chain, then its fold: each rotation waits for the one before); the rest of the query
+    between the cores: per linear step, the larger of its work / 2 and its dependency chain (`_step_shape`:
+    baby depth plus giant distance over its terms, then the fold; each rotation waits for the one before, products
+    and additions are left out of the chain); the rest of the query
     (squares, rescales, bias, gathers) at half its serial cost. It adds the steps up, so it assumes each step
     waits for its whole input: true of minionn-mnist-he (conv2 sums conv1's four outputs before its babies, the
     dense steps have one input), not of every plan. Why: it says how far any two-core schedule of this plan could
@@ -164,16 +169,16 @@ def two_core_floor(comp, costs: dict, levels: list, serial_ms: float) -> dict:
         shape = _step_shape(item, comp.plan)
         if shape is None:
             continue
-        babies, depth, giants, fold, prods = shape
+        babies, chain_rot, giants, fold, n_out, prods = shape
         c = costs[levels[idx]]
         rot, mul = c["rotate"], c["mul_plain"] + c["add"]
-        work = (babies + sum(w for _, w in giants) + fold * len(giants)) * rot + prods * mul
-        chain = (depth + max((g for g, _ in giants), default=0) + fold) * rot
+        work = (babies + giants + fold * n_out) * rot + prods * mul
+        chain = (chain_rot + fold) * rot
         lin_work += work
         lin_floor += max(chain, work / 2)
-        steps.append({"item": f"{idx}:{item.kind}", "primes": levels[idx], "babies": babies, "baby_depth": depth,
-                      "giant_chains": [g for g, _ in giants], "fold": fold, "products": prods, "work_ms": work,
-                      "chain_ms": chain})
+        steps.append({"item": f"{idx}:{item.kind}", "primes": levels[idx], "baby_rotations": babies,
+                      "giant_rotations": giants, "chain_rotations": chain_rot + fold, "fold": fold,
+                      "products": prods, "work_ms": work, "chain_ms": chain})
     rest = max(0.0, serial_ms - lin_work)
     return {"steps": steps, "linear_floor_ms": lin_floor, "rest_ms": rest, "floor_ms": lin_floor + rest / 2}
 
@@ -207,9 +212,9 @@ def main() -> None:
     levels = [top] + [x if isinstance(x, int) else max(x) for x in levels]
     floor2 = two_core_floor(comp, costs, levels, floor)
     for st in floor2["steps"]:
-        print(f"two cores: item {st['item']:7s} at {st['primes']} primes: {st['babies']} baby rotations (chain "
-              f"depth {st['baby_depth']}), giant chains {st['giant_chains']}, fold {st['fold']}, {st['products']} "
-              f"products: work "
+        print(f"two cores: item {st['item']:7s} at {st['primes']} primes: {st['baby_rotations']} baby and "
+              f"{st['giant_rotations']} giant rotations, fold {st['fold']}, {st['products']} products, a chain of "
+              f"{st['chain_rotations']} rotations: work "
               f"{st['work_ms']:.0f} ms, dependency chain {st['chain_ms']:.0f} ms")
     print(f"two-core floor (any schedule, free moves) {floor2['floor_ms']:.0f} ms per image "
           f"(linear steps {floor2['linear_floor_ms']:.0f} ms, the rest {floor2['rest_ms']:.0f} ms at half)")

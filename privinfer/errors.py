@@ -62,3 +62,7 @@ class PrivacyChoiceError(ProtocolError):
 class OptionRefusedError(ProtocolError):
     """The server refuses a client option its operator did not allow (e.g. `he` batch packing on a server whose
     flood mode protects its weights: batch replies would not)."""
+
+
+class PeerOptionRefusedError(PeerError, OptionRefusedError):
+    """The server refused one of this client's options (`OptionRefusedError` on its side)."""

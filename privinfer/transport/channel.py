@@ -12,7 +12,10 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from ..errors import PeerError, PeerResourceLimitError, ProtocolError, TimeoutError_
+from ..errors import PeerError, PeerOptionRefusedError, PeerResourceLimitError, ProtocolError, TimeoutError_
+
+#: error types a peer reports that this side raises as typed subclasses of PeerError (others: PeerError)
+_PEER_ERRORS = {"ResourceLimitError": PeerResourceLimitError, "OptionRefusedError": PeerOptionRefusedError}
 from . import frames
 from .frames import FrameType
 
@@ -117,7 +120,7 @@ class Channel:
             raise ProtocolError(f"expected {'/'.join(t.name for t in types)} from {self.peer}, got {ftype.name}")
         if ftype == FrameType.ERROR and FrameType.ERROR not in types:
             info = frames.decode_json(payload)
-            cls = PeerResourceLimitError if info.get("type") == "ResourceLimitError" else PeerError
+            cls = _PEER_ERRORS.get(info.get("type"), PeerError)
             raise cls(f"{self.peer} reported {info.get('type', 'error')}: {info.get('message', '')}")
         if ftype not in types:
             raise ProtocolError(f"expected {'/'.join(t.name for t in types)} from {self.peer}, got {ftype.name}")

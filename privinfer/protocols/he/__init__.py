@@ -215,7 +215,7 @@ class HE(Protocol):
         if packing == "batch" and not self.batch_allowed:
             raise OptionRefusedError("this server protects its weights with circuit_privacy='flood', which batch "
                                      "packing would not: batch packing is refused here (the operator can allow it "
-                                     "with allow_batch=true)")
+                                     "with allow_batch=true); packing='latency', the default, is served")
         if packing == "latency":
             from . import latency_par
             latency_par.warm(self.compiled, self.latency_params)  # helper + plan shares while keys come

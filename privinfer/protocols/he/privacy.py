@@ -165,12 +165,14 @@ class FloodPolicy:
         if rep["guarantee"] == "cryptographic":
             return None
         margin = rep.get("flood_margin_bits")
+        q = None if margin is None else 2 * margin - math.log2(64)  # log2 replies at which the bound is 0 bits
         if margin is None or margin <= 0:
             per_reply = "its flood is below the evaluation error, so one reply shows the weights' error"
+        elif q < 1:
+            per_reply = f"its flood is only {margin} bits above the evaluation error, a bound spent by one reply"
         else:
-            q = 2 * margin - math.log2(64)  # replies at which the statistical bound reaches 0 bits
             per_reply = (f"its flood is {margin} bits above the evaluation error per reply, and the "
-                         f"statistical bound is spent after about 2^{q:.0f} replies to one input")
+                         f"statistical bound is spent after about 2^{q:.0f} replies")
         return (f"he: circuit_privacy='flood' falls short of its {self.statistical_security}-bit target on these "
                 f"parameters ({params.describe()}): {per_reply}; nothing is claimed about the weights "
                 f"({rep['guarantee']}) and no query cap is enforced. circuit_privacy='fast' makes the same claim "

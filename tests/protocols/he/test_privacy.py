@@ -316,6 +316,8 @@ def test_circuit_private_parameters_reach_the_target_where_the_chain_allows(mode
         assert f"N={params.N}" in said and "no query cap" in said and "no flood margin at all" in said
         tiny = FloodPolicy.make("flood", flood_std=2.0 ** -40).shortfall(params)  # a flood below the error
         assert "below the evaluation error" in tiny and "bits above" not in tiny
+        thin = FloodPolicy.make("flood", flood_std=4 * FloodPolicy.evaluation_noise(params)).shortfall(params)
+        assert "only 2.0 bits above the evaluation error, a bound spent by one reply" in thin  # no "2^-2 replies"
     assert FloodPolicy.make("fast").shortfall(fast_params) is None
 
 

@@ -268,14 +268,34 @@ def test_a_flood_mode_server_refuses_batch_packing_unless_its_operator_allows_it
         HE(g, allow_batch="yes")
     srv = privinfer.Server(g, "he").start()
     try:
-        with pytest.raises(PeerError, match="OptionRefusedError.*allow_batch=true"):
+        with pytest.raises(privinfer.OptionRefusedError, match="allow_batch=true.*latency"):
             privinfer.connect("127.0.0.1", srv.port, "he", packing="batch")
-        with privinfer.connect("127.0.0.1", srv.port, "he") as s:  # the latency packing is served as before
-            x = np.random.default_rng(2).random((1, *g.input_shape))
-            assert np.abs(s.infer(x) - run_reference(g, x)).max() <= 0.2
     finally:
         srv.shutdown()
-    assert HE.local_session_defaults["allow_batch"] is True
+
+
+@pytest.mark.slow
+def test_batch_packing_served_where_allowed_end_to_end():
+    """The other side of the refusal above, end to end: a flood-mode server serves latency queries as before,
+    batch ones where its operator allowed them (input-only), and a one-machine session its own batch queries."""
+    g = linear_chain_graph()
+    x = np.random.default_rng(2).random((2, *g.input_shape))
+    ref = run_reference(g, x)
+    srv = privinfer.Server(g, "he").start()
+    try:
+        with privinfer.connect("127.0.0.1", srv.port, "he") as s:
+            assert np.abs(s.infer(x) - ref).max() <= 0.2
+    finally:
+        srv.shutdown()
+    srv = privinfer.Server(g, "he", allow_batch=True).start()  # the operator's choice: served, input-only
+    try:
+        with privinfer.connect("127.0.0.1", srv.port, "he", packing="batch") as s:
+            assert np.abs(s.infer(x) - ref).max() <= 0.2 and s.stats.privacy["packing"] == "batch"
+            assert s.stats.privacy["guarantee"] == "cryptographic-input-only"
+    finally:
+        srv.shutdown()
+    with privinfer.PrivateSession(g, "he", spawn="thread", packing="batch") as s:  # one machine: its own choice
+        assert np.abs(s.infer(x) - ref).max() <= 0.2
 
 
 def test_concurrent_clients(cryptonets_like):
