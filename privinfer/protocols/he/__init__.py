@@ -145,8 +145,11 @@ class HE(Protocol):
         o = self.options
         self.policy = FloodPolicy.make(o["circuit_privacy"], o["flood_std"], o["max_queries"], o["statistical_security"])
         self.flood_std = self.policy.flood_std
-        if o["allow_batch"] not in (None, True, False):
+        if not (o["allow_batch"] is None or isinstance(o["allow_batch"], bool)):
             raise ParameterError(f"he: allow_batch must be true, false or unset, got {o['allow_batch']!r}")
+        if o["executor"] is not None and not self.batch_allowed:  # it runs batch queries only: dead otherwise
+            raise ParameterError("he: an executor runs batch-packed queries, which this server refuses "
+                                 "(circuit_privacy='flood'): add allow_batch=true, or leave the executor unset")
         self._lock = threading.Lock()
         self._latency = None
         self._batch_params: dict[int, HEParams] = {}

@@ -264,8 +264,12 @@ def test_a_flood_mode_server_refuses_batch_packing_unless_its_operator_allows_it
     assert HE(g).privacy_warning is None and HE(g, **FAST).privacy_warning is None
     assert "falls short of its 30-bit target" in HE(g, flood_std=2.0 ** -40).privacy_warning
     assert not HE(g, circuit_privacy="fast", allow_batch=False).batch_allowed
-    with pytest.raises(ParameterError, match="allow_batch"):
-        HE(g, allow_batch="yes")
+    for bad in ("yes", 1):
+        with pytest.raises(ParameterError, match="allow_batch"):
+            HE(g, allow_batch=bad)
+    with pytest.raises(ParameterError, match="executor runs batch-packed queries"):  # dead configuration
+        HE(g, executor="local")
+    assert HE(g, executor="local", allow_batch=True).batch_allowed
     srv = privinfer.Server(g, "he").start()
     try:
         with pytest.raises(privinfer.OptionRefusedError, match="allow_batch=true.*latency"):
