@@ -13,11 +13,11 @@ from dataclasses import dataclass, asdict
 import numpy as np
 
 from ..errors import PeerError, PeerOptionRefusedError, PeerResourceLimitError, ProtocolError, TimeoutError_
+from . import frames
+from .frames import FrameType
 
 #: error types a peer reports that this side raises as typed subclasses of PeerError (others: PeerError)
 _PEER_ERRORS = {"ResourceLimitError": PeerResourceLimitError, "OptionRefusedError": PeerOptionRefusedError}
-from . import frames
-from .frames import FrameType
 
 DEFAULT_TIMEOUT = 120.0
 _BULK = (FrameType.TENSOR, FrameType.BYTES, FrameType.BLOBS)
