@@ -74,7 +74,8 @@ def worker_main(fd: int) -> None:  # pragma: no cover - runs in the worker proce
             ctl.send(json.dumps(obj).encode())
 
     try:
-        srv = Server(load_graph(graph), cfg["protocol"], cfg["host"], None, **cfg["server"], **cfg["options"])
+        srv = Server(load_graph(graph), cfg["protocol"], cfg["host"], None, **cfg["server"], **cfg["options"],
+                     warn=os.environ.get(QUIET_ENV) != "1")
     except BaseException as e:  # report set-up errors to the supervisor, which raises them
         send({"error": type(e).__name__, "message": str(e)[:2000]})
         return
@@ -102,6 +103,15 @@ def worker_main(fd: int) -> None:  # pragma: no cover - runs in the worker proce
         conn = socket.socket(fileno=fds[0])
         threading.Thread(target=run, args=(conn, tuple(req["addr"]), int(req["id"])), daemon=True,
                          name=f"privinfer-session-{req['id']}").start()
+
+
+#: set for every worker but the first: a protocol's start-up warning (`Server`) is printed once, not per worker
+QUIET_ENV = "PRIVINFER_WORKER_QUIET"
+
+
+def worker_env(slot: int) -> dict | None:
+    """The environment of the worker in `slot`: the supervisor's own, and for slots after the first QUIET_ENV."""
+    return None if slot == 0 else {**os.environ, QUIET_ENV: "1"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +228,7 @@ class Supervisor:
         with self._lock:  # under the lock: shutdown() then sees every worker ever started
             if self._stop.is_set():
                 return
-            w = _Worker(slot, self._config)
+            w = _Worker(slot, self._config, worker_env(slot))
             self._workers[slot] = w
         threading.Thread(target=self._watch, args=(w,), daemon=True, name=f"privinfer-worker-{slot}").start()
 

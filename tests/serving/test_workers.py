@@ -140,6 +140,26 @@ def test_supervisor_refuses_bad_settings_before_starting_processes():
         Supervisor(model, "plain", workers=-1)
 
 
+def test_a_protocols_start_up_warning_is_printed_once_not_per_worker(capfd):
+    """`Server` prints a protocol's privacy warning when it starts; with N workers only the first says it (the
+    others get QUIET_ENV), so an operator reads it once, not once per core."""
+    from privinfer.serving.workers import QUIET_ENV, Supervisor, worker_env
+    assert worker_env(0) is None and worker_env(1)[QUIET_ENV] == "1" and worker_env(3)[QUIET_ENV] == "1"
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    m.input_shape = (1, 4, 4)
+    g = privinfer.compile_model(m, input_range=(0.0, 1.0))
+    sup = Supervisor(g, "he", workers=2, flood_std=2.0 ** -40).start()  # a flood that cannot reach its target
+    try:
+        with privinfer.connect("127.0.0.1", sup.port, "he", timeout=60) as s:
+            s.infer(np.zeros((1, 1, 4, 4)))  # both workers are up by now
+    finally:
+        sup.shutdown()
+    assert capfd.readouterr().err.count("falls short of its 30-bit target") == 1
+
+
 def test_sigterm_leaves_no_process_behind(server):  # last: ends the module's server
     proc, port = server
     family = descendants(proc.pid)
