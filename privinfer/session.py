@@ -277,7 +277,9 @@ class PrivateSession(RemoteSession):
 
     The server runs in its own process (``spawn="process"``, the default) or in a thread of this
     process (``spawn="thread"``); either way client and server talk over a loopback TCP channel.
-    ``warn=False`` also silences the server's start-up warning (`Protocol.privacy_warning`).
+    ``warn=False`` also silences the server's start-up warning (`Protocol.privacy_warning`). The server takes one
+    session, this one: no other local process can open a second while it lasts (its options, e.g. `he` batch
+    packing, are this session's own choices, `Protocol.local_session_defaults`).
     """
 
     def __init__(self, model: Any, protocol: str = "plain", *, spawn: str = "process",
@@ -303,7 +305,7 @@ class PrivateSession(RemoteSession):
                 from .server import Server
                 # torch_threads=None: a thread-mode server must not change this process's torch settings
                 self._server = Server(graph, protocol, timeout=timeout, torch_threads=None, warn=warn,
-                                      **server_opts).start()
+                                      max_sessions=1, **server_opts).start()
                 port = self._server.port
             else:
                 port = self._start_process(graph, protocol, server_opts, timeout, warn)
@@ -318,7 +320,7 @@ class PrivateSession(RemoteSession):
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_server_process, daemon=False, name=f"privinfer-server-{protocol}",
-                                 args=(graph_to_bytes(graph), protocol, server_opts, {"timeout": timeout, "warn": warn},
+                                 args=(graph_to_bytes(graph), protocol, server_opts, {"timeout": timeout, "warn": warn, "max_sessions": 1},
                                        child))
         with no_main_reimport():  # no `if __name__ == "__main__":` guard needed in the caller's script
             self._proc.start()

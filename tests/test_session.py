@@ -54,3 +54,21 @@ def test_auto_keeps_every_protocols_local_secrets():
     t.join(10)
     srv.close()
     assert seen["protocol"] == "auto" and "client_secret" not in seen["options"] and seen["options"]["epsilon"] == 1.0
+
+
+def test_a_private_sessions_server_takes_no_second_session():
+    """A one-machine session's server is its alone (its options, e.g. `he` batch packing, are the session's own
+    choices): another local process that finds the loopback port is refused while the session lasts."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import privinfer
+    from privinfer.errors import PeerResourceLimitError
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    m.input_shape = (1, 4, 4)
+    with privinfer.PrivateSession(m, "plain", spawn="thread", warn=False) as s:
+        with pytest.raises(PeerResourceLimitError, match="busy"):
+            privinfer.connect("127.0.0.1", s._server.port, "plain", warn=False)
+        assert s.infer(np.zeros((1, 1, 4, 4))).shape == (1, 3)  # the session itself is unaffected
