@@ -42,8 +42,9 @@ class Server(ThreadedListener):
         self.protocol_cls = get_protocol(protocol)
         server_opts, _ = split_options(self.protocol_cls, options)
         self.protocol = self.protocol_cls(self.graph, **server_opts)
-        if warn and self.protocol.privacy_warning:  # options that buy less privacy than they cost
-            print(f"privinfer: warning: {self.protocol.privacy_warning}", file=sys.stderr, flush=True)
+        said = self.protocol.privacy_warning if warn else None  # options that buy less privacy than they cost
+        if said:
+            print(f"privinfer: warning: {said}", file=sys.stderr, flush=True)
         self.timeout, self.max_batch, self.max_frame = timeout, max_batch, max_frame
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions

@@ -301,14 +301,15 @@ class PrivateSession(RemoteSession):
         cls.check_graph(graph)
         self._proc = self._server = None
         with step(f"{protocol}: preparing the server (parameters, weights)", progress):
+            # one session, this one; the start-up warning goes where the client's warnings go
+            server_kw = {"timeout": timeout, "warn": warn, "max_sessions": 1}
             if spawn == "thread":
                 from .server import Server
                 # torch_threads=None: a thread-mode server must not change this process's torch settings
-                self._server = Server(graph, protocol, timeout=timeout, torch_threads=None, warn=warn,
-                                      max_sessions=1, **server_opts).start()
+                self._server = Server(graph, protocol, torch_threads=None, **server_kw, **server_opts).start()
                 port = self._server.port
             else:
-                port = self._start_process(graph, protocol, server_opts, timeout, warn)
+                port = self._start_process(graph, protocol, server_opts, server_kw, timeout)
         try:
             super().__init__(tcp_connect("127.0.0.1", port, timeout=timeout), protocol, progress=progress,
                              warn=warn, **client_opts)
@@ -316,12 +317,11 @@ class PrivateSession(RemoteSession):
             self._stop_server()
             raise
 
-    def _start_process(self, graph: Graph, protocol: str, server_opts: dict, timeout: float, warn: bool) -> int:
+    def _start_process(self, graph: Graph, protocol: str, server_opts: dict, server_kw: dict, timeout: float) -> int:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_server_process, daemon=False, name=f"privinfer-server-{protocol}",
-                                 args=(graph_to_bytes(graph), protocol, server_opts, {"timeout": timeout, "warn": warn, "max_sessions": 1},
-                                       child))
+                                 args=(graph_to_bytes(graph), protocol, server_opts, server_kw, child))
         with no_main_reimport():  # no `if __name__ == "__main__":` guard needed in the caller's script
             self._proc.start()
         atexit.register(self._stop_server)

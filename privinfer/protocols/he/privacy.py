@@ -136,7 +136,7 @@ class FloodPolicy:
             margin = math.log2(self.flood_std / noise)
             out["flood_margin_bits"] = round(margin, 1)
             if self.max_queries is not None:
-                achieved = 2 * margin - math.log2(64 * self.max_queries)
+                achieved = statistical_bits(margin, self.max_queries)
                 out["statistical_security_bits"] = round(achieved, 1)
         met = self.mode == "flood" and achieved is not None and achieved >= self.statistical_security
         out["guarantee"] = "cryptographic" if met else "cryptographic-input-only"
@@ -165,7 +165,8 @@ class FloodPolicy:
         if rep["guarantee"] == "cryptographic":
             return None
         margin = rep.get("flood_margin_bits")
-        q = None if margin is None else 2 * margin - math.log2(64)  # log2 replies at which the bound is 0 bits
+        # the bound is 2m - log2(64) - log2(q): it reaches 0 bits at log2(q) = its value for one reply
+        q = None if margin is None else statistical_bits(margin, 1)
         if margin is None or margin <= 0:
             per_reply = "its flood is below the evaluation error, so one reply shows the weights' error"
         elif q < 1:
@@ -177,6 +178,12 @@ class FloodPolicy:
                 f"parameters ({params.describe()}): {per_reply}; nothing is claimed about the weights "
                 f"({rep['guarantee']}) and no query cap is enforced. circuit_privacy='fast' makes the same claim "
                 f"on the smallest parameters, with no flood margin at all")
+
+
+def statistical_bits(margin_bits: float, replies: int) -> float:
+    """The Li-Micciancio-Schultz-Sorrell bound (module docstring): bits of statistical security that a flood
+    `margin_bits` above the evaluation error keeps over `replies` decryptions, 2 m - log2(64 q)."""
+    return 2 * margin_bits - math.log2(64 * replies)
 
 
 def evaluation_noise_terms(params) -> dict:
